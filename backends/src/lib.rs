@@ -1,0 +1,9 @@
+//! ringswitch's port kinds: QEMU `-netdev` option parsing and the kernel objects behind each
+//! port. A backend opens its object and hands the data plane a descriptor plus the recipe to
+//! drive it; it never touches frames on the hot path itself.
+
+pub mod netdev;
+pub mod tap;
+
+pub use netdev::{parse_netdev, NetdevError, NetdevId, NetdevKind, NetdevSpec, Script, TapOptions};
+pub use tap::{Tap, TapError};

@@ -1,0 +1,352 @@
+//! `Engine`: the forwarding decision for batches of received frames, with no I/O.
+//!
+//! The engine owns the MAC table and the port table of one worker. `forward` takes a batch of
+//! received frames (port, buffer, length) and appends each to the transmit queues of the ports
+//! it must leave by: validate, learn the source, look up the destination, unicast or flood
+//! within the bridge domain, never back out of the ingress port. It never blocks, never
+//! allocates and takes no lock; drops are counted on the port they are charged to.
+//!
+//! Buffer ownership: a received buffer holds one reference. Unicast moves that reference to a
+//! transmit queue; a flood to k ports adds k-1 references; a drop releases it. Whoever completes
+//! a transmission releases one reference.
+
+use crate::counters::{DropReason, PortCounters, WorkerCounters};
+use crate::ethernet::HEADER_LEN;
+use crate::ids::{BufIndex, DomainId, PortId};
+use crate::mac::MacAddr;
+use crate::mactable::{Learned, MacTable, Seconds};
+use crate::pool::BufferPool;
+use std::sync::Arc;
+
+/// A received frame: where it came from and where its bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RxDesc {
+    pub port: PortId,
+    pub buf: BufIndex,
+    pub len: u32,
+}
+
+/// A frame waiting for transmission on one port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxDesc {
+    pub buf: BufIndex,
+    pub len: u32,
+}
+
+/// Fixed-capacity transmit queues, one per port, plus the list of ports that have something
+/// queued (so draining does not scan idle ports).
+pub struct TxQueues {
+    queues: Vec<Vec<TxDesc>>,
+    depth: usize,
+    pending: Vec<PortId>,
+}
+
+impl TxQueues {
+    /// Queues for `ports` ports, each holding at most `depth` frames.
+    pub fn new(ports: usize, depth: usize) -> TxQueues {
+        TxQueues {
+            queues: (0..ports).map(|_| Vec::with_capacity(depth)).collect(),
+            depth,
+            pending: Vec::with_capacity(ports),
+        }
+    }
+
+    /// Appends a frame to `port`'s queue; false when the queue is full.
+    #[inline]
+    fn push(&mut self, port: PortId, d: TxDesc) -> bool {
+        let q = &mut self.queues[port.index()];
+        if q.len() == self.depth {
+            return false;
+        }
+        if q.is_empty() {
+            self.pending.push(port);
+        }
+        q.push(d);
+        true
+    }
+
+    /// Ports with queued frames, in the order they first got one since the last drain.
+    pub fn pending(&self) -> &[PortId] {
+        &self.pending
+    }
+
+    /// The frames queued on `port`.
+    pub fn queue(&self, port: PortId) -> &[TxDesc] {
+        &self.queues[port.index()]
+    }
+
+    /// Empties every queue, passing each port and its frames to `f` (which takes over the
+    /// buffer references).
+    pub fn drain(&mut self, mut f: impl FnMut(PortId, &[TxDesc])) {
+        for &p in &self.pending {
+            let q = &mut self.queues[p.index()];
+            f(p, q);
+            q.clear();
+        }
+        self.pending.clear();
+    }
+
+    /// Removes the first `n` frames of `port`'s queue (they were handed to the kernel) and
+    /// keeps the rest for later.
+    pub fn consume(&mut self, port: PortId, n: usize) {
+        let q = &mut self.queues[port.index()];
+        q.drain(..n.min(q.len()));
+        if q.is_empty() {
+            self.pending.retain(|&p| p != port);
+        }
+    }
+
+    /// Total frames queued.
+    pub fn len(&self) -> usize {
+        self.pending.iter().map(|p| self.queues[p.index()].len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
+/// Configuration of one port as the engine sees it.
+#[derive(Debug, Clone)]
+pub struct PortConf {
+    pub domain: DomainId,
+    pub link_up: bool,
+}
+
+struct PortSlot {
+    conf: PortConf,
+    counters: Arc<PortCounters>,
+}
+
+/// Learning-switch forwarding over a port table.
+pub struct Engine {
+    ports: Vec<Option<PortSlot>>,
+    /// Per domain, the ports whose link is up (flood targets).
+    flood: Vec<(DomainId, Vec<PortId>)>,
+    table: MacTable,
+    max_frame: usize,
+    stats: Arc<WorkerCounters>,
+}
+
+/// Why the engine refused a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    #[error("port index {0} is beyond the engine's {1} ports")]
+    TooMany(u16, usize),
+    #[error("{0} is already in use")]
+    InUse(PortId),
+    #[error("{0} does not exist")]
+    NoSuchPort(PortId),
+}
+
+impl Engine {
+    /// An engine for up to `max_ports` ports, a MAC table of `mac_capacity` entries ageing
+    /// after `ageing` seconds, accepting frames up to `max_frame` bytes.
+    pub fn new(
+        max_ports: usize,
+        mac_capacity: usize,
+        ageing: Seconds,
+        max_frame: usize,
+        stats: Arc<WorkerCounters>,
+    ) -> Engine {
+        Engine {
+            ports: (0..max_ports).map(|_| None).collect(),
+            flood: Vec::new(),
+            table: MacTable::new(mac_capacity, ageing),
+            max_frame,
+            stats,
+        }
+    }
+
+    pub fn max_ports(&self) -> usize {
+        self.ports.len()
+    }
+
+    /// Adds a port at index `id`.
+    pub fn add_port(&mut self, id: PortId, conf: PortConf, counters: Arc<PortCounters>) -> Result<(), EngineError> {
+        let n = self.ports.len();
+        let slot = self.ports.get_mut(id.index()).ok_or(EngineError::TooMany(id.0, n))?;
+        if slot.is_some() {
+            return Err(EngineError::InUse(id));
+        }
+        *slot = Some(PortSlot { conf, counters });
+        self.rebuild_flood();
+        Ok(())
+    }
+
+    /// Removes a port and forgets the addresses learned on it.
+    pub fn remove_port(&mut self, id: PortId) -> Result<(), EngineError> {
+        let slot = self.ports.get_mut(id.index()).ok_or(EngineError::NoSuchPort(id))?;
+        if slot.take().is_none() {
+            return Err(EngineError::NoSuchPort(id));
+        }
+        self.table.flush_port(id);
+        self.rebuild_flood();
+        Ok(())
+    }
+
+    /// Sets a port's link state. A port whose link is down neither receives nor transmits.
+    pub fn set_link(&mut self, id: PortId, up: bool) -> Result<(), EngineError> {
+        let slot = self
+            .ports
+            .get_mut(id.index())
+            .and_then(Option::as_mut)
+            .ok_or(EngineError::NoSuchPort(id))?;
+        slot.conf.link_up = up;
+        self.rebuild_flood();
+        Ok(())
+    }
+
+    pub fn port_counters(&self, id: PortId) -> Option<&Arc<PortCounters>> {
+        self.ports.get(id.index())?.as_ref().map(|s| &s.counters)
+    }
+
+    pub fn mac_table(&self) -> &MacTable {
+        &self.table
+    }
+
+    pub fn mac_table_mut(&mut self) -> &mut MacTable {
+        &mut self.table
+    }
+
+    fn rebuild_flood(&mut self) {
+        self.flood.clear();
+        for (i, slot) in self.ports.iter().enumerate() {
+            let Some(s) = slot else { continue };
+            if !s.conf.link_up {
+                continue;
+            }
+            let d = s.conf.domain;
+            match self.flood.iter_mut().find(|(dom, _)| *dom == d) {
+                Some((_, v)) => v.push(PortId(i as u16)),
+                None => self.flood.push((d, vec![PortId(i as u16)])),
+            }
+        }
+    }
+
+    /// Decides the fate of every frame in `rx`: queue it on `tx` or drop it (releasing its
+    /// buffer). `now` is the worker's coarse clock, for learning and ageing.
+    pub fn forward(&mut self, pool: &mut BufferPool, rx: &[RxDesc], tx: &mut TxQueues, now: Seconds) {
+        for d in rx {
+            self.forward_one(pool, *d, tx, now);
+        }
+    }
+
+    #[inline]
+    fn forward_one(&mut self, pool: &mut BufferPool, d: RxDesc, tx: &mut TxQueues, now: Seconds) {
+        let Some(Some(port)) = self.ports.get(d.port.index()) else {
+            // The port went away while its read was in flight.
+            pool.release(d.buf);
+            return;
+        };
+        let c = &*port.counters;
+        let len = d.len as usize;
+        c.rx_frames.inc();
+        c.rx_bytes.add(len as u64);
+        let verdict = if len < HEADER_LEN {
+            Err(DropReason::Runt)
+        } else if len > self.max_frame {
+            Err(DropReason::Oversize)
+        } else if !port.conf.link_up {
+            Err(DropReason::LinkDown)
+        } else {
+            Ok(())
+        };
+        if let Err(reason) = verdict {
+            c.count_drop(reason);
+            pool.release(d.buf);
+            return;
+        }
+        let frame = pool.frame(d.buf, len);
+        let dst = MacAddr::from_slice(&frame[0..6]);
+        let src = MacAddr::from_slice(&frame[6..12]);
+        if src.is_multicast() || src == MacAddr::ZERO {
+            c.count_drop(DropReason::BadSource);
+            pool.release(d.buf);
+            return;
+        }
+        let domain = port.conf.domain;
+        match self.table.learn(domain, src, d.port, now) {
+            Learned::Refreshed => {}
+            Learned::New => self.stats.mac_learned.inc(),
+            Learned::Moved => self.stats.mac_moved.inc(),
+            Learned::Evicted => {
+                self.stats.mac_learned.inc();
+                self.stats.mac_evicted.inc()
+            }
+        }
+        let desc = TxDesc { buf: d.buf, len: d.len };
+        if dst.is_unicast() {
+            if let Some(out) = self.table.lookup(domain, dst, now) {
+                self.unicast(pool, d.port, out, desc, tx);
+                return;
+            }
+        }
+        self.flood(pool, d.port, domain, desc, tx);
+    }
+
+    #[inline]
+    fn unicast(&self, pool: &mut BufferPool, ingress: PortId, out: PortId, desc: TxDesc, tx: &mut TxQueues) {
+        let reason = if out == ingress {
+            self.charge(ingress, DropReason::Filtered);
+            true
+        } else {
+            match &self.ports[out.index()] {
+                Some(o) if !o.conf.link_up => {
+                    o.counters.count_drop(DropReason::LinkDown);
+                    true
+                }
+                Some(o) => {
+                    if !tx.push(out, desc) {
+                        o.counters.count_drop(DropReason::QueueFull);
+                        true
+                    } else {
+                        false
+                    }
+                }
+                None => {
+                    // Learned port removed without a flush: treat as unknown.
+                    self.charge(ingress, DropReason::NoDestination);
+                    true
+                }
+            }
+        };
+        if reason {
+            pool.release(desc.buf);
+        }
+    }
+
+    #[inline]
+    fn flood(&self, pool: &mut BufferPool, ingress: PortId, domain: DomainId, desc: TxDesc, tx: &mut TxQueues) {
+        let targets = match self.flood.iter().find(|(d, _)| *d == domain) {
+            Some((_, v)) => &v[..],
+            None => &[][..],
+        };
+        let n = targets.iter().filter(|&&p| p != ingress).count();
+        if n == 0 {
+            self.charge(ingress, DropReason::NoDestination);
+            pool.release(desc.buf);
+            return;
+        }
+        if n > 1 {
+            pool.retain(desc.buf, (n - 1) as u16);
+        }
+        for &p in targets {
+            if p == ingress {
+                continue;
+            }
+            if !tx.push(p, desc) {
+                if let Some(o) = &self.ports[p.index()] {
+                    o.counters.count_drop(DropReason::QueueFull);
+                }
+                pool.release(desc.buf);
+            }
+        }
+    }
+
+    fn charge(&self, port: PortId, reason: DropReason) {
+        if let Some(Some(p)) = self.ports.get(port.index()) {
+            p.counters.count_drop(reason);
+        }
+    }
+}

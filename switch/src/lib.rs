@@ -1,0 +1,20 @@
+//! ringswitch's data plane: the buffer pool, the MAC learning table, the forwarding engine
+//! (pure logic, no I/O) and the per-core io_uring worker that drives ports with it.
+
+pub mod counters;
+pub mod engine;
+pub mod ethernet;
+pub mod ids;
+pub mod mac;
+pub mod mactable;
+pub mod pool;
+pub mod uring;
+pub mod worker;
+
+pub use counters::{DropReason, PortCounters, PortStats, WorkerCounters, WorkerStats};
+pub use engine::{Engine, PortConf, RxDesc, TxDesc, TxQueues};
+pub use ids::{BufIndex, DomainId, PortId};
+pub use mac::MacAddr;
+pub use mactable::MacTable;
+pub use pool::BufferPool;
+pub use worker::{PortSpec, StopHandle, Worker, WorkerConfig, WorkerError, WorkerHandle};
