@@ -14,8 +14,21 @@ pub const SUPPORTED_KINDS: &[&str] = &["tap"];
 
 /// Kinds QEMU's schema has that this build does not (yet) serve.
 const QEMU_ONLY_KINDS: &[&str] = &[
-    "user", "socket", "stream", "dgram", "l2tpv3", "vde", "bridge", "hubport", "netmap",
-    "af-xdp", "vhost-user", "vhost-vdpa", "vmnet-host", "vmnet-shared", "vmnet-bridged",
+    "user",
+    "socket",
+    "stream",
+    "dgram",
+    "l2tpv3",
+    "vde",
+    "bridge",
+    "hubport",
+    "netmap",
+    "af-xdp",
+    "vhost-user",
+    "vhost-vdpa",
+    "vmnet-host",
+    "vmnet-shared",
+    "vmnet-bridged",
 ];
 
 /// Options of QEMU's tap that ringswitch accepts.
@@ -25,8 +38,14 @@ const TAP_OPTIONS: &[&str] = &["id", "ifname", "fd", "script", "downscript"];
 const TAP_UNSUPPORTED: &[(&str, &str)] = &[
     ("fds", "multiqueue taps are not supported yet; use one fd="),
     ("queues", "multiqueue taps are not supported yet"),
-    ("vnet_hdr", "ports carry plain Ethernet frames; offloads are not supported yet"),
-    ("vhost", "vhost-net accelerates a guest's virtio NIC, which a switch port does not have"),
+    (
+        "vnet_hdr",
+        "ports carry plain Ethernet frames; offloads are not supported yet",
+    ),
+    (
+        "vhost",
+        "vhost-net accelerates a guest's virtio NIC, which a switch port does not have",
+    ),
     ("vhostfd", "vhost-net is not applicable to a switch port"),
     ("vhostfds", "vhost-net is not applicable to a switch port"),
     ("vhostforce", "vhost-net is not applicable to a switch port"),
@@ -132,11 +151,19 @@ pub enum NetdevError {
     #[error("Parameter '{0}' is given twice")]
     Duplicate(String),
     #[error("Invalid parameter '{option}' for netdev type '{kind}'; valid: {valid}")]
-    UnknownOption { kind: &'static str, option: String, valid: String },
+    UnknownOption {
+        kind: &'static str,
+        option: String,
+        valid: String,
+    },
     #[error("tap option '{option}' is not supported: {why}")]
     Unsupported { option: String, why: &'static str },
     #[error("Parameter '{option}' expects {expected}, got '{value}'")]
-    BadValue { option: String, expected: &'static str, value: String },
+    BadValue {
+        option: String,
+        expected: &'static str,
+        value: String,
+    },
     #[error("ifname= and fd= cannot be combined: fd= is already attached to its tap")]
     IfnameWithFd,
     #[error("{0}")]
@@ -180,7 +207,11 @@ fn parse_script(option: &str, v: &str) -> Result<Script, NetdevError> {
         "" | "no" => Ok(Script::None),
         p => {
             if p.contains('\0') {
-                return Err(NetdevError::BadValue { option: option.into(), expected: "a program path or 'no'", value: p.into() });
+                return Err(NetdevError::BadValue {
+                    option: option.into(),
+                    expected: "a program path or 'no'",
+                    value: p.into(),
+                });
             }
             Ok(Script::Path(p.to_string()))
         }
@@ -188,11 +219,18 @@ fn parse_script(option: &str, v: &str) -> Result<Script, NetdevError> {
 }
 
 fn parse_tap(opts: Vec<(String, String)>) -> Result<TapOptions, NetdevError> {
-    let mut t = TapOptions { ifname: None, fd: None, script: Script::None, downscript: Script::None };
+    let mut t = TapOptions {
+        ifname: None,
+        fd: None,
+        script: Script::None,
+        downscript: Script::None,
+    };
     for (k, v) in opts {
         match k.as_str() {
             "ifname" => {
-                validate_ifname(&v).map_err(|e: TapError| NetdevError::Ifname(format!("Parameter 'ifname': {e}")))?;
+                validate_ifname(&v).map_err(|e: TapError| {
+                    NetdevError::Ifname(format!("Parameter 'ifname': {e}"))
+                })?;
                 t.ifname = Some(v);
             }
             "fd" => {
@@ -200,16 +238,27 @@ fn parse_tap(opts: Vec<(String, String)>) -> Result<TapOptions, NetdevError> {
                     .parse::<RawFd>()
                     .ok()
                     .filter(|&fd| fd >= 0)
-                    .ok_or_else(|| NetdevError::BadValue { option: k.clone(), expected: "a file descriptor number", value: v.clone() })?;
+                    .ok_or_else(|| NetdevError::BadValue {
+                        option: k.clone(),
+                        expected: "a file descriptor number",
+                        value: v.clone(),
+                    })?;
                 t.fd = Some(fd);
             }
             "script" => t.script = parse_script(&k, &v)?,
             "downscript" => t.downscript = parse_script(&k, &v)?,
             other => {
                 if let Some((_, why)) = TAP_UNSUPPORTED.iter().find(|(o, _)| *o == other) {
-                    return Err(NetdevError::Unsupported { option: other.to_string(), why });
+                    return Err(NetdevError::Unsupported {
+                        option: other.to_string(),
+                        why,
+                    });
                 }
-                return Err(NetdevError::UnknownOption { kind: "tap", option: other.to_string(), valid: TAP_OPTIONS.join(", ") });
+                return Err(NetdevError::UnknownOption {
+                    kind: "tap",
+                    option: other.to_string(),
+                    valid: TAP_OPTIONS.join(", "),
+                });
             }
         }
     }
@@ -238,7 +287,9 @@ pub fn parse_netdev(s: &str) -> Result<NetdevSpec, NetdevError> {
     };
     let kind = match ty.as_str() {
         "tap" => NetdevKind::Tap(parse_tap(opts)?),
-        other if QEMU_ONLY_KINDS.contains(&other) => return Err(NetdevError::UnsupportedType(other.to_string())),
+        other if QEMU_ONLY_KINDS.contains(&other) => {
+            return Err(NetdevError::UnsupportedType(other.to_string()))
+        }
         other => return Err(NetdevError::UnknownType(other.to_string())),
     };
     Ok(NetdevSpec { id, kind })
@@ -264,7 +315,10 @@ mod tests {
         assert_eq!(tap("tap,id=n0,fd=7").fd, Some(7));
         let t = tap("tap,id=n0,ifname=t,script=no,downscript=no");
         assert!(t.script == Script::None && t.downscript == Script::None);
-        assert_eq!(tap("tap,id=n0,script=/etc/up").script, Script::Path("/etc/up".into()));
+        assert_eq!(
+            tap("tap,id=n0,script=/etc/up").script,
+            Script::Path("/etc/up".into())
+        );
         assert!(parse_netdev("tap,id=n0,script=/x").unwrap().wants_scripts());
         assert!(!parse_netdev("tap,id=n0").unwrap().wants_scripts());
     }
@@ -286,11 +340,31 @@ mod tests {
             ("tap", NetdevError::MissingId),
             ("tap,id=1a", NetdevError::BadId("1a".into())),
             ("tap,id=a b", NetdevError::BadId("a b".into())),
-            ("tap,id=a,ifname", NetdevError::ExpectedEquals("ifname".into())),
+            (
+                "tap,id=a,ifname",
+                NetdevError::ExpectedEquals("ifname".into()),
+            ),
             ("tap,id=a,id=b", NetdevError::Duplicate("id".into())),
-            ("tap,id=a,ifname=x,ifname=y", NetdevError::Duplicate("ifname".into())),
-            ("tap,id=a,fd=x", NetdevError::BadValue { option: "fd".into(), expected: "a file descriptor number", value: "x".into() }),
-            ("tap,id=a,fd=-1", NetdevError::BadValue { option: "fd".into(), expected: "a file descriptor number", value: "-1".into() }),
+            (
+                "tap,id=a,ifname=x,ifname=y",
+                NetdevError::Duplicate("ifname".into()),
+            ),
+            (
+                "tap,id=a,fd=x",
+                NetdevError::BadValue {
+                    option: "fd".into(),
+                    expected: "a file descriptor number",
+                    value: "x".into(),
+                },
+            ),
+            (
+                "tap,id=a,fd=-1",
+                NetdevError::BadValue {
+                    option: "fd".into(),
+                    expected: "a file descriptor number",
+                    value: "-1".into(),
+                },
+            ),
             ("tap,id=a,ifname=t,fd=3", NetdevError::IfnameWithFd),
         ];
         for (input, want) in cases {
@@ -299,11 +373,24 @@ mod tests {
         let e = parse_netdev("tap,id=a,colour=blue").unwrap_err();
         assert!(matches!(&e, NetdevError::UnknownOption { option, .. } if option == "colour"));
         let msg = e.to_string();
-        assert!(msg.contains("'colour'") && msg.contains("ifname, fd"), "{msg}");
-        assert!(matches!(parse_netdev("tap,id=a,vhost=on").unwrap_err(), NetdevError::Unsupported { option, .. } if option == "vhost"));
-        assert!(matches!(parse_netdev("tap,id=a,ifname=waytoolonginterface").unwrap_err(), NetdevError::Ifname(m) if m.contains("longer than 15")));
-        assert!(matches!(parse_netdev("tap,id=a,ifname=a/b").unwrap_err(), NetdevError::Ifname(_)));
-        assert!(parse_netdev("bogus,id=a").unwrap_err().to_string().contains("valid types: tap"));
+        assert!(
+            msg.contains("'colour'") && msg.contains("ifname, fd"),
+            "{msg}"
+        );
+        assert!(
+            matches!(parse_netdev("tap,id=a,vhost=on").unwrap_err(), NetdevError::Unsupported { option, .. } if option == "vhost")
+        );
+        assert!(
+            matches!(parse_netdev("tap,id=a,ifname=waytoolonginterface").unwrap_err(), NetdevError::Ifname(m) if m.contains("longer than 15"))
+        );
+        assert!(matches!(
+            parse_netdev("tap,id=a,ifname=a/b").unwrap_err(),
+            NetdevError::Ifname(_)
+        ));
+        assert!(parse_netdev("bogus,id=a")
+            .unwrap_err()
+            .to_string()
+            .contains("valid types: tap"));
     }
 
     proptest! {

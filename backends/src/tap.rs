@@ -33,7 +33,11 @@ struct IfReq {
 
 impl IfReq {
     fn new(name: &str, flags: libc::c_short) -> IfReq {
-        let mut r = IfReq { name: [0; 16], flags, _pad: [0; 22] };
+        let mut r = IfReq {
+            name: [0; 16],
+            flags,
+            _pad: [0; 22],
+        };
         r.name[..name.len()].copy_from_slice(name.as_bytes());
         r
     }
@@ -50,7 +54,9 @@ impl IfReq {
 pub enum TapError {
     #[error("interface name '{0}' is longer than {MAX_IFNAME} bytes")]
     NameTooLong(String),
-    #[error("interface name '{0}' is not valid: use 1 to 15 characters, no '/', ':' or whitespace")]
+    #[error(
+        "interface name '{0}' is not valid: use 1 to 15 characters, no '/', ':' or whitespace"
+    )]
     BadName(String),
     #[error("cannot open /dev/net/tun: {0} (is the tun module loaded, and are you root or CAP_NET_ADMIN?)")]
     OpenTun(#[source] io::Error),
@@ -94,7 +100,9 @@ pub fn validate_ifname(name: &str) -> Result<(), TapError> {
     if name.is_empty()
         || name == "."
         || name == ".."
-        || name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+        || name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
     {
         return Err(TapError::BadName(name.to_string()));
     }
@@ -135,7 +143,10 @@ impl Tap {
                 _ => TapError::SetIff { name, source },
             });
         }
-        Ok(Tap { fd, name: req.name() })
+        Ok(Tap {
+            fd,
+            name: req.name(),
+        })
     }
 
     /// Takes an inherited descriptor that must already be attached to a tap (QEMU's `fd=`).
@@ -145,14 +156,23 @@ impl Tap {
         // SAFETY: TUNGETIFF writes a `struct ifreq` into `req`, which has that layout and size.
         let rc = unsafe { libc::ioctl(raw, TUNGETIFF, &mut req as *mut IfReq) };
         if rc < 0 {
-            return Err(TapError::NotATap { fd: raw, source: io::Error::last_os_error() });
+            return Err(TapError::NotATap {
+                fd: raw,
+                source: io::Error::last_os_error(),
+            });
         }
         let flags = req.flags;
         let bad = IFF_TUN | IFF_VNET_HDR | IFF_MULTI_QUEUE;
         if flags & IFF_TAP == 0 || flags & IFF_NO_PI == 0 || flags & bad != 0 {
-            return Err(TapError::UnsupportedFdFlags { fd: raw, flags: flags as u16 });
+            return Err(TapError::UnsupportedFdFlags {
+                fd: raw,
+                flags: flags as u16,
+            });
         }
-        Ok(Tap { fd, name: req.name() })
+        Ok(Tap {
+            fd,
+            name: req.name(),
+        })
     }
 
     /// Takes ownership of descriptor number `raw` inherited from the parent process.
@@ -161,7 +181,10 @@ impl Tap {
     pub fn from_inherited(raw: RawFd) -> Result<Tap, TapError> {
         // SAFETY: F_GETFD only queries the descriptor table.
         if raw < 0 || unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
-            return Err(TapError::NotATap { fd: raw, source: io::Error::from_raw_os_error(libc::EBADF) });
+            return Err(TapError::NotATap {
+                fd: raw,
+                source: io::Error::from_raw_os_error(libc::EBADF),
+            });
         }
         // SAFETY: the descriptor is open; the operator handed it to us with `fd=N`, so this
         // process owns it from here on (as QEMU does with an inherited fd).
@@ -181,9 +204,13 @@ impl Tap {
     pub fn set_carrier(&self, up: bool) -> Result<(), TapError> {
         let v: libc::c_int = up.into();
         // SAFETY: TUNSETCARRIER reads one int through the pointer, which is live.
-        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), TUNSETCARRIER, &v as *const libc::c_int) };
+        let rc =
+            unsafe { libc::ioctl(self.fd.as_raw_fd(), TUNSETCARRIER, &v as *const libc::c_int) };
         if rc < 0 {
-            return Err(TapError::Carrier { name: self.name.clone(), source: io::Error::last_os_error() });
+            return Err(TapError::Carrier {
+                name: self.name.clone(),
+                source: io::Error::last_os_error(),
+            });
         }
         Ok(())
     }
@@ -216,9 +243,15 @@ mod tests {
 
     #[test]
     fn names_are_validated_before_any_syscall() {
-        assert!(matches!(Tap::open(Some("a-name-of-16-chr")), Err(TapError::NameTooLong(_))));
+        assert!(matches!(
+            Tap::open(Some("a-name-of-16-chr")),
+            Err(TapError::NameTooLong(_))
+        ));
         for bad in ["", ".", "..", "a/b", "a b", "a:1"] {
-            assert!(matches!(validate_ifname(bad), Err(TapError::BadName(_))), "{bad:?}");
+            assert!(
+                matches!(validate_ifname(bad), Err(TapError::BadName(_))),
+                "{bad:?}"
+            );
         }
         assert!(validate_ifname("tap%d").is_ok());
         assert!(validate_ifname("fifteen-chars-x").is_ok());
@@ -245,8 +278,14 @@ mod tests {
         assert_eq!(t2.name(), name);
         // A descriptor that is not a tap is refused.
         let f = std::fs::File::open("/dev/null").unwrap();
-        assert!(matches!(Tap::from_fd(OwnedFd::from(f)), Err(TapError::NotATap { .. })));
-        assert!(matches!(Tap::from_inherited(987_654), Err(TapError::NotATap { .. })));
+        assert!(matches!(
+            Tap::from_fd(OwnedFd::from(f)),
+            Err(TapError::NotATap { .. })
+        ));
+        assert!(matches!(
+            Tap::from_inherited(987_654),
+            Err(TapError::NotATap { .. })
+        ));
         // A template name gets a kernel-chosen name.
         let auto = Tap::open(None).expect("tap%d");
         assert!(auto.name().starts_with("tap"), "{}", auto.name());

@@ -98,7 +98,10 @@ impl TxQueues {
 
     /// Total frames queued.
     pub fn len(&self) -> usize {
-        self.pending.iter().map(|p| self.queues[p.index()].len()).sum()
+        self.pending
+            .iter()
+            .map(|p| self.queues[p.index()].len())
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -163,9 +166,17 @@ impl Engine {
     }
 
     /// Adds a port at index `id`.
-    pub fn add_port(&mut self, id: PortId, conf: PortConf, counters: Arc<PortCounters>) -> Result<(), EngineError> {
+    pub fn add_port(
+        &mut self,
+        id: PortId,
+        conf: PortConf,
+        counters: Arc<PortCounters>,
+    ) -> Result<(), EngineError> {
         let n = self.ports.len();
-        let slot = self.ports.get_mut(id.index()).ok_or(EngineError::TooMany(id.0, n))?;
+        let slot = self
+            .ports
+            .get_mut(id.index())
+            .ok_or(EngineError::TooMany(id.0, n))?;
         if slot.is_some() {
             return Err(EngineError::InUse(id));
         }
@@ -176,7 +187,10 @@ impl Engine {
 
     /// Removes a port and forgets the addresses learned on it.
     pub fn remove_port(&mut self, id: PortId) -> Result<(), EngineError> {
-        let slot = self.ports.get_mut(id.index()).ok_or(EngineError::NoSuchPort(id))?;
+        let slot = self
+            .ports
+            .get_mut(id.index())
+            .ok_or(EngineError::NoSuchPort(id))?;
         if slot.take().is_none() {
             return Err(EngineError::NoSuchPort(id));
         }
@@ -226,7 +240,13 @@ impl Engine {
 
     /// Decides the fate of every frame in `rx`: queue it on `tx` or drop it (releasing its
     /// buffer). `now` is the worker's coarse clock, for learning and ageing.
-    pub fn forward(&mut self, pool: &mut BufferPool, rx: &[RxDesc], tx: &mut TxQueues, now: Seconds) {
+    pub fn forward(
+        &mut self,
+        pool: &mut BufferPool,
+        rx: &[RxDesc],
+        tx: &mut TxQueues,
+        now: Seconds,
+    ) {
         for d in rx {
             self.forward_one(pool, *d, tx, now);
         }
@@ -275,7 +295,10 @@ impl Engine {
                 self.stats.mac_evicted.inc()
             }
         }
-        let desc = TxDesc { buf: d.buf, len: d.len };
+        let desc = TxDesc {
+            buf: d.buf,
+            len: d.len,
+        };
         if dst.is_unicast() {
             if let Some(out) = self.table.lookup(domain, dst, now) {
                 self.unicast(pool, d.port, out, desc, tx);
@@ -286,7 +309,14 @@ impl Engine {
     }
 
     #[inline]
-    fn unicast(&self, pool: &mut BufferPool, ingress: PortId, out: PortId, desc: TxDesc, tx: &mut TxQueues) {
+    fn unicast(
+        &self,
+        pool: &mut BufferPool,
+        ingress: PortId,
+        out: PortId,
+        desc: TxDesc,
+        tx: &mut TxQueues,
+    ) {
         let reason = if out == ingress {
             self.charge(ingress, DropReason::Filtered);
             true
@@ -317,7 +347,14 @@ impl Engine {
     }
 
     #[inline]
-    fn flood(&self, pool: &mut BufferPool, ingress: PortId, domain: DomainId, desc: TxDesc, tx: &mut TxQueues) {
+    fn flood(
+        &self,
+        pool: &mut BufferPool,
+        ingress: PortId,
+        domain: DomainId,
+        desc: TxDesc,
+        tx: &mut TxQueues,
+    ) {
         let targets = match self.flood.iter().find(|(d, _)| *d == domain) {
             Some((_, v)) => &v[..],
             None => &[][..],

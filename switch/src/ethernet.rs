@@ -106,7 +106,10 @@ mod tests {
     #[test]
     fn short_buffers_are_rejected() {
         for n in 0..HEADER_LEN {
-            assert_eq!(EthernetFrame::new_checked(&[0u8; 20][..n]).unwrap_err(), Truncated(n));
+            assert_eq!(
+                EthernetFrame::new_checked(&[0u8; 20][..n]).unwrap_err(),
+                Truncated(n)
+            );
         }
         assert!(EthernetFrame::new_checked(&[0u8; HEADER_LEN][..]).is_ok());
     }

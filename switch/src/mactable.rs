@@ -132,7 +132,11 @@ impl MacTable {
                     if s.stamp != now {
                         s.stamp = now;
                     }
-                    return if alive { Learned::Refreshed } else { Learned::New };
+                    return if alive {
+                        Learned::Refreshed
+                    } else {
+                        Learned::New
+                    };
                 }
                 s.port = port.0;
                 s.stamp = now;
@@ -242,7 +246,11 @@ mod tests {
         t.learn(D, mac(2), PortId(1), 105);
         assert_eq!(t.lookup(D, mac(1), 109), Some(PortId(1)));
         assert_eq!(t.lookup(D, mac(1), 110), None, "aged out after 10 s");
-        assert_eq!(t.lookup(D, mac(2), 114), Some(PortId(1)), "refreshed at 105");
+        assert_eq!(
+            t.lookup(D, mac(2), 114),
+            Some(PortId(1)),
+            "refreshed at 105"
+        );
         assert_eq!(t.lookup(D, mac(2), 115), None);
         assert_eq!(t.learn(D, mac(1), PortId(2), 120), Learned::New);
         assert_eq!(t.lookup(D, mac(1), 120), Some(PortId(2)));
@@ -276,7 +284,10 @@ mod tests {
         }
         assert_eq!(t.capacity(), cap, "memory is fixed");
         assert!(t.len(100) <= cap);
-        assert!(evicted > 900_000, "the flood recycles slots ({evicted} evictions)");
+        assert!(
+            evicted > 900_000,
+            "the flood recycles slots ({evicted} evictions)"
+        );
         // Same-second entries may evict each other, but a fresh refresh keeps the station
         // reachable right after it is seen.
         t.learn(D, station, PortId(7), 100);
@@ -301,6 +312,14 @@ mod tests {
         let mut t = MacTable::new(64, 300);
         t.learn(D, mac(9), PortId(4), 10);
         let e: Vec<_> = t.entries(15).collect();
-        assert_eq!(e, vec![MacEntry { domain: D, mac: mac(9), port: PortId(4), age: 5 }]);
+        assert_eq!(
+            e,
+            vec![MacEntry {
+                domain: D,
+                mac: mac(9),
+                port: PortId(4),
+                age: 5
+            }]
+        );
     }
 }

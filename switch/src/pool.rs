@@ -189,7 +189,13 @@ mod tests {
 
     #[test]
     fn rejects_bad_geometry() {
-        assert!(matches!(BufferPool::new(4, 1000), Err(PoolError::BadBufferSize(1000))));
-        assert!(matches!(BufferPool::new(0, 2048), Err(PoolError::BadCount(0))));
+        assert!(matches!(
+            BufferPool::new(4, 1000),
+            Err(PoolError::BadBufferSize(1000))
+        ));
+        assert!(matches!(
+            BufferPool::new(0, 2048),
+            Err(PoolError::BadCount(0))
+        ));
     }
 }

@@ -76,8 +76,15 @@ impl Ring {
         // SAFETY: the region belongs to `me.pool`, which lives exactly as long as the ring
         // (same struct, dropped after it), so the registered memory stays valid for every
         // operation that uses it.
-        me.features.registered_buffers = unsafe { me.ring.submitter().register_buffers(&iov) }.is_ok();
-        if file_slots > 0 && me.ring.submitter().register_files_sparse(file_slots).is_ok() {
+        me.features.registered_buffers =
+            unsafe { me.ring.submitter().register_buffers(&iov) }.is_ok();
+        if file_slots > 0
+            && me
+                .ring
+                .submitter()
+                .register_files_sparse(file_slots)
+                .is_ok()
+        {
             me.features.registered_files = true;
             me.file_slots = file_slots;
         }
@@ -130,11 +137,18 @@ impl Ring {
     /// # Safety
     /// `buf` must be allocated from this ring's pool and must not be read, written or released
     /// until this operation's completion has been reaped.
-    pub unsafe fn push_read(&mut self, file: FileRef, buf: BufIndex, user_data: u64) -> io::Result<()> {
+    pub unsafe fn push_read(
+        &mut self,
+        file: FileRef,
+        buf: BufIndex,
+        user_data: u64,
+    ) -> io::Result<()> {
         let len = self.pool.buf_size() as u32;
         let ptr = self.pool.addr(buf);
         let e = match (file, self.fixed_or_plain()) {
-            (FileRef::Slot(s), true) => opcode::ReadFixed::new(types::Fixed(s), ptr, len, 0).build(),
+            (FileRef::Slot(s), true) => {
+                opcode::ReadFixed::new(types::Fixed(s), ptr, len, 0).build()
+            }
             (FileRef::Fd(fd), true) => opcode::ReadFixed::new(types::Fd(fd), ptr, len, 0).build(),
             (FileRef::Slot(s), false) => opcode::Read::new(types::Fixed(s), ptr, len).build(),
             (FileRef::Fd(fd), false) => opcode::Read::new(types::Fd(fd), ptr, len).build(),
@@ -147,10 +161,18 @@ impl Ring {
     /// # Safety
     /// `buf` must be allocated from this ring's pool and must not be written or released until
     /// this operation's completion has been reaped.
-    pub unsafe fn push_write(&mut self, file: FileRef, buf: BufIndex, len: u32, user_data: u64) -> io::Result<()> {
+    pub unsafe fn push_write(
+        &mut self,
+        file: FileRef,
+        buf: BufIndex,
+        len: u32,
+        user_data: u64,
+    ) -> io::Result<()> {
         let ptr = self.pool.addr(buf) as *const u8;
         let e = match (file, self.fixed_or_plain()) {
-            (FileRef::Slot(s), true) => opcode::WriteFixed::new(types::Fixed(s), ptr, len, 0).build(),
+            (FileRef::Slot(s), true) => {
+                opcode::WriteFixed::new(types::Fixed(s), ptr, len, 0).build()
+            }
             (FileRef::Fd(fd), true) => opcode::WriteFixed::new(types::Fd(fd), ptr, len, 0).build(),
             (FileRef::Slot(s), false) => opcode::Write::new(types::Fixed(s), ptr, len).build(),
             (FileRef::Fd(fd), false) => opcode::Write::new(types::Fd(fd), ptr, len).build(),
@@ -162,7 +184,12 @@ impl Ring {
     ///
     /// # Safety
     /// `target` must stay valid and unaliased until the completion has been reaped.
-    pub unsafe fn push_read_u64(&mut self, fd: RawFd, target: *mut u64, user_data: u64) -> io::Result<()> {
+    pub unsafe fn push_read_u64(
+        &mut self,
+        fd: RawFd,
+        target: *mut u64,
+        user_data: u64,
+    ) -> io::Result<()> {
         let e = opcode::Read::new(types::Fd(fd), target.cast(), 8).build();
         self.push(&e.user_data(user_data))
     }

@@ -207,7 +207,13 @@ impl Worker {
         let counters = Arc::new(WorkerCounters::default());
         let mut w = Worker {
             ring,
-            engine: Engine::new(cfg.max_ports, cfg.mac_capacity, cfg.mac_ageing, cfg.max_frame, counters.clone()),
+            engine: Engine::new(
+                cfg.max_ports,
+                cfg.mac_capacity,
+                cfg.mac_ageing,
+                cfg.max_frame,
+                counters.clone(),
+            ),
             ports: (0..cfg.max_ports).map(|_| None).collect(),
             tx: TxQueues::new(cfg.max_ports, cfg.tx_depth),
             rx: Vec::with_capacity(entries as usize * 2),
@@ -222,11 +228,25 @@ impl Worker {
         };
         for (i, p) in ports.into_iter().enumerate() {
             let id = PortId(i as u16);
-            let file = w.ring.register_file(i as u32, p.fd.as_raw_fd()).map_err(WorkerError::Ring)?;
+            let file = w
+                .ring
+                .register_file(i as u32, p.fd.as_raw_fd())
+                .map_err(WorkerError::Ring)?;
             w.engine
-                .add_port(id, PortConf { domain: p.domain, link_up: p.link_up }, p.counters)
+                .add_port(
+                    id,
+                    PortConf {
+                        domain: p.domain,
+                        link_up: p.link_up,
+                    },
+                    p.counters,
+                )
                 .expect("port index within max_ports and unused");
-            w.ports[i] = Some(IoPort { fd: p.fd, file, reads: 0 });
+            w.ports[i] = Some(IoPort {
+                fd: p.fd,
+                file,
+                reads: 0,
+            });
         }
         Ok(w)
     }
@@ -240,7 +260,10 @@ impl Worker {
     }
 
     pub fn stop_handle(&self) -> StopHandle {
-        StopHandle { stop: self.stop.clone(), event: self.event.clone() }
+        StopHandle {
+            stop: self.stop.clone(),
+            event: self.event.clone(),
+        }
     }
 
     /// Builds the worker and runs it on a new thread, pinned when `cfg.cpu` says so.
@@ -263,7 +286,12 @@ impl Worker {
                         return Ok(());
                     }
                 };
-                let info = (w.stop_handle(), w.counters.clone(), w.features(), w.ring.pool().huge_pages());
+                let info = (
+                    w.stop_handle(),
+                    w.counters.clone(),
+                    w.features(),
+                    w.ring.pool().huge_pages(),
+                );
                 let _ = tx.send(Ok(info));
                 w.run()
             })
@@ -292,7 +320,11 @@ impl Worker {
         let target: *mut u64 = &mut *self.wake_buf;
         // SAFETY: `wake_buf` is a heap cell owned by the worker, used by nothing else, and
         // outlives the ring (the ring is dropped with the worker, completing the read first).
-        unsafe { self.ring.push_read_u64(self.event.as_raw_fd(), target, TAG_WAKE << 56) }.map_err(WorkerError::Enter)
+        unsafe {
+            self.ring
+                .push_read_u64(self.event.as_raw_fd(), target, TAG_WAKE << 56)
+        }
+        .map_err(WorkerError::Enter)
     }
 
     /// Tops up every port's in-flight reads.
@@ -308,8 +340,11 @@ impl Worker {
                 };
                 // SAFETY: `buf` was just allocated, so nothing else refers to it; it is
                 // touched again only when this read's completion is reaped.
-                unsafe { self.ring.push_read(file, buf, tag(TAG_READ, PortId(i as u16), buf)) }
-                    .map_err(WorkerError::Enter)?;
+                unsafe {
+                    self.ring
+                        .push_read(file, buf, tag(TAG_READ, PortId(i as u16), buf))
+                }
+                .map_err(WorkerError::Enter)?;
                 armed += 1;
             }
             if let Some(p) = &mut self.ports[i] {
@@ -344,8 +379,9 @@ impl Worker {
                 // SAFETY: the transmit queue holds a reference on `f.buf`; it passes to this
                 // write and is released when the write's completion is reaped. Nothing writes
                 // a buffer that is queued for transmission.
-                result = unsafe { ring.push_write(file, f.buf, f.len, tag(TAG_WRITE, port, f.buf)) }
-                    .map_err(WorkerError::Enter);
+                result =
+                    unsafe { ring.push_write(file, f.buf, f.len, tag(TAG_WRITE, port, f.buf)) }
+                        .map_err(WorkerError::Enter);
                 if result.is_err() {
                     ring.pool_mut().release(f.buf);
                 } else {
@@ -369,7 +405,11 @@ impl Worker {
                     None => false,
                 };
                 if c.result >= 0 && alive {
-                    self.rx.push(RxDesc { port, buf, len: c.result as u32 });
+                    self.rx.push(RxDesc {
+                        port,
+                        buf,
+                        len: c.result as u32,
+                    });
                 } else {
                     if alive && c.result != -libc::ECANCELED {
                         if let Some(ctr) = self.engine.port_counters(port) {
@@ -409,10 +449,13 @@ impl Worker {
         let n = self.rx.len() as u64;
         self.counters.rx_frames.add(n);
         if n > self.counters.max_batch.get() {
-            self.counters.max_batch.add(n - self.counters.max_batch.get());
+            self.counters
+                .max_batch
+                .add(n - self.counters.max_batch.get());
         }
         let now = self.epoch.elapsed().as_secs() as u32;
-        self.engine.forward(self.ring.pool_mut(), &self.rx, &mut self.tx, now);
+        self.engine
+            .forward(self.ring.pool_mut(), &self.rx, &mut self.tx, now);
         self.rx.clear();
     }
 
@@ -442,12 +485,16 @@ impl Worker {
         for i in 0..self.ports.len() {
             if let Some(p) = &self.ports[i] {
                 let file = p.file;
-                self.ring.push_cancel_file(file, TAG_CANCEL << 56).map_err(WorkerError::Enter)?;
+                self.ring
+                    .push_cancel_file(file, TAG_CANCEL << 56)
+                    .map_err(WorkerError::Enter)?;
             }
         }
         let deadline = Instant::now() + std::time::Duration::from_secs(2);
         loop {
-            let busy = self.writes > 0 || !self.tx.is_empty() || self.ports.iter().flatten().any(|p| p.reads > 0);
+            let busy = self.writes > 0
+                || !self.tx.is_empty()
+                || self.ports.iter().flatten().any(|p| p.reads > 0);
             if !busy || Instant::now() >= deadline {
                 break;
             }
