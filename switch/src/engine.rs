@@ -387,3 +387,222 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::counters::PortStats;
+
+    const BCAST: MacAddr = MacAddr::BROADCAST;
+
+    fn mac(i: u8) -> MacAddr {
+        MacAddr([0x02, 0, 0, 0, 0, i])
+    }
+
+    struct Rig {
+        engine: Engine,
+        pool: BufferPool,
+        tx: TxQueues,
+        counters: Vec<Arc<PortCounters>>,
+    }
+
+    impl Rig {
+        /// `domains[i]` is port i's domain.
+        fn new(domains: &[u16]) -> Rig {
+            let stats = Arc::new(WorkerCounters::default());
+            let mut engine = Engine::new(domains.len(), 1024, 300, 1518, stats);
+            let mut counters = Vec::new();
+            for (i, d) in domains.iter().enumerate() {
+                let c = Arc::new(PortCounters::default());
+                engine
+                    .add_port(
+                        PortId(i as u16),
+                        PortConf {
+                            domain: DomainId(*d),
+                            link_up: true,
+                        },
+                        c.clone(),
+                    )
+                    .unwrap();
+                counters.push(c);
+            }
+            Rig {
+                engine,
+                pool: BufferPool::new(256, 2048).unwrap(),
+                tx: TxQueues::new(domains.len(), 4),
+                counters,
+            }
+        }
+
+        fn frame(&mut self, port: u16, dst: MacAddr, src: MacAddr, len: usize) -> RxDesc {
+            let b = self.pool.alloc().unwrap();
+            let buf = self.pool.buf_mut(b);
+            buf[..6].copy_from_slice(&dst.0);
+            buf[6..12].copy_from_slice(&src.0);
+            RxDesc {
+                port: PortId(port),
+                buf: b,
+                len: len as u32,
+            }
+        }
+
+        /// Sends one frame and returns the ports it left by, draining (and completing) them.
+        fn send(&mut self, port: u16, dst: MacAddr, src: MacAddr, len: usize) -> Vec<u16> {
+            let d = self.frame(port, dst, src, len);
+            self.engine.forward(&mut self.pool, &[d], &mut self.tx, 0);
+            self.complete()
+        }
+
+        fn complete(&mut self) -> Vec<u16> {
+            let mut out = Vec::new();
+            let pool = &mut self.pool;
+            self.tx.drain(|p, frames| {
+                for f in frames {
+                    out.push(p.0);
+                    pool.release(f.buf);
+                }
+            });
+            out.sort();
+            out
+        }
+
+        fn stats(&self, port: usize) -> PortStats {
+            self.counters[port].snapshot()
+        }
+    }
+
+    #[test]
+    fn unicast_goes_only_to_learned_port() {
+        let mut r = Rig::new(&[0, 0, 0]);
+        assert_eq!(
+            r.send(1, BCAST, mac(1), 60),
+            vec![0, 2],
+            "B announces itself"
+        );
+        assert_eq!(r.send(0, mac(1), mac(0), 60), vec![1], "A to B: only B");
+        assert_eq!(r.send(1, mac(0), mac(1), 60), vec![0], "B to A: only A");
+        assert_eq!(r.pool.available(), 256, "every buffer came back");
+    }
+
+    #[test]
+    fn broadcast_multicast_and_unknown_unicast_flood_to_all_but_ingress() {
+        let mut r = Rig::new(&[0, 0, 0, 0]);
+        assert_eq!(r.send(2, BCAST, mac(2), 60), vec![0, 1, 3]);
+        assert_eq!(
+            r.send(2, MacAddr([0x01, 0, 0x5e, 0, 0, 1]), mac(2), 60),
+            vec![0, 1, 3]
+        );
+        assert_eq!(r.send(2, mac(99), mac(2), 60), vec![0, 1, 3]);
+        assert_eq!(r.pool.available(), 256);
+    }
+
+    #[test]
+    fn never_sends_back_out_of_the_ingress_port() {
+        let mut r = Rig::new(&[0, 0]);
+        r.send(0, BCAST, mac(5), 60);
+        assert_eq!(r.send(0, mac(5), mac(6), 60), Vec::<u16>::new());
+        assert_eq!(r.stats(0).drops.filtered, 1);
+    }
+
+    #[test]
+    fn runts_oversize_and_bad_sources_are_dropped_and_counted() {
+        let mut r = Rig::new(&[0, 0]);
+        assert!(r.send(0, BCAST, mac(1), 0).is_empty());
+        assert!(r.send(0, BCAST, mac(1), 13).is_empty());
+        assert!(r.send(0, BCAST, mac(1), 1519).is_empty());
+        assert!(r
+            .send(0, BCAST, MacAddr([0x01, 0, 0, 0, 0, 1]), 60)
+            .is_empty());
+        assert!(r.send(0, BCAST, MacAddr::ZERO, 60).is_empty());
+        assert_eq!(
+            r.send(0, BCAST, mac(1), 14),
+            vec![1],
+            "a bare header is a valid frame"
+        );
+        assert_eq!(
+            r.send(0, BCAST, mac(1), 1518),
+            vec![1],
+            "the maximum size passes"
+        );
+        let s = r.stats(0);
+        assert_eq!(
+            (s.drops.runt, s.drops.oversize, s.drops.bad_source),
+            (2, 1, 2)
+        );
+        assert_eq!(s.rx_frames, 7);
+        assert_eq!(r.pool.available(), 256);
+    }
+
+    #[test]
+    fn link_down_port_neither_receives_nor_transmits() {
+        let mut r = Rig::new(&[0, 0, 0]);
+        r.send(1, BCAST, mac(1), 60);
+        r.engine.set_link(PortId(1), false).unwrap();
+        assert_eq!(
+            r.send(0, BCAST, mac(0), 60),
+            vec![2],
+            "flood skips the down port"
+        );
+        assert!(
+            r.send(0, mac(1), mac(0), 60).is_empty(),
+            "unicast to a down port is dropped"
+        );
+        assert_eq!(r.stats(1).drops.link_down, 1);
+        assert!(
+            r.send(1, mac(0), mac(1), 60).is_empty(),
+            "a down port does not receive"
+        );
+        assert_eq!(r.stats(1).drops.link_down, 2);
+        r.engine.set_link(PortId(1), true).unwrap();
+        assert_eq!(r.send(0, mac(1), mac(0), 60), vec![1]);
+    }
+
+    #[test]
+    fn full_queues_drop_and_count_without_losing_buffers() {
+        let mut r = Rig::new(&[0, 0, 0]);
+        let batch: Vec<RxDesc> = (0..10).map(|_| r.frame(0, BCAST, mac(0), 60)).collect();
+        r.engine.forward(&mut r.pool, &batch, &mut r.tx, 0);
+        assert_eq!(r.tx.len(), 8, "two queues of depth 4");
+        assert_eq!(
+            r.stats(1).drops.queue_full + r.stats(2).drops.queue_full,
+            12
+        );
+        r.complete();
+        assert_eq!(r.pool.available(), 256);
+    }
+
+    #[test]
+    fn domains_never_exchange_frames() {
+        let mut r = Rig::new(&[0, 0, 1, 1]);
+        assert_eq!(r.send(0, BCAST, mac(0), 60), vec![1]);
+        assert_eq!(r.send(2, BCAST, mac(2), 60), vec![3]);
+        assert_eq!(
+            r.send(2, mac(0), mac(2), 60),
+            vec![3],
+            "mac(0) is unknown in domain 1"
+        );
+    }
+
+    #[test]
+    fn alone_in_a_domain_counts_no_destination() {
+        let mut r = Rig::new(&[0, 1]);
+        assert!(r.send(0, BCAST, mac(0), 60).is_empty());
+        assert_eq!(r.stats(0).drops.no_destination, 1);
+    }
+
+    #[test]
+    fn a_moved_station_is_followed_and_a_removed_port_forgotten() {
+        let mut r = Rig::new(&[0, 0, 0]);
+        r.send(1, BCAST, mac(7), 60);
+        assert_eq!(r.send(0, mac(7), mac(0), 60), vec![1]);
+        r.send(2, BCAST, mac(7), 60);
+        assert_eq!(r.send(0, mac(7), mac(0), 60), vec![2]);
+        r.engine.remove_port(PortId(2)).unwrap();
+        assert_eq!(
+            r.send(0, mac(7), mac(0), 60),
+            vec![1],
+            "unknown again: flooded to the rest"
+        );
+        assert!(r.engine.remove_port(PortId(2)).is_err());
+    }
+}

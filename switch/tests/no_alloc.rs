@@ -1,0 +1,93 @@
+//! Steady-state forwarding allocates nothing: a counting global allocator watches the engine
+//! (learning, unicast, flooding, drops) after warm-up.
+
+use ringswitch_switch::{MacAddr, MemSwitch, PortId};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: defers every operation to the system allocator unchanged; only counts calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same layout contract as our caller's.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: `p` came from `System.alloc` with layout `l`.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: `p` came from `System.alloc` with layout `l`.
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn frame(dst: MacAddr, src: MacAddr, len: usize) -> Vec<u8> {
+    let mut f = vec![0u8; len.max(14)];
+    f[..6].copy_from_slice(&dst.0);
+    f[6..12].copy_from_slice(&src.0);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    f.truncate(len);
+    f
+}
+
+#[test]
+fn steady_state_forwarding_allocates_nothing() {
+    const PORTS: usize = 8;
+    let mut sw = MemSwitch::new(PORTS, 64);
+    let station = |i: usize| MacAddr([0x02, 0, 0, 0, 0, i as u8]);
+    // Per port: a unicast to the next port, a broadcast, a runt, and a station that keeps
+    // moving between two ports (so learning writes happen throughout).
+    let frames: Vec<(PortId, Vec<u8>)> = (0..PORTS)
+        .flat_map(|i| {
+            [
+                (
+                    PortId(i as u16),
+                    frame(station((i + 1) % PORTS), station(i), 64),
+                ),
+                (PortId(i as u16), frame(MacAddr::BROADCAST, station(i), 64)),
+                (PortId(i as u16), frame(MacAddr::BROADCAST, station(i), 10)),
+                (
+                    PortId((i % 2) as u16),
+                    frame(station(0), MacAddr([0x02, 1, 0, 0, 0, 0]), 64),
+                ),
+            ]
+        })
+        .collect();
+    let mut delivered = 0u64;
+    let round = |sw: &mut MemSwitch, delivered: &mut u64| {
+        for chunk in frames.chunks(16) {
+            for (p, f) in chunk {
+                assert!(sw.inject(*p, f));
+            }
+            sw.forward();
+            sw.transmit(|_, bytes| *delivered += bytes.len() as u64);
+        }
+    };
+    for _ in 0..10 {
+        round(&mut sw, &mut delivered);
+    }
+    let before = ALLOCS.load(Ordering::Relaxed);
+    for t in 0..20_000 {
+        sw.set_time(t / 1000);
+        round(&mut sw, &mut delivered);
+    }
+    let allocs = ALLOCS.load(Ordering::Relaxed) - before;
+    assert_eq!(
+        allocs,
+        0,
+        "forwarding {} frames allocated {allocs} times",
+        20_000 * frames.len()
+    );
+    assert!(delivered > 0);
+    assert_eq!(sw.free_buffers(), 1024, "every buffer returned to the pool");
+    assert!(sw.counters(PortId(0)).runt.get() > 0);
+}
