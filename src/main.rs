@@ -44,7 +44,7 @@ fn run(args: cli::Args) -> anyhow::Result<()> {
     eprintln!("ringswitch: ready");
     let mut failure = None;
     'wait: loop {
-        for sig in signals.pending() {
+        if let Some(sig) = signals.pending().next() {
             eprintln!("ringswitch: signal {sig}, stopping");
             break 'wait;
         }
