@@ -1,0 +1,245 @@
+//! `PacketSocket`: an AF_PACKET raw socket bound to one interface of a namespace, to inject
+//! arbitrary Ethernet frames (below the IP stack, of any size the MTU allows) and to capture
+//! the frames that arrive. The socket owns its fd and closes it on drop.
+
+use std::io;
+use std::mem;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use super::{MacAddr, Netns};
+
+/// A raw socket on one interface. Frames it sends go out of the interface as they are:
+/// through a tap, that means into the userspace side (the switch port).
+pub struct PacketSocket {
+    fd: OwnedFd,
+    ifname: String,
+}
+
+/// What a burst did. `refused` frames were handed to the kernel and dropped by the device
+/// on the spot (a full tun queue answers `ENOBUFS` and counts the frame in the tap's
+/// `tx_dropped`); they are part of what was sent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BurstReport {
+    pub attempted: u64,
+    pub accepted: u64,
+    pub refused: u64,
+    pub elapsed: Duration,
+}
+
+/// An Ethernet II frame of exactly `len` bytes (no FCS): header, then `payload`, then zeros.
+pub fn ethernet_frame(
+    dst: MacAddr,
+    src: MacAddr,
+    ethertype: u16,
+    payload: &[u8],
+    len: usize,
+) -> Vec<u8> {
+    let mut f = Vec::with_capacity(len.max(14 + payload.len()));
+    f.extend_from_slice(&dst.0);
+    f.extend_from_slice(&src.0);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f.resize(len.max(f.len()), 0);
+    f.truncate(len);
+    f
+}
+
+impl PacketSocket {
+    /// Opens a socket on `ifname` inside `ns`. With `capture` it receives every frame
+    /// the interface sees (ETH_P_ALL); without, it only sends.
+    pub fn open(ns: &Netns, ifname: &str, capture: bool) -> io::Result<PacketSocket> {
+        let name = ifname.to_owned();
+        let fd = ns.run(move || open_here(&name, capture))?;
+        Ok(PacketSocket {
+            fd,
+            ifname: ifname.to_owned(),
+        })
+    }
+
+    /// Hands frames straight to the driver, skipping the qdisc, as traffic generators do.
+    pub fn bypass_qdisc(&self) -> io::Result<()> {
+        let one: libc::c_int = 1;
+        // SAFETY: the option value points to a live c_int of the length passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_QDISC_BYPASS,
+                (&one as *const libc::c_int).cast(),
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        cvt(rc).map(drop)
+    }
+
+    /// Sends one frame as it is.
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        // SAFETY: the buffer is valid for reads of its length for the duration of the call.
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        cvt(n as libc::c_int)?;
+        Ok(())
+    }
+
+    /// Sends `count` copies of `frame` in `sendmmsg` batches, stopping early at `deadline`.
+    /// A refused frame is counted and skipped after a short pause that lets the reader of
+    /// the device catch up; any other error ends the burst with that error.
+    pub fn send_burst(
+        &self,
+        frame: &[u8],
+        count: u64,
+        deadline: Instant,
+    ) -> io::Result<BurstReport> {
+        const BATCH: usize = 64;
+        let start = Instant::now();
+        let mut iov = libc::iovec {
+            iov_base: frame.as_ptr() as *mut libc::c_void,
+            iov_len: frame.len(),
+        };
+        // SAFETY: mmsghdr is plain data; all-zero is a valid (empty) value.
+        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
+        for m in &mut msgs {
+            m.msg_hdr.msg_iov = &mut iov;
+            m.msg_hdr.msg_iovlen = 1;
+        }
+        let mut r = BurstReport::default();
+        while r.attempted < count && Instant::now() < deadline {
+            let n = (count - r.attempted).min(BATCH as u64) as libc::c_uint;
+            // SAFETY: `msgs` holds `n` initialised headers whose single iovec points into
+            // `frame`, which outlives the call; the kernel only reads them.
+            let sent = unsafe { libc::sendmmsg(self.fd.as_raw_fd(), msgs.as_mut_ptr(), n, 0) };
+            if sent < 0 {
+                let err = io::Error::last_os_error();
+                match err.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(libc::ENOBUFS) => {}
+                    _ => return Err(err),
+                }
+            } else {
+                r.accepted += sent as u64;
+                r.attempted += sent as u64;
+                if sent as libc::c_uint == n {
+                    continue;
+                }
+                // sendmmsg reports an error only when it sent nothing; a short batch
+                // means the next message failed, which on a tap is the full-queue drop.
+            }
+            r.refused += 1;
+            r.attempted += 1;
+            std::thread::sleep(Duration::from_micros(20));
+        }
+        r.elapsed = start.elapsed();
+        Ok(r)
+    }
+
+    /// The next frame that arrived on the interface (not one this host sent), waiting at
+    /// most `timeout`.
+    pub fn recv(&self, timeout: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut pfd = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = left.as_millis().min(i32::MAX as u128) as libc::c_int;
+            // SAFETY: one valid pollfd, count 1.
+            let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if ready <= 0 {
+                return None;
+            }
+            // SAFETY: sockaddr_ll is plain data; all-zero is valid.
+            let mut from: libc::sockaddr_ll = unsafe { mem::zeroed() };
+            let mut from_len = mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            // SAFETY: `buf` and `from` are valid for writes of the lengths passed.
+            let n = unsafe {
+                libc::recvfrom(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                    (&mut from as *mut libc::sockaddr_ll).cast(),
+                    &mut from_len,
+                )
+            };
+            if n >= 0 && from.sll_pkttype != libc::PACKET_OUTGOING {
+                return Some(buf[..n as usize].to_vec());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+        }
+    }
+
+    /// Every arriving frame for which `keep` holds, collected for `window`.
+    pub fn collect(&self, window: Duration, keep: impl Fn(&[u8]) -> bool) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + window;
+        let mut got = Vec::new();
+        while let Some(f) = self.recv(deadline.saturating_duration_since(Instant::now())) {
+            if keep(&f) {
+                got.push(f);
+            }
+        }
+        got
+    }
+
+    /// Waits at most `timeout` for an arriving frame for which `want` holds.
+    pub fn wait_for(&self, timeout: Duration, want: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        while let Some(f) = self.recv(deadline.saturating_duration_since(Instant::now())) {
+            if want(&f) {
+                return Some(f);
+            }
+        }
+        None
+    }
+
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+}
+
+/// Opens and binds the socket in the calling thread's namespace.
+fn open_here(ifname: &str, capture: bool) -> io::Result<OwnedFd> {
+    let cname = std::ffi::CString::new(ifname).expect("interface name has no NUL");
+    // SAFETY: a valid NUL-terminated string.
+    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    if ifindex == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Protocol 0 receives nothing until bind: binding with ETH_P_ALL then hooks this one
+    // interface only, so no frame of another interface slips in between.
+    // SAFETY: plain socket(2) call; the returned fd is owned below.
+    let fd = cvt(unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_ll is plain data; all-zero is valid.
+    let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = if capture {
+        (libc::ETH_P_ALL as u16).to_be()
+    } else {
+        0
+    };
+    addr.sll_ifindex = ifindex as i32;
+    // SAFETY: `addr` is a valid sockaddr_ll of the length passed.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_ll).cast(),
+            mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    cvt(rc)?;
+    Ok(fd)
+}
+
+fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
