@@ -1,0 +1,82 @@
+//! The monotonic clock shared by generator and sink: `MonoTime` is CLOCK_MONOTONIC in
+//! nanoseconds, the clock stamped into probe frames. Network namespaces share it, so a
+//! frame sent in one namespace and received in another on the same host measures its
+//! one-way latency. `sleep_until` paces the generator with absolute deadlines, so
+//! oversleeping once does not shift every later frame.
+
+use std::time::Duration;
+
+/// A point on CLOCK_MONOTONIC, in nanoseconds since an unspecified start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MonoTime(pub u64);
+
+impl MonoTime {
+    pub fn now() -> MonoTime {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux,
+        // so the call cannot fail and only writes `ts`.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        MonoTime(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+    }
+
+    pub fn nanos(self) -> u64 {
+        self.0
+    }
+
+    /// `self + d`, saturating at the end of time.
+    pub fn plus(self, d: Duration) -> MonoTime {
+        MonoTime(
+            self.0
+                .saturating_add(d.as_nanos().min(u64::MAX as u128) as u64),
+        )
+    }
+
+    /// Time elapsed from `earlier` to `self`, zero if `earlier` is later.
+    pub fn since(self, earlier: MonoTime) -> Duration {
+        Duration::from_nanos(self.0.saturating_sub(earlier.0))
+    }
+}
+
+/// Sleeps until `deadline` on CLOCK_MONOTONIC (returns at once if it has passed).
+pub fn sleep_until(deadline: MonoTime) {
+    let ts = libc::timespec {
+        tv_sec: (deadline.0 / 1_000_000_000) as libc::time_t,
+        tv_nsec: (deadline.0 % 1_000_000_000) as libc::c_long,
+    };
+    // A bounded number of retries: each one only happens after a signal interrupted the
+    // sleep, and the deadline is absolute, so retrying never extends it.
+    for _ in 0..1000 {
+        // SAFETY: `ts` is a valid timespec; with TIMER_ABSTIME the remainder pointer is
+        // unused and may be null.
+        let rc = unsafe {
+            libc::clock_nanosleep(
+                libc::CLOCK_MONOTONIC,
+                libc::TIMER_ABSTIME,
+                &ts,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc != libc::EINTR {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_moves_forward_and_sleep_until_waits_for_deadline() {
+        let start = MonoTime::now();
+        let deadline = start.plus(Duration::from_millis(5));
+        sleep_until(deadline);
+        let end = MonoTime::now();
+        assert!(end >= deadline);
+        assert!(end.since(start) >= Duration::from_millis(5));
+        assert_eq!(start.since(end), Duration::ZERO);
+    }
+}
