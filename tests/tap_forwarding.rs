@@ -218,7 +218,7 @@ fn burst_of_a_million_frames_is_fully_accounted_for() {
         "sent != delivered + switch drops + tap A tx_dropped + tap B rx_dropped"
     );
     assert!(
-        delivered * 2 >= burst.attempted,
+        delivered * 4 >= burst.attempted * 3,
         "only {delivered} of {} frames delivered",
         burst.attempted
     );
@@ -387,10 +387,15 @@ fn sigint_and_sigterm_stop_cleanly_and_print_counters() {
             );
         }
         assert_eq!(stopped.stats().ports.len(), 2, "signal {signal}");
+        // The taps go when the kernel drops the last reference to their files, which the
+        // io_uring's asynchronous teardown may do a few milliseconds after the exit.
         for tap in [&t1, &t2] {
+            let gone = wait_until(Duration::from_secs(2), Duration::from_millis(10), || {
+                !link_exists(tap)
+            });
             assert!(
-                !link_exists(tap),
-                "signal {signal}: tap {tap} outlived the switch"
+                gone,
+                "signal {signal}: tap {tap} outlived the switch by 2 s"
             );
         }
     }
