@@ -32,7 +32,7 @@ struct Raw {
     max_frame_size: u32,
 
     /// Reads kept in flight per port.
-    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
     rx_depth: u32,
 
     /// On exit, also write the final counters as JSON to this file.
@@ -106,9 +106,10 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, CliExit> 
         )));
     }
     if let Some(cpu) = raw.worker_cpu {
-        let n = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
+        // Not available_parallelism(): that honours our own affinity mask (e.g. under
+        // `taskset`), while the worker may be pinned to any CPU the system has.
+        // SAFETY: sysconf only reads a system parameter.
+        let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }.max(1) as usize;
         if cpu >= n {
             return Err(CliExit::Invalid(format!(
                 "--worker-cpu {cpu}: this machine has CPUs 0..{}",

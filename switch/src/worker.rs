@@ -46,7 +46,7 @@ impl Default for WorkerConfig {
             max_frame: 1522,
             mac_capacity: 65536,
             mac_ageing: 300,
-            rx_depth: 32,
+            rx_depth: 64,
             tx_depth: 256,
             max_ports: 64,
             cpu: None,
