@@ -99,6 +99,8 @@ struct IoPort {
     fd: OwnedFd,
     file: FileRef,
     reads: u32,
+    /// Receiving failed for good; no more reads are armed.
+    failed: bool,
 }
 
 /// Wakes a worker out of `io_uring_enter` and asks it to stop.
@@ -246,6 +248,7 @@ impl Worker {
                 fd: p.fd,
                 file,
                 reads: 0,
+                failed: false,
             });
         }
         Ok(w)
@@ -331,6 +334,9 @@ impl Worker {
     fn arm_reads(&mut self) -> Result<(), WorkerError> {
         for i in 0..self.ports.len() {
             let Some(p) = &self.ports[i] else { continue };
+            if p.failed {
+                continue;
+            }
             let (file, missing) = (p.file, self.rx_depth - p.reads);
             let mut armed = 0;
             for _ in 0..missing {
@@ -393,6 +399,25 @@ impl Worker {
         result
     }
 
+    /// The kernel object behind a port failed for good (e.g. its interface was deleted): stop
+    /// receiving on it and take its link down so nothing is sent to it, rather than spin on
+    /// errors. Other ports are not disturbed.
+    fn fail_port(&mut self, port: PortId, errno: i32) {
+        if let Some(ctr) = self.engine.port_counters(port) {
+            ctr.count_drop(DropReason::RxError);
+        }
+        if let Some(p) = &mut self.ports[port.index()] {
+            if !p.failed {
+                p.failed = true;
+                let _ = self.engine.set_link(port, false);
+                eprintln!(
+                    "ringswitch: {port}: receive failed ({}); port disabled",
+                    io::Error::from_raw_os_error(errno)
+                );
+            }
+        }
+    }
+
     fn complete(&mut self, c: Completion) -> Result<(), WorkerError> {
         let (op, port, buf) = untag(c.user_data);
         match op {
@@ -411,12 +436,14 @@ impl Worker {
                         len: c.result as u32,
                     });
                 } else {
-                    if alive && c.result != -libc::ECANCELED {
-                        if let Some(ctr) = self.engine.port_counters(port) {
-                            ctr.count_drop(DropReason::RxError);
-                        }
-                    }
                     self.ring.pool_mut().release(buf);
+                    let transient = matches!(
+                        -c.result,
+                        libc::ECANCELED | libc::EINTR | libc::EAGAIN | libc::ENOBUFS
+                    );
+                    if alive && !transient {
+                        self.fail_port(port, -c.result);
+                    }
                 }
             }
             TAG_WRITE => {
