@@ -11,22 +11,9 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use common::{
-    ethernet_frame, link_exists, require_root, run_cli, serial, unique_name, wait_until, Lan,
-    MacAddr, PacketSocket,
+    carries, ethernet_frame, link_exists, marked, require_root, run_cli, serial, unique_name,
+    wait_until, Lan, MacAddr, PacketSocket, ETHERTYPE_IPV4, ETHERTYPE_TEST,
 };
-
-/// IEEE 802 "local experimental" EtherType: no protocol handler in the kernel claims it.
-const ETHERTYPE_TEST: u16 = 0x88b5;
-const ETHERTYPE_IPV4: u16 = 0x0800;
-
-/// A test frame carrying `marker`, recognisable in a capture.
-fn marked(dst: MacAddr, src: MacAddr, marker: &[u8]) -> Vec<u8> {
-    ethernet_frame(dst, src, ETHERTYPE_TEST, marker, 60)
-}
-
-fn carries(frame: &[u8], marker: &[u8]) -> bool {
-    frame.len() >= 14 + marker.len() && &frame[14..14 + marker.len()] == marker
-}
 
 #[test]
 fn two_namespaces_ping_each_other_both_ways() {
@@ -65,6 +52,18 @@ fn unicast_goes_only_to_learned_port_and_broadcast_floods() {
         .map(|h| PacketSocket::open(&h.ns, &h.ifname, true).expect("open capture socket"))
         .collect();
     let (a, b, c) = (&socks[0], &socks[1], &socks[2]);
+
+    // Before anyone else has spoken, a unicast frame has no learned port and is flooded.
+    let nobody = MacAddr([0x02, 0, 0, 0, 0x99, 0x99]);
+    a.send(&marked(nobody, hosts[0].mac, b"unknown-unicast"))
+        .expect("send unknown unicast");
+    for (s, id) in [(b, "b"), (c, "c")] {
+        let got = s.wait_for(Duration::from_secs(2), |f| carries(f, b"unknown-unicast"));
+        assert!(
+            got.is_some(),
+            "unicast to an unknown MAC was not flooded to {id}"
+        );
+    }
 
     // Learning: every host speaks once; a host has seen the other two's hellos only after
     // the switch has processed (and learned from) them.

@@ -15,7 +15,9 @@ mod switch;
 
 pub use lan::{Host, Lan};
 pub use netns::{LinkStats, Netns};
-pub use packet::{ethernet_frame, BurstReport, PacketSocket};
+pub use packet::{
+    carries, ethernet_frame, marked, BurstReport, PacketSocket, ETHERTYPE_IPV4, ETHERTYPE_TEST,
+};
 pub use switch::{run_cli, PortStats, Stats, Stopped, Switch};
 
 use std::process::Command;

@@ -243,3 +243,17 @@ fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
         Ok(rc)
     }
 }
+
+/// IEEE 802 "local experimental" EtherType: no protocol handler in the kernel claims it.
+pub const ETHERTYPE_TEST: u16 = 0x88b5;
+pub const ETHERTYPE_IPV4: u16 = 0x0800;
+
+/// A 60-byte test frame whose payload starts with `marker`, recognisable in a capture.
+pub fn marked(dst: MacAddr, src: MacAddr, marker: &[u8]) -> Vec<u8> {
+    ethernet_frame(dst, src, ETHERTYPE_TEST, marker, 60)
+}
+
+/// Whether `frame`'s payload starts with `marker`.
+pub fn carries(frame: &[u8], marker: &[u8]) -> bool {
+    frame.get(14..14 + marker.len()) == Some(marker)
+}
