@@ -12,6 +12,7 @@ mod lan;
 mod netns;
 mod packet;
 mod switch;
+mod tap;
 
 pub use lan::{Host, Lan};
 pub use netns::{LinkStats, Netns};
@@ -19,6 +20,7 @@ pub use packet::{
     carries, ethernet_frame, marked, BurstReport, PacketSocket, ETHERTYPE_IPV4, ETHERTYPE_TEST,
 };
 pub use switch::{run_cli, PortStats, Stats, Stopped, Switch};
+pub use tap::{open_tap, PersistentTap};
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};

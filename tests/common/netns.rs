@@ -125,6 +125,15 @@ impl Netns {
         ]);
     }
 
+    /// Whether an interface called `ifname` exists in this namespace.
+    pub fn has_link(&self, ifname: &str) -> bool {
+        Command::new("ip")
+            .args(["-n", &self.name, "link", "show", "dev", ifname])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
     /// Runs a program inside the namespace (`ip netns exec`).
     pub fn exec(&self, program: &str, args: &[&str]) -> Output {
         Command::new("ip")

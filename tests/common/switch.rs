@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -91,14 +93,34 @@ impl Switch {
     /// Starts `ringswitch ARGS --stats-json TMP` and waits for its ready line; panics with
     /// its stderr if it exits first or stays silent past the timeout.
     pub fn start(args: &[&str]) -> Switch {
+        Switch::start_passing(args, &[])
+    }
+
+    /// Like `start`, and the child inherits `fds` (for `fd=N`) under the same numbers.
+    pub fn start_passing(args: &[&str], fds: &[BorrowedFd<'_>]) -> Switch {
         let stats_path = std::env::temp_dir().join(format!("{}.json", unique_name("rsst")));
-        let mut child = Command::new(BINARY)
-            .args(args)
+        let mut cmd = Command::new(BINARY);
+        cmd.args(args)
             .arg("--stats-json")
             .arg(&stats_path)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::piped());
+        let inherit: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        // SAFETY: the hook runs in the forked child before exec and only calls fcntl,
+        // which is async-signal-safe; clearing FD_CLOEXEC there leaves the parent's
+        // descriptors close-on-exec, so no other child inherits them.
+        unsafe {
+            cmd.pre_exec(move || {
+                for &fd in &inherit {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {BINARY}: {e}"));
         let mut stdout = child.stdout.take().expect("piped stdout");
