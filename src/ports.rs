@@ -4,11 +4,13 @@ use crate::cli::Args;
 use anyhow::{bail, Context};
 use ringswitch_backends::{NetdevKind, NetdevSpec, Script, Tap};
 use ringswitch_switch::{
-    DomainId, PortCounters, PortSpec, Worker, WorkerConfig, WorkerCounters, WorkerHandle,
+    link, DomainId, PortCounters, PortEntry, Snapshot, Worker, WorkerConfig, WorkerCounters,
+    WorkerHandle,
 };
 use std::os::fd::OwnedFd;
 use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A port as the binary reports it.
 pub struct PortInfo {
@@ -83,7 +85,7 @@ pub fn open_all(args: &Args) -> anyhow::Result<Vec<Opened>> {
     Ok(out)
 }
 
-/// Starts the worker over the opened ports.
+/// Starts the worker over the opened ports and waits until it serves them.
 pub fn start(args: &Args, opened: Vec<Opened>) -> anyhow::Result<(WorkerHandle, Running)> {
     let cfg = WorkerConfig {
         max_frame: args.max_frame_size,
@@ -94,18 +96,27 @@ pub fn start(args: &Args, opened: Vec<Opened>) -> anyhow::Result<(WorkerHandle, 
         cpu: args.worker_cpu,
         ..WorkerConfig::default()
     };
-    let mut specs = Vec::with_capacity(opened.len());
+    let mut entries = Vec::with_capacity(opened.len());
     let mut ports = Vec::with_capacity(opened.len());
     for o in opened {
-        specs.push(PortSpec {
-            fd: o.fd,
+        entries.push(Some(Arc::new(PortEntry {
+            name: o.info.id.as_str().into(),
+            fd: Arc::new(o.fd),
             domain: DomainId(0),
             link_up: true,
             counters: o.info.counters.clone(),
-        });
+        })));
         ports.push(o.info);
     }
-    let handle = Worker::spawn(cfg, specs).context("starting the worker")?;
+    let (control, worker_link) = link(Snapshot {
+        generation: 1,
+        ports: entries,
+    })
+    .context("creating the control link")?;
+    let handle = Worker::spawn(cfg, worker_link).context("starting the worker")?;
+    control
+        .wait_applied(1, Duration::from_secs(5))
+        .context("waiting for the worker to open its ports")?;
     let worker = handle.counters.clone();
     Ok((handle, Running { ports, worker }))
 }

@@ -96,6 +96,15 @@ impl TxQueues {
         }
     }
 
+    /// Empties `port`'s queue, passing each frame to `f` (which takes over its reference).
+    pub fn discard(&mut self, port: PortId, mut f: impl FnMut(TxDesc)) {
+        let q = &mut self.queues[port.index()];
+        for d in q.drain(..) {
+            f(d);
+        }
+        self.pending.retain(|&p| p != port);
+    }
+
     /// Total frames queued.
     pub fn len(&self) -> usize {
         self.pending
@@ -209,6 +218,35 @@ impl Engine {
         slot.conf.link_up = up;
         self.rebuild_flood();
         Ok(())
+    }
+
+    /// Moves a port to another bridge domain; what was learned on it is forgotten.
+    pub fn set_domain(&mut self, id: PortId, domain: DomainId) -> Result<(), EngineError> {
+        let slot = self
+            .ports
+            .get_mut(id.index())
+            .and_then(Option::as_mut)
+            .ok_or(EngineError::NoSuchPort(id))?;
+        slot.conf.domain = domain;
+        self.table.flush_port(id);
+        self.rebuild_flood();
+        Ok(())
+    }
+
+    /// Sends a frame the switch originates (e.g. an announcement) out of every port of
+    /// `ingress`'s domain except `ingress`, without learning its source. Takes over the
+    /// frame's buffer reference.
+    pub fn flood_from(
+        &self,
+        pool: &mut BufferPool,
+        ingress: PortId,
+        desc: TxDesc,
+        tx: &mut TxQueues,
+    ) {
+        match self.ports.get(ingress.index()).and_then(Option::as_ref) {
+            Some(p) => self.flood(pool, ingress, p.conf.domain, desc, tx),
+            None => pool.release(desc.buf),
+        }
     }
 
     pub fn port_counters(&self, id: PortId) -> Option<&Arc<PortCounters>> {

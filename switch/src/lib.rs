@@ -1,6 +1,7 @@
 //! ringswitch's data plane: the buffer pool, the MAC learning table, the forwarding engine
 //! (pure logic, no I/O) and the per-core io_uring worker that drives ports with it.
 
+pub mod config;
 pub mod counters;
 pub mod engine;
 pub mod ethernet;
@@ -12,6 +13,7 @@ pub mod pool;
 pub mod uring;
 pub mod worker;
 
+pub use config::{link, ControlLink, LinkError, PortEntry, Request, Snapshot, WorkerLink};
 pub use counters::{DropReason, PortCounters, PortStats, WorkerCounters, WorkerStats};
 pub use engine::{Engine, PortConf, RxDesc, TxDesc, TxQueues};
 pub use ids::{BufIndex, DomainId, PortId};
@@ -19,4 +21,4 @@ pub use mac::MacAddr;
 pub use mactable::MacTable;
 pub use memport::MemSwitch;
 pub use pool::BufferPool;
-pub use worker::{PortSpec, StopHandle, Worker, WorkerConfig, WorkerError, WorkerHandle};
+pub use worker::{StopHandle, Worker, WorkerConfig, WorkerError, WorkerHandle};

@@ -1,22 +1,25 @@
 //! `Worker`: one run-to-completion loop on one (optionally pinned) core.
 //!
 //! A worker owns its io_uring instance, its buffer pool, its forwarding engine and the ports it
-//! serves. Each loop: keep `rx_depth` reads in flight on every port, hand every queued frame to
-//! the kernel as a write, then one `io_uring_enter` submits all of it and waits; the
-//! completions form the next receive batch, which the engine turns into transmit queues. No
-//! read()/write() per frame, no allocation and no lock on this path.
+//! serves. Each loop: pick up a new configuration snapshot if one was published, keep
+//! `rx_depth` reads in flight on every port, hand every queued frame to the kernel as a write,
+//! then one `io_uring_enter` submits all of it and waits; the completions form the next receive
+//! batch, which the engine turns into transmit queues. No read()/write() per frame, no
+//! allocation and no lock on this path.
 //!
 //! A frame's buffer is held by exactly one in-flight read, or by the transmit queues and
 //! in-flight writes that carry it (reference counted); it returns to the pool when the last
-//! write completes.
+//! write completes. A removed port is drained — its reads cancelled, its writes completed —
+//! before the worker drops its descriptor and reports the configuration applied.
 
-use crate::counters::{DropReason, PortCounters, WorkerCounters};
-use crate::engine::{Engine, PortConf, RxDesc, TxQueues};
-use crate::ids::{BufIndex, DomainId, PortId};
-use crate::pool::BufferPool;
+use crate::config::{kick, PortEntry, Request, Snapshot, WorkerLink};
+use crate::counters::{DropReason, WorkerCounters};
+use crate::engine::{Engine, PortConf, RxDesc, TxDesc, TxQueues};
+use crate::ids::{BufIndex, PortId};
 use crate::uring::{Completion, FileRef, Ring, RingFeatures};
+use crate::BufferPool;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -34,8 +37,10 @@ pub struct WorkerConfig {
     pub rx_depth: u32,
     /// Frames a port's transmit queue holds.
     pub tx_depth: usize,
-    /// Most ports this worker can serve.
+    /// Most ports this worker can serve (port indices 0..max_ports).
     pub max_ports: usize,
+    /// Frame buffers in the pool (default: enough for every port's reads, twice).
+    pub pool_buffers: Option<usize>,
     /// Core to pin the worker thread to.
     pub cpu: Option<usize>,
 }
@@ -49,18 +54,10 @@ impl Default for WorkerConfig {
             rx_depth: 64,
             tx_depth: 256,
             max_ports: 64,
+            pool_buffers: None,
             cpu: None,
         }
     }
-}
-
-/// A port handed to a worker: a descriptor that carries one frame per read and per write
-/// (a tap, or a datagram socket), with its place in the switch.
-pub struct PortSpec {
-    pub fd: OwnedFd,
-    pub domain: DomainId,
-    pub link_up: bool,
-    pub counters: Arc<PortCounters>,
 }
 
 /// Why a worker could not start or stopped.
@@ -70,14 +67,12 @@ pub enum WorkerError {
     Pool(#[from] crate::pool::PoolError),
     #[error("io_uring set-up failed: {0}")]
     Ring(#[source] io::Error),
-    #[error("{0} ports given but the worker serves at most {1}")]
-    TooManyPorts(usize, usize),
-    #[error("eventfd: {0}")]
-    EventFd(#[source] io::Error),
     #[error("io_uring_enter failed: {0}")]
     Enter(#[source] io::Error),
     #[error("cannot pin the worker to CPU {0}: {1}")]
     Pin(usize, #[source] io::Error),
+    #[error("cannot start the worker thread: {0}")]
+    Thread(#[source] io::Error),
 }
 
 const TAG_READ: u64 = 1;
@@ -96,29 +91,28 @@ fn untag(ud: u64) -> (u64, PortId, BufIndex) {
 }
 
 struct IoPort {
-    fd: OwnedFd,
+    entry: Arc<PortEntry>,
     file: FileRef,
     reads: u32,
+    writes: u32,
     /// Receiving failed for good; no more reads are armed.
     failed: bool,
+    /// Removed from the configuration; waiting for its I/O to finish.
+    draining: bool,
 }
 
 /// Wakes a worker out of `io_uring_enter` and asks it to stop.
 #[derive(Clone)]
 pub struct StopHandle {
     stop: Arc<AtomicBool>,
-    event: Arc<OwnedFd>,
+    wake: Arc<OwnedFd>,
 }
 
 impl StopHandle {
     /// Asks the worker to stop; returns at once.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes from a live u64 to an eventfd we own.
-        unsafe {
-            libc::write(self.event.as_raw_fd(), (&one as *const u64).cast(), 8);
-        }
+        kick(&self.wake);
     }
 }
 
@@ -160,12 +154,16 @@ pub struct Worker {
     rx: Vec<RxDesc>,
     cqes: Vec<Completion>,
     counters: Arc<WorkerCounters>,
-    stop: Arc<AtomicBool>,
-    event: Arc<OwnedFd>,
+    link: WorkerLink,
     wake_buf: Box<u64>,
     rx_depth: u32,
     /// Writes handed to the kernel and not yet completed.
     writes: u64,
+    /// Generation of the snapshot the ports were last reconciled with.
+    generation: u64,
+    /// A port index was wanted while its previous port was still draining: reconcile again
+    /// once the drain ends.
+    retry: bool,
     epoch: Instant,
 }
 
@@ -182,32 +180,21 @@ fn pin_to(cpu: usize) -> io::Result<()> {
     Ok(())
 }
 
-fn eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: eventfd has no memory arguments; a non-negative result is a new fd we own.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 impl Worker {
-    /// Builds a worker over `ports` (port i gets `PortId(i)`).
-    pub fn new(cfg: &WorkerConfig, ports: Vec<PortSpec>) -> Result<Worker, WorkerError> {
-        if ports.len() > cfg.max_ports {
-            return Err(WorkerError::TooManyPorts(ports.len(), cfg.max_ports));
-        }
+    /// Builds a worker that serves the ports of `link`'s snapshots.
+    pub fn new(cfg: &WorkerConfig, link: WorkerLink) -> Result<Worker, WorkerError> {
         let buf_size = (cfg.max_frame + 1).next_power_of_two().max(2048);
-        let rx_bufs = cfg.max_ports * cfg.rx_depth as usize;
-        let tx_bufs = cfg.max_ports * cfg.tx_depth;
-        let pool = BufferPool::new((rx_bufs + tx_bufs + 256).next_power_of_two(), buf_size)?;
+        let default_pool = (cfg.max_ports * cfg.rx_depth as usize * 2).clamp(4096, 65536);
+        let pool = BufferPool::new(
+            cfg.pool_buffers.unwrap_or(default_pool).next_power_of_two(),
+            buf_size,
+        )?;
         let entries = ((cfg.max_ports as u32) * (cfg.rx_depth + cfg.tx_depth as u32) + 16)
             .next_power_of_two()
             .clamp(256, 4096);
         let ring = Ring::new(entries, pool, cfg.max_ports as u32).map_err(WorkerError::Ring)?;
         let counters = Arc::new(WorkerCounters::default());
-        let mut w = Worker {
+        Ok(Worker {
             ring,
             engine: Engine::new(
                 cfg.max_ports,
@@ -221,37 +208,14 @@ impl Worker {
             rx: Vec::with_capacity(entries as usize * 2),
             cqes: Vec::with_capacity(entries as usize * 2),
             counters,
-            stop: Arc::new(AtomicBool::new(false)),
-            event: Arc::new(eventfd().map_err(WorkerError::EventFd)?),
+            link,
             wake_buf: Box::new(0),
             rx_depth: cfg.rx_depth,
             writes: 0,
+            generation: 0,
+            retry: false,
             epoch: Instant::now(),
-        };
-        for (i, p) in ports.into_iter().enumerate() {
-            let id = PortId(i as u16);
-            let file = w
-                .ring
-                .register_file(i as u32, p.fd.as_raw_fd())
-                .map_err(WorkerError::Ring)?;
-            w.engine
-                .add_port(
-                    id,
-                    PortConf {
-                        domain: p.domain,
-                        link_up: p.link_up,
-                    },
-                    p.counters,
-                )
-                .expect("port index within max_ports and unused");
-            w.ports[i] = Some(IoPort {
-                fd: p.fd,
-                file,
-                reads: 0,
-                failed: false,
-            });
-        }
-        Ok(w)
+        })
     }
 
     pub fn features(&self) -> RingFeatures {
@@ -264,14 +228,15 @@ impl Worker {
 
     pub fn stop_handle(&self) -> StopHandle {
         StopHandle {
-            stop: self.stop.clone(),
-            event: self.event.clone(),
+            stop: self.link.stop.clone(),
+            wake: self.link.wake.clone(),
         }
     }
 
     /// Builds the worker and runs it on a new thread, pinned when `cfg.cpu` says so.
-    pub fn spawn(cfg: WorkerConfig, ports: Vec<PortSpec>) -> Result<WorkerHandle, WorkerError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    pub fn spawn(cfg: WorkerConfig, link: WorkerLink) -> Result<WorkerHandle, WorkerError> {
+        type Ready = (StopHandle, Arc<WorkerCounters>, RingFeatures, bool);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Ready, WorkerError>>(1);
         let thread = std::thread::Builder::new()
             .name("rs-worker".into())
             .spawn(move || {
@@ -282,23 +247,23 @@ impl Worker {
                         return Ok(());
                     }
                 }
-                let mut w = match Worker::new(&cfg, ports) {
+                let mut w = match Worker::new(&cfg, link) {
                     Ok(w) => w,
                     Err(e) => {
                         let _ = tx.send(Err(e));
                         return Ok(());
                     }
                 };
-                let info = (
+                let ready = (
                     w.stop_handle(),
                     w.counters.clone(),
                     w.features(),
                     w.ring.pool().huge_pages(),
                 );
-                let _ = tx.send(Ok(info));
+                let _ = tx.send(Ok(ready));
                 w.run()
             })
-            .map_err(WorkerError::Ring)?;
+            .map_err(WorkerError::Thread)?;
         match rx.recv() {
             Ok(Ok((stopper, counters, features, huge_pages))) => Ok(WorkerHandle {
                 stopper,
@@ -322,19 +287,169 @@ impl Worker {
     fn arm_wake(&mut self) -> Result<(), WorkerError> {
         let target: *mut u64 = &mut *self.wake_buf;
         // SAFETY: `wake_buf` is a heap cell owned by the worker, used by nothing else, and
-        // outlives the ring (the ring is dropped with the worker, completing the read first).
+        // outlives the ring's use of it (the ring is dropped with the worker, which completes
+        // or cancels the read first).
         unsafe {
             self.ring
-                .push_read_u64(self.event.as_raw_fd(), target, TAG_WAKE << 56)
+                .push_read_u64(self.link.wake.as_raw_fd(), target, TAG_WAKE << 56)
         }
         .map_err(WorkerError::Enter)
+    }
+
+    /// Brings the ports in line with the newest snapshot, if there is one.
+    fn reconcile(&mut self) -> Result<(), WorkerError> {
+        let snap: Arc<Snapshot> = self.link.snapshot.load_full();
+        if snap.generation == self.generation && !self.retry {
+            return Ok(());
+        }
+        self.generation = snap.generation;
+        self.retry = false;
+        for i in 0..self.ports.len() {
+            let id = PortId(i as u16);
+            let want = snap.ports.get(i).cloned().flatten();
+            let same = match (&self.ports[i], &want) {
+                (Some(cur), Some(w)) => Arc::ptr_eq(&cur.entry.fd, &w.fd) && !cur.draining,
+                _ => false,
+            };
+            if same {
+                let w = want.expect("checked above");
+                let cur = self.ports[i].as_mut().expect("checked above");
+                if cur.entry.domain != w.domain {
+                    let _ = self.engine.set_domain(id, w.domain);
+                }
+                if cur.entry.link_up != w.link_up && !cur.failed {
+                    let _ = self.engine.set_link(id, w.link_up);
+                }
+                cur.entry = w;
+                continue;
+            }
+            if self.ports[i].is_some() {
+                self.begin_drain(id)?;
+                if want.is_some() {
+                    self.retry = true;
+                }
+                continue;
+            }
+            if let Some(w) = want {
+                self.add_port(id, w)?;
+            }
+        }
+        if snap.ports.len() > self.ports.len()
+            && snap.ports[self.ports.len()..].iter().any(Option::is_some)
+        {
+            eprintln!(
+                "ringswitch: configuration names ports beyond this worker's {} slots; ignored",
+                self.ports.len()
+            );
+        }
+        self.finish_drains();
+        Ok(())
+    }
+
+    fn add_port(&mut self, id: PortId, entry: Arc<PortEntry>) -> Result<(), WorkerError> {
+        let file = self
+            .ring
+            .register_file(id.0 as u32, entry.fd.as_raw_fd())
+            .map_err(WorkerError::Ring)?;
+        let conf = PortConf {
+            domain: entry.domain,
+            link_up: entry.link_up,
+        };
+        self.engine
+            .add_port(id, conf, entry.counters.clone())
+            .expect("index within max_ports and free");
+        self.ports[id.index()] = Some(IoPort {
+            entry,
+            file,
+            reads: 0,
+            writes: 0,
+            failed: false,
+            draining: false,
+        });
+        Ok(())
+    }
+
+    /// Stops all traffic to and from a removed port and cancels its reads.
+    fn begin_drain(&mut self, id: PortId) -> Result<(), WorkerError> {
+        let Some(p) = &mut self.ports[id.index()] else {
+            return Ok(());
+        };
+        if p.draining {
+            return Ok(());
+        }
+        p.draining = true;
+        let file = p.file;
+        let _ = self.engine.remove_port(id);
+        let pool = self.ring.pool_mut();
+        self.tx.discard(id, |f: TxDesc| pool.release(f.buf));
+        self.ring
+            .push_cancel_file(file, TAG_CANCEL << 56)
+            .map_err(WorkerError::Enter)
+    }
+
+    /// Forgets drained ports; reports the configuration applied once nothing is draining.
+    fn finish_drains(&mut self) {
+        for i in 0..self.ports.len() {
+            let done =
+                matches!(&self.ports[i], Some(p) if p.draining && p.reads == 0 && p.writes == 0);
+            if done {
+                // Dropping the entry releases the worker's reference to the descriptor.
+                self.ports[i] = None;
+                let _ = self.ring.register_file(i as u32, -1);
+            }
+        }
+        let draining = self.ports.iter().flatten().any(|p| p.draining);
+        if !draining && !self.retry {
+            self.link.applied.store(self.generation, Ordering::Release);
+        }
+    }
+
+    fn serve_requests(&mut self) {
+        while let Ok(r) = self.link.requests.try_recv() {
+            let now = self.now();
+            match r {
+                Request::DumpMacs(reply) => {
+                    let _ = reply.send(self.engine.mac_table().entries(now).collect());
+                }
+                Request::FlushMacs(port, reply) => {
+                    let t = self.engine.mac_table_mut();
+                    let n = match port {
+                        Some(p) => t.flush_port(p),
+                        None => {
+                            let n = t.len(now);
+                            t.clear();
+                            n
+                        }
+                    };
+                    let _ = reply.send(n);
+                }
+                Request::Flood { ingress, frame } => {
+                    let pool = self.ring.pool_mut();
+                    let Some(b) = pool.alloc() else {
+                        self.counters.rx_starved.inc();
+                        continue;
+                    };
+                    let n = frame.len().min(pool.buf_size());
+                    pool.buf_mut(b)[..n].copy_from_slice(&frame[..n]);
+                    let desc = TxDesc {
+                        buf: b,
+                        len: n as u32,
+                    };
+                    self.engine.flood_from(pool, ingress, desc, &mut self.tx);
+                }
+            }
+        }
+    }
+
+    fn now(&self) -> u32 {
+        self.epoch.elapsed().as_secs() as u32
     }
 
     /// Tops up every port's in-flight reads.
     fn arm_reads(&mut self) -> Result<(), WorkerError> {
         for i in 0..self.ports.len() {
             let Some(p) = &self.ports[i] else { continue };
-            if p.failed {
+            if p.failed || p.draining {
                 continue;
             }
             let (file, missing) = (p.file, self.rx_depth - p.reads);
@@ -364,19 +479,20 @@ impl Worker {
     fn flush_tx(&mut self) -> Result<(), WorkerError> {
         let mut result = Ok(());
         let ring = &mut self.ring;
-        let ports = &self.ports;
+        let ports = &mut self.ports;
         let counters = &self.counters;
         let writes = &mut self.writes;
         self.tx.drain(|port, frames| {
             let file = match &ports[port.index()] {
-                Some(p) => p.file,
-                None => {
+                Some(p) if !p.draining => p.file,
+                _ => {
                     for f in frames {
                         ring.pool_mut().release(f.buf);
                     }
                     return;
                 }
             };
+            let mut submitted = 0;
             for f in frames {
                 if result.is_err() {
                     ring.pool_mut().release(f.buf);
@@ -391,9 +507,13 @@ impl Worker {
                 if result.is_err() {
                     ring.pool_mut().release(f.buf);
                 } else {
-                    counters.tx_submitted.inc();
-                    *writes += 1;
+                    submitted += 1;
                 }
+            }
+            counters.tx_submitted.add(submitted as u64);
+            *writes += submitted as u64;
+            if let Some(p) = &mut ports[port.index()] {
+                p.writes += submitted;
             }
         });
         result
@@ -403,18 +523,18 @@ impl Worker {
     /// receiving on it and take its link down so nothing is sent to it, rather than spin on
     /// errors. Other ports are not disturbed.
     fn fail_port(&mut self, port: PortId, errno: i32) {
-        if let Some(ctr) = self.engine.port_counters(port) {
-            ctr.count_drop(DropReason::RxError);
-        }
-        if let Some(p) = &mut self.ports[port.index()] {
-            if !p.failed {
-                p.failed = true;
-                let _ = self.engine.set_link(port, false);
-                eprintln!(
-                    "ringswitch: {port}: receive failed ({}); port disabled",
-                    io::Error::from_raw_os_error(errno)
-                );
-            }
+        let Some(p) = &mut self.ports[port.index()] else {
+            return;
+        };
+        p.entry.counters.count_drop(DropReason::RxError);
+        if !p.failed {
+            p.failed = true;
+            let _ = self.engine.set_link(port, false);
+            eprintln!(
+                "ringswitch: port '{}': receive failed ({}); port disabled",
+                p.entry.name,
+                io::Error::from_raw_os_error(errno)
+            );
         }
     }
 
@@ -422,14 +542,14 @@ impl Worker {
         let (op, port, buf) = untag(c.user_data);
         match op {
             TAG_READ => {
-                let alive = match &mut self.ports[port.index()] {
+                let live = match &mut self.ports[port.index()] {
                     Some(p) => {
                         p.reads -= 1;
-                        true
+                        !p.draining
                     }
                     None => false,
                 };
-                if c.result >= 0 && alive {
+                if c.result >= 0 && live {
                     self.rx.push(RxDesc {
                         port,
                         buf,
@@ -441,14 +561,16 @@ impl Worker {
                         -c.result,
                         libc::ECANCELED | libc::EINTR | libc::EAGAIN | libc::ENOBUFS
                     );
-                    if alive && !transient {
+                    if live && c.result < 0 && !transient {
                         self.fail_port(port, -c.result);
                     }
                 }
             }
             TAG_WRITE => {
                 self.writes -= 1;
-                if let Some(ctr) = self.engine.port_counters(port) {
+                if let Some(p) = &mut self.ports[port.index()] {
+                    p.writes -= 1;
+                    let ctr = &p.entry.counters;
                     if c.result >= 0 {
                         ctr.tx_frames.inc();
                         ctr.tx_bytes.add(c.result as u64);
@@ -459,7 +581,7 @@ impl Worker {
                 self.ring.pool_mut().release(buf);
             }
             TAG_WAKE => {
-                if !self.stop.load(Ordering::Acquire) {
+                if !self.link.stop.load(Ordering::Acquire) {
                     self.arm_wake()?;
                 }
             }
@@ -480,28 +602,41 @@ impl Worker {
                 .max_batch
                 .add(n - self.counters.max_batch.get());
         }
-        let now = self.epoch.elapsed().as_secs() as u32;
+        let now = self.now();
         self.engine
             .forward(self.ring.pool_mut(), &self.rx, &mut self.tx, now);
         self.rx.clear();
     }
 
+    fn reap_and_complete(&mut self, skip_wake: bool) -> Result<(), WorkerError> {
+        self.cqes.clear();
+        self.ring.reap(&mut self.cqes);
+        self.counters.completions.add(self.cqes.len() as u64);
+        for i in 0..self.cqes.len() {
+            let c = self.cqes[i];
+            if skip_wake && untag(c.user_data).0 == TAG_WAKE {
+                continue;
+            }
+            self.complete(c)?;
+        }
+        Ok(())
+    }
+
     /// Runs until asked to stop.
     pub fn run(&mut self) -> Result<(), WorkerError> {
         self.arm_wake()?;
-        while !self.stop.load(Ordering::Acquire) {
+        while !self.link.stop.load(Ordering::Acquire) {
+            self.reconcile()?;
+            self.serve_requests();
             self.arm_reads()?;
             self.flush_tx()?;
             self.ring.submit_and_wait(1).map_err(WorkerError::Enter)?;
             self.counters.wakeups.inc();
-            self.cqes.clear();
-            self.ring.reap(&mut self.cqes);
-            self.counters.completions.add(self.cqes.len() as u64);
-            for i in 0..self.cqes.len() {
-                let c = self.cqes[i];
-                self.complete(c)?;
-            }
+            self.reap_and_complete(false)?;
             self.forward_batch();
+            if self.ports.iter().flatten().any(|p| p.draining) {
+                self.finish_drains();
+            }
         }
         self.shutdown()
     }
@@ -527,21 +662,9 @@ impl Worker {
             }
             self.flush_tx()?;
             self.ring.submit_and_wait(1).map_err(WorkerError::Enter)?;
-            self.cqes.clear();
-            self.ring.reap(&mut self.cqes);
-            for i in 0..self.cqes.len() {
-                let c = self.cqes[i];
-                if untag(c.user_data).0 != TAG_WAKE {
-                    self.complete(c)?;
-                }
-            }
+            self.reap_and_complete(true)?;
             self.forward_batch();
         }
         Ok(())
-    }
-
-    /// Raw fd of port `i` (diagnostics).
-    pub fn port_fd(&self, i: usize) -> Option<RawFd> {
-        self.ports.get(i)?.as_ref().map(|p| p.fd.as_raw_fd())
     }
 }

@@ -1,0 +1,165 @@
+//! What the control plane tells a worker: an immutable `Snapshot` of the port configuration,
+//! published RCU-style (readers never block; an old snapshot is freed when its last reader
+//! drops it), plus a queue of one-off requests (MAC table dumps, frames to inject).
+//!
+//! The worker loads the snapshot once per batch (one atomic load when nothing changed) and
+//! reconciles its ports with it; it publishes the generation it has fully applied — including
+//! the end of all I/O on removed ports — so the control plane knows when a removed port's
+//! descriptor is no longer used (the grace period).
+
+use crate::counters::PortCounters;
+use crate::ids::{DomainId, PortId};
+use crate::mactable::MacEntry;
+use arc_swap::ArcSwap;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One port as configured. A change of link or domain is a new `PortEntry` with the same `fd`;
+/// a new `fd` at the same index is a different port.
+#[derive(Debug)]
+pub struct PortEntry {
+    /// The netdev id, for messages.
+    pub name: Arc<str>,
+    /// A descriptor that carries one frame per read and per write (tap, datagram socket).
+    pub fd: Arc<OwnedFd>,
+    pub domain: DomainId,
+    pub link_up: bool,
+    pub counters: Arc<PortCounters>,
+}
+
+/// The whole configuration a worker serves, indexed by `PortId`.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub ports: Vec<Option<Arc<PortEntry>>>,
+}
+
+impl Snapshot {
+    pub fn port(&self, id: PortId) -> Option<&Arc<PortEntry>> {
+        self.ports.get(id.index())?.as_ref()
+    }
+}
+
+/// One-off requests to a worker, answered through the channel they carry.
+pub enum Request {
+    /// The live MAC table entries.
+    DumpMacs(Sender<Vec<MacEntry>>),
+    /// Forget learned addresses (all, or those behind one port); answers how many.
+    FlushMacs(Option<PortId>, Sender<usize>),
+    /// Send `frame` out of every port of `ingress`'s domain but `ingress` (as if received
+    /// there, without learning its source). Used for announce-self.
+    Flood { ingress: PortId, frame: Vec<u8> },
+}
+
+/// The control plane's side of its link to one worker.
+pub struct ControlLink {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    applied: Arc<AtomicU64>,
+    requests: Sender<Request>,
+    wake: Arc<OwnedFd>,
+}
+
+/// The worker's side.
+pub struct WorkerLink {
+    pub(crate) snapshot: Arc<ArcSwap<Snapshot>>,
+    pub(crate) applied: Arc<AtomicU64>,
+    pub(crate) requests: Receiver<Request>,
+    pub(crate) wake: Arc<OwnedFd>,
+    pub(crate) stop: Arc<AtomicBool>,
+}
+
+/// Why waiting for a worker failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("the worker did not apply configuration {0} within {1:?}")]
+    Timeout(u64, Duration),
+    #[error("the worker has stopped")]
+    Gone,
+}
+
+fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes no pointers; a non-negative result is a new descriptor.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Creates both ends of a control link, starting from `initial`, plus a stop flag.
+pub fn link(initial: Snapshot) -> io::Result<(ControlLink, WorkerLink)> {
+    let snapshot = Arc::new(ArcSwap::from_pointee(initial));
+    let applied = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let wake = Arc::new(eventfd()?);
+    Ok((
+        ControlLink {
+            snapshot: snapshot.clone(),
+            applied: applied.clone(),
+            requests: tx,
+            wake: wake.clone(),
+        },
+        WorkerLink {
+            snapshot,
+            applied,
+            requests: rx,
+            wake,
+            stop: Arc::new(AtomicBool::new(false)),
+        },
+    ))
+}
+
+pub(crate) fn kick(fd: &OwnedFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a live u64 to an eventfd this process owns.
+    unsafe {
+        libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8);
+    }
+}
+
+impl ControlLink {
+    /// The snapshot in force.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Publishes `ports` as the next generation and wakes the worker; returns the generation.
+    pub fn publish(&self, ports: Vec<Option<Arc<PortEntry>>>) -> u64 {
+        let generation = self.snapshot.load().generation + 1;
+        self.snapshot
+            .store(Arc::new(Snapshot { generation, ports }));
+        kick(&self.wake);
+        generation
+    }
+
+    /// Waits until the worker has applied `generation` (bounded by `timeout`).
+    pub fn wait_applied(&self, generation: u64, timeout: Duration) -> Result<(), LinkError> {
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_micros(20);
+        loop {
+            if self.applied.load(Ordering::Acquire) >= generation {
+                return Ok(());
+            }
+            if Arc::strong_count(&self.applied) == 1 {
+                return Err(LinkError::Gone);
+            }
+            if Instant::now() >= deadline {
+                return Err(LinkError::Timeout(generation, timeout));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(2));
+        }
+    }
+
+    /// Queues a request and wakes the worker; false if the worker is gone.
+    pub fn request(&self, r: Request) -> bool {
+        let ok = self.requests.send(r).is_ok();
+        kick(&self.wake);
+        ok
+    }
+}
