@@ -6,6 +6,8 @@
 //! what would have been accepted.
 
 use crate::tap::{validate_ifname, TapError};
+use ringswitch_switch::MacAddr;
+use serde_json::{Map, Value};
 use std::fmt;
 use std::os::fd::RawFd;
 
@@ -31,8 +33,38 @@ const QEMU_ONLY_KINDS: &[&str] = &[
     "vmnet-bridged",
 ];
 
+/// The type of an option's value, as net.json declares it.
+// Booleans and integers are declared by the socket and l2tpv3 kinds (issue #4).
+#[allow(dead_code)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ty {
+    Str,
+    Bool,
+    Int,
+}
+
+impl Ty {
+    fn qapi_name(self) -> &'static str {
+        match self {
+            Ty::Str => "string",
+            Ty::Bool => "boolean",
+            Ty::Int => "integer",
+        }
+    }
+}
+
+/// Options every kind takes besides `type` and `id`: `macaddr` is a ringswitch extension
+/// naming the station behind the port (reported by query-rx-filter, announced by
+/// announce-self).
+const COMMON_OPTIONS: &[(&str, Ty)] = &[("macaddr", Ty::Str)];
+
 /// Options of QEMU's tap that ringswitch accepts.
-const TAP_OPTIONS: &[&str] = &["id", "ifname", "fd", "script", "downscript"];
+const TAP_OPTIONS: &[(&str, Ty)] = &[
+    ("ifname", Ty::Str),
+    ("fd", Ty::Str),
+    ("script", Ty::Str),
+    ("downscript", Ty::Str),
+];
 
 /// Options of QEMU's tap (net.json `NetdevTapOptions`) that ringswitch refuses, with why.
 const TAP_UNSUPPORTED: &[(&str, &str)] = &[
@@ -115,11 +147,15 @@ impl NetdevKind {
     }
 }
 
-/// A parsed `-netdev`.
+/// A parsed `-netdev` (or `netdev_add`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetdevSpec {
     pub id: NetdevId,
     pub kind: NetdevKind,
+    /// The station behind the port, if the operator named one.
+    pub macaddr: Option<MacAddr>,
+    /// The options as given (without `type` and `id`), for listings.
+    pub options: Vec<(String, String)>,
 }
 
 impl NetdevSpec {
@@ -131,12 +167,13 @@ impl NetdevSpec {
     }
 }
 
-/// Why a `-netdev` string was refused.
+/// Why a `-netdev` string or `netdev_add` was refused. The texts follow QEMU's where QEMU has
+/// one, and name the offender and what is accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NetdevError {
     #[error("empty netdev specification; expected e.g. tap,id=n0,ifname=tap0")]
     Empty,
-    #[error("Parameter 'type' is missing; valid types: {}", SUPPORTED_KINDS.join(", "))]
+    #[error("Parameter 'type' is missing; valid types: {valid}", valid = SUPPORTED_KINDS.join(", "))]
     MissingType,
     #[error("Parameter 'type' does not accept value '{0}'; valid types: {valid}", valid = SUPPORTED_KINDS.join(", "))]
     UnknownType(String),
@@ -150,7 +187,7 @@ pub enum NetdevError {
     ExpectedEquals(String),
     #[error("Parameter '{0}' is given twice")]
     Duplicate(String),
-    #[error("Invalid parameter '{option}' for netdev type '{kind}'; valid: {valid}")]
+    #[error("Parameter '{option}' is unexpected; valid for netdev type '{kind}': {valid}")]
     UnknownOption {
         kind: &'static str,
         option: String,
@@ -158,6 +195,11 @@ pub enum NetdevError {
     },
     #[error("tap option '{option}' is not supported: {why}")]
     Unsupported { option: String, why: &'static str },
+    #[error("Invalid parameter type for '{option}', expected: {expected}")]
+    WrongType {
+        option: String,
+        expected: &'static str,
+    },
     #[error("Parameter '{option}' expects {expected}, got '{value}'")]
     BadValue {
         option: String,
@@ -166,6 +208,8 @@ pub enum NetdevError {
     },
     #[error("ifname= and fd= cannot be combined: fd= is already attached to its tap")]
     IfnameWithFd,
+    #[error("Parameter 'fd' is only accepted on the command line (descriptor passing over QMP is not supported)")]
+    FdOverQmp,
     #[error("{0}")]
     Ifname(String),
 }
@@ -202,6 +246,62 @@ pub fn split_keyval(s: &str, implied: &str) -> Result<Vec<(String, String)>, Net
     Ok(out)
 }
 
+/// An option's value before its type is checked: text from the command line, or a JSON value
+/// from QMP.
+enum Raw {
+    Text(String),
+    Json(Value),
+}
+
+/// A value of the declared type.
+#[derive(Debug, Clone, PartialEq)]
+enum Typed {
+    Str(String),
+    Bool(bool),
+    Int(i64),
+}
+
+impl Typed {
+    fn into_string(self) -> String {
+        match self {
+            Typed::Str(s) => s,
+            Typed::Bool(b) => if b { "on" } else { "off" }.into(),
+            Typed::Int(i) => i.to_string(),
+        }
+    }
+}
+
+fn typed(option: &str, ty: Ty, raw: Raw) -> Result<Typed, NetdevError> {
+    let wrong = || NetdevError::WrongType {
+        option: option.to_string(),
+        expected: ty.qapi_name(),
+    };
+    match (ty, raw) {
+        (Ty::Str, Raw::Text(s)) => Ok(Typed::Str(s)),
+        (Ty::Bool, Raw::Text(s)) => match s.as_str() {
+            "on" | "yes" | "true" => Ok(Typed::Bool(true)),
+            "off" | "no" | "false" => Ok(Typed::Bool(false)),
+            _ => Err(NetdevError::BadValue {
+                option: option.into(),
+                expected: "'on' or 'off'",
+                value: s,
+            }),
+        },
+        (Ty::Int, Raw::Text(s)) => s
+            .parse()
+            .map(Typed::Int)
+            .map_err(|_| NetdevError::BadValue {
+                option: option.into(),
+                expected: "an integer",
+                value: s,
+            }),
+        (Ty::Str, Raw::Json(Value::String(s))) => Ok(Typed::Str(s)),
+        (Ty::Bool, Raw::Json(Value::Bool(b))) => Ok(Typed::Bool(b)),
+        (Ty::Int, Raw::Json(Value::Number(n))) => n.as_i64().map(Typed::Int).ok_or_else(wrong),
+        (_, Raw::Json(_)) => Err(wrong()),
+    }
+}
+
 fn parse_script(option: &str, v: &str) -> Result<Script, NetdevError> {
     match v {
         "" | "no" => Ok(Script::None),
@@ -218,7 +318,14 @@ fn parse_script(option: &str, v: &str) -> Result<Script, NetdevError> {
     }
 }
 
-fn parse_tap(opts: Vec<(String, String)>) -> Result<TapOptions, NetdevError> {
+/// Where the options came from: QMP refuses what only makes sense on a command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    CommandLine,
+    Qmp,
+}
+
+fn build_tap(opts: Vec<(String, Typed)>, source: Source) -> Result<TapOptions, NetdevError> {
     let mut t = TapOptions {
         ifname: None,
         fd: None,
@@ -226,6 +333,7 @@ fn parse_tap(opts: Vec<(String, String)>) -> Result<TapOptions, NetdevError> {
         downscript: Script::None,
     };
     for (k, v) in opts {
+        let v = v.into_string();
         match k.as_str() {
             "ifname" => {
                 validate_ifname(&v).map_err(|e: TapError| {
@@ -234,6 +342,9 @@ fn parse_tap(opts: Vec<(String, String)>) -> Result<TapOptions, NetdevError> {
                 t.ifname = Some(v);
             }
             "fd" => {
+                if source == Source::Qmp {
+                    return Err(NetdevError::FdOverQmp);
+                }
                 let fd = v
                     .parse::<RawFd>()
                     .ok()
@@ -247,25 +358,79 @@ fn parse_tap(opts: Vec<(String, String)>) -> Result<TapOptions, NetdevError> {
             }
             "script" => t.script = parse_script(&k, &v)?,
             "downscript" => t.downscript = parse_script(&k, &v)?,
-            other => {
-                if let Some((_, why)) = TAP_UNSUPPORTED.iter().find(|(o, _)| *o == other) {
-                    return Err(NetdevError::Unsupported {
-                        option: other.to_string(),
-                        why,
-                    });
-                }
-                return Err(NetdevError::UnknownOption {
-                    kind: "tap",
-                    option: other.to_string(),
-                    valid: TAP_OPTIONS.join(", "),
-                });
-            }
+            other => unreachable!("option {other} passed the schema"),
         }
     }
     if t.ifname.is_some() && t.fd.is_some() {
         return Err(NetdevError::IfnameWithFd);
     }
     Ok(t)
+}
+
+/// Checks every option against the kind's schema and builds the spec.
+fn build(
+    ty: &str,
+    id: NetdevId,
+    opts: Vec<(String, Raw)>,
+    source: Source,
+) -> Result<NetdevSpec, NetdevError> {
+    type Schema = &'static [(&'static str, Ty)];
+    type Refused = &'static [(&'static str, &'static str)];
+    let (kind, schema, unsupported): (&'static str, Schema, Refused) = match ty {
+        "tap" => ("tap", TAP_OPTIONS, TAP_UNSUPPORTED),
+        other if QEMU_ONLY_KINDS.contains(&other) => {
+            return Err(NetdevError::UnsupportedType(other.to_string()))
+        }
+        other => return Err(NetdevError::UnknownType(other.to_string())),
+    };
+    let mut kind_opts = Vec::new();
+    let mut shown = Vec::new();
+    let mut macaddr = None;
+    for (k, raw) in opts {
+        if let Some((_, t)) = COMMON_OPTIONS.iter().find(|(n, _)| *n == k) {
+            let v = typed(&k, *t, raw)?.into_string();
+            macaddr = Some(
+                v.parse::<MacAddr>()
+                    .ok()
+                    .filter(|m| m.is_unicast())
+                    .ok_or_else(|| NetdevError::BadValue {
+                        option: k.clone(),
+                        expected: "a unicast MAC address such as 52:54:00:12:34:56",
+                        value: v.clone(),
+                    })?,
+            );
+            shown.push((k, v));
+            continue;
+        }
+        let Some((_, t)) = schema.iter().find(|(n, _)| *n == k) else {
+            if let Some((_, why)) = unsupported.iter().find(|(o, _)| *o == k) {
+                return Err(NetdevError::Unsupported { option: k, why });
+            }
+            let valid: Vec<&str> = ["id"]
+                .into_iter()
+                .chain(schema.iter().map(|(n, _)| *n))
+                .chain(COMMON_OPTIONS.iter().map(|(n, _)| *n))
+                .collect();
+            return Err(NetdevError::UnknownOption {
+                kind,
+                option: k,
+                valid: valid.join(", "),
+            });
+        };
+        let v = typed(&k, *t, raw)?;
+        shown.push((k.clone(), v.clone().into_string()));
+        kind_opts.push((k, v));
+    }
+    let kind = match kind {
+        "tap" => NetdevKind::Tap(build_tap(kind_opts, source)?),
+        _ => unreachable!("kind matched above"),
+    };
+    Ok(NetdevSpec {
+        id,
+        kind,
+        macaddr,
+        options: shown,
+    })
 }
 
 /// Parses one `-netdev` argument such as `tap,id=n0,ifname=tap0`.
@@ -285,14 +450,31 @@ pub fn parse_netdev(s: &str) -> Result<NetdevSpec, NetdevError> {
         Some(i) => NetdevId::new(&opts.remove(i).1)?,
         None => return Err(NetdevError::MissingId),
     };
-    let kind = match ty.as_str() {
-        "tap" => NetdevKind::Tap(parse_tap(opts)?),
-        other if QEMU_ONLY_KINDS.contains(&other) => {
-            return Err(NetdevError::UnsupportedType(other.to_string()))
+    let raw = opts.into_iter().map(|(k, v)| (k, Raw::Text(v))).collect();
+    build(&ty, id, raw, Source::CommandLine)
+}
+
+/// Parses `netdev_add`'s flat arguments (`{"type": "tap", "id": "n0", "ifname": "t0"}`), with
+/// QMP's typing: a value of the wrong JSON type is refused, naming the parameter.
+pub fn netdev_from_qmp(args: &Map<String, Value>) -> Result<NetdevSpec, NetdevError> {
+    let str_arg = |name: &str| -> Result<Option<String>, NetdevError> {
+        match args.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(NetdevError::WrongType {
+                option: name.into(),
+                expected: "string",
+            }),
         }
-        other => return Err(NetdevError::UnknownType(other.to_string())),
     };
-    Ok(NetdevSpec { id, kind })
+    let ty = str_arg("type")?.ok_or(NetdevError::MissingType)?;
+    let id = NetdevId::new(&str_arg("id")?.ok_or(NetdevError::MissingId)?)?;
+    let raw = args
+        .iter()
+        .filter(|(k, _)| *k != "type" && *k != "id")
+        .map(|(k, v)| (k.clone(), Raw::Json(v.clone())))
+        .collect();
+    build(&ty, id, raw, Source::Qmp)
 }
 
 #[cfg(test)]
@@ -393,6 +575,82 @@ mod tests {
             .contains("valid types: tap"));
     }
 
+    #[test]
+    fn qmp_arguments_use_the_same_schema_with_json_types() {
+        use serde_json::json;
+        let m = |v: serde_json::Value| v.as_object().unwrap().clone();
+        let spec = netdev_from_qmp(&m(
+            json!({"type": "tap", "id": "n1", "ifname": "t1", "macaddr": "52:54:00:00:00:01"}),
+        ))
+        .unwrap();
+        assert_eq!(spec.id.as_str(), "n1");
+        assert_eq!(spec.macaddr, Some("52:54:00:00:00:01".parse().unwrap()));
+        let cases: Vec<(serde_json::Value, NetdevError)> = vec![
+            (json!({"id": "a"}), NetdevError::MissingType),
+            (json!({"type": "tap"}), NetdevError::MissingId),
+            (
+                json!({"type": 1, "id": "a"}),
+                NetdevError::WrongType {
+                    option: "type".into(),
+                    expected: "string",
+                },
+            ),
+            (
+                json!({"type": "tap", "id": 7}),
+                NetdevError::WrongType {
+                    option: "id".into(),
+                    expected: "string",
+                },
+            ),
+            (
+                json!({"type": "bogus", "id": "a"}),
+                NetdevError::UnknownType("bogus".into()),
+            ),
+            (
+                json!({"type": "tap", "id": "a", "ifname": true}),
+                NetdevError::WrongType {
+                    option: "ifname".into(),
+                    expected: "string",
+                },
+            ),
+            (
+                json!({"type": "tap", "id": "a", "fd": "3"}),
+                NetdevError::FdOverQmp,
+            ),
+            (
+                json!({"type": "tap", "id": "a", "macaddr": "01:00:00:00:00:01"}),
+                NetdevError::BadValue {
+                    option: "macaddr".into(),
+                    expected: "a unicast MAC address such as 52:54:00:12:34:56",
+                    value: "01:00:00:00:00:01".into(),
+                },
+            ),
+        ];
+        for (args, want) in cases {
+            assert_eq!(
+                netdev_from_qmp(&m(args.clone())).unwrap_err(),
+                want,
+                "{args}"
+            );
+        }
+        let e =
+            netdev_from_qmp(&m(json!({"type": "tap", "id": "a", "frobnicate": 1}))).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("Parameter 'frobnicate' is unexpected"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn macaddr_is_a_common_option() {
+        let s = parse_netdev("tap,id=a,macaddr=52:54:00:aa:bb:cc").unwrap();
+        assert_eq!(s.macaddr.unwrap().to_string(), "52:54:00:aa:bb:cc");
+        assert!(
+            matches!(parse_netdev("tap,id=a,macaddr=zz").unwrap_err(), NetdevError::BadValue { option, .. } if option == "macaddr")
+        );
+    }
+
     proptest! {
         #[test]
         fn arbitrary_input_never_panics(s in ".{0,80}") {
@@ -403,7 +661,8 @@ mod tests {
         fn well_formed_specs_round_trip(id in "[a-z][a-z0-9_.-]{0,20}", ifname in "[a-z][a-z0-9]{0,14}") {
             let spec = parse_netdev(&format!("tap,id={id},ifname={ifname}")).unwrap();
             prop_assert_eq!(spec.id.as_str(), id.as_str());
-            prop_assert_eq!(spec.kind, NetdevKind::Tap(TapOptions { ifname: Some(ifname), fd: None, script: Script::None, downscript: Script::None }));
+            prop_assert_eq!(spec.kind, NetdevKind::Tap(TapOptions { ifname: Some(ifname.clone()), fd: None, script: Script::None, downscript: Script::None }));
+            prop_assert_eq!(spec.options, vec![("ifname".to_string(), ifname)]);
         }
     }
 }
