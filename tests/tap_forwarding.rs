@@ -127,6 +127,14 @@ fn unicast_goes_only_to_learned_port_and_broadcast_floods() {
     assert!(back.is_empty(), "the switch sent A's own frames back to A");
 }
 
+/// Every frame of the burst ends in exactly one place, so
+/// `sent = delivered + switch drops + tap A tx_dropped + tap B rx_dropped`, exactly:
+/// - sent: frames handed to the kernel on A, including those a full tun queue refused on
+///   the spot (`ENOBUFS`; the tap counts them as `tx_dropped`);
+/// - tap A `tx_packets`/`tx_dropped`: the kernel passing frames *to* the switch (read) or
+///   dropping them because the switch had not read fast enough;
+/// - switch drops: frames it read but did not write, by reason, over all ports;
+/// - tap B `rx_packets`/`rx_dropped`: frames the switch wrote into B, accepted or dropped.
 #[test]
 fn burst_of_a_million_frames_is_fully_accounted_for() {
     if !require_root("burst_of_a_million_frames_is_fully_accounted_for") {
@@ -250,7 +258,9 @@ fn oversize_frames_are_dropped_and_counted_and_forwarding_continues() {
     // Runts cannot be injected through a real tap: the kernel refuses to transmit a frame
     // shorter than an Ethernet header (dev_validate_header, even with CAP_SYS_RAWIO),
     // so nothing under 14 bytes ever reaches the switch from a tap. The runt drop path is
-    // covered by the forwarding engine's unit tests; here we pin down the kernel fact.
+    // covered by the forwarding engine's unit tests (switch/src/engine.rs, test
+    // `runts_oversize_and_bad_sources_are_dropped_and_counted`); here we pin down the
+    // kernel fact.
     let runt = sock
         .send(&[0xff; 13])
         .expect_err("kernel transmitted a 13-byte frame");
