@@ -32,10 +32,16 @@ rs_ensure_packages() {
     command -v apt-get >/dev/null || rs_die "missing packages (${missing[*]}) and no apt-get to install them"
     rs_log "installing: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    timeout 300 apt-get -qq update </dev/null >/dev/null ||
-        rs_die "apt-get update failed"
-    timeout 900 apt-get -qq -y install --no-install-recommends "${missing[@]}" </dev/null >/dev/null ||
-        rs_die "apt-get install ${missing[*]} failed"
+    local log
+    log=$(mktemp)
+    # apt's chatter is shown only when it fails.
+    if ! timeout 300 apt-get -qq update </dev/null >"$log" 2>&1 ||
+        ! timeout 900 apt-get -qq -y install --no-install-recommends "${missing[@]}" </dev/null >>"$log" 2>&1; then
+        cat "$log" >&2
+        rm -f "$log"
+        rs_die "could not install ${missing[*]}"
+    fi
+    rm -f "$log"
 }
 
 # rs_ensure_rust: cargo (with rustfmt and clippy) on PATH. Rust itself is not packaged
