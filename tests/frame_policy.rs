@@ -1,5 +1,6 @@
 //! Forwarding policy beyond issue 2's acceptance list, on real taps in namespaces: the
-//! --max-frame-size boundary, frames with a source address no host may use, and MAC ageing.
+//! --max-frame-size boundary, frames with a source address no host may use, MAC ageing
+//! and a station moving between ports.
 //! Needs root like `tap_forwarding`.
 
 mod common;
@@ -118,5 +119,43 @@ fn frames_from_a_group_or_zero_source_are_dropped_as_bad_source() {
         port_a.drop_count("bad_source"),
         bad.len() as u64,
         "port a: {port_a:?}"
+    );
+}
+
+#[test]
+fn station_that_moves_to_another_port_is_followed() {
+    if !require_root("station_that_moves_to_another_port_is_followed") {
+        return;
+    }
+    let _serial = serial();
+    let lan = Lan::new(3, false, &[]);
+    let hosts = [lan.host("a"), lan.host("b"), lan.host("c")];
+    let socks: Vec<PacketSocket> = hosts
+        .iter()
+        .map(|h| PacketSocket::open(&h.ns, &h.ifname, true).expect("open capture socket"))
+        .collect();
+    let (a, b, c) = (&socks[0], &socks[1], &socks[2]);
+    // A roaming station (not any host's own address) speaks first behind B, then behind C.
+    let roamer = MacAddr([0x02, 0, 0, 0, 0x77, 0x77]);
+    for (s, marker) in [(b, b"roam-1".as_slice()), (c, b"roam-2")] {
+        s.send(&marked(MacAddr::BROADCAST, roamer, marker))
+            .expect("send");
+        assert!(
+            a.wait_for(Duration::from_secs(2), |f| carries(f, marker))
+                .is_some(),
+            "A never saw the roamer's broadcast"
+        );
+    }
+    a.send(&marked(roamer, hosts[0].mac, b"to-roamer"))
+        .expect("send");
+    assert!(
+        c.wait_for(Duration::from_secs(2), |f| carries(f, b"to-roamer"))
+            .is_some(),
+        "unicast to the station did not follow it to C"
+    );
+    assert!(
+        b.collect(Duration::from_millis(300), |f| carries(f, b"to-roamer"))
+            .is_empty(),
+        "unicast to the station still went to its old port B"
     );
 }
