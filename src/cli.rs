@@ -2,6 +2,7 @@
 //! error is reported before any port is opened and exits with status 2.
 
 use clap::Parser;
+use ringswitch_backends::netdev::split_keyval;
 use ringswitch_backends::{parse_netdev, NetdevSpec};
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -42,6 +43,84 @@ struct Raw {
     /// Allow tap script=/downscript= programs to run (as this user, usually root).
     #[arg(long)]
     allow_scripts: bool,
+
+    /// Serve QMP, in QEMU's -qmp syntax: unix:PATH,server=on[,wait=off] or
+    /// tcp:HOST:PORT,server=on[,wait=off]. Repeatable. `-qmp` is accepted as well.
+    #[arg(long = "qmp", value_name = "SPEC")]
+    qmp: Vec<String>,
+
+    /// Allow a QMP TCP listener on a non-loopback address (QMP has no authentication).
+    #[arg(long)]
+    qmp_allow_remote: bool,
+
+    /// Most ports the switch serves at once (memory for them is reserved at start).
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    max_ports: u32,
+}
+
+/// Where QMP is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QmpAddr {
+    Unix(PathBuf),
+    Tcp(std::net::SocketAddr),
+}
+
+/// Parses QEMU's `-qmp` chardev shorthand. Legacy bare flags (`server`, `nowait`) are
+/// accepted as QEMU accepts them.
+pub fn parse_qmp(s: &str) -> Result<QmpAddr, String> {
+    let kv = split_keyval(s, "addr").map_err(|e| format!("-qmp '{s}': {e}"))?;
+    let mut addr = None;
+    let mut server = false;
+    for (k, v) in kv {
+        match (k.as_str(), v.as_str()) {
+            ("addr", a) => addr = Some(a.to_string()),
+            ("server", "on" | "yes" | "true") => server = true,
+            ("server", "off" | "no" | "false") => server = false,
+            ("wait", "on" | "off" | "yes" | "no" | "true" | "false") => {}
+            (k, v) => {
+                return Err(format!(
+                    "-qmp '{s}': invalid option '{k}={v}'; valid: server=on|off, wait=on|off"
+                ))
+            }
+        }
+    }
+    if !server {
+        return Err(format!(
+            "-qmp '{s}': ringswitch serves QMP, it does not connect out: add server=on"
+        ));
+    }
+    let addr = addr.unwrap_or_default();
+    if let Some(path) = addr.strip_prefix("unix:") {
+        if path.is_empty() {
+            return Err(format!("-qmp '{s}': unix: needs a socket path"));
+        }
+        return Ok(QmpAddr::Unix(PathBuf::from(path)));
+    }
+    if let Some(hp) = addr.strip_prefix("tcp:") {
+        use std::net::ToSocketAddrs;
+        let a = hp
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut it| it.next())
+            .ok_or_else(|| format!("-qmp '{s}': '{hp}' is not HOST:PORT"))?;
+        return Ok(QmpAddr::Tcp(a));
+    }
+    Err(format!(
+        "-qmp '{s}': unknown address '{addr}'; valid: unix:PATH or tcp:HOST:PORT"
+    ))
+}
+
+/// Turns QEMU's bare legacy flags into key=value so the keyval splitter takes them.
+fn legacy_qmp_flags(s: &str) -> String {
+    s.split(',')
+        .map(|e| match e {
+            "server" => "server=on",
+            "nowait" => "wait=off",
+            "wait" => "wait=on",
+            other => other,
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Validated arguments.
@@ -54,6 +133,10 @@ pub struct Args {
     pub max_frame_size: usize,
     pub rx_depth: u32,
     pub stats_json: Option<PathBuf>,
+    pub allow_scripts: bool,
+    pub qmp: Vec<QmpAddr>,
+    pub qmp_allow_remote: bool,
+    pub max_ports: usize,
 }
 
 /// How parsing ended without valid arguments.
@@ -70,7 +153,10 @@ fn normalise(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
     args.into_iter()
         .map(|a| match a.to_str() {
             Some("-netdev") => OsString::from("--netdev"),
-            Some(s) if s.starts_with("-netdev=") => OsString::from(format!("-{s}")),
+            Some("-qmp") => OsString::from("--qmp"),
+            Some(s) if s.starts_with("-netdev=") || s.starts_with("-qmp=") => {
+                OsString::from(format!("-{s}"))
+            }
             _ => a,
         })
         .collect()
@@ -78,10 +164,14 @@ fn normalise(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
 
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, CliExit> {
     let raw = Raw::try_parse_from(normalise(args)).map_err(CliExit::Clap)?;
-    if raw.netdev.is_empty() {
+    if raw.netdev.is_empty() && raw.qmp.is_empty() {
         return Err(CliExit::Invalid(
-            "no ports: give at least one -netdev (e.g. -netdev tap,id=a,ifname=tap0)".into(),
+            "no ports: give -netdev ports (e.g. -netdev tap,id=a,ifname=tap0), or -qmp to add them at run time".into(),
         ));
+    }
+    let mut qmp = Vec::with_capacity(raw.qmp.len());
+    for q in &raw.qmp {
+        qmp.push(parse_qmp(&legacy_qmp_flags(q)).map_err(CliExit::Invalid)?);
     }
     let mut netdevs: Vec<NetdevSpec> = Vec::with_capacity(raw.netdev.len());
     for s in &raw.netdev {
@@ -99,10 +189,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, CliExit> 
         }
         netdevs.push(spec);
     }
-    if netdevs.len() > 1024 {
+    if netdevs.len() > raw.max_ports as usize {
         return Err(CliExit::Invalid(format!(
-            "{} ports given; at most 1024",
-            netdevs.len()
+            "{} ports given but --max-ports is {}",
+            netdevs.len(),
+            raw.max_ports
         )));
     }
     if let Some(cpu) = raw.worker_cpu {
@@ -125,6 +216,10 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, CliExit> 
         max_frame_size: raw.max_frame_size as usize,
         rx_depth: raw.rx_depth,
         stats_json: raw.stats_json,
+        allow_scripts: raw.allow_scripts,
+        qmp,
+        qmp_allow_remote: raw.qmp_allow_remote,
+        max_ports: raw.max_ports as usize,
     })
 }
 
@@ -197,6 +292,42 @@ mod tests {
             a.stats_json.as_deref(),
             Some(std::path::Path::new("/tmp/x.json"))
         );
+    }
+
+    #[test]
+    fn qmp_addresses_in_qemu_syntax() {
+        let a = p(&[
+            "-qmp",
+            "unix:/tmp/q.sock,server=on,wait=off",
+            "--qmp",
+            "tcp:127.0.0.1:4444,server=on",
+            "-qmp",
+            "unix:/tmp/x,,y,server,nowait",
+        ])
+        .unwrap();
+        assert_eq!(
+            a.qmp,
+            vec![
+                QmpAddr::Unix("/tmp/q.sock".into()),
+                QmpAddr::Tcp("127.0.0.1:4444".parse().unwrap()),
+                QmpAddr::Unix("/tmp/x,y".into()),
+            ]
+        );
+        assert!(a.netdevs.is_empty(), "-qmp alone is a valid start");
+        assert!(invalid(&["-qmp", "unix:/tmp/q"]).contains("server=on"));
+        assert!(invalid(&["-qmp", "unix:/tmp/q,server=on,bogus=1"]).contains("'bogus=1'"));
+        assert!(invalid(&["-qmp", "stdio,server=on"]).contains("unknown address"));
+        assert!(invalid(&["-qmp", "tcp:nohost,server=on"]).contains("HOST:PORT"));
+        assert!(invalid(&["-qmp", "unix:,server=on"]).contains("socket path"));
+        assert!(invalid(&[
+            "-netdev",
+            "tap,id=a",
+            "-netdev",
+            "tap,id=b",
+            "--max-ports",
+            "1"
+        ])
+        .contains("--max-ports is 1"));
     }
 
     #[test]

@@ -1,15 +1,24 @@
-//! The `ringswitch` binary: parses the command line, opens the ports, runs the worker, and on
-//! SIGINT/SIGTERM stops it cleanly and reports per-port counters.
+//! The `ringswitch` binary: parses the command line, starts the worker, adds the ports through
+//! the controller (the same path as QMP's `netdev_add`), serves QMP, and on SIGINT/SIGTERM or
+//! QMP `quit` stops cleanly and reports per-port counters. `ringswitch qmp …` is a small QMP
+//! client for scripts.
 
 mod cli;
-mod ports;
+mod client;
 mod report;
 
-use anyhow::Context;
+use anyhow::{anyhow, Context};
+use ringswitch_control::{Controller, ControllerConfig, Listener, Server};
+use ringswitch_switch::{link, Snapshot, Worker, WorkerConfig};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 fn main() -> ExitCode {
-    let args = match cli::parse(std::env::args_os()) {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).and_then(|a| a.to_str()) == Some("qmp") {
+        return client::main(&argv[2..]);
+    }
+    let args = match cli::parse(argv) {
         Ok(a) => a,
         Err(cli::CliExit::Clap(e)) => e.exit(),
         Err(cli::CliExit::Invalid(msg)) => {
@@ -26,45 +35,114 @@ fn main() -> ExitCode {
     }
 }
 
+fn listeners(args: &cli::Args) -> anyhow::Result<Vec<Listener>> {
+    args.qmp
+        .iter()
+        .map(|q| match q {
+            cli::QmpAddr::Unix(p) => Listener::unix(p),
+            cli::QmpAddr::Tcp(a) => Listener::tcp(*a, args.qmp_allow_remote),
+        })
+        .collect::<Result<_, _>>()
+        .context("setting up QMP")
+}
+
 fn run(args: cli::Args) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    // Block-free signal handling: the handler only records the signal; this thread polls.
+    // The handler only records the signal; the control loop looks at it between polls.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
         .context("installing signal handlers")?;
-    let opened = ports::open_all(&args)?;
-    let (handle, ports) = ports::start(&args, opened)?;
-    eprintln!(
-        "ringswitch: {} port(s); io_uring: defer_taskrun={} registered buffers={} files={}; huge pages={}",
-        ports.len(),
-        handle.features.defer_taskrun,
-        handle.features.registered_buffers,
-        handle.features.registered_files,
-        handle.huge_pages
+    let mut server = Server::new(listeners(&args)?);
+    let cfg = WorkerConfig {
+        max_frame: args.max_frame_size,
+        mac_capacity: args.mac_table_size,
+        mac_ageing: args.mac_ageing,
+        rx_depth: args.rx_depth,
+        max_ports: args.max_ports,
+        cpu: args.worker_cpu,
+        ..WorkerConfig::default()
+    };
+    let (control, worker_link) = link(Snapshot::default()).context("creating the control link")?;
+    let handle = Worker::spawn(cfg, worker_link).context("starting the worker")?;
+    let mut ctl = Controller::new(
+        control,
+        handle.counters.clone(),
+        ControllerConfig {
+            max_ports: args.max_ports,
+            allow_scripts: args.allow_scripts,
+            worker_cpu: args.worker_cpu,
+        },
     );
-    eprintln!("ringswitch: ready");
     let mut failure = None;
-    'wait: loop {
-        if let Some(sig) = signals.pending().next() {
-            eprintln!("ringswitch: signal {sig}, stopping");
-            break 'wait;
-        }
-        if handle.is_finished() {
-            failure = Some(anyhow::anyhow!("worker stopped unexpectedly"));
+    for spec in &args.netdevs {
+        if let Err(e) = ctl.netdev_add(spec.clone()) {
+            failure = Some(anyhow!("{}", e.desc));
             break;
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let result = handle.stop_and_join();
-    let worker_stats = ports.worker.snapshot();
-    ports::close_all(&args, &ports);
-    report::print_table(&ports, &worker_stats);
+    if failure.is_none() {
+        eprintln!(
+            "ringswitch: {} port(s); io_uring: defer_taskrun={} registered buffers={} files={}; huge pages={}",
+            ctl.ports().len(),
+            handle.features.defer_taskrun,
+            handle.features.registered_buffers,
+            handle.features.registered_files,
+            handle.huge_pages
+        );
+        for l in server.listeners() {
+            eprintln!("ringswitch: QMP on {}", l.describe());
+        }
+        eprintln!("ringswitch: ready");
+        failure = serve(&mut server, &mut ctl, &mut signals, &handle);
+    }
+    let stopped = handle.stop_and_join();
+    let worker_stats = ctl.worker_counters().snapshot();
+    report::print_table(ctl.ports(), &worker_stats);
     if let Some(path) = &args.stats_json {
-        report::write_json(path, &ports, &worker_stats)
+        report::write_json(path, ctl.ports(), &worker_stats)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    result.context("worker failed")?;
+    ctl.close_all();
+    stopped.context("worker failed")?;
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// The control loop: QMP, announcement timers, signals. Returns why it ended if that was a
+/// failure.
+fn serve(
+    server: &mut Server,
+    ctl: &mut Controller,
+    signals: &mut signal_hook::iterator::Signals,
+    handle: &ringswitch_switch::WorkerHandle,
+) -> Option<anyhow::Error> {
+    let mut quit_deadline: Option<Instant> = None;
+    loop {
+        if let Some(sig) = signals.pending().next() {
+            eprintln!("ringswitch: signal {sig}, stopping");
+            return None;
+        }
+        if handle.is_finished() {
+            return Some(anyhow!("worker stopped unexpectedly"));
+        }
+        if ctl.quit_requested() {
+            // Let the answers to `quit` reach the clients (bounded).
+            let deadline = *quit_deadline.get_or_insert(Instant::now() + Duration::from_secs(1));
+            if server.flushed() || Instant::now() >= deadline {
+                eprintln!("ringswitch: QMP quit, stopping");
+                return None;
+            }
+        }
+        let now = Instant::now();
+        let mut wait = Duration::from_millis(50);
+        if let Some(due) = ctl.next_due() {
+            wait = wait.min(due.saturating_duration_since(now));
+        }
+        if let Err(e) = server.poll_once(ctl, wait) {
+            return Some(anyhow!("QMP server: {e}"));
+        }
+        ctl.run_timers(Instant::now());
+        server.deliver_events(ctl);
     }
 }

@@ -1,16 +1,16 @@
-//! Counter reports: a table for people, JSON for scripts.
+//! Counter reports at exit: a table for people, JSON for scripts.
 
-use crate::ports::Running;
+use ringswitch_control::Port;
 use ringswitch_switch::WorkerStats;
 use std::path::Path;
 
-pub fn print_table(r: &Running, w: &WorkerStats) {
+pub fn print_table(ports: &[Port], w: &WorkerStats) {
     println!(
         "{:<12} {:<5} {:<15} {:>12} {:>14} {:>12} {:>14} {:>10}  drops by reason",
         "port", "kind", "ifname", "rx frames", "rx bytes", "tx frames", "tx bytes", "drops"
     );
-    for p in &r.ports {
-        let s = p.counters.snapshot();
+    for p in ports {
+        let s = p.counters().snapshot();
         let d = s.drops;
         let reasons: Vec<String> = [
             ("runt", d.runt),
@@ -29,9 +29,9 @@ pub fn print_table(r: &Running, w: &WorkerStats) {
         .collect();
         println!(
             "{:<12} {:<5} {:<15} {:>12} {:>14} {:>12} {:>14} {:>10}  {}",
-            p.id,
-            p.kind,
-            p.ifname,
+            p.id(),
+            p.spec.kind.name(),
+            p.opened.ifname.as_deref().unwrap_or("-"),
             s.rx_frames,
             s.rx_bytes,
             s.tx_frames,
@@ -55,16 +55,15 @@ pub fn print_table(r: &Running, w: &WorkerStats) {
     );
 }
 
-pub fn write_json(path: &Path, r: &Running, w: &WorkerStats) -> std::io::Result<()> {
-    let ports: Vec<serde_json::Value> = r
-        .ports
+pub fn write_json(path: &Path, ports: &[Port], w: &WorkerStats) -> std::io::Result<()> {
+    let ports: Vec<serde_json::Value> = ports
         .iter()
         .map(|p| {
-            let s = p.counters.snapshot();
+            let s = p.counters().snapshot();
             serde_json::json!({
-                "id": p.id,
-                "kind": p.kind,
-                "ifname": p.ifname,
+                "id": p.id(),
+                "kind": p.spec.kind.name(),
+                "ifname": p.opened.ifname,
                 "rx_frames": s.rx_frames,
                 "rx_bytes": s.rx_bytes,
                 "tx_frames": s.tx_frames,

@@ -3,7 +3,12 @@
 //! drive it; it never touches frames on the hot path itself.
 
 pub mod netdev;
+pub mod open;
 pub mod tap;
 
-pub use netdev::{parse_netdev, NetdevError, NetdevId, NetdevKind, NetdevSpec, Script, TapOptions};
+pub use netdev::{
+    netdev_from_qmp, parse_netdev, NetdevError, NetdevId, NetdevKind, NetdevSpec, Script,
+    TapOptions,
+};
+pub use open::{open, set_carrier, OpenError, OpenedPort};
 pub use tap::{Tap, TapError};

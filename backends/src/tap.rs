@@ -202,17 +202,13 @@ impl Tap {
 
     /// Sets the carrier the kernel side sees (link up/down from the host's point of view).
     pub fn set_carrier(&self, up: bool) -> Result<(), TapError> {
-        let v: libc::c_int = up.into();
-        // SAFETY: TUNSETCARRIER reads one int through the pointer, which is live.
-        let rc =
-            unsafe { libc::ioctl(self.fd.as_raw_fd(), TUNSETCARRIER, &v as *const libc::c_int) };
-        if rc < 0 {
-            return Err(TapError::Carrier {
+        set_carrier_fd(self.fd.as_raw_fd(), up).map_err(|e| match e {
+            TapError::Carrier { source, .. } => TapError::Carrier {
                 name: self.name.clone(),
-                source: io::Error::last_os_error(),
-            });
-        }
-        Ok(())
+                source,
+            },
+            other => other,
+        })
     }
 
     pub fn into_fd(self) -> OwnedFd {
@@ -230,6 +226,21 @@ impl IntoRawFd for Tap {
     fn into_raw_fd(self) -> RawFd {
         self.fd.into_raw_fd()
     }
+}
+
+/// TUNSETCARRIER on a tap descriptor.
+pub(crate) fn set_carrier_fd(fd: RawFd, up: bool) -> Result<(), TapError> {
+    let v: libc::c_int = up.into();
+    // SAFETY: TUNSETCARRIER reads one int through the pointer, which is live; an fd that is not
+    // a tap makes the ioctl fail, which is reported.
+    let rc = unsafe { libc::ioctl(fd, TUNSETCARRIER, &v as *const libc::c_int) };
+    if rc < 0 {
+        return Err(TapError::Carrier {
+            name: format!("fd {fd}"),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,4 +1,12 @@
 //! ringswitch's control plane: a QMP server (QEMU's Machine Protocol) driving the switch with
-//! the net commands of QEMU's `qapi/net.json`.
+//! the net commands of QEMU's `qapi/net.json`, plus the operator's commands.
 
+pub mod announce;
+pub mod commands;
+pub mod controller;
 pub mod json;
+pub mod qmp;
+pub mod server;
+
+pub use controller::{Controller, ControllerConfig, Port};
+pub use server::{Listener, Server};

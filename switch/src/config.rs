@@ -137,6 +137,11 @@ impl ControlLink {
         generation
     }
 
+    /// The newest generation the worker has fully applied.
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
     /// Waits until the worker has applied `generation` (bounded by `timeout`).
     pub fn wait_applied(&self, generation: u64, timeout: Duration) -> Result<(), LinkError> {
         let deadline = Instant::now() + timeout;

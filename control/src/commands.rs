@@ -1,0 +1,188 @@
+//! The commands a negotiated client may run, with QEMU's argument checking. Session commands
+//! (`qmp_capabilities`, `quit`) are the server's; everything else is here.
+
+use crate::announce::AnnounceParams;
+use crate::controller::Controller;
+use crate::qmp::{version, Args, QmpError, Request};
+use ringswitch_backends::netdev_from_qmp;
+use serde_json::{json, Map, Value};
+
+/// Every command the server knows, as `query-commands` lists them: net.json's, QMP's own,
+/// and the operator's (documented in control/qapi/ringswitch.json).
+pub const COMMANDS: &[&str] = &[
+    "qmp_capabilities",
+    "query-version",
+    "query-commands",
+    "quit",
+    "netdev_add",
+    "netdev_del",
+    "set_link",
+    "query-rx-filter",
+    "announce-self",
+    "query-ports",
+    "query-mac-table",
+    "clear-mac-table",
+    "query-workers",
+];
+
+/// Runs `req` (not a session command) against the controller.
+pub fn dispatch(ctl: &mut Controller, req: &Request) -> Result<Value, QmpError> {
+    let map = req.arguments.as_ref();
+    match req.execute.as_str() {
+        "query-version" => {
+            Args::new(map).finish()?;
+            Ok(version())
+        }
+        "query-commands" => {
+            Args::new(map).finish()?;
+            Ok(COMMANDS.iter().map(|c| json!({"name": c})).collect())
+        }
+        "netdev_add" => {
+            let empty = Map::new();
+            let spec = netdev_from_qmp(map.unwrap_or(&empty))
+                .map_err(|e| QmpError::generic(e.to_string()))?;
+            ctl.netdev_add(spec)?;
+            Ok(json!({}))
+        }
+        "netdev_del" => {
+            let mut a = Args::new(map);
+            let id = a.str("id")?;
+            a.finish()?;
+            ctl.netdev_del(id)?;
+            Ok(json!({}))
+        }
+        "set_link" => {
+            let mut a = Args::new(map);
+            let name = a.str("name")?;
+            let up = a.bool("up")?;
+            a.finish()?;
+            ctl.set_link(name, up)?;
+            Ok(json!({}))
+        }
+        "query-rx-filter" => {
+            let mut a = Args::new(map);
+            let name = a.opt_str("name")?;
+            a.finish()?;
+            ctl.query_rx_filter(name)
+        }
+        "announce-self" => {
+            let mut a = Args::new(map);
+            let initial = a.int("initial")?;
+            let max = a.int("max")?;
+            let rounds = a.int("rounds")?;
+            let step = a.int("step")?;
+            let interfaces = a
+                .opt_str_list("interfaces")?
+                .map(|v| v.into_iter().map(String::from).collect());
+            let id = a.opt_str("id")?.unwrap_or("").to_string();
+            a.finish()?;
+            ctl.announce_self(AnnounceParams {
+                initial,
+                max,
+                rounds,
+                step,
+                interfaces,
+                id,
+            });
+            Ok(json!({}))
+        }
+        "query-ports" => {
+            let mut a = Args::new(map);
+            let name = a.opt_str("name")?;
+            a.finish()?;
+            query_ports(ctl, name)
+        }
+        "query-mac-table" => {
+            Args::new(map).finish()?;
+            let entries = ctl.mac_entries()?;
+            Ok(entries
+                .iter()
+                .map(|e| {
+                    json!({
+                        "mac": e.mac.to_string(),
+                        "port": ctl.port_name(e.port).unwrap_or("?"),
+                        "domain": e.domain.0,
+                        "age": e.age,
+                    })
+                })
+                .collect())
+        }
+        "clear-mac-table" => {
+            let mut a = Args::new(map);
+            let port = a.opt_str("port")?;
+            a.finish()?;
+            let removed = ctl.clear_mac_table(port)?;
+            Ok(json!({"removed": removed}))
+        }
+        "query-workers" => {
+            Args::new(map).finish()?;
+            let w = ctl.worker_counters().snapshot();
+            Ok(json!([{
+                "id": 0,
+                "cpu": ctl.config().worker_cpu,
+                "ports": ctl.ports().len(),
+                "wakeups": w.wakeups,
+                "completions": w.completions,
+                "rx-frames": w.rx_frames,
+                "tx-submitted": w.tx_submitted,
+                "frames-per-wakeup": if w.wakeups > 0 { w.rx_frames as f64 / w.wakeups as f64 } else { 0.0 },
+                "max-batch": w.max_batch,
+                "rx-starved": w.rx_starved,
+                "mac-learned": w.mac_learned,
+                "mac-moved": w.mac_moved,
+                "mac-evicted": w.mac_evicted,
+            }]))
+        }
+        other => Err(QmpError::command_not_found(format!(
+            "The command {other} has not been found"
+        ))),
+    }
+}
+
+fn query_ports(ctl: &Controller, name: Option<&str>) -> Result<Value, QmpError> {
+    if let Some(n) = name {
+        if !ctl.ports().iter().any(|p| p.id() == n) {
+            return Err(QmpError::device_not_found(n));
+        }
+    }
+    let mut out = Vec::new();
+    for p in ctl.ports() {
+        if name.is_some_and(|n| n != p.id()) {
+            continue;
+        }
+        let s = p.counters().snapshot();
+        let d = s.drops;
+        let options: Map<String, Value> = p
+            .spec
+            .options
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        out.push(json!({
+            "id": p.id(),
+            "type": p.spec.kind.name(),
+            "options": options,
+            "ifname": p.opened.ifname,
+            "link-up": p.link_up(),
+            "worker": 0,
+            "index": p.index.0,
+            "uptime-ms": p.added.elapsed().as_millis() as u64,
+            "rx-frames": s.rx_frames,
+            "rx-bytes": s.rx_bytes,
+            "tx-frames": s.tx_frames,
+            "tx-bytes": s.tx_bytes,
+            "drops": {
+                "runt": d.runt,
+                "oversize": d.oversize,
+                "bad-source": d.bad_source,
+                "filtered": d.filtered,
+                "no-destination": d.no_destination,
+                "link-down": d.link_down,
+                "queue-full": d.queue_full,
+                "tx-error": d.tx_error,
+                "rx-error": d.rx_error,
+            },
+        }));
+    }
+    Ok(Value::Array(out))
+}
