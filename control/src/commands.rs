@@ -117,6 +117,7 @@ pub fn dispatch(ctl: &mut Controller, req: &Request) -> Result<Value, QmpError> 
         "query-workers" => {
             Args::new(map).finish()?;
             let w = ctl.worker_counters().snapshot();
+            let b = ctl.buffers()?;
             Ok(json!([{
                 "id": 0,
                 "cpu": ctl.config().worker_cpu,
@@ -131,6 +132,11 @@ pub fn dispatch(ctl: &mut Controller, req: &Request) -> Result<Value, QmpError> 
                 "mac-learned": w.mac_learned,
                 "mac-moved": w.mac_moved,
                 "mac-evicted": w.mac_evicted,
+                "buffers-total": b.total,
+                "buffers-free": b.free,
+                "reads-in-flight": b.reads_in_flight,
+                "writes-in-flight": b.writes_in_flight,
+                "frames-queued": b.queued,
             }]))
         }
         other => Err(QmpError::command_not_found(format!(

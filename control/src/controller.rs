@@ -11,7 +11,8 @@ use crate::qmp::{event, QmpError};
 use ringswitch_backends::{open, set_carrier, NetdevSpec, OpenedPort};
 use ringswitch_switch::mactable::MacEntry;
 use ringswitch_switch::{
-    ControlLink, DomainId, MacAddr, PortCounters, PortEntry, PortId, Request, WorkerCounters,
+    BufferStats, ControlLink, DomainId, MacAddr, PortCounters, PortEntry, PortId, Request,
+    WorkerCounters,
 };
 use serde_json::{json, Value};
 use std::os::fd::AsFd;
@@ -308,6 +309,16 @@ impl Controller {
     pub fn mac_entries(&self) -> Result<Vec<MacEntry>, QmpError> {
         let (tx, rx) = mpsc::channel();
         if !self.link.request(Request::DumpMacs(tx)) {
+            return Err(QmpError::generic("the switch has stopped"));
+        }
+        rx.recv_timeout(APPLY_TIMEOUT)
+            .map_err(|_| QmpError::generic("the switch did not answer"))
+    }
+
+    /// The worker's buffer pool occupancy.
+    pub fn buffers(&self) -> Result<BufferStats, QmpError> {
+        let (tx, rx) = mpsc::channel();
+        if !self.link.request(Request::Buffers(tx)) {
             return Err(QmpError::generic("the switch has stopped"));
         }
         rx.recv_timeout(APPLY_TIMEOUT)

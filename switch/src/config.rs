@@ -50,9 +50,26 @@ pub enum Request {
     DumpMacs(Sender<Vec<MacEntry>>),
     /// Forget learned addresses (all, or those behind one port); answers how many.
     FlushMacs(Option<PortId>, Sender<usize>),
+    /// The buffer pool's occupancy, for leak checks.
+    Buffers(Sender<BufferStats>),
     /// Send `frame` out of every port of `ingress`'s domain but `ingress` (as if received
     /// there, without learning its source). Used for announce-self.
     Flood { ingress: PortId, frame: Vec<u8> },
+}
+
+/// Where a worker's frame buffers are, at a moment between two batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct BufferStats {
+    /// Buffers in the pool.
+    pub total: usize,
+    /// Buffers on the free stack.
+    pub free: usize,
+    /// Reads in flight (each holds one buffer).
+    pub reads_in_flight: usize,
+    /// Writes in flight (several may share one flooded buffer).
+    pub writes_in_flight: usize,
+    /// Frames waiting in transmit queues.
+    pub queued: usize,
 }
 
 /// The control plane's side of its link to one worker.

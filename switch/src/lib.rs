@@ -13,7 +13,9 @@ pub mod pool;
 pub mod uring;
 pub mod worker;
 
-pub use config::{link, ControlLink, LinkError, PortEntry, Request, Snapshot, WorkerLink};
+pub use config::{
+    link, BufferStats, ControlLink, LinkError, PortEntry, Request, Snapshot, WorkerLink,
+};
 pub use counters::{DropReason, PortCounters, PortStats, WorkerCounters, WorkerStats};
 pub use engine::{Engine, PortConf, RxDesc, TxDesc, TxQueues};
 pub use ids::{BufIndex, DomainId, PortId};

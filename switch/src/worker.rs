@@ -12,7 +12,7 @@
 //! write completes. A removed port is drained — its reads cancelled, its writes completed —
 //! before the worker drops its descriptor and reports the configuration applied.
 
-use crate::config::{kick, PortEntry, Request, Snapshot, WorkerLink};
+use crate::config::{kick, BufferStats, PortEntry, Request, Snapshot, WorkerLink};
 use crate::counters::{DropReason, WorkerCounters};
 use crate::engine::{Engine, PortConf, RxDesc, TxDesc, TxQueues};
 use crate::ids::{BufIndex, PortId};
@@ -422,6 +422,21 @@ impl Worker {
                         }
                     };
                     let _ = reply.send(n);
+                }
+                Request::Buffers(reply) => {
+                    let pool = self.ring.pool();
+                    let _ = reply.send(BufferStats {
+                        total: pool.capacity(),
+                        free: pool.available(),
+                        reads_in_flight: self
+                            .ports
+                            .iter()
+                            .flatten()
+                            .map(|p| p.reads as usize)
+                            .sum(),
+                        writes_in_flight: self.writes as usize,
+                        queued: self.tx.len(),
+                    });
                 }
                 Request::Flood { ingress, frame } => {
                     let pool = self.ring.pool_mut();
