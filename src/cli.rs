@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use ringswitch_backends::netdev::split_keyval;
-use ringswitch_backends::{parse_netdev, NetdevSpec};
+use ringswitch_backends::{parse_netdev, NetdevKind, NetdevSpec};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -110,6 +110,13 @@ pub fn parse_qmp(s: &str) -> Result<QmpAddr, String> {
     ))
 }
 
+/// The interface a tap spec names, if it names one (templates such as `tap%d` excluded).
+fn tap_ifname(spec: &NetdevSpec) -> Option<&str> {
+    match &spec.kind {
+        NetdevKind::Tap(t) => t.ifname.as_deref().filter(|n| !n.contains('%')),
+    }
+}
+
 /// Turns QEMU's bare legacy flags into key=value so the keyval splitter takes them.
 fn legacy_qmp_flags(s: &str) -> String {
     s.split(',')
@@ -181,6 +188,13 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, CliExit> 
                 "-netdev '{s}': Duplicate ID '{}' for netdev",
                 spec.id
             )));
+        }
+        if let Some(name) = tap_ifname(&spec) {
+            if netdevs.iter().any(|n| tap_ifname(n) == Some(name)) {
+                return Err(CliExit::Invalid(format!(
+                    "-netdev '{s}': ifname '{name}' is already used by another -netdev"
+                )));
+            }
         }
         if spec.wants_scripts() && !raw.allow_scripts {
             return Err(CliExit::Invalid(format!(
@@ -340,6 +354,13 @@ mod tests {
         assert!(
             invalid(&["-netdev", "tap,id=a", "-netdev", "tap,id=a"]).contains("Duplicate ID 'a'")
         );
+        assert!(invalid(&[
+            "-netdev",
+            "tap,id=a,ifname=t0",
+            "-netdev",
+            "tap,id=b,ifname=t0"
+        ])
+        .contains("ifname 't0'"));
         assert!(invalid(&["-netdev", "tap,id=a,script=/bin/true"]).contains("--allow-scripts"));
         assert!(p(&["-netdev", "tap,id=a,script=/bin/true", "--allow-scripts"]).is_ok());
         assert!(

@@ -46,7 +46,8 @@ pub enum DropReason {
     /// No other port of the domain can take the frame; charged to the ingress port.
     NoDestination,
     /// The port's link is down: charged to the ingress port on receive, to the egress port on
-    /// transmit.
+    /// transmit. This includes a tap whose kernel side is down (the kernel refuses the write
+    /// with EIO and also counts the frame in that interface's rx_dropped).
     LinkDown,
     /// The egress port's transmit queue was full; charged to the egress port.
     QueueFull,

@@ -589,6 +589,10 @@ impl Worker {
                     if c.result >= 0 {
                         ctr.tx_frames.inc();
                         ctr.tx_bytes.add(c.result as u64);
+                    } else if c.result == -libc::EIO {
+                        // A tap whose kernel side is administratively down refuses frames
+                        // with EIO (and counts them in its own rx_dropped).
+                        ctr.count_drop(DropReason::LinkDown);
                     } else {
                         ctr.count_drop(DropReason::TxError);
                     }
