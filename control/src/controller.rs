@@ -23,14 +23,33 @@ use std::time::{Duration, Instant};
 /// How long a command waits for the worker to apply a change.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// An event that is sent once, then held back until whoever it informs has looked (QEMU's
+/// rule for NIC_RX_FILTER_CHANGED: re-armed by `query-rx-filter` on that port).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct OneShot {
+    held: bool,
+}
+
+impl OneShot {
+    /// Whether the event should be sent now; holds back the next ones.
+    pub fn fire(&mut self) -> bool {
+        !std::mem::replace(&mut self.held, true)
+    }
+
+    /// The client looked: the next change sends the event again.
+    pub fn rearm(&mut self) {
+        self.held = false;
+    }
+}
+
 /// One port of the switch.
 pub struct Port {
     pub spec: NetdevSpec,
     pub index: PortId,
     pub entry: Arc<PortEntry>,
     pub opened: OpenedPort,
-    /// NIC_RX_FILTER_CHANGED was sent and the filter not queried since (QEMU's one-shot rule).
-    rx_filter_event_held: bool,
+    /// QEMU's one-shot rule for NIC_RX_FILTER_CHANGED.
+    rx_filter_event: OneShot,
     pub added: Instant,
 }
 
@@ -151,7 +170,7 @@ impl Controller {
             index,
             entry,
             opened,
-            rx_filter_event_held: false,
+            rx_filter_event: OneShot::default(),
             added: Instant::now(),
         });
         if let Err(e) = self.publish() {
@@ -219,7 +238,7 @@ impl Controller {
             if name.is_some_and(|n| n != p.id()) {
                 continue;
             }
-            p.rx_filter_event_held = false;
+            p.rx_filter_event.rearm();
             out.push(json!({
                 "name": p.id(),
                 "promiscuous": true,
@@ -241,10 +260,9 @@ impl Controller {
     /// Raises NIC_RX_FILTER_CHANGED for a port, unless one is already waiting for a query.
     pub fn rx_filter_changed(&mut self, index: usize) {
         let p = &mut self.ports[index];
-        if p.rx_filter_event_held {
+        if !p.rx_filter_event.fire() {
             return;
         }
-        p.rx_filter_event_held = true;
         let data = json!({"name": p.id(), "path": format!("/ringswitch/ports/{}", p.id())});
         self.events.push(event("NIC_RX_FILTER_CHANGED", Some(data)));
     }
@@ -380,5 +398,20 @@ impl Controller {
                 eprintln!("ringswitch: netdev '{}': {e}", p.id());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OneShot;
+
+    #[test]
+    fn rx_filter_event_is_sent_once_until_queried() {
+        let mut g = OneShot::default();
+        assert!(g.fire(), "the first change is announced");
+        assert!(!g.fire() && !g.fire(), "later changes are held back");
+        g.rearm();
+        assert!(g.fire(), "after a query the next change is announced again");
+        assert!(!g.fire());
     }
 }
