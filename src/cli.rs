@@ -114,6 +114,7 @@ pub fn parse_qmp(s: &str) -> Result<QmpAddr, String> {
 fn tap_ifname(spec: &NetdevSpec) -> Option<&str> {
     match &spec.kind {
         NetdevKind::Tap(t) => t.ifname.as_deref().filter(|n| !n.contains('%')),
+        _ => None,
     }
 }
 

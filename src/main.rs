@@ -134,9 +134,10 @@ fn serve(
                 return None;
             }
         }
+        ctl.service_connections(Instant::now());
         let now = Instant::now();
-        let mut wait = Duration::from_millis(50);
-        if let Some(due) = ctl.next_due() {
+        let mut wait = Duration::from_millis(20);
+        for due in [ctl.next_due(), ctl.next_attempt()].into_iter().flatten() {
             wait = wait.min(due.saturating_duration_since(now));
         }
         if let Err(e) = server.poll_once(ctl, wait) {

@@ -2,13 +2,17 @@
 //! port. A backend opens its object and hands the data plane a descriptor plus the recipe to
 //! drive it; it never touches frames on the hot path itself.
 
+pub mod addr;
+pub mod bridge;
+pub mod kinds;
 pub mod netdev;
 pub mod open;
+pub mod socket;
 pub mod tap;
 
 pub use netdev::{
     netdev_from_qmp, parse_netdev, NetdevError, NetdevId, NetdevKind, NetdevSpec, Script,
     TapOptions,
 };
-pub use open::{open, set_carrier, OpenError, OpenedPort};
+pub use open::{open, set_carrier, Conn, OpenError, OpenedPort};
 pub use tap::{Tap, TapError};

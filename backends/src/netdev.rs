@@ -5,6 +5,7 @@
 //! leaves this module: every option is checked here, and every error names the offender and
 //! what would have been accepted.
 
+use crate::kinds::{self, L2tpv3Options, SocketMode};
 use crate::tap::{validate_ifname, TapError};
 use ringswitch_switch::MacAddr;
 use serde_json::{Map, Value};
@@ -12,18 +13,14 @@ use std::fmt;
 use std::os::fd::RawFd;
 
 /// Netdev kinds this build of ringswitch can open.
-pub const SUPPORTED_KINDS: &[&str] = &["tap"];
+pub const SUPPORTED_KINDS: &[&str] = &[
+    "tap", "socket", "stream", "dgram", "l2tpv3", "bridge", "hubport",
+];
 
 /// Kinds QEMU's schema has that this build does not (yet) serve.
 const QEMU_ONLY_KINDS: &[&str] = &[
     "user",
-    "socket",
-    "stream",
-    "dgram",
-    "l2tpv3",
     "vde",
-    "bridge",
-    "hubport",
     "netmap",
     "af-xdp",
     "vhost-user",
@@ -34,13 +31,13 @@ const QEMU_ONLY_KINDS: &[&str] = &[
 ];
 
 /// The type of an option's value, as net.json declares it.
-// Booleans and integers are declared by the socket and l2tpv3 kinds (issue #4).
-#[allow(dead_code)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ty {
+pub(crate) enum Ty {
     Str,
     Bool,
     Int,
+    /// uint64 (cookies).
+    UInt,
 }
 
 impl Ty {
@@ -48,10 +45,90 @@ impl Ty {
         match self {
             Ty::Str => "string",
             Ty::Bool => "boolean",
-            Ty::Int => "integer",
+            Ty::Int | Ty::UInt => "integer",
         }
     }
 }
+
+const SOCKET_OPTIONS: &[(&str, Ty)] = &[
+    ("fd", Ty::Str),
+    ("listen", Ty::Str),
+    ("connect", Ty::Str),
+    ("mcast", Ty::Str),
+    ("localaddr", Ty::Str),
+    ("udp", Ty::Str),
+    ("reconnect", Ty::Int),
+];
+
+/// A QAPI SocketAddress under a prefix, as dotted keys.
+macro_rules! socket_address_options {
+    ($p:literal) => {
+        [
+            (concat!($p, ".type"), Ty::Str),
+            (concat!($p, ".host"), Ty::Str),
+            (concat!($p, ".port"), Ty::Str),
+            (concat!($p, ".path"), Ty::Str),
+            (concat!($p, ".str"), Ty::Str),
+        ]
+    };
+}
+
+const STREAM_OPTIONS: &[(&str, Ty)] = &{
+    let a = socket_address_options!("addr");
+    [
+        ("server", Ty::Bool),
+        ("reconnect", Ty::Int),
+        a[0],
+        a[1],
+        a[2],
+        a[3],
+        a[4],
+    ]
+};
+
+const DGRAM_OPTIONS: &[(&str, Ty)] = &{
+    let l = socket_address_options!("local");
+    let r = socket_address_options!("remote");
+    [l[0], l[1], l[2], l[3], l[4], r[0], r[1], r[2], r[3], r[4]]
+};
+
+/// Options of QEMU's SocketAddress that ringswitch refuses, with why.
+const ADDRESS_UNSUPPORTED: &[(&str, &str)] = &[
+    ("addr.numeric", "host names are always resolved"),
+    ("addr.to", "port ranges are not supported"),
+    ("addr.ipv4", "the address family follows the host address"),
+    ("addr.ipv6", "the address family follows the host address"),
+    ("addr.keep-alive", "TCP keep-alive is not supported"),
+    ("addr.abstract", "abstract unix sockets are not supported"),
+    ("addr.tight", "abstract unix sockets are not supported"),
+    ("local.abstract", "abstract unix sockets are not supported"),
+    ("remote.abstract", "abstract unix sockets are not supported"),
+];
+
+const L2TPV3_OPTIONS: &[(&str, Ty)] = &[
+    ("src", Ty::Str),
+    ("dst", Ty::Str),
+    ("srcport", Ty::Str),
+    ("dstport", Ty::Str),
+    ("ipv6", Ty::Bool),
+    ("udp", Ty::Bool),
+    ("cookie64", Ty::Bool),
+    ("counter", Ty::Bool),
+    ("pincounter", Ty::Bool),
+    ("txcookie", Ty::UInt),
+    ("rxcookie", Ty::UInt),
+    ("txsession", Ty::UInt),
+    ("rxsession", Ty::UInt),
+    ("offset", Ty::UInt),
+];
+
+const BRIDGE_OPTIONS: &[(&str, Ty)] = &[("br", Ty::Str)];
+const BRIDGE_UNSUPPORTED: &[(&str, &str)] = &[(
+    "helper",
+    "ringswitch attaches the tap to the bridge itself, without a helper",
+)];
+
+const HUBPORT_OPTIONS: &[(&str, Ty)] = &[("hubid", Ty::Int), ("netdev", Ty::Str)];
 
 /// Options every kind takes besides `type` and `id`: `macaddr` is a ringswitch extension
 /// naming the station behind the port (reported by query-rx-filter, announced by
@@ -137,12 +214,31 @@ pub struct TapOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetdevKind {
     Tap(TapOptions),
+    Socket(SocketMode),
+    Stream(SocketMode),
+    Dgram(SocketMode),
+    L2tpv3(L2tpv3Options),
+    /// A tap that ringswitch attaches to the Linux bridge `br` (and sets up).
+    Bridge {
+        br: String,
+    },
+    /// Places the netdev `netdev` in bridge domain `hubid`.
+    HubPort {
+        hubid: u16,
+        netdev: Option<NetdevId>,
+    },
 }
 
 impl NetdevKind {
     pub fn name(&self) -> &'static str {
         match self {
             NetdevKind::Tap(_) => "tap",
+            NetdevKind::Socket(_) => "socket",
+            NetdevKind::Stream(_) => "stream",
+            NetdevKind::Dgram(_) => "dgram",
+            NetdevKind::L2tpv3(_) => "l2tpv3",
+            NetdevKind::Bridge { .. } => "bridge",
+            NetdevKind::HubPort { .. } => "hubport",
         }
     }
 }
@@ -163,6 +259,7 @@ impl NetdevSpec {
     pub fn wants_scripts(&self) -> bool {
         match &self.kind {
             NetdevKind::Tap(t) => t.script != Script::None || t.downscript != Script::None,
+            _ => false,
         }
     }
 }
@@ -212,6 +309,12 @@ pub enum NetdevError {
     FdOverQmp,
     #[error("{0}")]
     Ifname(String),
+    #[error("Parameter '{0}' is missing")]
+    Missing(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("Parameter '{option}': {why}")]
+    Address { option: String, why: String },
 }
 
 /// Splits QEMU keyval text into (key, value) pairs; `,,` stands for a literal comma. The first
@@ -255,10 +358,11 @@ enum Raw {
 
 /// A value of the declared type.
 #[derive(Debug, Clone, PartialEq)]
-enum Typed {
+pub(crate) enum Typed {
     Str(String),
     Bool(bool),
     Int(i64),
+    UInt(u64),
 }
 
 impl Typed {
@@ -267,6 +371,44 @@ impl Typed {
             Typed::Str(s) => s,
             Typed::Bool(b) => if b { "on" } else { "off" }.into(),
             Typed::Int(i) => i.to_string(),
+            Typed::UInt(i) => i.to_string(),
+        }
+    }
+}
+
+/// A kind's options after type checking, taken one by one by the kind's builder.
+pub(crate) struct Opts {
+    items: Vec<(String, Typed)>,
+}
+
+impl Opts {
+    fn take(&mut self, k: &str) -> Option<Typed> {
+        let i = self.items.iter().position(|(n, _)| n == k)?;
+        Some(self.items.remove(i).1)
+    }
+
+    pub(crate) fn str(&mut self, k: &str) -> Option<String> {
+        self.take(k).map(Typed::into_string)
+    }
+
+    pub(crate) fn bool(&mut self, k: &str) -> Option<bool> {
+        match self.take(k)? {
+            Typed::Bool(b) => Some(b),
+            other => unreachable!("{k} declared boolean, got {other:?}"),
+        }
+    }
+
+    pub(crate) fn int(&mut self, k: &str) -> Option<i64> {
+        match self.take(k)? {
+            Typed::Int(i) => Some(i),
+            other => unreachable!("{k} declared integer, got {other:?}"),
+        }
+    }
+
+    pub(crate) fn uint(&mut self, k: &str) -> Option<u64> {
+        match self.take(k)? {
+            Typed::UInt(i) => Some(i),
+            other => unreachable!("{k} declared uint64, got {other:?}"),
         }
     }
 }
@@ -295,10 +437,28 @@ fn typed(option: &str, ty: Ty, raw: Raw) -> Result<Typed, NetdevError> {
                 expected: "an integer",
                 value: s,
             }),
+        (Ty::UInt, Raw::Text(s)) => {
+            parse_uint(&s)
+                .map(Typed::UInt)
+                .ok_or_else(|| NetdevError::BadValue {
+                    option: option.into(),
+                    expected: "an unsigned integer",
+                    value: s,
+                })
+        }
         (Ty::Str, Raw::Json(Value::String(s))) => Ok(Typed::Str(s)),
         (Ty::Bool, Raw::Json(Value::Bool(b))) => Ok(Typed::Bool(b)),
         (Ty::Int, Raw::Json(Value::Number(n))) => n.as_i64().map(Typed::Int).ok_or_else(wrong),
+        (Ty::UInt, Raw::Json(Value::Number(n))) => n.as_u64().map(Typed::UInt).ok_or_else(wrong),
         (_, Raw::Json(_)) => Err(wrong()),
+    }
+}
+
+/// Decimal or 0x-prefixed hexadecimal, as QEMU's option parser takes numbers.
+fn parse_uint(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => s.parse().ok(),
     }
 }
 
@@ -320,12 +480,13 @@ fn parse_script(option: &str, v: &str) -> Result<Script, NetdevError> {
 
 /// Where the options came from: QMP refuses what only makes sense on a command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Source {
+pub(crate) enum Source {
     CommandLine,
     Qmp,
 }
 
-fn build_tap(opts: Vec<(String, Typed)>, source: Source) -> Result<TapOptions, NetdevError> {
+fn build_tap(opts: Opts, source: Source) -> Result<TapOptions, NetdevError> {
+    let opts = opts.items;
     let mut t = TapOptions {
         ifname: None,
         fd: None,
@@ -378,6 +539,12 @@ fn build(
     type Refused = &'static [(&'static str, &'static str)];
     let (kind, schema, unsupported): (&'static str, Schema, Refused) = match ty {
         "tap" => ("tap", TAP_OPTIONS, TAP_UNSUPPORTED),
+        "socket" => ("socket", SOCKET_OPTIONS, &[]),
+        "stream" => ("stream", STREAM_OPTIONS, ADDRESS_UNSUPPORTED),
+        "dgram" => ("dgram", DGRAM_OPTIONS, ADDRESS_UNSUPPORTED),
+        "l2tpv3" => ("l2tpv3", L2TPV3_OPTIONS, &[]),
+        "bridge" => ("bridge", BRIDGE_OPTIONS, BRIDGE_UNSUPPORTED),
+        "hubport" => ("hubport", HUBPORT_OPTIONS, &[]),
         other if QEMU_ONLY_KINDS.contains(&other) => {
             return Err(NetdevError::UnsupportedType(other.to_string()))
         }
@@ -421,8 +588,23 @@ fn build(
         shown.push((k.clone(), v.clone().into_string()));
         kind_opts.push((k, v));
     }
+    let mut o = Opts { items: kind_opts };
     let kind = match kind {
-        "tap" => NetdevKind::Tap(build_tap(kind_opts, source)?),
+        "tap" => NetdevKind::Tap(build_tap(o, source)?),
+        "socket" => NetdevKind::Socket(kinds::socket(&mut o, source)?),
+        "stream" => NetdevKind::Stream(kinds::stream(&mut o, source)?),
+        "dgram" => NetdevKind::Dgram(kinds::dgram(&mut o, source)?),
+        "l2tpv3" => NetdevKind::L2tpv3(kinds::l2tpv3(&mut o)?),
+        "bridge" => {
+            let br = o.str("br").ok_or(NetdevError::Missing("br".into()))?;
+            validate_ifname(&br)
+                .map_err(|e| NetdevError::Ifname(format!("Parameter 'br': {e}")))?;
+            NetdevKind::Bridge { br }
+        }
+        "hubport" => {
+            let (hubid, netdev) = kinds::hubport(&mut o)?;
+            NetdevKind::HubPort { hubid, netdev }
+        }
         _ => unreachable!("kind matched above"),
     };
     Ok(NetdevSpec {
@@ -454,6 +636,32 @@ pub fn parse_netdev(s: &str) -> Result<NetdevSpec, NetdevError> {
     build(&ty, id, raw, Source::CommandLine)
 }
 
+/// Turns QMP's nested objects (`"addr": {"type": "inet", …}`) into the dotted keys of the
+/// keyval syntax (`addr.type`), so both take one schema.
+fn flatten(
+    key: &str,
+    v: &Value,
+    out: &mut Vec<(String, Raw)>,
+    depth: usize,
+) -> Result<(), NetdevError> {
+    match v {
+        Value::Object(m) if depth < 2 => {
+            for (k, inner) in m {
+                flatten(&format!("{key}.{k}"), inner, out, depth + 1)?;
+            }
+            Ok(())
+        }
+        Value::Object(_) => Err(NetdevError::WrongType {
+            option: key.into(),
+            expected: "a scalar",
+        }),
+        other => {
+            out.push((key.to_string(), Raw::Json(other.clone())));
+            Ok(())
+        }
+    }
+}
+
 /// Parses `netdev_add`'s flat arguments (`{"type": "tap", "id": "n0", "ifname": "t0"}`), with
 /// QMP's typing: a value of the wrong JSON type is refused, naming the parameter.
 pub fn netdev_from_qmp(args: &Map<String, Value>) -> Result<NetdevSpec, NetdevError> {
@@ -469,11 +677,10 @@ pub fn netdev_from_qmp(args: &Map<String, Value>) -> Result<NetdevSpec, NetdevEr
     };
     let ty = str_arg("type")?.ok_or(NetdevError::MissingType)?;
     let id = NetdevId::new(&str_arg("id")?.ok_or(NetdevError::MissingId)?)?;
-    let raw = args
-        .iter()
-        .filter(|(k, _)| *k != "type" && *k != "id")
-        .map(|(k, v)| (k.clone(), Raw::Json(v.clone())))
-        .collect();
+    let mut raw = Vec::new();
+    for (k, v) in args.iter().filter(|(k, _)| *k != "type" && *k != "id") {
+        flatten(k, v, &mut raw, 0)?;
+    }
     build(&ty, id, raw, Source::Qmp)
 }
 
@@ -485,6 +692,7 @@ mod tests {
     fn tap(s: &str) -> TapOptions {
         match parse_netdev(s).unwrap().kind {
             NetdevKind::Tap(t) => t,
+            other => panic!("not a tap: {other:?}"),
         }
     }
 
@@ -518,7 +726,7 @@ mod tests {
             ("id=a", NetdevError::MissingType),
             ("type=,id=a", NetdevError::MissingType),
             ("bogus,id=a", NetdevError::UnknownType("bogus".into())),
-            ("socket,id=a", NetdevError::UnsupportedType("socket".into())),
+            ("vde,id=a", NetdevError::UnsupportedType("vde".into())),
             ("tap", NetdevError::MissingId),
             ("tap,id=1a", NetdevError::BadId("1a".into())),
             ("tap,id=a b", NetdevError::BadId("a b".into())),
@@ -640,6 +848,157 @@ mod tests {
                 .starts_with("Parameter 'frobnicate' is unexpected"),
             "{e}"
         );
+    }
+
+    fn kind(s: &str) -> NetdevKind {
+        parse_netdev(s).unwrap_or_else(|e| panic!("{s}: {e}")).kind
+    }
+
+    fn err(s: &str) -> String {
+        parse_netdev(s).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn socket_kinds_in_qemu_syntax() {
+        use crate::addr::SockAddr;
+        use std::time::Duration;
+        assert_eq!(
+            kind("socket,id=a,listen=:4000"),
+            NetdevKind::Socket(SocketMode::Listen(SockAddr::Inet(
+                "0.0.0.0:4000".parse().unwrap()
+            )))
+        );
+        assert_eq!(
+            kind("socket,id=a,connect=127.0.0.1:4000"),
+            NetdevKind::Socket(SocketMode::Connect {
+                addr: SockAddr::Inet("127.0.0.1:4000".parse().unwrap()),
+                reconnect: Some(Duration::from_secs(1))
+            })
+        );
+        assert_eq!(
+            kind("socket,id=a,connect=127.0.0.1:4000,reconnect=0"),
+            NetdevKind::Socket(SocketMode::Connect {
+                addr: SockAddr::Inet("127.0.0.1:4000".parse().unwrap()),
+                reconnect: None
+            })
+        );
+        assert_eq!(
+            kind("socket,id=a,udp=127.0.0.1:5001,localaddr=127.0.0.1:5000"),
+            NetdevKind::Socket(SocketMode::Udp {
+                local: "127.0.0.1:5000".parse().unwrap(),
+                remote: "127.0.0.1:5001".parse().unwrap()
+            })
+        );
+        assert_eq!(
+            kind("socket,id=a,mcast=239.1.2.3:5000,localaddr=127.0.0.1"),
+            NetdevKind::Socket(SocketMode::Mcast {
+                group: "239.1.2.3:5000".parse().unwrap(),
+                interface: Some("127.0.0.1".parse().unwrap())
+            })
+        );
+        assert_eq!(
+            kind("socket,id=a,fd=5"),
+            NetdevKind::Socket(SocketMode::Fd(5))
+        );
+        assert_eq!(
+            kind("stream,id=a,server=on,addr.type=unix,addr.path=/tmp/s"),
+            NetdevKind::Stream(SocketMode::Listen(SockAddr::Unix("/tmp/s".into())))
+        );
+        assert!(matches!(
+            kind("stream,id=a,server=off,addr.type=inet,addr.host=127.0.0.1,addr.port=4000"),
+            NetdevKind::Stream(SocketMode::Connect { .. })
+        ));
+        assert_eq!(
+            kind(
+                "dgram,id=a,local.type=unix,local.path=/tmp/l,remote.type=unix,remote.path=/tmp/r"
+            ),
+            NetdevKind::Dgram(SocketMode::UnixDgram {
+                local: "/tmp/l".into(),
+                remote: "/tmp/r".into()
+            })
+        );
+        assert!(matches!(
+            kind("dgram,id=a,remote.type=inet,remote.host=239.0.0.9,remote.port=6000"),
+            NetdevKind::Dgram(SocketMode::Mcast { .. })
+        ));
+    }
+
+    #[test]
+    fn socket_kind_errors_name_the_offender() {
+        for (spec, needle) in [
+            ("socket,id=a", "exactly one of"),
+            ("socket,id=a,listen=:1,connect=h:2", "exactly one of"),
+            ("socket,id=a,listen=nope", "'listen'"),
+            ("socket,id=a,listen=:1,localaddr=:2", "localaddr= is only valid"),
+            ("socket,id=a,udp=127.0.0.1:1", "localaddr= is mandatory"),
+            ("socket,id=a,mcast=127.0.0.1:5000", "multicast group"),
+            ("socket,id=a,listen=:1,reconnect=3", "reconnect= is only valid"),
+            ("socket,id=a,connect=127.0.0.1:1,reconnect=-1", "'reconnect'"),
+            ("stream,id=a,server=on", "'addr' is missing"),
+            ("stream,id=a,addr.host=x", "'addr.type' is missing"),
+            ("stream,id=a,addr.type=inet,addr.port=1", "'addr.host' is missing"),
+            ("stream,id=a,addr.type=inet,addr.host=h", "'addr.port' is missing"),
+            ("stream,id=a,addr.type=unix", "'addr.path' is missing"),
+            ("stream,id=a,addr.type=tipc", "'addr.type'"),
+            ("stream,id=a,addr.type=unix,addr.path=/x,addr.port=1", "unexpected"),
+            ("stream,id=a,server=maybe,addr.type=unix,addr.path=/x", "'server'"),
+            ("stream,id=a,addr.type=inet,addr.host=h,addr.port=1,addr.to=9", "not supported"),
+            ("dgram,id=a,local.type=unix,local.path=/l", "'remote' is missing"),
+            ("dgram,id=a,local.type=unix,local.path=/l,remote.type=inet,remote.host=1.2.3.4,remote.port=1", "same type"),
+            ("l2tpv3,id=a,dst=1.2.3.4,txsession=1", "'src' is missing"),
+            ("l2tpv3,id=a,src=1.2.3.4,dst=1.2.3.5", "'txsession' is missing"),
+            ("l2tpv3,id=a,src=1.2.3.4,dst=1.2.3.5,txsession=1,udp=on", "'srcport' is missing"),
+            ("l2tpv3,id=a,src=1.2.3.4,dst=1.2.3.5,txsession=1,txcookie=1", "together"),
+            ("l2tpv3,id=a,src=1.2.3.4,dst=1.2.3.5,txsession=1,txcookie=0x100000000,rxcookie=1", "32-bit cookie"),
+            ("l2tpv3,id=a,src=1.2.3.4,dst=1.2.3.5,txsession=4294967296", "'txsession'"),
+            ("l2tpv3,id=a,src=::1,dst=1.2.3.5,txsession=1", "IPv4"),
+            ("bridge,id=a", "'br' is missing"),
+            ("bridge,id=a,br=br0,helper=/x", "without a helper"),
+            ("hubport,id=a", "'hubid' is missing"),
+            ("hubport,id=a,hubid=70000", "'hubid'"),
+        ] {
+            let e = err(spec);
+            assert!(e.contains(needle), "{spec}: {e}");
+        }
+    }
+
+    #[test]
+    fn l2tpv3_options_and_defaults() {
+        let NetdevKind::L2tpv3(o) = kind("l2tpv3,id=a,src=127.0.0.2,dst=127.0.0.3,udp=on,srcport=1701,dstport=1702,txsession=0x11223344,cookie64=on,txcookie=0xa1a2a3a4a5a6a7a8,rxcookie=9,counter=on,offset=4") else {
+            panic!()
+        };
+        assert_eq!(
+            (o.txsession, o.rxsession, o.txcookie, o.rxcookie),
+            (
+                0x1122_3344,
+                0x1122_3344,
+                Some(0xa1a2_a3a4_a5a6_a7a8),
+                Some(9)
+            )
+        );
+        assert!(o.udp && o.counter && o.cookie64 && !o.pincounter);
+        assert_eq!((o.srcport, o.dstport, o.offset), (1701, 1702, 4));
+    }
+
+    #[test]
+    fn qmp_nested_addresses_flatten_to_the_same_schema() {
+        use serde_json::json;
+        let m = json!({"type": "stream", "id": "n4", "server": true, "addr": {"type": "inet", "host": "127.0.0.1", "port": "40243"}});
+        let s = netdev_from_qmp(m.as_object().unwrap()).unwrap();
+        assert!(matches!(s.kind, NetdevKind::Stream(SocketMode::Listen(_))));
+        let bad =
+            json!({"type": "stream", "id": "n4", "addr": {"type": "inet", "host": "h", "port": 1}});
+        assert!(netdev_from_qmp(bad.as_object().unwrap())
+            .unwrap_err()
+            .to_string()
+            .contains("'addr.port'"));
+        let l = json!({"type": "l2tpv3", "id": "l", "src": "1.2.3.4", "dst": "1.2.3.5", "txsession": 7, "txcookie": 18446744073709551615u64, "rxcookie": 1, "cookie64": true});
+        assert!(netdev_from_qmp(l.as_object().unwrap()).is_ok());
+        let l = json!({"type": "l2tpv3", "id": "l", "src": "1.2.3.4", "dst": "1.2.3.5", "txsession": "7"});
+        assert!(netdev_from_qmp(l.as_object().unwrap())
+            .unwrap_err()
+            .to_string()
+            .contains("Invalid parameter type for 'txsession'"));
     }
 
     #[test]

@@ -1,12 +1,25 @@
-//! Opening a parsed netdev: the kernel object behind the port and what the data plane needs of
-//! it (one descriptor that carries a frame per read and per write), plus its life-cycle hooks
-//! (QEMU's `script=`/`downscript=`, carrier changes for `set_link`).
+//! Opening a parsed netdev: the kernel objects behind the port, what the data plane needs of
+//! them (the descriptors and how they carry frames), and the port's life cycle — QEMU's
+//! `script=`/`downscript=`, carrier changes for `set_link`, and for stream ports the
+//! connection: a listening port serves one peer at a time and accepts the next after a
+//! disconnect; a connecting port tries again every `reconnect` seconds.
 
+use crate::addr::SockAddr;
+use crate::kinds::{L2tpv3Options, SocketMode};
 use crate::netdev::{NetdevKind, NetdevSpec, Script};
+use crate::socket;
 use crate::tap::{Tap, TapError};
+use ringswitch_switch::l2tpv3::L2tpv3Codec;
+use ringswitch_switch::Framing;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long one connection attempt of a client stream port may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Why a port could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -28,12 +41,57 @@ pub enum OpenError {
         ifname: String,
         status: std::process::ExitStatus,
     },
+    #[error("{what}: {source}")]
+    Socket {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("a hubport places another netdev in a hub; it is not a port to open")]
+    NotAPort,
+    #[error("cannot attach tap '{tap}' to bridge '{br}': {why}")]
+    Bridge {
+        tap: String,
+        br: String,
+        why: String,
+    },
+}
+
+fn sock_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> OpenError {
+    let what = what.into();
+    move |source| OpenError::Socket { what, source }
+}
+
+/// A connected port: what the data plane gets.
+#[derive(Debug)]
+pub struct Conn {
+    pub fd: OwnedFd,
+    pub tx_fd: Option<OwnedFd>,
+    /// The peer, for listings and events.
+    pub peer: Option<String>,
+}
+
+#[derive(Debug)]
+enum Peer {
+    /// Always connected (tap, datagram sockets).
+    Fixed,
+    Listen {
+        listener: OwnedFd,
+        addr: SockAddr,
+    },
+    Connect {
+        addr: SockAddr,
+        reconnect: Option<Duration>,
+        next: Option<Instant>,
+    },
 }
 
 /// An open port.
 #[derive(Debug)]
 pub struct OpenedPort {
-    pub fd: OwnedFd,
+    conn: Option<Conn>,
+    peer: Peer,
+    framing: Framing,
     /// The kernel interface behind the port, if it has one.
     pub ifname: Option<String>,
     downscript: Script,
@@ -60,6 +118,133 @@ fn run_script(path: &str, ifname: &str) -> Result<(), OpenError> {
     Ok(())
 }
 
+fn fixed(
+    fd: OwnedFd,
+    tx_fd: Option<OwnedFd>,
+    framing: Framing,
+    peer: Option<String>,
+) -> OpenedPort {
+    OpenedPort {
+        conn: Some(Conn { fd, tx_fd, peer }),
+        peer: Peer::Fixed,
+        framing,
+        ifname: None,
+        downscript: Script::None,
+        carrier: false,
+    }
+}
+
+fn open_socket(mode: &SocketMode) -> Result<OpenedPort, OpenError> {
+    match mode {
+        SocketMode::Listen(addr) => {
+            let listener =
+                socket::listen(addr).map_err(sock_err(format!("listening on {addr}")))?;
+            Ok(OpenedPort {
+                conn: None,
+                peer: Peer::Listen {
+                    listener,
+                    addr: addr.clone(),
+                },
+                framing: Framing::Stream,
+                ifname: None,
+                downscript: Script::None,
+                carrier: false,
+            })
+        }
+        SocketMode::Connect { addr, reconnect } => {
+            let mut p = OpenedPort {
+                conn: None,
+                peer: Peer::Connect {
+                    addr: addr.clone(),
+                    reconnect: *reconnect,
+                    next: Some(Instant::now()),
+                },
+                framing: Framing::Stream,
+                ifname: None,
+                downscript: Script::None,
+                carrier: false,
+            };
+            // A first attempt at once; without a peer yet the port waits and retries (unless
+            // reconnect=0, where the peer must be there, as in QEMU 7.2).
+            if !p.poll(Instant::now()) && reconnect.is_none() {
+                let e = socket::connect(addr, CONNECT_TIMEOUT)
+                    .err()
+                    .unwrap_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no peer"));
+                return Err(OpenError::Socket {
+                    what: format!("connecting to {addr}"),
+                    source: e,
+                });
+            }
+            Ok(p)
+        }
+        SocketMode::Udp { local, remote } => {
+            let fd = socket::udp(*local, *remote)
+                .map_err(sock_err(format!("udp {local} -> {remote}")))?;
+            Ok(fixed(fd, None, Framing::Datagram, Some(remote.to_string())))
+        }
+        SocketMode::UnixDgram { local, remote } => {
+            let fd = socket::unix_dgram(local, remote).map_err(sock_err(format!(
+                "unix datagram {} -> {}",
+                local.display(),
+                remote.display()
+            )))?;
+            Ok(fixed(
+                fd,
+                None,
+                Framing::Datagram,
+                Some(remote.display().to_string()),
+            ))
+        }
+        SocketMode::Mcast { group, interface } => {
+            let (rx, tx) = socket::mcast(*group, *interface)
+                .map_err(sock_err(format!("multicast {group}")))?;
+            Ok(fixed(
+                rx,
+                Some(tx),
+                Framing::Datagram,
+                Some(group.to_string()),
+            ))
+        }
+        SocketMode::Fd(raw) => {
+            let (fd, stream) = socket::inherited(*raw).map_err(sock_err(format!("fd {raw}")))?;
+            let framing = if stream {
+                Framing::Stream
+            } else {
+                Framing::Datagram
+            };
+            Ok(fixed(fd, None, framing, None))
+        }
+    }
+}
+
+fn open_l2tpv3(o: &L2tpv3Options) -> Result<OpenedPort, OpenError> {
+    let src = SocketAddr::new(o.src, if o.udp { o.srcport } else { 0 });
+    let dst = SocketAddr::new(o.dst, if o.udp { o.dstport } else { 0 });
+    let fd = socket::l2tpv3(src, dst, o.udp).map_err(sock_err(format!("l2tpv3 {src} -> {dst}")))?;
+    let codec = L2tpv3Codec {
+        udp: o.udp,
+        ipv4_header: !o.udp && o.src.is_ipv4(),
+        cookie_len: match (o.txcookie.is_some(), o.cookie64) {
+            (false, _) => 0,
+            (true, false) => 4,
+            (true, true) => 8,
+        },
+        counter: o.counter,
+        pincounter: o.pincounter,
+        offset: o.offset as usize,
+        txsession: o.txsession,
+        rxsession: o.rxsession,
+        txcookie: o.txcookie.unwrap_or(0),
+        rxcookie: o.rxcookie.unwrap_or(0),
+    };
+    Ok(fixed(
+        fd,
+        None,
+        Framing::L2tpv3(Arc::new(codec)),
+        Some(dst.to_string()),
+    ))
+}
+
 /// Opens the port `spec` describes. Scripts run only when `allow_scripts` is set.
 pub fn open(spec: &NetdevSpec, allow_scripts: bool) -> Result<OpenedPort, OpenError> {
     if spec.wants_scripts() && !allow_scripts {
@@ -75,18 +260,124 @@ pub fn open(spec: &NetdevSpec, allow_scripts: bool) -> Result<OpenedPort, OpenEr
             if let Script::Path(p) = &t.script {
                 run_script(p, &ifname)?;
             }
-            Ok(OpenedPort {
-                fd: tap.into_fd(),
-                ifname: Some(ifname),
-                downscript: t.downscript.clone(),
-                carrier: true,
-            })
+            let mut p = fixed(tap.into_fd(), None, Framing::Datagram, None);
+            p.ifname = Some(ifname);
+            p.downscript = t.downscript.clone();
+            p.carrier = true;
+            Ok(p)
         }
+        NetdevKind::Bridge { br } => {
+            let tap = Tap::open(None)?;
+            let ifname = tap.name().to_string();
+            crate::bridge::attach(&ifname, br).map_err(|why| OpenError::Bridge {
+                tap: ifname.clone(),
+                br: br.clone(),
+                why,
+            })?;
+            let mut p = fixed(tap.into_fd(), None, Framing::Datagram, None);
+            p.ifname = Some(ifname);
+            p.carrier = true;
+            Ok(p)
+        }
+        NetdevKind::Socket(m) | NetdevKind::Stream(m) | NetdevKind::Dgram(m) => open_socket(m),
+        NetdevKind::L2tpv3(o) => open_l2tpv3(o),
+        NetdevKind::HubPort { .. } => Err(OpenError::NotAPort),
     }
 }
 
 impl OpenedPort {
-    /// Runs the port's `downscript=` (after its descriptor was closed elsewhere).
+    /// The connection the data plane should serve now, if any.
+    pub fn conn(&self) -> Option<&Conn> {
+        self.conn.as_ref()
+    }
+
+    pub fn framing(&self) -> &Framing {
+        &self.framing
+    }
+
+    /// Whether this port (re)connects by itself (listening or client stream).
+    pub fn is_connection(&self) -> bool {
+        !matches!(self.peer, Peer::Fixed)
+    }
+
+    /// The current connection ended: forget it and wait for the next peer (or try again
+    /// later). A tap or datagram socket that failed stays as it is (the data plane disabled it).
+    pub fn lost(&mut self, now: Instant) {
+        if matches!(self.peer, Peer::Fixed) {
+            return;
+        }
+        self.conn = None;
+        if let Peer::Connect {
+            reconnect, next, ..
+        } = &mut self.peer
+        {
+            *next = reconnect.map(|d| now + d);
+        }
+    }
+
+    /// When the next connection attempt is due (client ports without a peer).
+    pub fn next_attempt(&self) -> Option<Instant> {
+        match (&self.conn, &self.peer) {
+            (None, Peer::Connect { next, .. }) => *next,
+            _ => None,
+        }
+    }
+
+    /// For a port without a connection: accepts a waiting peer, or connects if an attempt is
+    /// due. Returns true when the port has a connection again.
+    pub fn poll(&mut self, now: Instant) -> bool {
+        if self.conn.is_some() {
+            return false;
+        }
+        match &mut self.peer {
+            Peer::Fixed => false,
+            Peer::Listen { listener, .. } => match socket::accept(listener) {
+                Ok(Some((fd, peer))) => {
+                    self.conn = Some(Conn {
+                        fd,
+                        tx_fd: None,
+                        peer: Some(peer),
+                    });
+                    true
+                }
+                _ => false,
+            },
+            Peer::Connect {
+                addr,
+                reconnect,
+                next,
+            } => {
+                match next {
+                    Some(t) if *t <= now => {}
+                    _ => return false,
+                }
+                match socket::connect(addr, CONNECT_TIMEOUT) {
+                    Ok(fd) => {
+                        self.conn = Some(Conn {
+                            fd,
+                            tx_fd: None,
+                            peer: Some(addr.to_string()),
+                        });
+                        true
+                    }
+                    Err(_) => {
+                        *next = reconnect.map(|d| now + d);
+                        false
+                    }
+                }
+            }
+        }
+    }
+
+    /// Where a listening port listens (for listings and events).
+    pub fn local(&self) -> Option<String> {
+        match &self.peer {
+            Peer::Listen { addr, .. } => Some(addr.to_string()),
+            _ => None,
+        }
+    }
+
+    /// Runs the port's `downscript=`, while its interface still exists.
     pub fn run_downscript(&self) -> Result<(), OpenError> {
         match (&self.downscript, &self.ifname) {
             (Script::Path(p), Some(ifname)) => run_script(p, ifname),
@@ -94,13 +385,28 @@ impl OpenedPort {
         }
     }
 
-    /// Whether the port can show link changes to the other side (a tap's carrier).
-    pub fn has_carrier(&self) -> bool {
-        self.carrier
+    /// Shows a link change to the other side, where the port can (a tap's carrier).
+    pub fn set_carrier(&self, up: bool) -> Result<(), TapError> {
+        match (&self.conn, self.carrier) {
+            (Some(c), true) => set_carrier(c.fd.as_fd(), up),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for OpenedPort {
+    fn drop(&mut self) {
+        if let Peer::Listen {
+            addr: SockAddr::Unix(p),
+            ..
+        } = &self.peer
+        {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
 /// Shows a link change to the kernel side of a tap (its carrier). `fd` must be the port's.
 pub fn set_carrier(fd: BorrowedFd<'_>, up: bool) -> Result<(), TapError> {
-    crate::tap::set_carrier_fd(fd.as_fd().as_raw_fd(), up)
+    crate::tap::set_carrier_fd(fd.as_raw_fd(), up)
 }

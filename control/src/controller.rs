@@ -8,14 +8,14 @@
 
 use crate::announce::{rarp_frame, AnnounceParams, AnnounceTimer};
 use crate::qmp::{event, QmpError};
-use ringswitch_backends::{open, set_carrier, NetdevSpec, OpenedPort};
+use ringswitch_backends::{open, NetdevId, NetdevKind, NetdevSpec, OpenedPort};
 use ringswitch_switch::mactable::MacEntry;
 use ringswitch_switch::{
     BufferStats, ControlLink, DomainId, MacAddr, PortCounters, PortEntry, PortId, Request,
-    WorkerCounters,
+    WorkerCounters, WorkerEvent,
 };
 use serde_json::{json, Value};
-use std::os::fd::AsFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,8 +46,12 @@ impl OneShot {
 pub struct Port {
     pub spec: NetdevSpec,
     pub index: PortId,
-    pub entry: Arc<PortEntry>,
     pub opened: OpenedPort,
+    counters: Arc<PortCounters>,
+    domain: DomainId,
+    link_up: bool,
+    /// What the data plane serves now: None while a connection port has no peer.
+    entry: Option<Arc<PortEntry>>,
     /// QEMU's one-shot rule for NIC_RX_FILTER_CHANGED.
     rx_filter_event: OneShot,
     pub added: Instant,
@@ -59,11 +63,67 @@ impl Port {
     }
 
     pub fn link_up(&self) -> bool {
-        self.entry.link_up
+        self.link_up
     }
 
     pub fn counters(&self) -> &Arc<PortCounters> {
-        &self.entry.counters
+        &self.counters
+    }
+
+    pub fn domain(&self) -> DomainId {
+        self.domain
+    }
+
+    /// Whether the data plane serves the port now (a connection port has a peer).
+    pub fn connected(&self) -> bool {
+        self.entry.is_some()
+    }
+
+    /// The peer of a connection or datagram port, if known.
+    pub fn peer(&self) -> Option<&str> {
+        self.opened.conn().and_then(|c| c.peer.as_deref())
+    }
+
+    /// Brings `entry` in line with the port's connection, link and domain; keeps the same
+    /// descriptors (so the data plane sees the same port) while the connection is the same.
+    fn refresh_entry(&mut self) -> Result<(), QmpError> {
+        let Some(conn) = self.opened.conn() else {
+            self.entry = None;
+            return Ok(());
+        };
+        let same = self
+            .entry
+            .as_ref()
+            .is_some_and(|e| e.conn_fd == conn.fd.as_raw_fd());
+        let (fd, tx_fd) = match (&self.entry, same) {
+            (Some(e), true) => (e.fd.clone(), e.tx_fd.clone()),
+            _ => {
+                let dup = |fd: &OwnedFd| {
+                    fd.try_clone().map(Arc::new).map_err(|e| {
+                        QmpError::generic(format!(
+                            "netdev '{}': cannot duplicate descriptor: {e}",
+                            self.spec.id
+                        ))
+                    })
+                };
+                let tx = match &conn.tx_fd {
+                    Some(t) => Some(dup(t)?),
+                    None => None,
+                };
+                (dup(&conn.fd)?, tx)
+            }
+        };
+        self.entry = Some(Arc::new(PortEntry {
+            name: self.spec.id.as_str().into(),
+            fd,
+            tx_fd,
+            framing: self.opened.framing().clone(),
+            domain: self.domain,
+            link_up: self.link_up,
+            counters: self.counters.clone(),
+            conn_fd: conn.fd.as_raw_fd(),
+        }));
+        Ok(())
     }
 }
 
@@ -76,8 +136,16 @@ pub struct ControllerConfig {
     pub worker_cpu: Option<usize>,
 }
 
+/// A `hubport` that placed a netdev in a hub.
+struct HubPort {
+    id: NetdevId,
+    netdev: NetdevId,
+    hubid: u16,
+}
+
 /// The desired state of the switch.
 pub struct Controller {
+    hubports: Vec<HubPort>,
     link: ControlLink,
     worker: Arc<WorkerCounters>,
     config: ControllerConfig,
@@ -97,6 +165,7 @@ fn port_error(spec: &NetdevSpec, e: impl std::fmt::Display) -> QmpError {
 impl Controller {
     pub fn new(link: ControlLink, worker: Arc<WorkerCounters>, config: ControllerConfig) -> Self {
         Controller {
+            hubports: Vec::new(),
             link,
             worker,
             config,
@@ -124,7 +193,7 @@ impl Controller {
     fn publish(&mut self) -> Result<(), QmpError> {
         let mut table: Vec<Option<Arc<PortEntry>>> = vec![None; self.config.max_ports];
         for p in &self.ports {
-            table[p.index.index()] = Some(p.entry.clone());
+            table[p.index.index()] = p.entry.clone();
         }
         let generation = self.link.publish(table);
         self.link
@@ -144,8 +213,11 @@ impl Controller {
 
     /// `netdev_add`: opens the port and starts forwarding on it.
     pub fn netdev_add(&mut self, spec: NetdevSpec) -> Result<(), QmpError> {
-        if self.find(spec.id.as_str()).is_some() {
+        if self.find(spec.id.as_str()).is_some() || self.hubports.iter().any(|h| h.id == spec.id) {
             return Err(QmpError::generic(format!("Duplicate ID '{}'", spec.id)));
+        }
+        if let NetdevKind::HubPort { hubid, netdev } = &spec.kind {
+            return self.hubport_add(spec.id.clone(), *hubid, netdev.clone());
         }
         let index = self.free_index().ok_or_else(|| {
             QmpError::generic(format!(
@@ -154,30 +226,28 @@ impl Controller {
             ))
         })?;
         let opened = open(&spec, self.config.allow_scripts).map_err(|e| port_error(&spec, e))?;
-        let fd = opened
-            .fd
-            .try_clone()
-            .map_err(|e| port_error(&spec, format!("cannot duplicate descriptor: {e}")))?;
-        let entry = Arc::new(PortEntry {
-            name: spec.id.as_str().into(),
-            fd: Arc::new(fd),
-            domain: DomainId(0),
-            link_up: true,
-            counters: Arc::new(PortCounters::default()),
-        });
-        self.ports.push(Port {
+        let mut port = Port {
             spec,
             index,
-            entry,
             opened,
+            counters: Arc::new(PortCounters::default()),
+            domain: DomainId(0),
+            link_up: true,
+            entry: None,
             rx_filter_event: OneShot::default(),
             added: Instant::now(),
-        });
+        };
+        port.refresh_entry()?;
+        let connected = port.connected();
+        self.ports.push(port);
         if let Err(e) = self.publish() {
             let p = self.ports.pop().expect("just pushed");
             let _ = self.publish();
             drop(p);
             return Err(e);
+        }
+        if connected {
+            self.connection_event(self.ports.len() - 1, true);
         }
         Ok(())
     }
@@ -185,9 +255,14 @@ impl Controller {
     /// `netdev_del`: stops forwarding on the port and waits until the worker released it,
     /// then runs its downscript (while the interface still exists, as QEMU does) and closes it.
     pub fn netdev_del(&mut self, id: &str) -> Result<(), QmpError> {
+        if let Some(h) = self.hubports.iter().position(|h| h.id.as_str() == id) {
+            let hp = self.hubports.remove(h);
+            return self.place(hp.netdev.as_str(), DomainId(0));
+        }
         let i = self
             .find(id)
             .ok_or_else(|| QmpError::device_not_found(id))?;
+        self.hubports.retain(|h| h.netdev.as_str() != id);
         let port = self.ports.remove(i);
         let result = self.publish();
         if result.is_err() {
@@ -201,6 +276,56 @@ impl Controller {
         downscript.map_err(|e| port_error(&spec, e))
     }
 
+    /// `hubport,hubid=N,netdev=ID`: puts port ID in bridge domain N (ports in different hubs
+    /// never exchange frames). Without `netdev=` there is nothing to place: a switch has no
+    /// NIC to plug into a bare hub port.
+    fn hubport_add(
+        &mut self,
+        id: NetdevId,
+        hubid: u16,
+        netdev: Option<NetdevId>,
+    ) -> Result<(), QmpError> {
+        let Some(netdev) = netdev else {
+            return Err(QmpError::generic(format!(
+                "netdev '{id}': Parameter 'netdev' is missing (a ringswitch hubport places an existing netdev in hub {hubid})"
+            )));
+        };
+        if self.find(netdev.as_str()).is_none() {
+            return Err(QmpError::generic(format!(
+                "netdev '{id}': Parameter 'netdev': no netdev '{netdev}' (add it first)"
+            )));
+        }
+        if self.hubports.iter().any(|h| h.netdev == netdev) {
+            return Err(QmpError::generic(format!(
+                "netdev '{id}': netdev '{netdev}' is already in a hub"
+            )));
+        }
+        self.place(netdev.as_str(), DomainId(hubid))?;
+        self.hubports.push(HubPort { id, netdev, hubid });
+        Ok(())
+    }
+
+    /// Moves a port to a bridge domain.
+    fn place(&mut self, id: &str, domain: DomainId) -> Result<(), QmpError> {
+        let Some(i) = self.find(id) else {
+            return Ok(());
+        };
+        let p = &mut self.ports[i];
+        if p.domain != domain {
+            p.domain = domain;
+            p.refresh_entry()?;
+            self.publish()?;
+        }
+        Ok(())
+    }
+
+    /// The hub ports, as (id, hub id, placed netdev).
+    pub fn hubports(&self) -> impl Iterator<Item = (&str, u16, &str)> {
+        self.hubports
+            .iter()
+            .map(|h| (h.id.as_str(), h.hubid, h.netdev.as_str()))
+    }
+
     /// `set_link`: a port whose link is down neither receives nor transmits; a tap also shows
     /// it to its kernel side as carrier.
     pub fn set_link(&mut self, name: &str, up: bool) -> Result<(), QmpError> {
@@ -208,18 +333,12 @@ impl Controller {
             .find(name)
             .ok_or_else(|| QmpError::device_not_found(name))?;
         let p = &mut self.ports[i];
-        if p.entry.link_up != up {
-            let e = &p.entry;
-            p.entry = Arc::new(PortEntry {
-                name: e.name.clone(),
-                fd: e.fd.clone(),
-                domain: e.domain,
-                link_up: up,
-                counters: e.counters.clone(),
-            });
-            if p.opened.has_carrier() {
-                set_carrier(p.opened.fd.as_fd(), up).map_err(|e| port_error(&p.spec, e))?;
-            }
+        if p.link_up != up {
+            p.link_up = up;
+            p.refresh_entry()?;
+            p.opened
+                .set_carrier(up)
+                .map_err(|e| port_error(&p.spec, e))?;
             self.publish()?;
         }
         Ok(())
@@ -321,6 +440,80 @@ impl Controller {
                 });
             }
         }
+    }
+
+    /// Follows the ports' connections: a connection the data plane reported closed is
+    /// dropped (the port waits for its next peer), and ports without a peer accept or
+    /// connect when they can. Called from the control loop.
+    pub fn service_connections(&mut self, now: Instant) {
+        let mut changed = false;
+        for ev in self.link.take_events() {
+            let WorkerEvent::PortClosed { port, fd, reason } = ev;
+            let Some(i) = self.ports.iter().position(|p| p.index == port) else {
+                continue;
+            };
+            let p = &mut self.ports[i];
+            if p.entry.as_ref().map(|e| e.fd.as_raw_fd()) != Some(fd) {
+                continue;
+            }
+            eprintln!("ringswitch: netdev '{}': {reason}", p.id());
+            if !p.opened.is_connection() {
+                continue;
+            }
+            p.opened.lost(now);
+            let _ = p.refresh_entry();
+            changed = true;
+            self.connection_event(i, false);
+        }
+        for i in 0..self.ports.len() {
+            let p = &mut self.ports[i];
+            if p.opened.poll(now) && p.refresh_entry().is_ok() {
+                changed = true;
+                self.connection_event(i, true);
+            }
+        }
+        if changed {
+            if let Err(e) = self.publish() {
+                eprintln!("ringswitch: {}", e.desc);
+            }
+        }
+    }
+
+    /// When the next client connection attempt is due.
+    pub fn next_attempt(&self) -> Option<Instant> {
+        self.ports
+            .iter()
+            .filter_map(|p| p.opened.next_attempt())
+            .min()
+    }
+
+    /// QEMU 7.2's NETDEV_STREAM_CONNECTED / _DISCONNECTED, for `stream` ports.
+    fn connection_event(&mut self, i: usize, connected: bool) {
+        let p = &self.ports[i];
+        if p.spec.kind.name() != "stream" {
+            return;
+        }
+        let ev = if connected {
+            let addr = match p
+                .peer()
+                .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            {
+                Some(a) => {
+                    json!({"type": "inet", "host": a.ip().to_string(), "port": a.port().to_string(), "ipv4": a.is_ipv4()})
+                }
+                None => json!({"type": "unix", "path": p.peer().unwrap_or("")}),
+            };
+            event(
+                "NETDEV_STREAM_CONNECTED",
+                Some(json!({"netdev-id": p.id(), "addr": addr})),
+            )
+        } else {
+            event(
+                "NETDEV_STREAM_DISCONNECTED",
+                Some(json!({"netdev-id": p.id()})),
+            )
+        };
+        self.events.push(ev);
     }
 
     /// The worker's live MAC table.

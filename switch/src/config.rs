@@ -9,6 +9,7 @@
 
 use crate::counters::PortCounters;
 use crate::ids::{DomainId, PortId};
+use crate::l2tpv3::L2tpv3Codec;
 use crate::mactable::MacEntry;
 use arc_swap::ArcSwap;
 use std::io;
@@ -18,17 +19,36 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How a port's descriptors carry frames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Framing {
+    /// One frame per read and per write: a tap, a connected datagram socket.
+    Datagram,
+    /// A byte stream, each frame behind its length as a 4-byte big-endian number (QEMU's
+    /// socket and stream netdevs).
+    Stream,
+    /// One frame per datagram behind an L2TPv3 header.
+    L2tpv3(Arc<L2tpv3Codec>),
+}
+
 /// One port as configured. A change of link or domain is a new `PortEntry` with the same `fd`;
 /// a new `fd` at the same index is a different port.
 #[derive(Debug)]
 pub struct PortEntry {
     /// The netdev id, for messages.
     pub name: Arc<str>,
-    /// A descriptor that carries one frame per read and per write (tap, datagram socket).
+    /// The descriptor frames are received from (and sent to, unless `tx_fd` is set).
     pub fd: Arc<OwnedFd>,
+    /// A separate descriptor to send on (a multicast port sends from its own socket so that
+    /// its own frames, looped back, can be told apart).
+    pub tx_fd: Option<Arc<OwnedFd>>,
+    pub framing: Framing,
     pub domain: DomainId,
     pub link_up: bool,
     pub counters: Arc<PortCounters>,
+    /// The control plane's own descriptor of this connection (`fd` is a duplicate), so it can
+    /// tell whether an entry still describes the same connection.
+    pub conn_fd: i32,
 }
 
 /// The whole configuration a worker serves, indexed by `PortId`.
@@ -72,12 +92,26 @@ pub struct BufferStats {
     pub queued: usize,
 }
 
+/// What a worker tells the control plane on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerEvent {
+    /// The port's connection ended (the peer closed it, an error, or a stream out of step);
+    /// the worker no longer reads from it. `fd` identifies which connection (the raw number of
+    /// the port's descriptor at the time).
+    PortClosed {
+        port: PortId,
+        fd: i32,
+        reason: String,
+    },
+}
+
 /// The control plane's side of its link to one worker.
 pub struct ControlLink {
     snapshot: Arc<ArcSwap<Snapshot>>,
     applied: Arc<AtomicU64>,
     requests: Sender<Request>,
     wake: Arc<OwnedFd>,
+    events: Receiver<WorkerEvent>,
 }
 
 /// The worker's side.
@@ -87,6 +121,7 @@ pub struct WorkerLink {
     pub(crate) requests: Receiver<Request>,
     pub(crate) wake: Arc<OwnedFd>,
     pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) events: Sender<WorkerEvent>,
 }
 
 /// Why waiting for a worker failed.
@@ -114,12 +149,14 @@ pub fn link(initial: Snapshot) -> io::Result<(ControlLink, WorkerLink)> {
     let applied = Arc::new(AtomicU64::new(0));
     let (tx, rx) = std::sync::mpsc::channel();
     let wake = Arc::new(eventfd()?);
+    let (ev_tx, ev_rx) = std::sync::mpsc::channel();
     Ok((
         ControlLink {
             snapshot: snapshot.clone(),
             applied: applied.clone(),
             requests: tx,
             wake: wake.clone(),
+            events: ev_rx,
         },
         WorkerLink {
             snapshot,
@@ -127,6 +164,7 @@ pub fn link(initial: Snapshot) -> io::Result<(ControlLink, WorkerLink)> {
             requests: rx,
             wake,
             stop: Arc::new(AtomicBool::new(false)),
+            events: ev_tx,
         },
     ))
 }
@@ -176,6 +214,11 @@ impl ControlLink {
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(2));
         }
+    }
+
+    /// Events the worker raised since the last call.
+    pub fn take_events(&self) -> Vec<WorkerEvent> {
+        self.events.try_iter().collect()
     }
 
     /// Queues a request and wakes the worker; false if the worker is gone.

@@ -55,6 +55,14 @@ pub enum DropReason {
     TxError,
     /// The kernel reported an error on receive; charged to the ingress port.
     RxError,
+    /// A stream connection ended in the middle of a frame; charged to the ingress port.
+    Truncated,
+    /// An encapsulation header was cut short; charged to the ingress port.
+    ShortHeader,
+    /// An encapsulated frame for another session; charged to the ingress port.
+    BadSession,
+    /// An encapsulated frame with the wrong cookie; charged to the ingress port.
+    BadCookie,
 }
 
 /// Counters of one port.
@@ -73,6 +81,10 @@ pub struct PortCounters {
     pub queue_full: Counter,
     pub tx_error: Counter,
     pub rx_error: Counter,
+    pub truncated: Counter,
+    pub short_header: Counter,
+    pub bad_session: Counter,
+    pub bad_cookie: Counter,
 }
 
 impl PortCounters {
@@ -93,6 +105,10 @@ impl PortCounters {
             DropReason::QueueFull => &self.queue_full,
             DropReason::TxError => &self.tx_error,
             DropReason::RxError => &self.rx_error,
+            DropReason::Truncated => &self.truncated,
+            DropReason::ShortHeader => &self.short_header,
+            DropReason::BadSession => &self.bad_session,
+            DropReason::BadCookie => &self.bad_cookie,
         }
     }
 
@@ -113,6 +129,10 @@ impl PortCounters {
                 queue_full: self.queue_full.get(),
                 tx_error: self.tx_error.get(),
                 rx_error: self.rx_error.get(),
+                truncated: self.truncated.get(),
+                short_header: self.short_header.get(),
+                bad_session: self.bad_session.get(),
+                bad_cookie: self.bad_cookie.get(),
             },
         }
     }
@@ -140,6 +160,10 @@ pub struct DropStats {
     pub queue_full: u64,
     pub tx_error: u64,
     pub rx_error: u64,
+    pub truncated: u64,
+    pub short_header: u64,
+    pub bad_session: u64,
+    pub bad_cookie: u64,
 }
 
 impl DropStats {
@@ -153,6 +177,10 @@ impl DropStats {
             + self.queue_full
             + self.tx_error
             + self.rx_error
+            + self.truncated
+            + self.short_header
+            + self.bad_session
+            + self.bad_cookie
     }
 }
 

@@ -23,6 +23,8 @@ use std::sync::Arc;
 pub struct RxDesc {
     pub port: PortId,
     pub buf: BufIndex,
+    /// Where the frame starts in the buffer (after an encapsulation header, if any).
+    pub off: u16,
     pub len: u32,
 }
 
@@ -30,6 +32,7 @@ pub struct RxDesc {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TxDesc {
     pub buf: BufIndex,
+    pub off: u16,
     pub len: u32,
 }
 
@@ -315,7 +318,7 @@ impl Engine {
             pool.release(d.buf);
             return;
         }
-        let frame = pool.frame(d.buf, len);
+        let frame = pool.frame_at(d.buf, d.off as usize, len);
         let dst = MacAddr::from_slice(&frame[0..6]);
         let src = MacAddr::from_slice(&frame[6..12]);
         if src.is_multicast() || src == MacAddr::ZERO {
@@ -335,6 +338,7 @@ impl Engine {
         }
         let desc = TxDesc {
             buf: d.buf,
+            off: d.off,
             len: d.len,
         };
         if dst.is_unicast() {
@@ -480,6 +484,7 @@ mod tests {
             RxDesc {
                 port: PortId(port),
                 buf: b,
+                off: 0,
                 len: len as u32,
             }
         }

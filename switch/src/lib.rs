@@ -6,15 +6,18 @@ pub mod counters;
 pub mod engine;
 pub mod ethernet;
 pub mod ids;
+pub mod l2tpv3;
 pub mod mac;
 pub mod mactable;
 pub mod memport;
 pub mod pool;
+pub mod stream;
 pub mod uring;
 pub mod worker;
 
 pub use config::{
-    link, BufferStats, ControlLink, LinkError, PortEntry, Request, Snapshot, WorkerLink,
+    link, BufferStats, ControlLink, Framing, LinkError, PortEntry, Request, Snapshot, WorkerEvent,
+    WorkerLink,
 };
 pub use counters::{DropReason, PortCounters, PortStats, WorkerCounters, WorkerStats};
 pub use engine::{Engine, PortConf, RxDesc, TxDesc, TxQueues};

@@ -66,6 +66,7 @@ impl MemSwitch {
         self.rx.push(RxDesc {
             port,
             buf: b,
+            off: 0,
             len: n as u32,
         });
         true
@@ -87,7 +88,7 @@ impl MemSwitch {
         self.tx.drain(|port, frames| {
             let c = &counters[port.index()];
             for f in frames {
-                deliver(port, pool.frame(f.buf, f.len as usize));
+                deliver(port, pool.frame_at(f.buf, f.off as usize, f.len as usize));
                 c.tx_frames.inc();
                 c.tx_bytes.add(f.len as u64);
                 pool.release(f.buf);

@@ -137,6 +137,12 @@ impl BufferPool {
         &self.buf(b)[..len]
     }
 
+    /// `len` bytes of buffer `b` from offset `off` (a received frame behind a header).
+    #[inline]
+    pub fn frame_at(&self, b: BufIndex, off: usize, len: usize) -> &[u8] {
+        &self.buf(b)[off..off + len]
+    }
+
     /// Start address of buffer `b`, for I/O submitted to the kernel. The address stays valid
     /// for the pool's lifetime; the caller must not hand one buffer to two concurrent reads.
     #[inline]

@@ -156,7 +156,7 @@ impl Ring {
         self.push(&e.user_data(user_data))
     }
 
-    /// Queues a write of the first `len` bytes of `buf`.
+    /// Queues a write of `len` bytes of `buf` from offset `off`.
     ///
     /// # Safety
     /// `buf` must be allocated from this ring's pool and must not be written or released until
@@ -165,10 +165,11 @@ impl Ring {
         &mut self,
         file: FileRef,
         buf: BufIndex,
+        off: u16,
         len: u32,
         user_data: u64,
     ) -> io::Result<()> {
-        let ptr = self.pool.addr(buf) as *const u8;
+        let ptr = self.pool.addr(buf).add(off as usize) as *const u8;
         let e = match (file, self.fixed_or_plain()) {
             (FileRef::Slot(s), true) => {
                 opcode::WriteFixed::new(types::Fixed(s), ptr, len, 0).build()
@@ -176,6 +177,67 @@ impl Ring {
             (FileRef::Fd(fd), true) => opcode::WriteFixed::new(types::Fd(fd), ptr, len, 0).build(),
             (FileRef::Slot(s), false) => opcode::Write::new(types::Fixed(s), ptr, len).build(),
             (FileRef::Fd(fd), false) => opcode::Write::new(types::Fd(fd), ptr, len).build(),
+        };
+        self.push(&e.user_data(user_data))
+    }
+
+    /// Queues a read of up to `len` bytes into memory the caller owns.
+    ///
+    /// # Safety
+    /// `ptr..ptr+len` must stay valid, and untouched by the caller, until the completion has
+    /// been reaped.
+    pub unsafe fn push_read_into(
+        &mut self,
+        file: FileRef,
+        ptr: *mut u8,
+        len: u32,
+        user_data: u64,
+    ) -> io::Result<()> {
+        let e = match file {
+            FileRef::Slot(s) => opcode::Read::new(types::Fixed(s), ptr, len).build(),
+            FileRef::Fd(fd) => opcode::Read::new(types::Fd(fd), ptr, len).build(),
+        };
+        self.push(&e.user_data(user_data))
+    }
+
+    /// Queues a `writev` of `n` iovecs at `iov`.
+    ///
+    /// # Safety
+    /// The iovec array and every buffer it points at must stay valid and unchanged until the
+    /// completion has been reaped.
+    pub unsafe fn push_writev(
+        &mut self,
+        file: FileRef,
+        iov: *const libc::iovec,
+        n: u32,
+        user_data: u64,
+    ) -> io::Result<()> {
+        let e = match file {
+            FileRef::Slot(s) => opcode::Writev::new(types::Fixed(s), iov, n).build(),
+            FileRef::Fd(fd) => opcode::Writev::new(types::Fd(fd), iov, n).build(),
+        };
+        self.push(&e.user_data(user_data))
+    }
+
+    /// Queues a `sendmsg` of `*msg` with `flags`.
+    ///
+    /// # Safety
+    /// The header, its iovec array and every buffer they point at must stay valid and
+    /// unchanged until the completion has been reaped.
+    pub unsafe fn push_sendmsg(
+        &mut self,
+        file: FileRef,
+        msg: *const libc::msghdr,
+        flags: u32,
+        user_data: u64,
+    ) -> io::Result<()> {
+        let e = match file {
+            FileRef::Slot(s) => opcode::SendMsg::new(types::Fixed(s), msg)
+                .flags(flags)
+                .build(),
+            FileRef::Fd(fd) => opcode::SendMsg::new(types::Fd(fd), msg)
+                .flags(flags)
+                .build(),
         };
         self.push(&e.user_data(user_data))
     }

@@ -12,10 +12,14 @@
 //! write completes. A removed port is drained — its reads cancelled, its writes completed —
 //! before the worker drops its descriptor and reports the configuration applied.
 
-use crate::config::{kick, BufferStats, PortEntry, Request, Snapshot, WorkerLink};
+use crate::config::{
+    kick, BufferStats, Framing, PortEntry, Request, Snapshot, WorkerEvent, WorkerLink,
+};
 use crate::counters::{DropReason, WorkerCounters};
 use crate::engine::{Engine, PortConf, RxDesc, TxDesc, TxQueues};
 use crate::ids::{BufIndex, PortId};
+use crate::l2tpv3::{L2tpv3Codec, MAX_HEADER as L2TP_MAX_HEADER};
+use crate::stream::{StreamItem, StreamRx, PREFIX_LEN};
 use crate::uring::{Completion, FileRef, Ring, RingFeatures};
 use crate::BufferPool;
 use std::io;
@@ -79,6 +83,12 @@ const TAG_READ: u64 = 1;
 const TAG_WRITE: u64 = 2;
 const TAG_WAKE: u64 = 3;
 const TAG_CANCEL: u64 = 4;
+/// A read into a stream port's reassembly buffer.
+const TAG_STREAM_READ: u64 = 5;
+/// A batch of frames sent on a stream port with one sendmsg.
+const TAG_STREAM_SEND: u64 = 6;
+/// A frame sent behind an encapsulation header; the buffer field holds the header slot.
+const TAG_ENCAP_WRITE: u64 = 7;
 
 #[inline]
 fn tag(op: u64, port: PortId, buf: BufIndex) -> u64 {
@@ -92,13 +102,87 @@ fn untag(ud: u64) -> (u64, PortId, BufIndex) {
 
 struct IoPort {
     entry: Arc<PortEntry>,
+    /// Where frames are read from.
     file: FileRef,
+    /// Where frames are written to (the same file unless the port has a `tx_fd`).
+    tx_file: FileRef,
+    io: PortIo,
     reads: u32,
     writes: u32,
     /// Receiving failed for good; no more reads are armed.
     failed: bool,
     /// Removed from the configuration; waiting for its I/O to finish.
     draining: bool,
+}
+
+/// The per-port state of its framing.
+enum PortIo {
+    /// One frame per read and per write.
+    Datagram,
+    Stream(Box<StreamPort>),
+    /// One frame per datagram behind an L2TPv3 header.
+    Encap(Box<EncapPort>),
+}
+
+/// An L2TPv3 port: received datagrams are checked in place; each frame sent goes out as a
+/// writev of its header (in a slot of its own until the write completes) and the frame.
+struct EncapPort {
+    codec: Arc<L2tpv3Codec>,
+    /// Frames sent so far (the L2TPv3 counter).
+    seq: u32,
+    slots: Box<[EncapSlot]>,
+    next: usize,
+}
+
+struct EncapSlot {
+    hdr: [u8; L2TP_MAX_HEADER],
+    iov: [libc::iovec; 2],
+    buf: BufIndex,
+    busy: bool,
+}
+
+/// A stream port: one read in flight into its reassembly buffer, one sendmsg in flight that
+/// carries a batch of length-prefixed frames (so the stream's framing can never interleave).
+struct StreamPort {
+    rx: StreamRx,
+    reading: bool,
+    tx: StreamTx,
+}
+
+/// The batch a stream port has in flight: per frame a 4-byte prefix and the frame itself.
+/// Everything the kernel reads lives here, in boxes that do not move, until the completion.
+struct StreamTx {
+    prefixes: Box<[[u8; PREFIX_LEN]]>,
+    iovs: Box<[libc::iovec]>,
+    bufs: Box<[BufIndex]>,
+    n: usize,
+    /// Bytes of the whole batch, prefixes included.
+    bytes: usize,
+    msg: Box<libc::msghdr>,
+    busy: bool,
+}
+
+impl StreamTx {
+    fn new(depth: usize) -> StreamTx {
+        // SAFETY: msghdr is plain data for which all-zero is a valid (empty) header.
+        let msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        StreamTx {
+            prefixes: vec![[0u8; PREFIX_LEN]; depth].into_boxed_slice(),
+            iovs: vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0
+                };
+                2 * depth
+            ]
+            .into_boxed_slice(),
+            bufs: vec![BufIndex(0); depth].into_boxed_slice(),
+            n: 0,
+            bytes: 0,
+            msg: Box::new(msg),
+            busy: false,
+        }
+    }
 }
 
 /// Wakes a worker out of `io_uring_enter` and asks it to stop.
@@ -159,6 +243,8 @@ pub struct Worker {
     rx_depth: u32,
     /// Writes handed to the kernel and not yet completed.
     writes: u64,
+    tx_depth: usize,
+    max_frame: usize,
     /// Generation of the snapshot the ports were last reconciled with.
     generation: u64,
     /// A port index was wanted while its previous port was still draining: reconcile again
@@ -192,7 +278,7 @@ impl Worker {
         let entries = ((cfg.max_ports as u32) * (cfg.rx_depth + cfg.tx_depth as u32) + 16)
             .next_power_of_two()
             .clamp(256, 4096);
-        let ring = Ring::new(entries, pool, cfg.max_ports as u32).map_err(WorkerError::Ring)?;
+        let ring = Ring::new(entries, pool, 2 * cfg.max_ports as u32).map_err(WorkerError::Ring)?;
         let counters = Arc::new(WorkerCounters::default());
         Ok(Worker {
             ring,
@@ -212,6 +298,8 @@ impl Worker {
             wake_buf: Box::new(0),
             rx_depth: cfg.rx_depth,
             writes: 0,
+            tx_depth: cfg.tx_depth,
+            max_frame: cfg.max_frame,
             generation: 0,
             retry: false,
             epoch: Instant::now(),
@@ -347,10 +435,42 @@ impl Worker {
     }
 
     fn add_port(&mut self, id: PortId, entry: Arc<PortEntry>) -> Result<(), WorkerError> {
+        let slot = 2 * id.0 as u32;
         let file = self
             .ring
-            .register_file(id.0 as u32, entry.fd.as_raw_fd())
+            .register_file(slot, entry.fd.as_raw_fd())
             .map_err(WorkerError::Ring)?;
+        let tx_file = match &entry.tx_fd {
+            Some(fd) => self
+                .ring
+                .register_file(slot + 1, fd.as_raw_fd())
+                .map_err(WorkerError::Ring)?,
+            None => file,
+        };
+        let io = match &entry.framing {
+            Framing::Datagram => PortIo::Datagram,
+            Framing::Stream => PortIo::Stream(Box::new(StreamPort {
+                rx: StreamRx::new(),
+                reading: false,
+                tx: StreamTx::new(self.tx_depth.min(512)),
+            })),
+            Framing::L2tpv3(codec) => PortIo::Encap(Box::new(EncapPort {
+                codec: codec.clone(),
+                seq: 0,
+                slots: (0..self.tx_depth)
+                    .map(|_| EncapSlot {
+                        hdr: [0; L2TP_MAX_HEADER],
+                        iov: [libc::iovec {
+                            iov_base: std::ptr::null_mut(),
+                            iov_len: 0,
+                        }; 2],
+                        buf: BufIndex(0),
+                        busy: false,
+                    })
+                    .collect(),
+                next: 0,
+            })),
+        };
         let conf = PortConf {
             domain: entry.domain,
             link_up: entry.link_up,
@@ -361,6 +481,8 @@ impl Worker {
         self.ports[id.index()] = Some(IoPort {
             entry,
             file,
+            tx_file,
+            io,
             reads: 0,
             writes: 0,
             failed: false,
@@ -378,13 +500,19 @@ impl Worker {
             return Ok(());
         }
         p.draining = true;
-        let file = p.file;
+        let (file, tx_file, separate) = (p.file, p.tx_file, p.entry.tx_fd.is_some());
         let _ = self.engine.remove_port(id);
         let pool = self.ring.pool_mut();
         self.tx.discard(id, |f: TxDesc| pool.release(f.buf));
         self.ring
             .push_cancel_file(file, TAG_CANCEL << 56)
-            .map_err(WorkerError::Enter)
+            .map_err(WorkerError::Enter)?;
+        if separate {
+            self.ring
+                .push_cancel_file(tx_file, TAG_CANCEL << 56)
+                .map_err(WorkerError::Enter)?;
+        }
+        Ok(())
     }
 
     /// Forgets drained ports; reports the configuration applied once nothing is draining.
@@ -395,7 +523,8 @@ impl Worker {
             if done {
                 // Dropping the entry releases the worker's reference to the descriptor.
                 self.ports[i] = None;
-                let _ = self.ring.register_file(i as u32, -1);
+                let _ = self.ring.register_file(2 * i as u32, -1);
+                let _ = self.ring.register_file(2 * i as u32 + 1, -1);
             }
         }
         let draining = self.ports.iter().flatten().any(|p| p.draining);
@@ -428,10 +557,12 @@ impl Worker {
                     let _ = reply.send(BufferStats {
                         total: pool.capacity(),
                         free: pool.available(),
+                        // Stream reads go to the port's own buffer, not the pool.
                         reads_in_flight: self
                             .ports
                             .iter()
                             .flatten()
+                            .filter(|p| !matches!(p.io, PortIo::Stream(_)))
                             .map(|p| p.reads as usize)
                             .sum(),
                         writes_in_flight: self.writes as usize,
@@ -448,6 +579,7 @@ impl Worker {
                     pool.buf_mut(b)[..n].copy_from_slice(&frame[..n]);
                     let desc = TxDesc {
                         buf: b,
+                        off: 0,
                         len: n as u32,
                     };
                     self.engine.flood_from(pool, ingress, desc, &mut self.tx);
@@ -463,11 +595,36 @@ impl Worker {
     /// Tops up every port's in-flight reads.
     fn arm_reads(&mut self) -> Result<(), WorkerError> {
         for i in 0..self.ports.len() {
-            let Some(p) = &self.ports[i] else { continue };
+            let Some(p) = &mut self.ports[i] else {
+                continue;
+            };
             if p.failed || p.draining {
                 continue;
             }
-            let (file, missing) = (p.file, self.rx_depth - p.reads);
+            let port = PortId(i as u16);
+            let file = p.file;
+            if let PortIo::Stream(st) = &mut p.io {
+                if !st.reading {
+                    let target = st.rx.read_target();
+                    let (ptr, len) = (target.as_mut_ptr(), target.len().min(u32::MAX as usize));
+                    // SAFETY: the reassembly buffer is boxed in the port, which outlives the
+                    // read (a port is dropped only once `reads` is back to zero), and nothing
+                    // touches it until the completion (`reading` is set).
+                    unsafe {
+                        self.ring.push_read_into(
+                            file,
+                            ptr,
+                            len as u32,
+                            tag(TAG_STREAM_READ, port, BufIndex(0)),
+                        )
+                    }
+                    .map_err(WorkerError::Enter)?;
+                    st.reading = true;
+                    p.reads += 1;
+                }
+                continue;
+            }
+            let missing = self.rx_depth - p.reads;
             let mut armed = 0;
             for _ in 0..missing {
                 let Some(buf) = self.ring.pool_mut().alloc() else {
@@ -476,80 +633,324 @@ impl Worker {
                 };
                 // SAFETY: `buf` was just allocated, so nothing else refers to it; it is
                 // touched again only when this read's completion is reaped.
-                unsafe {
-                    self.ring
-                        .push_read(file, buf, tag(TAG_READ, PortId(i as u16), buf))
-                }
-                .map_err(WorkerError::Enter)?;
+                unsafe { self.ring.push_read(file, buf, tag(TAG_READ, port, buf)) }
+                    .map_err(WorkerError::Enter)?;
                 armed += 1;
             }
-            if let Some(p) = &mut self.ports[i] {
-                p.reads += armed;
+            p.reads += armed;
+        }
+        Ok(())
+    }
+
+    /// Hands every queued frame the ports can take now to the kernel.
+    fn flush_tx(&mut self) -> Result<(), WorkerError> {
+        let mut i = 0;
+        while i < self.tx.pending().len() {
+            let port = self.tx.pending()[i];
+            let before = self.tx.pending().len();
+            let taken = self.submit_port(port)?;
+            self.tx.consume(port, taken);
+            if self.tx.pending().len() == before {
+                i += 1;
             }
         }
         Ok(())
     }
 
-    /// Hands every queued frame to the kernel.
-    fn flush_tx(&mut self) -> Result<(), WorkerError> {
-        let mut result = Ok(());
-        let ring = &mut self.ring;
-        let ports = &mut self.ports;
-        let counters = &self.counters;
-        let writes = &mut self.writes;
-        self.tx.drain(|port, frames| {
-            let file = match &ports[port.index()] {
-                Some(p) if !p.draining => p.file,
-                _ => {
-                    for f in frames {
-                        ring.pool_mut().release(f.buf);
-                    }
-                    return;
-                }
-            };
-            let mut submitted = 0;
+    /// Submits what `port` can take of its queue; returns how many frames it took (they pass
+    /// to the kernel, or are released if the port is going away).
+    fn submit_port(&mut self, port: PortId) -> Result<usize, WorkerError> {
+        let frames = self.tx.queue(port);
+        let n = frames.len();
+        let Some(p) = self.ports[port.index()].as_mut().filter(|p| !p.draining) else {
             for f in frames {
-                if result.is_err() {
-                    ring.pool_mut().release(f.buf);
-                    continue;
-                }
-                // SAFETY: the transmit queue holds a reference on `f.buf`; it passes to this
-                // write and is released when the write's completion is reaped. Nothing writes
-                // a buffer that is queued for transmission.
-                result =
-                    unsafe { ring.push_write(file, f.buf, f.len, tag(TAG_WRITE, port, f.buf)) }
-                        .map_err(WorkerError::Enter);
-                if result.is_err() {
-                    ring.pool_mut().release(f.buf);
-                } else {
-                    submitted += 1;
-                }
+                self.ring.pool_mut().release(f.buf);
             }
-            counters.tx_submitted.add(submitted as u64);
-            *writes += submitted as u64;
-            if let Some(p) = &mut ports[port.index()] {
-                p.writes += submitted;
+            return Ok(n);
+        };
+        let file = p.tx_file;
+        match &mut p.io {
+            PortIo::Datagram => {
+                for f in frames {
+                    // SAFETY: the transmit queue holds a reference on `f.buf`; it passes to
+                    // this write and is released when the write's completion is reaped.
+                    // Nothing writes a buffer that is queued for transmission.
+                    let r = unsafe {
+                        self.ring
+                            .push_write(file, f.buf, f.off, f.len, tag(TAG_WRITE, port, f.buf))
+                    };
+                    if let Err(e) = r {
+                        return Err(WorkerError::Enter(e));
+                    }
+                    p.writes += 1;
+                }
+                self.writes += n as u64;
+                self.counters.tx_submitted.add(n as u64);
+                Ok(n)
             }
-        });
-        result
+            PortIo::Encap(en) => {
+                let mut taken = 0;
+                for f in frames {
+                    let k = en.next;
+                    let slot = &mut en.slots[k];
+                    if slot.busy {
+                        break;
+                    }
+                    en.seq = en.seq.wrapping_add(1);
+                    let hlen = en.codec.encap(&mut slot.hdr, en.seq);
+                    // SAFETY: the offset stays within the buffer (the frame was stored there).
+                    let base = unsafe { self.ring.pool_mut().addr(f.buf).add(f.off as usize) };
+                    slot.iov = [
+                        libc::iovec {
+                            iov_base: slot.hdr.as_mut_ptr().cast(),
+                            iov_len: hlen,
+                        },
+                        libc::iovec {
+                            iov_base: base.cast(),
+                            iov_len: f.len as usize,
+                        },
+                    ];
+                    slot.buf = f.buf;
+                    slot.busy = true;
+                    let iov = slot.iov.as_ptr();
+                    // SAFETY: the slot (header and iovecs) is boxed in the port and marked busy
+                    // until this completion is reaped; the frame's buffer reference passed from
+                    // the queue to this write.
+                    unsafe {
+                        self.ring.push_writev(
+                            file,
+                            iov,
+                            2,
+                            tag(TAG_ENCAP_WRITE, port, BufIndex(k as u32)),
+                        )
+                    }
+                    .map_err(WorkerError::Enter)?;
+                    en.next = (k + 1) % en.slots.len();
+                    p.writes += 1;
+                    taken += 1;
+                }
+                self.writes += taken as u64;
+                self.counters.tx_submitted.add(taken as u64);
+                Ok(taken)
+            }
+            PortIo::Stream(st) => {
+                let tx = &mut st.tx;
+                if tx.busy {
+                    return Ok(0);
+                }
+                let n = n.min(tx.bufs.len());
+                let mut bytes = 0;
+                for (k, f) in frames[..n].iter().enumerate() {
+                    tx.prefixes[k] = f.len.to_be_bytes();
+                    tx.iovs[2 * k] = libc::iovec {
+                        iov_base: tx.prefixes[k].as_mut_ptr().cast(),
+                        iov_len: PREFIX_LEN,
+                    };
+                    // SAFETY: the offset stays within the buffer (the frame was stored there).
+                    let base = unsafe { self.ring.pool_mut().addr(f.buf).add(f.off as usize) };
+                    tx.iovs[2 * k + 1] = libc::iovec {
+                        iov_base: base.cast(),
+                        iov_len: f.len as usize,
+                    };
+                    tx.bufs[k] = f.buf;
+                    bytes += PREFIX_LEN + f.len as usize;
+                }
+                tx.n = n;
+                tx.bytes = bytes;
+                tx.msg.msg_iov = tx.iovs.as_mut_ptr();
+                tx.msg.msg_iovlen = 2 * n;
+                let msg: *const libc::msghdr = &*tx.msg;
+                // SAFETY: the header, iovecs and prefixes are boxed in the port and the frames
+                // are held by references taken over from the queue; all stay untouched until
+                // this completion is reaped (`busy`). MSG_WAITALL makes the kernel send the
+                // whole batch or fail, so the stream's framing stays whole.
+                unsafe {
+                    self.ring.push_sendmsg(
+                        file,
+                        msg,
+                        (libc::MSG_WAITALL | libc::MSG_NOSIGNAL) as u32,
+                        tag(TAG_STREAM_SEND, port, BufIndex(0)),
+                    )
+                }
+                .map_err(WorkerError::Enter)?;
+                tx.busy = true;
+                p.writes += 1;
+                self.writes += 1;
+                self.counters.tx_submitted.add(n as u64);
+                Ok(n)
+            }
+        }
     }
 
-    /// The kernel object behind a port failed for good (e.g. its interface was deleted): stop
-    /// receiving on it and take its link down so nothing is sent to it, rather than spin on
-    /// errors. Other ports are not disturbed.
-    fn fail_port(&mut self, port: PortId, errno: i32) {
+    /// The port's connection or kernel object failed for good (its interface was deleted,
+    /// the peer closed the stream, the stream is out of step): stop receiving on it and take
+    /// its link down so nothing is sent to it, rather than spin on errors, and tell the
+    /// control plane. Other ports are not disturbed.
+    fn close_port(&mut self, port: PortId, reason: String) {
         let Some(p) = &mut self.ports[port.index()] else {
             return;
         };
-        p.entry.counters.count_drop(DropReason::RxError);
-        if !p.failed {
-            p.failed = true;
-            let _ = self.engine.set_link(port, false);
-            eprintln!(
-                "ringswitch: port '{}': receive failed ({}); port disabled",
-                p.entry.name,
-                io::Error::from_raw_os_error(errno)
+        if p.failed || p.draining {
+            return;
+        }
+        p.failed = true;
+        let _ = self.engine.set_link(port, false);
+        let pool = self.ring.pool_mut();
+        self.tx.discard(port, |f: TxDesc| pool.release(f.buf));
+        let _ = self.link.events.send(WorkerEvent::PortClosed {
+            port,
+            fd: p.entry.fd.as_raw_fd(),
+            reason,
+        });
+    }
+
+    /// A datagram read completed on a live port: hand its frame to the batch (after checking
+    /// its encapsulation, if the port has one).
+    fn received(&mut self, port: PortId, buf: BufIndex, len: usize) {
+        let Some(p) = &self.ports[port.index()] else {
+            return;
+        };
+        let PortIo::Encap(en) = &p.io else {
+            self.rx.push(RxDesc {
+                port,
+                buf,
+                off: 0,
+                len: len as u32,
+            });
+            return;
+        };
+        let pool = self.ring.pool_mut();
+        let data = &pool.buf(buf)[..len.min(pool.buf_size())];
+        match en.codec.decap(data) {
+            Ok(off) => self.rx.push(RxDesc {
+                port,
+                buf,
+                off: off as u16,
+                len: (data.len() - off) as u32,
+            }),
+            Err(reason) => {
+                let c = &p.entry.counters;
+                c.rx_frames.inc();
+                c.rx_bytes.add(len as u64);
+                c.count_drop(reason);
+                pool.release(buf);
+            }
+        }
+    }
+
+    /// A read on a stream port completed.
+    fn stream_read(&mut self, port: PortId, result: i32) {
+        let Some(p) = &mut self.ports[port.index()] else {
+            return;
+        };
+        p.reads -= 1;
+        let live = !p.draining && !p.failed;
+        let counters = p.entry.counters.clone();
+        let PortIo::Stream(st) = &mut p.io else {
+            return;
+        };
+        st.reading = false;
+        if !live {
+            return;
+        }
+        if result <= 0 {
+            if result < 0 && matches!(-result, libc::EINTR | libc::EAGAIN | libc::ENOBUFS) {
+                return;
+            }
+            if st.rx.mid_frame() {
+                counters.count_drop(DropReason::Truncated);
+            }
+            let reason = if result == 0 {
+                "the peer closed the connection".to_string()
+            } else {
+                format!("receive failed: {}", io::Error::from_raw_os_error(-result))
+            };
+            self.close_port(port, reason);
+            return;
+        }
+        st.rx.commit(result as usize);
+        let mut desync = None;
+        while let Some(item) = st.rx.next_item(self.max_frame) {
+            match item {
+                StreamItem::Frame { start, len } => {
+                    let pool = self.ring.pool_mut();
+                    let Some(b) = pool.alloc() else {
+                        self.counters.rx_starved.inc();
+                        counters.rx_frames.inc();
+                        counters.rx_bytes.add(len as u64);
+                        counters.count_drop(DropReason::QueueFull);
+                        continue;
+                    };
+                    pool.buf_mut(b)[..len].copy_from_slice(&st.rx.bytes()[start..start + len]);
+                    self.rx.push(RxDesc {
+                        port,
+                        buf: b,
+                        off: 0,
+                        len: len as u32,
+                    });
+                }
+                StreamItem::Runt => {
+                    counters.rx_frames.inc();
+                    counters.count_drop(DropReason::Runt);
+                }
+                StreamItem::Oversize(len) => {
+                    counters.rx_frames.inc();
+                    counters.rx_bytes.add(len as u64);
+                    counters.count_drop(DropReason::Oversize);
+                }
+                StreamItem::Desync(len) => {
+                    counters.rx_frames.inc();
+                    counters.count_drop(DropReason::Oversize);
+                    desync = Some(len);
+                    break;
+                }
+            }
+        }
+        if let Some(len) = desync {
+            self.close_port(
+                port,
+                format!(
+                    "frame length {len} in the stream is impossible; the stream is out of step"
+                ),
             );
+        }
+    }
+
+    /// A batch sent on a stream port completed.
+    fn stream_sent(&mut self, port: PortId, result: i32) {
+        self.writes -= 1;
+        let Some(p) = &mut self.ports[port.index()] else {
+            return;
+        };
+        p.writes -= 1;
+        let counters = p.entry.counters.clone();
+        let PortIo::Stream(st) = &mut p.io else {
+            return;
+        };
+        let tx = &mut st.tx;
+        tx.busy = false;
+        let n = tx.n;
+        let whole = result >= 0 && result as usize == tx.bytes;
+        if whole {
+            counters.tx_frames.add(n as u64);
+            counters.tx_bytes.add((tx.bytes - n * PREFIX_LEN) as u64);
+        } else if result != -libc::ECANCELED {
+            for _ in 0..n {
+                counters.count_drop(DropReason::TxError);
+            }
+        }
+        for k in 0..n {
+            let b = tx.bufs[k];
+            self.ring.pool_mut().release(b);
+        }
+        tx.n = 0;
+        if !whole && result != -libc::ECANCELED {
+            let reason = if result < 0 {
+                format!("send failed: {}", io::Error::from_raw_os_error(-result))
+            } else {
+                format!("send cut short ({result} bytes)")
+            };
+            self.close_port(port, reason);
         }
     }
 
@@ -560,16 +961,12 @@ impl Worker {
                 let live = match &mut self.ports[port.index()] {
                     Some(p) => {
                         p.reads -= 1;
-                        !p.draining
+                        !p.draining && !p.failed
                     }
                     None => false,
                 };
                 if c.result >= 0 && live {
-                    self.rx.push(RxDesc {
-                        port,
-                        buf,
-                        len: c.result as u32,
-                    });
+                    self.received(port, buf, c.result as usize);
                 } else {
                     self.ring.pool_mut().release(buf);
                     let transient = matches!(
@@ -577,7 +974,14 @@ impl Worker {
                         libc::ECANCELED | libc::EINTR | libc::EAGAIN | libc::ENOBUFS
                     );
                     if live && c.result < 0 && !transient {
-                        self.fail_port(port, -c.result);
+                        if let Some(p) = &self.ports[port.index()] {
+                            p.entry.counters.count_drop(DropReason::RxError);
+                        }
+                        let reason = format!(
+                            "receive failed: {}",
+                            io::Error::from_raw_os_error(-c.result)
+                        );
+                        self.close_port(port, reason);
                     }
                 }
             }
@@ -593,12 +997,34 @@ impl Worker {
                         // A tap whose kernel side is administratively down refuses frames
                         // with EIO (and counts them in its own rx_dropped).
                         ctr.count_drop(DropReason::LinkDown);
-                    } else {
+                    } else if c.result != -libc::ECANCELED {
                         ctr.count_drop(DropReason::TxError);
                     }
                 }
                 self.ring.pool_mut().release(buf);
             }
+            TAG_STREAM_READ => self.stream_read(port, c.result),
+            TAG_ENCAP_WRITE => {
+                self.writes -= 1;
+                if let Some(p) = &mut self.ports[port.index()] {
+                    p.writes -= 1;
+                    let ctr = p.entry.counters.clone();
+                    if let PortIo::Encap(en) = &mut p.io {
+                        let slot = &mut en.slots[buf.index()];
+                        slot.busy = false;
+                        let frame_len = slot.iov[1].iov_len;
+                        let b = slot.buf;
+                        if c.result >= 0 {
+                            ctr.tx_frames.inc();
+                            ctr.tx_bytes.add(frame_len as u64);
+                        } else if c.result != -libc::ECANCELED {
+                            ctr.count_drop(DropReason::TxError);
+                        }
+                        self.ring.pool_mut().release(b);
+                    }
+                }
+            }
+            TAG_STREAM_SEND => self.stream_sent(port, c.result),
             TAG_WAKE => {
                 if !self.link.stop.load(Ordering::Acquire) {
                     self.arm_wake()?;
