@@ -6,7 +6,7 @@ use std::path::Path;
 
 pub fn print_table(ports: &[Port], w: &WorkerStats) {
     println!(
-        "{:<12} {:<5} {:<15} {:>12} {:>14} {:>12} {:>14} {:>10}  drops by reason",
+        "{:<12} {:<7} {:<15} {:>12} {:>14} {:>12} {:>14} {:>10}  drops by reason",
         "port", "kind", "ifname", "rx frames", "rx bytes", "tx frames", "tx bytes", "drops"
     );
     for p in ports {
@@ -22,13 +22,17 @@ pub fn print_table(ports: &[Port], w: &WorkerStats) {
             ("queue_full", d.queue_full),
             ("tx_error", d.tx_error),
             ("rx_error", d.rx_error),
+            ("truncated", d.truncated),
+            ("short_header", d.short_header),
+            ("bad_session", d.bad_session),
+            ("bad_cookie", d.bad_cookie),
         ]
         .iter()
         .filter(|(_, n)| *n > 0)
         .map(|(k, n)| format!("{k}={n}"))
         .collect();
         println!(
-            "{:<12} {:<5} {:<15} {:>12} {:>14} {:>12} {:>14} {:>10}  {}",
+            "{:<12} {:<7} {:<15} {:>12} {:>14} {:>12} {:>14} {:>10}  {}",
             p.id(),
             p.spec.kind.name(),
             p.opened.ifname.as_deref().unwrap_or("-"),

@@ -170,6 +170,9 @@ fn query_ports(ctl: &Controller, name: Option<&str>) -> Result<Value, QmpError> 
             "options": options,
             "ifname": p.opened.ifname,
             "link-up": p.link_up(),
+            "connected": p.connected(),
+            "peer": p.peer(),
+            "hub": p.domain().0,
             "worker": 0,
             "index": p.index.0,
             "uptime-ms": p.added.elapsed().as_millis() as u64,
@@ -187,6 +190,10 @@ fn query_ports(ctl: &Controller, name: Option<&str>) -> Result<Value, QmpError> 
                 "queue-full": d.queue_full,
                 "tx-error": d.tx_error,
                 "rx-error": d.rx_error,
+                "truncated": d.truncated,
+                "short-header": d.short_header,
+                "bad-session": d.bad_session,
+                "bad-cookie": d.bad_cookie,
             },
         }));
     }
