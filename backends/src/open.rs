@@ -180,7 +180,12 @@ fn open_socket(mode: &SocketMode) -> Result<OpenedPort, OpenError> {
         SocketMode::Udp { local, remote } => {
             let fd = socket::udp(*local, *remote)
                 .map_err(sock_err(format!("udp {local} -> {remote}")))?;
-            Ok(fixed(fd, None, Framing::Datagram, Some(remote.to_string())))
+            let framing = if socket::udp_gso_supported(&fd) {
+                Framing::UdpGso
+            } else {
+                Framing::Datagram
+            };
+            Ok(fixed(fd, None, framing, Some(remote.to_string())))
         }
         SocketMode::UnixDgram { local, remote } => {
             let fd = socket::unix_dgram(local, remote).map_err(sock_err(format!(

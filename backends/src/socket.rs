@@ -212,3 +212,22 @@ pub fn inherited(raw: i32) -> io::Result<(OwnedFd, bool)> {
     };
     Ok((s.into(), stream))
 }
+
+/// Whether the kernel takes UDP_SEGMENT (GSO) on this UDP socket: probed once, so a kernel
+/// without it falls back to one send per frame.
+pub fn udp_gso_supported(fd: &OwnedFd) -> bool {
+    const UDP_SEGMENT: libc::c_int = 103;
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `v`, which lives across the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(fd),
+            libc::SOL_UDP,
+            UDP_SEGMENT,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    rc == 0
+}

@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 pub enum Framing {
     /// One frame per read and per write: a tap, a connected datagram socket.
     Datagram,
+    /// A connected UDP socket whose kernel takes UDP_SEGMENT: runs of equal-size frames go
+    /// out as one GSO send each (the receiver still gets one datagram per frame).
+    UdpGso,
     /// A byte stream, each frame behind its length as a 4-byte big-endian number (QEMU's
     /// socket and stream netdevs).
     Stream,

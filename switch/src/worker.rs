@@ -89,6 +89,15 @@ const TAG_STREAM_READ: u64 = 5;
 const TAG_STREAM_SEND: u64 = 6;
 /// A frame sent behind an encapsulation header; the buffer field holds the header slot.
 const TAG_ENCAP_WRITE: u64 = 7;
+/// A run of frames sent with one UDP GSO sendmsg; the buffer field holds the slot.
+const TAG_GSO_SEND: u64 = 8;
+
+/// Most frames in one GSO send (the kernel allows 64 segments per send here).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Most payload bytes in one GSO send (a UDP datagram's limit, with room to spare).
+const GSO_MAX_BYTES: usize = 65000;
+/// GSO sends a port may have in flight.
+const GSO_SLOTS: usize = 8;
 
 #[inline]
 fn tag(op: u64, port: PortId, buf: BufIndex) -> u64 {
@@ -122,6 +131,51 @@ enum PortIo {
     Stream(Box<StreamPort>),
     /// One frame per datagram behind an L2TPv3 header.
     Encap(Box<EncapPort>),
+    /// One frame per datagram; runs of equal-size frames are sent with UDP GSO.
+    Gso(Box<[GsoSlot]>),
+}
+
+/// One GSO send in flight: the header, its iovecs (one per frame), the UDP_SEGMENT control
+/// message and the frames' buffers, all boxed in the port until the completion.
+struct GsoSlot {
+    msg: libc::msghdr,
+    iovs: [libc::iovec; GSO_MAX_SEGMENTS],
+    /// Room for one cmsghdr carrying a u16, 8-byte aligned.
+    cmsg: [u64; 4],
+    bufs: [BufIndex; GSO_MAX_SEGMENTS],
+    n: usize,
+    bytes: usize,
+    busy: bool,
+}
+
+impl GsoSlot {
+    fn new() -> GsoSlot {
+        GsoSlot {
+            // SAFETY: msghdr is plain data for which all-zero is a valid (empty) header.
+            msg: unsafe { std::mem::zeroed() },
+            iovs: [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; GSO_MAX_SEGMENTS],
+            cmsg: [0; 4],
+            bufs: [BufIndex(0); GSO_MAX_SEGMENTS],
+            n: 0,
+            bytes: 0,
+            busy: false,
+        }
+    }
+}
+
+/// Length of the run of equal-size frames at the start of `frames` that one GSO send may
+/// carry.
+fn gso_run(frames: &[TxDesc]) -> usize {
+    let len = frames[0].len as usize;
+    let max = GSO_MAX_SEGMENTS.min(GSO_MAX_BYTES / len.max(1)).max(1);
+    frames
+        .iter()
+        .take(max)
+        .take_while(|f| f.len as usize == len)
+        .count()
 }
 
 /// An L2TPv3 port: received datagrams are checked in place; each frame sent goes out as a
@@ -183,6 +237,15 @@ impl StreamTx {
             busy: false,
         }
     }
+}
+
+/// UDP_SEGMENT (linux/udp.h), the GSO segment size option.
+const UDP_SEGMENT: libc::c_int = 103;
+
+/// CMSG_SPACE of a u16 payload.
+fn size_of_cmsg_u16() -> usize {
+    // SAFETY: CMSG_SPACE only computes a size.
+    unsafe { libc::CMSG_SPACE(2) as usize }
 }
 
 /// Wakes a worker out of `io_uring_enter` and asks it to stop.
@@ -449,6 +512,7 @@ impl Worker {
         };
         let io = match &entry.framing {
             Framing::Datagram => PortIo::Datagram,
+            Framing::UdpGso => PortIo::Gso((0..GSO_SLOTS).map(|_| GsoSlot::new()).collect()),
             Framing::Stream => PortIo::Stream(Box::new(StreamPort {
                 rx: StreamRx::new(),
                 reading: false,
@@ -687,6 +751,82 @@ impl Worker {
                 self.writes += n as u64;
                 self.counters.tx_submitted.add(n as u64);
                 Ok(n)
+            }
+            PortIo::Gso(slots) => {
+                let mut taken = 0;
+                while taken < n {
+                    let run = gso_run(&frames[taken..]);
+                    if run == 1 {
+                        let f = &frames[taken];
+                        // SAFETY: as for a datagram port above.
+                        unsafe {
+                            self.ring.push_write(
+                                file,
+                                f.buf,
+                                f.off,
+                                f.len,
+                                tag(TAG_WRITE, port, f.buf),
+                            )
+                        }
+                        .map_err(WorkerError::Enter)?;
+                        p.writes += 1;
+                        self.writes += 1;
+                        self.counters.tx_submitted.inc();
+                        taken += 1;
+                        continue;
+                    }
+                    let Some(k) = slots.iter().position(|s| !s.busy) else {
+                        break;
+                    };
+                    let slot = &mut slots[k];
+                    let len = frames[taken].len as usize;
+                    for (j, f) in frames[taken..taken + run].iter().enumerate() {
+                        // SAFETY: the offset stays within the buffer (the frame is stored there).
+                        let base = unsafe { self.ring.pool_mut().addr(f.buf).add(f.off as usize) };
+                        slot.iovs[j] = libc::iovec {
+                            iov_base: base.cast(),
+                            iov_len: len,
+                        };
+                        slot.bufs[j] = f.buf;
+                    }
+                    slot.n = run;
+                    slot.bytes = run * len;
+                    let cmsg_space = size_of_cmsg_u16();
+                    slot.msg.msg_iov = slot.iovs.as_mut_ptr();
+                    slot.msg.msg_iovlen = run;
+                    slot.msg.msg_control = slot.cmsg.as_mut_ptr().cast();
+                    slot.msg.msg_controllen = cmsg_space;
+                    // SAFETY: msg_control points at `cmsg`, 32 bytes, 8-byte aligned, and
+                    // msg_controllen (CMSG_SPACE of a u16) fits in it; CMSG_FIRSTHDR therefore
+                    // returns a header inside it with room for the u16 written through
+                    // CMSG_DATA.
+                    unsafe {
+                        let c = libc::CMSG_FIRSTHDR(&slot.msg);
+                        (*c).cmsg_level = libc::SOL_UDP;
+                        (*c).cmsg_type = UDP_SEGMENT;
+                        (*c).cmsg_len = libc::CMSG_LEN(2) as usize;
+                        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), len as u16);
+                    }
+                    let msg: *const libc::msghdr = &slot.msg;
+                    // SAFETY: the slot (header, iovecs, control message) is boxed in the port
+                    // and marked busy until this completion is reaped; the frames' buffer
+                    // references passed from the queue to this send.
+                    unsafe {
+                        self.ring.push_sendmsg(
+                            file,
+                            msg,
+                            libc::MSG_NOSIGNAL as u32,
+                            tag(TAG_GSO_SEND, port, BufIndex(k as u32)),
+                        )
+                    }
+                    .map_err(WorkerError::Enter)?;
+                    slot.busy = true;
+                    p.writes += 1;
+                    self.writes += 1;
+                    self.counters.tx_submitted.add(run as u64);
+                    taken += run;
+                }
+                Ok(taken)
             }
             PortIo::Encap(en) => {
                 let mut taken = 0;
@@ -1004,6 +1144,28 @@ impl Worker {
                 self.ring.pool_mut().release(buf);
             }
             TAG_STREAM_READ => self.stream_read(port, c.result),
+            TAG_GSO_SEND => {
+                self.writes -= 1;
+                if let Some(p) = &mut self.ports[port.index()] {
+                    p.writes -= 1;
+                    let ctr = p.entry.counters.clone();
+                    if let PortIo::Gso(slots) = &mut p.io {
+                        let slot = &mut slots[buf.index()];
+                        slot.busy = false;
+                        if c.result >= 0 && c.result as usize == slot.bytes {
+                            ctr.tx_frames.add(slot.n as u64);
+                            ctr.tx_bytes.add(slot.bytes as u64);
+                        } else if c.result != -libc::ECANCELED {
+                            ctr.tx_error.add(slot.n as u64);
+                        }
+                        for j in 0..slot.n {
+                            let b = slot.bufs[j];
+                            self.ring.pool_mut().release(b);
+                        }
+                        slot.n = 0;
+                    }
+                }
+            }
             TAG_ENCAP_WRITE => {
                 self.writes -= 1;
                 if let Some(p) = &mut self.ports[port.index()] {
@@ -1111,5 +1273,36 @@ impl Worker {
             self.forward_batch();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(lens: &[u32]) -> Vec<TxDesc> {
+        lens.iter()
+            .map(|&len| TxDesc {
+                buf: BufIndex(0),
+                off: 0,
+                len,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn gso_runs_take_equal_sizes_within_the_limits() {
+        assert_eq!(gso_run(&frames(&[60, 60, 60, 61, 60])), 3);
+        assert_eq!(gso_run(&frames(&[60])), 1);
+        assert_eq!(gso_run(&frames(&[60; 100])), GSO_MAX_SEGMENTS);
+        // 1514-byte frames: at most 42 fit in one send.
+        assert_eq!(gso_run(&frames(&[1514; 64])), GSO_MAX_BYTES / 1514);
+        assert_eq!(gso_run(&frames(&[1514, 60])), 1);
+    }
+
+    #[test]
+    fn user_data_round_trips() {
+        let ud = tag(TAG_GSO_SEND, PortId(1023), BufIndex(0xdead_beef));
+        assert_eq!(untag(ud), (TAG_GSO_SEND, PortId(1023), BufIndex(0xdead_beef)));
     }
 }
