@@ -21,7 +21,10 @@ use crate::ids::{BufIndex, PortId};
 use crate::l2tpv3::{L2tpv3Codec, MAX_HEADER as L2TP_MAX_HEADER};
 use crate::stream::{StreamItem, StreamRx, PREFIX_LEN};
 use crate::uring::{Completion, FileRef, Ring, RingFeatures};
+
+mod portio;
 use crate::BufferPool;
+use portio::{EncapPort, EncapSlot, GsoSlot, PortIo, StreamPort, StreamTx, GSO_SLOTS};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -92,13 +95,6 @@ const TAG_ENCAP_WRITE: u64 = 7;
 /// A run of frames sent with one UDP GSO sendmsg; the buffer field holds the slot.
 const TAG_GSO_SEND: u64 = 8;
 
-/// Most frames in one GSO send (the kernel allows 64 segments per send here).
-const GSO_MAX_SEGMENTS: usize = 64;
-/// Most payload bytes in one GSO send (a UDP datagram's limit, with room to spare).
-const GSO_MAX_BYTES: usize = 65000;
-/// GSO sends a port may have in flight.
-const GSO_SLOTS: usize = 8;
-
 #[inline]
 fn tag(op: u64, port: PortId, buf: BufIndex) -> u64 {
     op << 56 | (port.0 as u64) << 32 | buf.0 as u64
@@ -122,130 +118,6 @@ struct IoPort {
     failed: bool,
     /// Removed from the configuration; waiting for its I/O to finish.
     draining: bool,
-}
-
-/// The per-port state of its framing.
-enum PortIo {
-    /// One frame per read and per write.
-    Datagram,
-    Stream(Box<StreamPort>),
-    /// One frame per datagram behind an L2TPv3 header.
-    Encap(Box<EncapPort>),
-    /// One frame per datagram; runs of equal-size frames are sent with UDP GSO.
-    Gso(Box<[GsoSlot]>),
-}
-
-/// One GSO send in flight: the header, its iovecs (one per frame), the UDP_SEGMENT control
-/// message and the frames' buffers, all boxed in the port until the completion.
-struct GsoSlot {
-    msg: libc::msghdr,
-    iovs: [libc::iovec; GSO_MAX_SEGMENTS],
-    /// Room for one cmsghdr carrying a u16, 8-byte aligned.
-    cmsg: [u64; 4],
-    bufs: [BufIndex; GSO_MAX_SEGMENTS],
-    n: usize,
-    bytes: usize,
-    busy: bool,
-}
-
-impl GsoSlot {
-    fn new() -> GsoSlot {
-        GsoSlot {
-            // SAFETY: msghdr is plain data for which all-zero is a valid (empty) header.
-            msg: unsafe { std::mem::zeroed() },
-            iovs: [libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            }; GSO_MAX_SEGMENTS],
-            cmsg: [0; 4],
-            bufs: [BufIndex(0); GSO_MAX_SEGMENTS],
-            n: 0,
-            bytes: 0,
-            busy: false,
-        }
-    }
-}
-
-/// Length of the run of equal-size frames at the start of `frames` that one GSO send may
-/// carry.
-fn gso_run(frames: &[TxDesc]) -> usize {
-    let len = frames[0].len as usize;
-    let max = GSO_MAX_SEGMENTS.min(GSO_MAX_BYTES / len.max(1)).max(1);
-    frames
-        .iter()
-        .take(max)
-        .take_while(|f| f.len as usize == len)
-        .count()
-}
-
-/// An L2TPv3 port: received datagrams are checked in place; each frame sent goes out as a
-/// writev of its header (in a slot of its own until the write completes) and the frame.
-struct EncapPort {
-    codec: Arc<L2tpv3Codec>,
-    /// Frames sent so far (the L2TPv3 counter).
-    seq: u32,
-    slots: Box<[EncapSlot]>,
-    next: usize,
-}
-
-struct EncapSlot {
-    hdr: [u8; L2TP_MAX_HEADER],
-    iov: [libc::iovec; 2],
-    buf: BufIndex,
-    busy: bool,
-}
-
-/// A stream port: one read in flight into its reassembly buffer, one sendmsg in flight that
-/// carries a batch of length-prefixed frames (so the stream's framing can never interleave).
-struct StreamPort {
-    rx: StreamRx,
-    reading: bool,
-    tx: StreamTx,
-}
-
-/// The batch a stream port has in flight: per frame a 4-byte prefix and the frame itself.
-/// Everything the kernel reads lives here, in boxes that do not move, until the completion.
-struct StreamTx {
-    prefixes: Box<[[u8; PREFIX_LEN]]>,
-    iovs: Box<[libc::iovec]>,
-    bufs: Box<[BufIndex]>,
-    n: usize,
-    /// Bytes of the whole batch, prefixes included.
-    bytes: usize,
-    msg: Box<libc::msghdr>,
-    busy: bool,
-}
-
-impl StreamTx {
-    fn new(depth: usize) -> StreamTx {
-        // SAFETY: msghdr is plain data for which all-zero is a valid (empty) header.
-        let msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        StreamTx {
-            prefixes: vec![[0u8; PREFIX_LEN]; depth].into_boxed_slice(),
-            iovs: vec![
-                libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0
-                };
-                2 * depth
-            ]
-            .into_boxed_slice(),
-            bufs: vec![BufIndex(0); depth].into_boxed_slice(),
-            n: 0,
-            bytes: 0,
-            msg: Box::new(msg),
-            busy: false,
-        }
-    }
-}
-
-/// UDP_SEGMENT (linux/udp.h), the GSO segment size option.
-const UDP_SEGMENT: libc::c_int = 103;
-
-/// CMSG_SPACE of a u16 payload.
-fn size_of_cmsg_u16() -> usize {
-    // SAFETY: CMSG_SPACE only computes a size.
-    unsafe { libc::CMSG_SPACE(2) as usize }
 }
 
 /// Wakes a worker out of `io_uring_enter` and asks it to stop.
@@ -721,207 +593,6 @@ impl Worker {
         Ok(())
     }
 
-    /// Submits what `port` can take of its queue; returns how many frames it took (they pass
-    /// to the kernel, or are released if the port is going away).
-    fn submit_port(&mut self, port: PortId) -> Result<usize, WorkerError> {
-        let frames = self.tx.queue(port);
-        let n = frames.len();
-        let Some(p) = self.ports[port.index()].as_mut().filter(|p| !p.draining) else {
-            for f in frames {
-                self.ring.pool_mut().release(f.buf);
-            }
-            return Ok(n);
-        };
-        let file = p.tx_file;
-        match &mut p.io {
-            PortIo::Datagram => {
-                for f in frames {
-                    // SAFETY: the transmit queue holds a reference on `f.buf`; it passes to
-                    // this write and is released when the write's completion is reaped.
-                    // Nothing writes a buffer that is queued for transmission.
-                    let r = unsafe {
-                        self.ring
-                            .push_write(file, f.buf, f.off, f.len, tag(TAG_WRITE, port, f.buf))
-                    };
-                    if let Err(e) = r {
-                        return Err(WorkerError::Enter(e));
-                    }
-                    p.writes += 1;
-                }
-                self.writes += n as u64;
-                self.counters.tx_submitted.add(n as u64);
-                Ok(n)
-            }
-            PortIo::Gso(slots) => {
-                let mut taken = 0;
-                while taken < n {
-                    let run = gso_run(&frames[taken..]);
-                    if run == 1 {
-                        let f = &frames[taken];
-                        // SAFETY: as for a datagram port above.
-                        unsafe {
-                            self.ring.push_write(
-                                file,
-                                f.buf,
-                                f.off,
-                                f.len,
-                                tag(TAG_WRITE, port, f.buf),
-                            )
-                        }
-                        .map_err(WorkerError::Enter)?;
-                        p.writes += 1;
-                        self.writes += 1;
-                        self.counters.tx_submitted.inc();
-                        taken += 1;
-                        continue;
-                    }
-                    let Some(k) = slots.iter().position(|s| !s.busy) else {
-                        break;
-                    };
-                    let slot = &mut slots[k];
-                    let len = frames[taken].len as usize;
-                    for (j, f) in frames[taken..taken + run].iter().enumerate() {
-                        // SAFETY: the offset stays within the buffer (the frame is stored there).
-                        let base = unsafe { self.ring.pool_mut().addr(f.buf).add(f.off as usize) };
-                        slot.iovs[j] = libc::iovec {
-                            iov_base: base.cast(),
-                            iov_len: len,
-                        };
-                        slot.bufs[j] = f.buf;
-                    }
-                    slot.n = run;
-                    slot.bytes = run * len;
-                    let cmsg_space = size_of_cmsg_u16();
-                    slot.msg.msg_iov = slot.iovs.as_mut_ptr();
-                    slot.msg.msg_iovlen = run;
-                    slot.msg.msg_control = slot.cmsg.as_mut_ptr().cast();
-                    slot.msg.msg_controllen = cmsg_space;
-                    // SAFETY: msg_control points at `cmsg`, 32 bytes, 8-byte aligned, and
-                    // msg_controllen (CMSG_SPACE of a u16) fits in it; CMSG_FIRSTHDR therefore
-                    // returns a header inside it with room for the u16 written through
-                    // CMSG_DATA.
-                    unsafe {
-                        let c = libc::CMSG_FIRSTHDR(&slot.msg);
-                        (*c).cmsg_level = libc::SOL_UDP;
-                        (*c).cmsg_type = UDP_SEGMENT;
-                        (*c).cmsg_len = libc::CMSG_LEN(2) as usize;
-                        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), len as u16);
-                    }
-                    let msg: *const libc::msghdr = &slot.msg;
-                    // SAFETY: the slot (header, iovecs, control message) is boxed in the port
-                    // and marked busy until this completion is reaped; the frames' buffer
-                    // references passed from the queue to this send.
-                    unsafe {
-                        self.ring.push_sendmsg(
-                            file,
-                            msg,
-                            libc::MSG_NOSIGNAL as u32,
-                            tag(TAG_GSO_SEND, port, BufIndex(k as u32)),
-                        )
-                    }
-                    .map_err(WorkerError::Enter)?;
-                    slot.busy = true;
-                    p.writes += 1;
-                    self.writes += 1;
-                    self.counters.tx_submitted.add(run as u64);
-                    taken += run;
-                }
-                Ok(taken)
-            }
-            PortIo::Encap(en) => {
-                let mut taken = 0;
-                for f in frames {
-                    let k = en.next;
-                    let slot = &mut en.slots[k];
-                    if slot.busy {
-                        break;
-                    }
-                    en.seq = en.seq.wrapping_add(1);
-                    let hlen = en.codec.encap(&mut slot.hdr, en.seq);
-                    // SAFETY: the offset stays within the buffer (the frame was stored there).
-                    let base = unsafe { self.ring.pool_mut().addr(f.buf).add(f.off as usize) };
-                    slot.iov = [
-                        libc::iovec {
-                            iov_base: slot.hdr.as_mut_ptr().cast(),
-                            iov_len: hlen,
-                        },
-                        libc::iovec {
-                            iov_base: base.cast(),
-                            iov_len: f.len as usize,
-                        },
-                    ];
-                    slot.buf = f.buf;
-                    slot.busy = true;
-                    let iov = slot.iov.as_ptr();
-                    // SAFETY: the slot (header and iovecs) is boxed in the port and marked busy
-                    // until this completion is reaped; the frame's buffer reference passed from
-                    // the queue to this write.
-                    unsafe {
-                        self.ring.push_writev(
-                            file,
-                            iov,
-                            2,
-                            tag(TAG_ENCAP_WRITE, port, BufIndex(k as u32)),
-                        )
-                    }
-                    .map_err(WorkerError::Enter)?;
-                    en.next = (k + 1) % en.slots.len();
-                    p.writes += 1;
-                    taken += 1;
-                }
-                self.writes += taken as u64;
-                self.counters.tx_submitted.add(taken as u64);
-                Ok(taken)
-            }
-            PortIo::Stream(st) => {
-                let tx = &mut st.tx;
-                if tx.busy {
-                    return Ok(0);
-                }
-                let n = n.min(tx.bufs.len());
-                let mut bytes = 0;
-                for (k, f) in frames[..n].iter().enumerate() {
-                    tx.prefixes[k] = f.len.to_be_bytes();
-                    tx.iovs[2 * k] = libc::iovec {
-                        iov_base: tx.prefixes[k].as_mut_ptr().cast(),
-                        iov_len: PREFIX_LEN,
-                    };
-                    // SAFETY: the offset stays within the buffer (the frame was stored there).
-                    let base = unsafe { self.ring.pool_mut().addr(f.buf).add(f.off as usize) };
-                    tx.iovs[2 * k + 1] = libc::iovec {
-                        iov_base: base.cast(),
-                        iov_len: f.len as usize,
-                    };
-                    tx.bufs[k] = f.buf;
-                    bytes += PREFIX_LEN + f.len as usize;
-                }
-                tx.n = n;
-                tx.bytes = bytes;
-                tx.msg.msg_iov = tx.iovs.as_mut_ptr();
-                tx.msg.msg_iovlen = 2 * n;
-                let msg: *const libc::msghdr = &*tx.msg;
-                // SAFETY: the header, iovecs and prefixes are boxed in the port and the frames
-                // are held by references taken over from the queue; all stay untouched until
-                // this completion is reaped (`busy`). MSG_WAITALL makes the kernel send the
-                // whole batch or fail, so the stream's framing stays whole.
-                unsafe {
-                    self.ring.push_sendmsg(
-                        file,
-                        msg,
-                        (libc::MSG_WAITALL | libc::MSG_NOSIGNAL) as u32,
-                        tag(TAG_STREAM_SEND, port, BufIndex(0)),
-                    )
-                }
-                .map_err(WorkerError::Enter)?;
-                tx.busy = true;
-                p.writes += 1;
-                self.writes += 1;
-                self.counters.tx_submitted.add(n as u64);
-                Ok(n)
-            }
-        }
-    }
-
     /// The port's connection or kernel object failed for good (its interface was deleted,
     /// the peer closed the stream, the stream is out of step): stop receiving on it and take
     /// its link down so nothing is sent to it, rather than spin on errors, and tell the
@@ -942,156 +613,6 @@ impl Worker {
             fd: p.entry.fd.as_raw_fd(),
             reason,
         });
-    }
-
-    /// A datagram read completed on a live port: hand its frame to the batch (after checking
-    /// its encapsulation, if the port has one).
-    fn received(&mut self, port: PortId, buf: BufIndex, len: usize) {
-        let Some(p) = &self.ports[port.index()] else {
-            return;
-        };
-        let PortIo::Encap(en) = &p.io else {
-            self.rx.push(RxDesc {
-                port,
-                buf,
-                off: 0,
-                len: len as u32,
-            });
-            return;
-        };
-        let pool = self.ring.pool_mut();
-        let data = &pool.buf(buf)[..len.min(pool.buf_size())];
-        match en.codec.decap(data) {
-            Ok(off) => self.rx.push(RxDesc {
-                port,
-                buf,
-                off: off as u16,
-                len: (data.len() - off) as u32,
-            }),
-            Err(reason) => {
-                let c = &p.entry.counters;
-                c.rx_frames.inc();
-                c.rx_bytes.add(len as u64);
-                c.count_drop(reason);
-                pool.release(buf);
-            }
-        }
-    }
-
-    /// A read on a stream port completed.
-    fn stream_read(&mut self, port: PortId, result: i32) {
-        let Some(p) = &mut self.ports[port.index()] else {
-            return;
-        };
-        p.reads -= 1;
-        let live = !p.draining && !p.failed;
-        let counters = p.entry.counters.clone();
-        let PortIo::Stream(st) = &mut p.io else {
-            return;
-        };
-        st.reading = false;
-        if !live {
-            return;
-        }
-        if result <= 0 {
-            if result < 0 && matches!(-result, libc::EINTR | libc::EAGAIN | libc::ENOBUFS) {
-                return;
-            }
-            if st.rx.mid_frame() {
-                counters.count_drop(DropReason::Truncated);
-            }
-            let reason = if result == 0 {
-                "the peer closed the connection".to_string()
-            } else {
-                format!("receive failed: {}", io::Error::from_raw_os_error(-result))
-            };
-            self.close_port(port, reason);
-            return;
-        }
-        st.rx.commit(result as usize);
-        let mut desync = None;
-        while let Some(item) = st.rx.next_item(self.max_frame) {
-            match item {
-                StreamItem::Frame { start, len } => {
-                    let pool = self.ring.pool_mut();
-                    let Some(b) = pool.alloc() else {
-                        self.counters.rx_starved.inc();
-                        counters.rx_frames.inc();
-                        counters.rx_bytes.add(len as u64);
-                        counters.count_drop(DropReason::QueueFull);
-                        continue;
-                    };
-                    pool.buf_mut(b)[..len].copy_from_slice(&st.rx.bytes()[start..start + len]);
-                    self.rx.push(RxDesc {
-                        port,
-                        buf: b,
-                        off: 0,
-                        len: len as u32,
-                    });
-                }
-                StreamItem::Runt => {
-                    counters.rx_frames.inc();
-                    counters.count_drop(DropReason::Runt);
-                }
-                StreamItem::Oversize(len) => {
-                    counters.rx_frames.inc();
-                    counters.rx_bytes.add(len as u64);
-                    counters.count_drop(DropReason::Oversize);
-                }
-                StreamItem::Desync(len) => {
-                    counters.rx_frames.inc();
-                    counters.count_drop(DropReason::Oversize);
-                    desync = Some(len);
-                    break;
-                }
-            }
-        }
-        if let Some(len) = desync {
-            self.close_port(
-                port,
-                format!(
-                    "frame length {len} in the stream is impossible; the stream is out of step"
-                ),
-            );
-        }
-    }
-
-    /// A batch sent on a stream port completed.
-    fn stream_sent(&mut self, port: PortId, result: i32) {
-        self.writes -= 1;
-        let Some(p) = &mut self.ports[port.index()] else {
-            return;
-        };
-        p.writes -= 1;
-        let counters = p.entry.counters.clone();
-        let PortIo::Stream(st) = &mut p.io else {
-            return;
-        };
-        let tx = &mut st.tx;
-        tx.busy = false;
-        let n = tx.n;
-        let whole = result >= 0 && result as usize == tx.bytes;
-        if whole {
-            counters.tx_frames.add(n as u64);
-            counters.tx_bytes.add((tx.bytes - n * PREFIX_LEN) as u64);
-        } else if result != -libc::ECANCELED {
-            for _ in 0..n {
-                counters.count_drop(DropReason::TxError);
-            }
-        }
-        for k in 0..n {
-            let b = tx.bufs[k];
-            self.ring.pool_mut().release(b);
-        }
-        tx.n = 0;
-        if !whole && result != -libc::ECANCELED {
-            let reason = if result < 0 {
-                format!("send failed: {}", io::Error::from_raw_os_error(-result))
-            } else {
-                format!("send cut short ({result} bytes)")
-            };
-            self.close_port(port, reason);
-        }
     }
 
     fn complete(&mut self, c: Completion) -> Result<(), WorkerError> {
@@ -1144,49 +665,9 @@ impl Worker {
                 self.ring.pool_mut().release(buf);
             }
             TAG_STREAM_READ => self.stream_read(port, c.result),
-            TAG_GSO_SEND => {
-                self.writes -= 1;
-                if let Some(p) = &mut self.ports[port.index()] {
-                    p.writes -= 1;
-                    let ctr = p.entry.counters.clone();
-                    if let PortIo::Gso(slots) = &mut p.io {
-                        let slot = &mut slots[buf.index()];
-                        slot.busy = false;
-                        if c.result >= 0 && c.result as usize == slot.bytes {
-                            ctr.tx_frames.add(slot.n as u64);
-                            ctr.tx_bytes.add(slot.bytes as u64);
-                        } else if c.result != -libc::ECANCELED {
-                            ctr.tx_error.add(slot.n as u64);
-                        }
-                        for j in 0..slot.n {
-                            let b = slot.bufs[j];
-                            self.ring.pool_mut().release(b);
-                        }
-                        slot.n = 0;
-                    }
-                }
-            }
-            TAG_ENCAP_WRITE => {
-                self.writes -= 1;
-                if let Some(p) = &mut self.ports[port.index()] {
-                    p.writes -= 1;
-                    let ctr = p.entry.counters.clone();
-                    if let PortIo::Encap(en) = &mut p.io {
-                        let slot = &mut en.slots[buf.index()];
-                        slot.busy = false;
-                        let frame_len = slot.iov[1].iov_len;
-                        let b = slot.buf;
-                        if c.result >= 0 {
-                            ctr.tx_frames.inc();
-                            ctr.tx_bytes.add(frame_len as u64);
-                        } else if c.result != -libc::ECANCELED {
-                            ctr.count_drop(DropReason::TxError);
-                        }
-                        self.ring.pool_mut().release(b);
-                    }
-                }
-            }
             TAG_STREAM_SEND => self.stream_sent(port, c.result),
+            TAG_GSO_SEND => self.gso_sent(port, buf.index(), c.result),
+            TAG_ENCAP_WRITE => self.encap_sent(port, buf.index(), c.result),
             TAG_WAKE => {
                 if !self.link.stop.load(Ordering::Acquire) {
                     self.arm_wake()?;
@@ -1280,29 +761,12 @@ impl Worker {
 mod tests {
     use super::*;
 
-    fn frames(lens: &[u32]) -> Vec<TxDesc> {
-        lens.iter()
-            .map(|&len| TxDesc {
-                buf: BufIndex(0),
-                off: 0,
-                len,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn gso_runs_take_equal_sizes_within_the_limits() {
-        assert_eq!(gso_run(&frames(&[60, 60, 60, 61, 60])), 3);
-        assert_eq!(gso_run(&frames(&[60])), 1);
-        assert_eq!(gso_run(&frames(&[60; 100])), GSO_MAX_SEGMENTS);
-        // 1514-byte frames: at most 42 fit in one send.
-        assert_eq!(gso_run(&frames(&[1514; 64])), GSO_MAX_BYTES / 1514);
-        assert_eq!(gso_run(&frames(&[1514, 60])), 1);
-    }
-
     #[test]
     fn user_data_round_trips() {
         let ud = tag(TAG_GSO_SEND, PortId(1023), BufIndex(0xdead_beef));
-        assert_eq!(untag(ud), (TAG_GSO_SEND, PortId(1023), BufIndex(0xdead_beef)));
+        assert_eq!(
+            untag(ud),
+            (TAG_GSO_SEND, PortId(1023), BufIndex(0xdead_beef))
+        );
     }
 }
