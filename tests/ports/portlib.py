@@ -562,3 +562,112 @@ class StreamReader:
 
     def pending(self) -> bool:
         return self._whole()
+
+
+def exchange(what: str, send, sock, frames, reader=None, timeout: float = 5) -> None:
+    """Sends `frames` through `send` and checks each comes out of `sock` byte for byte."""
+    want = {tag_of(f): f for f in frames}
+    for f in frames:
+        send(f)
+    got = recv_tagged(sock, set(want), timeout, reader)
+    missing = [len(f) for t, f in want.items() if t not in got]
+    assert not missing, f"{what}: frames of {missing} bytes never arrived"
+    for tag, f in want.items():
+        assert got[tag] == f, f"{what}: a {len(f)}-byte frame changed: {hexdiff(got[tag], f)}"
+
+
+class StreamPeer:
+    """One stream connection the test holds with a switch port: frames go out length-prefixed,
+    and `reader` reassembles what comes back."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.reader = StreamReader()
+
+    def send(self, f: bytes) -> None:
+        self.sock.sendall(framed(f))
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def closed_by_peer(self, timeout: float) -> bool:
+        """Whether the other end closes the connection within `timeout` (frames read on the
+        way are discarded)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            r, _, _ = select.select([self.sock], [], [], left)
+            if not r:
+                return False
+            try:
+                if not self.sock.recv(1 << 20):
+                    return True
+            except (ConnectionResetError, BrokenPipeError):
+                return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class StreamEndpoint:
+    """Where the test meets a stream port: `inet` (127.0.0.1:port) or `unix` (path). With
+    `listen`, the test is the server (the switch port connects); otherwise the test connects."""
+
+    def __init__(self, ns: Netns, family: str, where, listen: bool):
+        self.ns, self.family, self.where, self.listen = ns, family, where, listen
+        self.listener = None
+        if listen:
+            self.open_listener()
+
+    def _socket(self):
+        fam = socket.AF_INET if self.family == "inet" else socket.AF_UNIX
+        return self.ns.socket(fam, socket.SOCK_STREAM)
+
+    def _addr(self):
+        return (LOCAL_HOST, self.where) if self.family == "inet" else str(self.where)
+
+    def open_listener(self) -> None:
+        s = self._socket()
+        if self.family == "inet":
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        elif os.path.exists(self.where):
+            os.unlink(self.where)
+        s.bind(self._addr())
+        s.listen(4)
+        self.listener = s
+
+    def close_listener(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+            if self.family == "unix" and os.path.exists(self.where):
+                os.unlink(self.where)
+
+    def peer(self, timeout: float = 10) -> StreamPeer:
+        """A new connection with the switch port: accepted (the switch connects, within
+        `timeout`) or made (retrying while the port is not listening yet)."""
+        if self.listen:
+            r, _, _ = select.select([self.listener], [], [], timeout)
+            assert r, f"the switch port did not connect within {timeout}s"
+            conn, _ = self.listener.accept()
+            return StreamPeer(conn)
+        deadline = time.monotonic() + timeout
+        for _ in range(1000):
+            s = self._socket()
+            try:
+                s.connect(self._addr())
+                return StreamPeer(s)
+            except (ConnectionRefusedError, FileNotFoundError):
+                s.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.close_listener()
+
+
+LOCAL_HOST = "127.0.0.1"
