@@ -53,7 +53,11 @@ fn text(u: &mut Unstructured) -> arbitrary::Result<String> {
 
 /// A JSON value of bounded depth and size.
 fn value(u: &mut Unstructured, depth: usize) -> arbitrary::Result<Value> {
-    let pick = if depth >= 6 { u.int_in_range(0..=4)? } else { u.int_in_range(0..=6)? };
+    let pick = if depth >= 6 {
+        u.int_in_range(0..=4)?
+    } else {
+        u.int_in_range(0..=6)?
+    };
     Ok(match pick {
         0 => Value::Null,
         1 => Value::Bool(u.arbitrary()?),
@@ -62,7 +66,11 @@ fn value(u: &mut Unstructured, depth: usize) -> arbitrary::Result<Value> {
         4 => Value::String(text(u)?),
         5 => {
             let n = u.int_in_range(0..=4)?;
-            Value::Array((0..n).map(|_| value(u, depth + 1)).collect::<Result<_, _>>()?)
+            Value::Array(
+                (0..n)
+                    .map(|_| value(u, depth + 1))
+                    .collect::<Result<_, _>>()?,
+            )
         }
         _ => {
             let n = u.int_in_range(0..=4)?;
@@ -77,7 +85,9 @@ fn value(u: &mut Unstructured, depth: usize) -> arbitrary::Result<Value> {
 
 fuzz_target!(|raw: &[u8]| {
     let mut u = Unstructured::new(raw);
-    let Ok(input) = Input::arbitrary(&mut u) else { return };
+    let Ok(input) = Input::arbitrary(&mut u) else {
+        return;
+    };
 
     // Arbitrary bytes: split anyhow, the same answers.
     for small in [input.small_limits, !input.small_limits] {

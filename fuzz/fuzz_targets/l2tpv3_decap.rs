@@ -61,14 +61,21 @@ fuzz_target!(|input: Input| {
     // Any datagram, any parameters the type allows.
     let c = codec(&input.params);
     if let Ok(off) = c.decap(&input.datagram) {
-        assert!(off <= input.datagram.len(), "frame offset {off} past the datagram");
+        assert!(
+            off <= input.datagram.len(),
+            "frame offset {off} past the datagram"
+        );
     }
 
     // What the switch can be configured with (offset ≤ 256), talking to itself.
     let mut c = c;
     c.offset %= 257;
     c.rxsession = c.txsession;
-    c.rxcookie = if c.cookie_len == 4 { c.txcookie & 0xffff_ffff } else { c.txcookie };
+    c.rxcookie = if c.cookie_len == 4 {
+        c.txcookie & 0xffff_ffff
+    } else {
+        c.txcookie
+    };
     let mut d = Vec::new();
     if c.ipv4_header {
         let ihl = 5 + (input.ihl_words % 11) as usize;
