@@ -71,7 +71,7 @@ def require_qemu() -> None:
 def qemu_version() -> str | None:
     if shutil.which(QEMU) is None:
         return None
-    out = subprocess.run([QEMU, "--version"], capture_output=True, text=True, timeout=30)
+    out = subprocess.run([QEMU, "--version"], capture_output=True, text=True, timeout=30, check=False)
     return out.stdout.splitlines()[0].strip() if out.stdout else None
 
 
@@ -88,7 +88,7 @@ def unique_name(prefix: str) -> str:
 
 
 def ip(*args: str, check: bool = True) -> str:
-    out = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30, check=False)
     if check and out.returncode != 0:
         raise RuntimeError(f"ip {' '.join(args)} failed: {out.stderr.strip()}")
     return out.stdout
@@ -202,7 +202,7 @@ class Netns:
         return ["ip", "netns", "exec", self.name, *map(str, argv)]
 
     def exec(self, *argv, timeout: float = 30) -> subprocess.CompletedProcess:
-        return subprocess.run(self.argv(argv), capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(self.argv(argv), capture_output=True, text=True, timeout=timeout, check=False)
 
     def close(self):
         if self.name:
@@ -271,14 +271,12 @@ class _Process:
                     return
                 if self.proc.poll() is not None and not self._threads[0].is_alive():
                     raise AssertionError(
-                        f"{self.label} exited ({self.proc.returncode}) before '{text}':\n"
-                        + "\n".join(self.lines)
+                        f"{self.label} exited ({self.proc.returncode}) before '{text}':\n" + "\n".join(self.lines)
                     )
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise AssertionError(
-                        f"{self.label} did not print '{text}' in {timeout}s:\n"
-                        + "\n".join(self.lines)
+                        f"{self.label} did not print '{text}' in {timeout}s:\n" + "\n".join(self.lines)
                     )
                 self._new_line.wait(min(left, 0.2))
 
@@ -342,7 +340,7 @@ class Switch(_Process):
         argv = [BINARY, "qmp", self.qmp_path, command]
         if args is not None:
             argv.append(json.dumps(args))
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
         if out.returncode != 0:
             raise AssertionError(f"qmp {command} {args}: {out.stderr.strip()}")
         return json.loads(out.stdout) if out.stdout.strip() else None

@@ -123,8 +123,12 @@ def _mcast_peer(group):
 
 
 def datagram_kinds(d):
-    inet = lambda p, port, host=LOCAL: f"{p}.type=inet,{p}.host={host},{p}.port={port}"  # noqa: E731
-    unix = lambda p, path: f"{p}.type=unix,{p}.path={path}"  # noqa: E731
+    def inet(p, port, host=LOCAL):
+        return f"{p}.type=inet,{p}.host={host},{p}.port={port}"
+
+    def unix(p, path):
+        return f"{p}.type=unix,{p}.path={path}"
+
     return {
         "socket-udp": (f"socket,udp={LOCAL}:{PEER},localaddr={LOCAL}:{X}", _udp_peer, False),
         "dgram-inet": (f"dgram,{inet('local', X)},{inet('remote', PEER)}", _udp_peer, False),
@@ -178,7 +182,14 @@ def stream_kinds(d):
     }
 
 
-STREAM_IDS = ["socket-listen", "stream-inet-server", "stream-unix-server", "socket-connect", "stream-inet-client", "stream-unix-client"]
+STREAM_IDS = [
+    "socket-listen",
+    "stream-inet-server",
+    "stream-unix-server",
+    "socket-connect",
+    "stream-inet-client",
+    "stream-unix-client",
+]
 SERVER_IDS = [k for k in STREAM_IDS if "listen" in k or "server" in k]
 CLIENT_IDS = [k for k in STREAM_IDS if k not in SERVER_IDS]
 
@@ -276,7 +287,12 @@ def test_listening_port_serves_one_peer_at_a_time_and_accepts_the_next(kind, tmp
 
     first.close()
     # The next peer is served: what it sent while waiting, then everything else.
-    rig.sw.wait_port("x", lambda p: p["connected"] and p["peer"] != peer_before or kind.startswith("stream-unix"), 10, "the second peer served")
+    rig.sw.wait_port(
+        "x",
+        lambda p: p["connected"] and p["peer"] != peer_before or kind.startswith("stream-unix"),
+        10,
+        "the second peer served",
+    )
     stream_works(rig, second, kind)
     third = cleanup.add(ep.peer())  # waits in the backlog again
     second.close()

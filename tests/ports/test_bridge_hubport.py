@@ -141,12 +141,14 @@ def test_hubs_are_separate_bridge_domains(cleanup):
         tracked(src)(f)
     time.sleep(0.3)
     hub_of = {"a": 0, "d": 0, "b": 1, "c": 1}
-    origin = dict((tag, name) for name, tag in sent)
+    origin = {tag: name for name, tag in sent}
     for name in names:
         for f in drain(socks[name], 0.1):
             src = origin.get(tag_of(f))
             if src is not None:
-                assert hub_of[src] == hub_of[name], f"a frame from {src} (hub {hub_of[src]}) reached {name} (hub {hub_of[name]})"
+                assert (
+                    hub_of[src] == hub_of[name]
+                ), f"a frame from {src} (hub {hub_of[src]}) reached {name} (hub {hub_of[name]})"
 
     # Removing b's hubport puts b back in hub 0: now a's broadcast reaches b, and not c.
     sw.qmp("netdev_del", {"id": "hb"})

@@ -135,7 +135,9 @@ def test_l2tpv3_bad_headers_are_dropped_by_reason_and_the_session_goes_on(udp, c
 
     # What QEMU does not check passes: any flags word (UDP mode), a counter of 0.
     if udp:
-        exchange("flags word ffffffff", lambda f: peer.send_raw(header(True, first=0xFFFFFFFF) + f), t, [frame(mac(1), 60)])
+        exchange(
+            "flags word ffffffff", lambda f: peer.send_raw(header(True, first=0xFFFFFFFF) + f), t, [frame(mac(1), 60)]
+        )
     exchange("counter 0", lambda f: peer.send_raw(header(udp, counter=0) + f), t, [frame(mac(1), 60)])
     works()
     # The switch's counter counts frames sent, from 1 and without gaps.

@@ -39,7 +39,10 @@ def test_two_switches_joined_by_l2tpv3_carry_ping(mode, cleanup):
     tap_a, tap_b = unique_name("rst"), unique_name("rst")
     sw_a = cleanup.add(Switch([f"tap,id=h,ifname={tap_a}", f"{l2_a},id=l"], transport, label="ringswitch-a"))
     sw_b = cleanup.add(Switch([f"tap,id=h,ifname={tap_b}", f"{l2_b},id=l"], transport, label="ringswitch-b"))
-    for tap, host, addr, hw in ((tap_a, host_a, "10.77.1.1/24", "02:77:00:00:01:01"), (tap_b, host_b, "10.77.1.2/24", "02:77:00:00:01:02")):
+    for tap, host, addr, hw in (
+        (tap_a, host_a, "10.77.1.1/24", "02:77:00:00:01:01"),
+        (tap_b, host_b, "10.77.1.2/24", "02:77:00:00:01:02"),
+    ):
         ip("-n", transport.name, "link", "set", "dev", tap, "netns", host.name)
         ip("-n", host.name, "link", "set", "dev", tap, "address", hw)
         ip("-n", host.name, "addr", "add", addr, "dev", tap)
@@ -58,5 +61,7 @@ def test_two_switches_joined_by_l2tpv3_carry_ping(mode, cleanup):
 
 
 def _ping(ns, dst, count=3, size=56):
-    out = ns.exec("ping", "-n", "-c", count, "-s", size, "-i", "0.2", "-W", "1", "-w", count + 8, dst, timeout=count + 15)
+    out = ns.exec(
+        "ping", "-n", "-c", count, "-s", size, "-i", "0.2", "-W", "1", "-w", count + 8, dst, timeout=count + 15
+    )
     assert out.returncode == 0, f"ping {dst} from {ns.name} failed:\n{out.stdout}{out.stderr}"
