@@ -204,6 +204,11 @@ class Netns:
     def exec(self, *argv, timeout: float = 30) -> subprocess.CompletedProcess:
         return subprocess.run(self.argv(argv), capture_output=True, text=True, timeout=timeout, check=False)
 
+    def listening(self, where: str, unix: bool = False) -> bool:
+        """Whether a socket listens on `where` (HOST:PORT, or a unix socket path)."""
+        out = self.exec("ss", "-Hlnx" if unix else "-Hltn").stdout
+        return any(where in line.split() for line in out.splitlines())
+
     def close(self):
         if self.name:
             ip("netns", "del", self.name, check=False)
