@@ -331,3 +331,28 @@ def test_connecting_port_with_reconnect_0_stays_down(tmp_path, cleanup):
     # Its peer port keeps working on its own: a broadcast from t is not sent to x.
     rig.to_t(frame(mac(6), 60))
     rig.sw.wait_port("t", lambda p: p["rx-frames"] > 0, 5, "t receiving")
+
+
+def test_stream_length_limit_is_qemus(tmp_path, cleanup):
+    """69632 bytes (QEMU's NET_BUFSIZE) is the longest length a QEMU peer may send: it is
+    skipped as oversize and the stream goes on; one byte more closes the connection."""
+    require_root()
+    rig, ep = stream_rig(cleanup, tmp_path, "socket-listen")
+    p = cleanup.add(ep.peer())
+    stream_works(rig, p, "socket-listen")
+    p.send(frame(mac(3), 69632))
+    exchange("after a 69632-byte frame", p.send, rig.t, [frame(mac(3), 100)])
+    assert_drops(rig.sw, "x", {"oversize": 1})
+    assert rig.sw.port("x")["connected"]
+    p.send_raw(struct.pack(">I", 69633) + b"\x00" * 100)
+    assert p.closed_by_peer(5), "the switch kept a connection whose length prefix was 69633"
+    assert_drops(rig.sw, "x", {"oversize": 2})
+
+
+def test_connecting_port_with_reconnect_0_needs_its_peer_at_start(tmp_path, cleanup):
+    """reconnect=0 is QEMU 7.2's behaviour: no peer at start is an error, named."""
+    require_root()
+    ns = cleanup.add(Netns())
+    with pytest.raises(AssertionError, match=r"exited \(\d+\) before 'ringswitch: ready'") as failed:
+        cleanup.add(Switch([f"socket,id=x,connect={LOCAL}:{PEER},reconnect=0", T_PORT], ns))
+    assert "'x'" in str(failed.value), str(failed.value)
