@@ -44,6 +44,7 @@ ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 PACKET_QDISC_BYPASS = 20
 PACKET_OUTGOING = 4
+SO_TIMESTAMPNS = 35  # Linux; the ancillary message type (SCM_TIMESTAMPNS) is the same number
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _names = itertools.count()
@@ -436,7 +437,7 @@ class PacketSocket:
             try:
                 s.bind((ifname, 0))
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_TIMESTAMPNS, 1)
+                s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
                 if bypass_qdisc:
                     s.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
             except BaseException:
@@ -468,7 +469,7 @@ class PacketSocket:
                 continue
             stamp = time.time()
             for level, kind, payload in anc:
-                if level == socket.SOL_SOCKET and kind == socket.SO_TIMESTAMPNS:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
                     sec, nsec = struct.unpack("qq", payload[:16])
                     stamp = sec + nsec / 1e9
             return data, stamp
