@@ -557,7 +557,8 @@ class RawQmp:
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             where = unix
         else:
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            family = socket.AF_INET6 if ":" in tcp[0] else socket.AF_INET
+            self.sock = socket.socket(family, socket.SOCK_STREAM)
             where = tcp
         try:
             self.sock.settimeout(10)
