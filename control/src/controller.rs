@@ -52,6 +52,8 @@ pub struct Port {
     link_up: bool,
     /// What the data plane serves now: None while a connection port has no peer.
     entry: Option<Arc<PortEntry>>,
+    /// The data plane disabled the port (its kernel object failed for good).
+    failed: bool,
     /// QEMU's one-shot rule for NIC_RX_FILTER_CHANGED.
     rx_filter_event: OneShot,
     pub added: Instant,
@@ -74,9 +76,10 @@ impl Port {
         self.domain
     }
 
-    /// Whether the data plane serves the port now (a connection port has a peer).
+    /// Whether the data plane serves the port now (a connection port has a peer, and the
+    /// port did not fail).
     pub fn connected(&self) -> bool {
-        self.entry.is_some()
+        self.entry.is_some() && !self.failed
     }
 
     /// The peer of a connection or datagram port, if known.
@@ -234,6 +237,7 @@ impl Controller {
             domain: DomainId(0),
             link_up: true,
             entry: None,
+            failed: false,
             rx_filter_event: OneShot::default(),
             added: Instant::now(),
         };
@@ -458,6 +462,8 @@ impl Controller {
             }
             eprintln!("ringswitch: netdev '{}': {reason}", p.id());
             if !p.opened.is_connection() {
+                // The data plane disabled the port for good.
+                p.failed = true;
                 continue;
             }
             p.opened.lost(now);

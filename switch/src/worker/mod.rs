@@ -632,7 +632,18 @@ impl Worker {
                     self.ring.pool_mut().release(buf);
                     let transient = matches!(
                         -c.result,
-                        libc::ECANCELED | libc::EINTR | libc::EAGAIN | libc::ENOBUFS
+                        libc::ECANCELED
+                            | libc::EINTR
+                            | libc::EAGAIN
+                            | libc::ENOBUFS
+                            // A connected datagram socket reports the ICMP answer to an
+                            // earlier send (peer away, unreachable) on its next receive:
+                            // the peer may come back, so the port carries on.
+                            | libc::ECONNREFUSED
+                            | libc::EHOSTUNREACH
+                            | libc::ENETUNREACH
+                            | libc::EHOSTDOWN
+                            | libc::ENOPROTOOPT
                     );
                     if live && c.result < 0 && !transient {
                         if let Some(p) = &self.ports[port.index()] {
