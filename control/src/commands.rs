@@ -118,7 +118,7 @@ pub fn dispatch(ctl: &mut Controller, req: &Request) -> Result<Value, QmpError> 
             Args::new(map).finish()?;
             let w = ctl.worker_counters().snapshot();
             let b = ctl.buffers()?;
-            Ok(json!([{
+            Ok(json!([without_nulls(json!({
                 "id": 0,
                 "cpu": ctl.config().worker_cpu,
                 "ports": ctl.ports().len(),
@@ -137,7 +137,7 @@ pub fn dispatch(ctl: &mut Controller, req: &Request) -> Result<Value, QmpError> 
                 "reads-in-flight": b.reads_in_flight,
                 "writes-in-flight": b.writes_in_flight,
                 "frames-queued": b.queued,
-            }]))
+            }))]))
         }
         other => Err(QmpError::command_not_found(format!(
             "The command {other} has not been found"
@@ -164,7 +164,7 @@ fn query_ports(ctl: &Controller, name: Option<&str>) -> Result<Value, QmpError> 
             .iter()
             .map(|(k, v)| (k.clone(), Value::String(v.clone())))
             .collect();
-        out.push(json!({
+        out.push(without_nulls(json!({
             "id": p.id(),
             "type": p.spec.kind.name(),
             "options": options,
@@ -195,7 +195,15 @@ fn query_ports(ctl: &Controller, name: Option<&str>) -> Result<Value, QmpError> 
                 "bad-session": d.bad_session,
                 "bad-cookie": d.bad_cookie,
             },
-        }));
+        })));
     }
     Ok(Value::Array(out))
+}
+
+/// QAPI leaves an absent optional member out of an object; `null` is not a value of its type.
+fn without_nulls(mut v: Value) -> Value {
+    if let Value::Object(m) = &mut v {
+        m.retain(|_, member| !member.is_null());
+    }
+    v
 }
