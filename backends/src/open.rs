@@ -14,6 +14,7 @@ use ringswitch_switch::Framing;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -84,7 +85,16 @@ enum Peer {
         reconnect: Option<Duration>,
         next: Option<Instant>,
     },
+    /// A unix datagram socket connected to its peer's, connected again every `REDIAL_EVERY`
+    /// so that a peer that restarted (a new socket at the same path) is reached.
+    Redial {
+        remote: PathBuf,
+        next: Instant,
+    },
 }
+
+/// How often a unix datagram port connects to its peer's path again.
+const REDIAL_EVERY: Duration = Duration::from_millis(100);
 
 /// An open port.
 #[derive(Debug)]
@@ -193,12 +203,17 @@ fn open_socket(mode: &SocketMode) -> Result<OpenedPort, OpenError> {
                 local.display(),
                 remote.display()
             )))?;
-            Ok(fixed(
+            let mut port = fixed(
                 fd,
                 None,
                 Framing::Datagram,
                 Some(remote.display().to_string()),
-            ))
+            );
+            port.peer = Peer::Redial {
+                remote: remote.clone(),
+                next: Instant::now() + REDIAL_EVERY,
+            };
+            Ok(port)
         }
         SocketMode::Mcast { group, interface } => {
             let (rx, tx) = socket::mcast(*group, *interface)
@@ -302,13 +317,13 @@ impl OpenedPort {
 
     /// Whether this port (re)connects by itself (listening or client stream).
     pub fn is_connection(&self) -> bool {
-        !matches!(self.peer, Peer::Fixed)
+        matches!(self.peer, Peer::Listen { .. } | Peer::Connect { .. })
     }
 
     /// The current connection ended: forget it and wait for the next peer (or try again
     /// later). A tap or datagram socket that failed stays as it is (the data plane disabled it).
     pub fn lost(&mut self, now: Instant) {
-        if matches!(self.peer, Peer::Fixed) {
+        if !self.is_connection() {
             return;
         }
         self.conn = None;
@@ -324,6 +339,7 @@ impl OpenedPort {
     pub fn next_attempt(&self) -> Option<Instant> {
         match (&self.conn, &self.peer) {
             (None, Peer::Connect { next, .. }) => *next,
+            (Some(_), Peer::Redial { next, .. }) => Some(*next),
             _ => None,
         }
     }
@@ -331,11 +347,19 @@ impl OpenedPort {
     /// For a port without a connection: accepts a waiting peer, or connects if an attempt is
     /// due. Returns true when the port has a connection again.
     pub fn poll(&mut self, now: Instant) -> bool {
+        if let (Some(conn), Peer::Redial { remote, next }) = (&self.conn, &mut self.peer) {
+            if *next <= now {
+                *next = now + REDIAL_EVERY;
+                // The same socket either way: nothing to publish.
+                let _ = socket::redial_unix_dgram(&conn.fd, remote);
+            }
+            return false;
+        }
         if self.conn.is_some() {
             return false;
         }
         match &mut self.peer {
-            Peer::Fixed => false,
+            Peer::Fixed | Peer::Redial { .. } => false,
             Peer::Listen { listener, .. } => match socket::accept(listener) {
                 Ok(Some((fd, peer))) => {
                     self.conn = Some(Conn {

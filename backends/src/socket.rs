@@ -134,6 +134,18 @@ pub fn unix_dgram(local: &Path, remote: &Path) -> io::Result<OwnedFd> {
     Ok(s.into())
 }
 
+/// Connects a unix datagram port's socket to the socket now bound at its peer's path. The
+/// kernel cuts the connection when the peer's socket goes away (its next send fails with
+/// ECONNREFUSED) and, until then, refuses datagrams from a new peer at the same path; a
+/// restarted peer is only reached again this way. An absent peer is not an error: it may
+/// come back later, and the socket keeps its old state meanwhile.
+pub fn redial_unix_dgram(fd: &OwnedFd, remote: &Path) -> io::Result<()> {
+    match socket2::SockRef::from(fd).connect(&Sa::unix(remote)?) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNREFUSED | libc::ENOENT)) => Ok(()),
+        r => r,
+    }
+}
+
 /// A multicast port: a receiving socket joined to `group` (shared with the other members on
 /// this host through SO_REUSEADDR, as QEMU binds it) and a sending socket of its own, connected
 /// to the group. Multicast loopback is on so local members hear us; the receiving socket

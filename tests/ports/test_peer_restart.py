@@ -18,12 +18,6 @@ T_TO, T_FROM = 40003, 40004
 PEER, X = 45001, 45002
 T_PORT = f"socket,id=t,udp={LOCAL}:{T_TO},localaddr={LOCAL}:{T_FROM}"
 
-UNIX_BUG = (
-    "bug: the port's unix datagram socket is connected to the peer's; once that socket is gone "
-    "the kernel disconnects it, and every later send fails (tx_error), also to the new peer"
-)
-
-
 def l2tp_ip_addresses():
     n = os.getpid() % 200 + 1
     return f"127.100.{n}.2", f"127.100.{n}.3"  # the peer's, the switch's
@@ -74,7 +68,7 @@ def kinds(d):
     "kind",
     [
         "socket-udp",
-        pytest.param("dgram-unix", marks=pytest.mark.xfail(strict=True, reason=UNIX_BUG)),
+        "dgram-unix",
         "l2tpv3-udp",
         "l2tpv3-ip",
     ],
