@@ -14,7 +14,8 @@ pub struct TxBatch {
     hdr: Vec<libc::mmsghdr>,
 }
 
-/// Frames received by the last `recvmmsg`: slot `i` holds `len(i)` valid bytes.
+/// Frames received by the last `recvmmsg`: slot `i` holds `len(i)` valid bytes, and, when
+/// the socket has SO_TIMESTAMPNS on, `stamp(i)` is the kernel's receive time.
 pub struct RxBatch {
     storage: Vec<u8>,
     slot_len: usize,
@@ -22,7 +23,14 @@ pub struct RxBatch {
     filled: usize,
     iov: Vec<libc::iovec>,
     hdr: Vec<libc::mmsghdr>,
+    /// Control-message space per slot; u64 words keep it aligned for `cmsghdr`.
+    ctrl: Vec<[u64; CTRL_WORDS]>,
+    /// CLOCK_REALTIME nanoseconds of each frame's receipt by the kernel, 0 when absent.
+    stamps: Vec<u64>,
 }
+
+/// Room for one SCM_TIMESTAMPNS message (CMSG_SPACE of a timespec is 32 bytes) and slack.
+const CTRL_WORDS: usize = 8;
 
 fn empty_iov() -> libc::iovec {
     libc::iovec {
@@ -121,11 +129,19 @@ impl RxBatch {
             filled: 0,
             iov: vec![empty_iov(); slots],
             hdr: vec![empty_hdr(); slots],
+            ctrl: vec![[0; CTRL_WORDS]; slots],
+            stamps: vec![0; slots],
         }
     }
 
     pub fn slots(&self) -> usize {
         self.iov.len()
+    }
+
+    /// The kernel's receive time of frame `i` (CLOCK_REALTIME ns), if the socket stamps.
+    pub fn stamp(&self, i: usize) -> Option<u64> {
+        assert!(i < self.filled);
+        Some(self.stamps[i]).filter(|&t| t != 0)
     }
 
     /// Number of frames the last receive filled.
@@ -164,17 +180,44 @@ impl RxBatch {
             &mut self.hdr,
             0..n,
         );
+        for (hdr, ctrl) in self.hdr.iter_mut().zip(&mut self.ctrl) {
+            hdr.msg_hdr.msg_control = ctrl.as_mut_ptr().cast();
+            hdr.msg_hdr.msg_controllen = std::mem::size_of_val(ctrl);
+        }
         &mut self.hdr
     }
 
     /// Records that the kernel filled the first `n` headers.
     pub(crate) fn set_filled(&mut self, n: usize) {
         let n = n.min(self.slots());
-        for (len, hdr) in self.lens.iter_mut().zip(&self.hdr).take(n) {
-            *len = (hdr.msg_len as usize).min(self.slot_len);
+        for i in 0..n {
+            let hdr = &self.hdr[i];
+            self.lens[i] = (hdr.msg_len as usize).min(self.slot_len);
+            self.stamps[i] = timestamp_ns(&hdr.msg_hdr);
         }
         self.filled = n;
     }
+}
+
+/// The SCM_TIMESTAMPNS time in a received message's control data, 0 if there is none.
+fn timestamp_ns(msg: &libc::msghdr) -> u64 {
+    if msg.msg_control.is_null() || msg.msg_controllen == 0 {
+        return 0;
+    }
+    // SAFETY: `msg` is a header the kernel filled by recvmmsg: msg_control points at this
+    // batch's control buffer and msg_controllen is what the kernel wrote there, so the CMSG
+    // macros walk valid, aligned cmsghdrs inside it; the timespec is read unaligned.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                return ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+            }
+            c = libc::CMSG_NXTHDR(msg, c);
+        }
+    }
+    0
 }
 
 #[cfg(test)]

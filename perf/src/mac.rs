@@ -33,6 +33,9 @@ impl MacAddr {
     /// The source address of flow `index` when a generator cycles through many flows:
     /// `02:88:` followed by `index` as four big-endian octets, so every flow address is
     /// unicast, locally administered and distinct.
+    ///
+    /// Index ranges name sides: a sink side's stations can be given another range
+    /// (e.g. from `0x0080_0000`) than the sending side's.
     pub fn flow(index: u32) -> MacAddr {
         let i = index.to_be_bytes();
         MacAddr([FLOW_PREFIX[0], FLOW_PREFIX[1], i[0], i[1], i[2], i[3]])

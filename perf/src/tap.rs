@@ -31,6 +31,12 @@ pub struct Tap {
     name: IfName,
 }
 
+impl AsRawFd for Tap {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 impl Tap {
     /// Attaches to the tap `name`, creating it if it does not exist.
     pub fn open(name: &IfName) -> Result<Tap, TapError> {

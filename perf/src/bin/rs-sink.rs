@@ -1,12 +1,17 @@
 //! rs-sink: counts probe frames (ethertype 0x88b5, our magic) arriving on one interface
 //! through an AF_PACKET socket read with `recvmmsg`, and checks them: per stream, lost,
 //! reordered and duplicated sequence numbers (`ringswitch_perf::seqtrack`), and one-way
-//! latency from the frame's send timestamp to its receipt (both CLOCK_MONOTONIC, so
-//! generator and sink must run on the same host). It stops after --duration seconds, after
-//! --idle seconds without a probe, or on SIGINT/SIGTERM, and prints one JSON line.
+//! latency from the frame's send timestamp to its receipt, in an HDR histogram (3
+//! significant digits, 100 ns to 60 s; recording never allocates). It stops after
+//! --duration seconds, after --idle seconds without a probe, or on SIGINT/SIGTERM, and
+//! prints one JSON line; `--hist FILE` also writes the latency distribution as CSV
+//! (`latency_us,percentile`) for CDF plots.
 //!
-//! Receive time is read once per `recvmmsg` batch, so under load a frame's latency
-//! includes the time it waited in the socket queue behind the rest of its batch.
+//! Receipt is the kernel's timestamp of the frame (SO_TIMESTAMPNS, taken as the frame
+//! reached the interface's receive path), converted from CLOCK_REALTIME to the probes'
+//! CLOCK_MONOTONIC, so the sink's own scheduling delay is not counted; generator and
+//! sink must run on the same host. Without kernel stamps it falls back to the time of
+//! the `recvmmsg` call, and says so (`"kernel_stamps": false`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +21,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use ringswitch_perf::batch::RxBatch;
-use ringswitch_perf::clock::MonoTime;
+use hdrhistogram::Histogram;
+use ringswitch_perf::clock::{realtime_offset_ns, MonoTime};
 use ringswitch_perf::cpu::pin_current_thread;
 use ringswitch_perf::ifname::IfName;
 use ringswitch_perf::packet::{Listen, PacketSocket};
@@ -52,12 +58,19 @@ struct Args {
     /// Frames per recvmmsg call.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
     batch: u16,
+    /// Also write the latency distribution to this CSV file.
+    #[arg(long)]
+    hist: Option<std::path::PathBuf>,
 }
 
 #[derive(Default, serde::Serialize)]
 struct Latency {
     min: f64,
     mean: f64,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p99_9: f64,
     max: f64,
 }
 
@@ -75,34 +88,65 @@ struct Report {
     seconds: f64,
     /// Received frames per second between the first and the last probe.
     pps: f64,
+    /// Whether latencies come from kernel receive stamps (else from the receive call).
+    kernel_stamps: bool,
     latency_us: Latency,
 }
 
-#[derive(Default)]
-struct LatencyAcc {
-    n: u64,
-    sum_ns: u128,
-    min_ns: u64,
-    max_ns: u64,
-}
+/// One-way latencies in nanoseconds. Bounds are fixed at start, so recording allocates
+/// nothing; values outside them are clamped (and a negative one, from clock reading
+/// error, counts as the lowest).
+struct LatencyHist(Histogram<u64>);
 
-impl LatencyAcc {
-    fn add(&mut self, ns: u64) {
-        self.min_ns = if self.n == 0 { ns } else { self.min_ns.min(ns) };
-        self.max_ns = self.max_ns.max(ns);
-        self.sum_ns += u128::from(ns);
-        self.n += 1;
+const HIST_LOW_NS: u64 = 100;
+const HIST_HIGH_NS: u64 = 60_000_000_000;
+
+impl LatencyHist {
+    fn new() -> LatencyHist {
+        LatencyHist(Histogram::new_with_bounds(HIST_LOW_NS, HIST_HIGH_NS, 3).expect("valid bounds"))
+    }
+
+    fn add(&mut self, ns: i128) {
+        let v = ns.clamp(HIST_LOW_NS as i128, HIST_HIGH_NS as i128) as u64;
+        self.0.saturating_record(v);
     }
 
     fn micros(&self) -> Latency {
-        if self.n == 0 {
+        let h = &self.0;
+        if h.is_empty() {
             return Latency::default();
         }
+        let us = |ns: u64| ns as f64 / 1e3;
         Latency {
-            min: self.min_ns as f64 / 1e3,
-            mean: self.sum_ns as f64 / self.n as f64 / 1e3,
-            max: self.max_ns as f64 / 1e3,
+            min: us(h.min()),
+            mean: h.mean() / 1e3,
+            p50: us(h.value_at_quantile(0.50)),
+            p90: us(h.value_at_quantile(0.90)),
+            p99: us(h.value_at_quantile(0.99)),
+            p99_9: us(h.value_at_quantile(0.999)),
+            max: us(h.max()),
         }
+    }
+
+    /// The distribution as `latency_us,percentile` rows, a few per halving of the tail.
+    fn write_csv(&self, path: &std::path::Path) -> Result<()> {
+        use std::io::Write;
+        let mut out = std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        );
+        writeln!(out, "latency_us,percentile")?;
+        if !self.0.is_empty() {
+            for v in self.0.iter_quantiles(4) {
+                writeln!(
+                    out,
+                    "{:.3},{:.6}",
+                    v.value_iterated_to() as f64 / 1e3,
+                    v.quantile_iterated_to() * 100.0
+                )?;
+            }
+        }
+        out.flush()?;
+        Ok(())
     }
 }
 
@@ -129,12 +173,14 @@ fn main() -> Result<()> {
     sock.set_ignore_outgoing()?;
     sock.set_recv_buffer(8 << 20)?;
     sock.set_recv_timeout(POLL)?;
+    let kernel_stamps = sock.set_timestamps().is_ok();
+    let offset = realtime_offset_ns();
     sock.statistics()?; // reset the kernel counters to this run
 
     let mut rx = RxBatch::new(usize::from(args.batch), SLOT);
     let mut streams: HashMap<u32, SeqTracker> = HashMap::new();
     let (mut received, mut bytes, mut foreign) = (0u64, 0u64, 0u64);
-    let mut latency = LatencyAcc::default();
+    let mut latency = LatencyHist::new();
     let start = MonoTime::now();
     let end = start.plus(duration);
     let mut last_probe = start;
@@ -151,7 +197,7 @@ fn main() -> Result<()> {
             continue;
         }
         let now = MonoTime::now();
-        for f in rx.frames() {
+        for (i, f) in rx.frames().enumerate() {
             let repr = match Frame::new_checked(f).and_then(|f| Repr::parse(&f)) {
                 Ok(r) => r,
                 Err(_) => {
@@ -166,7 +212,11 @@ fn main() -> Result<()> {
             streams.entry(repr.stream).or_default().record(repr.seq);
             received += 1;
             bytes += f.len() as u64;
-            latency.add(now.nanos().saturating_sub(repr.tx_ns));
+            let rx_ns = match rx.stamp(i) {
+                Some(real) => real as i128 - offset,
+                None => now.nanos() as i128,
+            };
+            latency.add(rx_ns - repr.tx_ns as i128);
             last_probe = now;
             first_probe.get_or_insert(now);
         }
@@ -201,8 +251,12 @@ fn main() -> Result<()> {
         } else {
             0.0
         },
+        kernel_stamps,
         latency_us: latency.micros(),
     };
+    if let Some(path) = &args.hist {
+        latency.write_csv(path)?;
+    }
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }
