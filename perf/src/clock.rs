@@ -44,9 +44,10 @@ impl MonoTime {
 ///
 /// A deadline that has passed returns at once, and one less than `SPIN` away is waited for
 /// by spinning: on a virtual machine even an expired timer costs a timer-interrupt round
-/// trip of tens of microseconds, which would pace a generator far below its rate.
+/// trip of tens of microseconds, which would pace a generator far below its rate. Longer
+/// sleeps wake that late too; a caller with an absolute schedule catches up afterwards.
 pub fn sleep_until(deadline: MonoTime) {
-    const SPIN: Duration = Duration::from_micros(100);
+    const SPIN: Duration = Duration::from_micros(10);
     // Bounded by the deadline: the clock moves forward.
     loop {
         let left = deadline.since(MonoTime::now());
