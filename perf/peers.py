@@ -33,6 +33,10 @@ sets them up, and creates no other namespace except OVS's own one.
     instance's `close`. So an exception anywhere between start() and the caller's close()
     still removes everything: processes, taps, OVS's namespace, temporary directories.
 
+Names: taps are `rsp<PID>t<n>a` / `...b` (created in the root namespace, or OVS's, then
+moved; the PID makes them unique), temporary directories `$TMPDIR/rsp<PID>-vde-*` and
+`rsp<PID>-ovs-*`; OVS's bridge is `rspbr` inside its own namespace.
+
 `logs`: an existing directory; each process's stdout/stderr (and OVS's log files) go there
 as `<tag>.<process>.stdout|stderr|log`. `tag`: a file-name-safe string for those names.
 
@@ -254,14 +258,27 @@ class Started:
     """A running peer. `if_a`: the interface in `ns_a` to send on; `if_b`: the interface in
     `ns_b` whose rx_packets count delivery; `pids`: the processes whose CPU time is the
     switch's; `helper_pids`: other processes it runs (control plane, idle during a run;
-    exclude them when judging whether others disturbed the run); `stop()`: ends and
-    removes everything, any number of times, and returns a note ("" when all went well)."""
+    exclude them when judging whether others disturbed the run); `exited()`: None while
+    all of them run, else a note; `stop()`: ends and removes everything, any number of
+    times (also after a failed start), and returns a note ("" when all went well)."""
 
     def __init__(self, peer, ns_a, ns_b, cpu):
         self.peer, self.ns_a, self.ns_b, self.cpu = peer, ns_a, ns_b, cpu
         self.if_a = self.if_b = None
         self.pids, self.helper_pids = [], []
+        self._procs = []  # (name, Popen) of everything started
         self._undo = []  # (what, fn), undone last-first
+
+    def track(self, name, proc, helper=False):
+        """Records a process start() started: its pid goes to `pids` (or `helper_pids`)."""
+        self._procs.append((name, proc))
+        (self.helper_pids if helper else self.pids).append(proc.pid)
+
+    def exited(self):
+        """None while every process runs, else a note naming the one(s) that exited."""
+        gone = [f"{n} exited with status {p.returncode}" for n, p in self._procs
+                if p.poll() is not None]
+        return "; ".join(gone) or None
 
     def defer(self, what, fn):
         """Registers `fn` (returns None or a note) to undo something `start()` just did."""
@@ -520,7 +537,7 @@ class QemuHub(Peer):
         st.defer("taps", lambda: _delete_links((tap_a, tap_b), (None, st.ns_a, st.ns_b)))
         p, err = _spawn(topo, self.command(tap_a, tap_b), cpu, logs, tag, "qemu")
         st.defer("qemu", lambda: _stop_proc(p, "qemu-system-x86_64"))
-        st.pids = [p.pid]
+        st.track("qemu-system-x86_64", p)
         watch = [(p, err, "qemu-system-x86_64")]
         _wait_for("QEMU's taps appeared",
                   lambda: _link_exists(None, tap_a) and _link_exists(None, tap_b), watch)
@@ -574,7 +591,7 @@ class Vde(Peer):
                    os.path.join(logs, f"{tag}.vde_switch.stdout"), err, stdin_pipe=True)
         topo.procs.append(p)
         st.defer("vde_switch", lambda: self._stop(p))
-        st.pids = [p.pid]
+        st.track("vde_switch", p)
         ctl = os.path.join(sockdir, "ctl", "ctl")
         _wait_for("vde_switch's taps and socket appeared",
                   lambda: (os.path.exists(ctl) and _link_exists(None, tap_a)
@@ -648,7 +665,7 @@ class Ovs(Peer):
         dbs_ctl = os.path.join(d["run"], "ovsdb-server.ctl")
         st.defer("ovsdb-server", lambda: _stop_proc(
             dbs, "ovsdb-server", gentle=lambda: _appctl(dbs_ctl, "exit", env=env)))
-        st.helper_pids = [dbs.pid]
+        st.track("ovsdb-server", dbs, helper=True)
         watch = [(dbs, dbs_err, "ovsdb-server")]
         _wait_for("ovsdb-server's socket appeared", lambda: os.path.exists(sock), watch)
 
@@ -663,7 +680,7 @@ class Ovs(Peer):
                               "ovs-vswitchd")
         st.defer("ovs-vswitchd", lambda: _stop_proc(
             vsd, "ovs-vswitchd", gentle=lambda: _appctl(ctl, "exit", "--cleanup", env=env)))
-        st.pids = [vsd.pid]
+        st.track("ovs-vswitchd", vsd)
         watch.append((vsd, vsd_err, "ovs-vswitchd"))
         _wait_for("ovs-vswitchd's control socket appeared", lambda: os.path.exists(ctl), watch)
 
@@ -865,6 +882,8 @@ def _selftest_one(peer, logs, duration, close_only, log):
                       "--src", mac_a, "--dst", mac_b, timeout=duration + 30)
         time.sleep(0.3)
         rx1, cpu1 = _rx_packets(ns_b, st.if_b), _cpu_seconds(st.pids)
+        if st.exited():
+            raise PeerError(f"during the run: {st.exited()}")
         s = gen["seconds"]
         line = (f"{peer.name}: offered {(gen['sent'] + gen['errors']) / s / 1e6:.3f} Mpps, "
                 f"delivered {(rx1 - rx0) / s / 1e6:.3f} Mpps, CPU {cpu1 - cpu0:.2f} s")

@@ -19,7 +19,7 @@
 //! to 1 ns so the pacing sleeps are short and exact.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -116,8 +116,7 @@ struct Plan {
     count: u64,
     rate: u64,
     batch_len: usize,
-    deadline: MonoTime,
-    start: MonoTime,
+    duration: Option<Duration>,
     stream: u32,
     src: MacAddr,
     cpu: Option<usize>,
@@ -127,6 +126,7 @@ struct Plan {
 struct Sent {
     sent: u64,
     errors: u64,
+    seconds: f64,
 }
 
 /// Errors after which trying the next frame makes sense: the device queue was full.
@@ -143,13 +143,26 @@ fn exact_timers() {
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
 }
 
-fn send_loop(args: &Args, plan: Plan, stop: &AtomicBool) -> Result<Sent> {
-    if let Some(cpu) = plan.cpu {
-        pin_current_thread(cpu)?;
-    }
-    exact_timers();
-    let sock = PacketSocket::bind(&args.iface, Listen::Nothing)?;
-    sock.set_qdisc_bypass()?;
+/// One sending thread. Its clock starts when every thread is set up (`ready`), not when it
+/// was spawned: on a loaded machine a new thread can wait seconds for its first time slice,
+/// and a schedule that began without it would end before it sent anything.
+fn send_loop(args: &Args, plan: Plan, stop: &AtomicBool, ready: &Barrier) -> Result<Sent> {
+    let setup = (|| -> Result<PacketSocket> {
+        if let Some(cpu) = plan.cpu {
+            pin_current_thread(cpu)?;
+        }
+        exact_timers();
+        let sock = PacketSocket::bind(&args.iface, Listen::Nothing)?;
+        sock.set_qdisc_bypass()?;
+        Ok(sock)
+    })();
+    ready.wait();
+    let sock = setup?;
+    let start = MonoTime::now();
+    let deadline = plan
+        .duration
+        .map(|d| start.plus(d))
+        .unwrap_or(MonoTime(u64::MAX));
     let mut batch = TxBatch::new(plan.batch_len, usize::from(args.size));
     for i in 0..plan.batch_len {
         let mut f = Frame::new_checked(batch.frame_mut(i)).expect("size >= probe header");
@@ -168,16 +181,16 @@ fn send_loop(args: &Args, plan: Plan, stop: &AtomicBool) -> Result<Sent> {
     while seq < plan.count && !stop.load(Ordering::Relaxed) {
         let n = (plan.count - seq).min(plan.batch_len as u64) as usize;
         if plan.rate > 0 {
-            let due = plan.start.plus(Duration::from_nanos(
+            let due = start.plus(Duration::from_nanos(
                 (u128::from(seq) * 1_000_000_000 / u128::from(plan.rate)) as u64,
             ));
-            if due >= plan.deadline {
+            if due >= deadline {
                 break;
             }
             sleep_until(due);
         }
         let now = MonoTime::now();
-        if now >= plan.deadline {
+        if now >= deadline {
             break;
         }
         for i in 0..n {
@@ -216,6 +229,7 @@ fn send_loop(args: &Args, plan: Plan, stop: &AtomicBool) -> Result<Sent> {
         }
         seq += n as u64;
     }
+    out.seconds = MonoTime::now().since(start).as_secs_f64();
     Ok(out)
 }
 
@@ -253,11 +267,6 @@ fn main() -> Result<()> {
         None => PacketSocket::bind(&args.iface, Listen::Nothing)?.hw_addr()?,
     };
     let limit = args.count.unwrap_or(u64::MAX);
-    let start = MonoTime::now().plus(Duration::from_millis(1));
-    let deadline = args
-        .duration
-        .map(|d| start.plus(Duration::from_secs_f64(d)))
-        .unwrap_or(MonoTime(u64::MAX));
     let base_stream = (MonoTime::now().nanos() as u32) ^ std::process::id().rotate_left(16);
     let plans: Vec<Plan> = (0..threads)
         .map(|t| {
@@ -273,8 +282,7 @@ fn main() -> Result<()> {
                 count: if limit == u64::MAX { limit } else { share(limit) },
                 rate,
                 batch_len,
-                deadline,
-                start,
+                duration: args.duration.map(Duration::from_secs_f64),
                 stream: base_stream.wrapping_add(t as u32),
                 src,
                 cpu: (!args.cpu.is_empty()).then(|| args.cpu[t as usize % args.cpu.len()]),
@@ -282,12 +290,13 @@ fn main() -> Result<()> {
         })
         .collect();
 
+    let ready = Barrier::new(plans.len());
     let results: Vec<Result<Sent>> = std::thread::scope(|s| {
         let handles: Vec<_> = plans
             .into_iter()
             .map(|p| {
-                let (a, stop) = (&args, &*stop);
-                s.spawn(move || send_loop(a, p, stop))
+                let (a, stop, ready) = (&args, &*stop, &ready);
+                s.spawn(move || send_loop(a, p, stop, ready))
             })
             .collect();
         handles
@@ -295,7 +304,6 @@ fn main() -> Result<()> {
             .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a sender panicked"))))
             .collect()
     });
-    let seconds = MonoTime::now().since(start).as_secs_f64();
     let mut total = Sent::default();
     let mut failure = None;
     for r in results {
@@ -303,10 +311,12 @@ fn main() -> Result<()> {
             Ok(s) => {
                 total.sent += s.sent;
                 total.errors += s.errors;
+                total.seconds = total.seconds.max(s.seconds);
             }
             Err(e) => failure = Some(e),
         }
     }
+    let seconds = total.seconds;
     let report = Report {
         sent: total.sent,
         errors: total.errors,

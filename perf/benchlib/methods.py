@@ -1,0 +1,199 @@
+"""The measurements. Each switch is set up once (`Case`) and every phase of the plan runs on
+it before it is torn down:
+
+- throughput: as fast as the generator can, per frame size: offered and delivered frames/s,
+  loss, Gbit/s, the switch's CPU time per frame;
+- flows: the same at 64 bytes with 1, 1k, 100k source and destination stations (B's
+  stations taught first), to load the MAC table;
+- rfc2544: the highest offered rate with zero loss (binary search over paced trials);
+- latency: paced runs at 10/50/90% of that rate with rs-sink in B: one-way latency
+  percentiles from kernel receive stamps, and loss/reordering/duplicates by sequence number.
+
+Rows are plain dicts; `report` turns them into tables, CSV and plots."""
+
+import os
+import time
+
+from . import switches
+from .system import DISTURBED, BenchError, Topology, log, wait_quiet
+from .traffic import derive, offered, teach, with_sink
+
+
+class Plan:
+    """What to measure on each switch (from the command line)."""
+
+    def __init__(self, **kw):
+        self.sizes = kw.get("sizes", [64])
+        self.duration = kw.get("duration", 3.0)
+        self.repeat = kw.get("repeat", 1)
+        self.flows = kw.get("flows", [])
+        self.rfc_sizes = kw.get("rfc_sizes", [])
+        self.trial = kw.get("trial", 2.0)
+        self.steps = kw.get("steps", 7)
+        self.loss_tolerance = kw.get("loss_tolerance", 0.0)
+        self.loads = kw.get("loads", [])
+        self.latency_size = kw.get("latency_size", 64)
+        self.latency_duration = kw.get("latency_duration", 3.0)
+        self.gen_cpus = kw.get("gen_cpus", [0])
+        self.switch_cpu = kw.get("switch_cpu", 1)
+        self.sink_cpu = kw.get("sink_cpu")
+        self.threads = kw.get("threads", 1)
+        self.wait_idle = kw.get("wait_idle", 120.0)
+        self.retries = kw.get("retries", 2)
+
+
+class Results:
+    def __init__(self):
+        self.throughput, self.flows, self.rfc2544, self.latency = [], [], [], []
+        self.skipped = {}  # switch -> reason
+
+
+def measure_all(kinds, plan, logs):
+    res = Results()
+    for kind in kinds:
+        why = switches.availability(kind)
+        if why:
+            log(f"{kind}: skipped: {why}")
+            res.skipped[kind] = why
+            continue
+        run_case(kind, plan, logs, res)
+    return res
+
+
+def run_case(kind, plan, logs, res):
+    topo = Topology()
+    try:
+        st = switches.start(kind, topo, plan.switch_cpu, logs, kind)
+        teach(st)
+        _throughput(kind, st, plan, res)
+        _flows(kind, st, plan, res)
+        zero_loss = _rfc2544(kind, st, plan, logs, res)
+        _latency(kind, st, plan, logs, res, zero_loss)
+        for p in topo.procs:
+            if p.poll() is not None and p.returncode not in (0, None):
+                log(f"{kind}: a process exited with status {p.returncode} during the runs")
+    except BenchError as e:
+        log(f"{kind}: {e}")
+        res.skipped.setdefault(kind, str(e))
+    finally:
+        topo.close()
+
+
+def _note_for(r, duration, extra=""):
+    notes = [extra] if extra else []
+    if r.get("others_cpu_s", 0) > DISTURBED * duration:
+        notes.append(f"other processes used {r['others_cpu_s']:.2f} CPU-s")
+    if r.get("errors"):
+        d = derive(r, r["size"])
+        notes.append(f"{d['refused_pct']:.1f}% refused at port A (queue full)")
+    return "; ".join(notes)
+
+
+def undisturbed(plan, fn, duration):
+    """Runs `fn()` again (up to plan.retries times) while other work disturbed it."""
+    for attempt in range(plan.retries + 1):
+        busy = wait_quiet(plan.wait_idle)
+        r = fn()
+        r["tries"] = attempt + 1
+        if r["others_cpu_s"] <= DISTURBED * duration and not busy:
+            return r
+        time.sleep(0.5)
+    r["busy"] = busy
+    return r
+
+
+def _row(kind, size, r, plan, duration, **extra):
+    r.update(switch=kind, size=size, **extra)
+    r.update(derive(r, size))
+    r["note"] = _note_for(r, duration, r.pop("busy", ""))
+    return r
+
+
+def _throughput(kind, st, plan, res):
+    for size in plan.sizes:
+        for rep in range(1, plan.repeat + 1):
+            log(f"{kind}: throughput {size} B, {plan.duration:g} s, run {rep}")
+            r = undisturbed(plan, lambda: offered(st, size, plan.duration, plan.gen_cpus,
+                                                  threads=plan.threads), plan.duration)
+            row = _row(kind, size, r, plan, plan.duration, run=rep)
+            res.throughput.append(row)
+            log(f"  offered {row['offered_mpps']:.3f} Mpps, delivered "
+                f"{row['delivered_mpps']:.3f} Mpps")
+
+
+def _flows(kind, st, plan, res):
+    for n in plan.flows:
+        log(f"{kind}: {n} flows, 64 B, {plan.duration:g} s")
+        teach(st, n)
+        r = undisturbed(plan, lambda: offered(st, 64, plan.duration, plan.gen_cpus, flows=n,
+                                              threads=plan.threads), plan.duration)
+        row = _row(kind, 64, r, plan, plan.duration, flows=n)
+        res.flows.append(row)
+        log(f"  delivered {row['delivered_mpps']:.3f} Mpps")
+    if plan.flows:
+        teach(st)
+
+
+def _zero_loss(r, tolerance):
+    tried = r["sent"] + r["errors"]
+    return tried > 0 and (tried - r["delivered"]) <= tolerance / 100 * tried
+
+
+def _rfc2544(kind, st, plan, logs, res):
+    """Per size: the highest rate with zero loss. Returns {size: frames/s}."""
+    found = {}
+    sizes = list(plan.rfc_sizes)
+    if plan.loads and plan.latency_size not in sizes:
+        sizes.append(plan.latency_size)  # latency needs the zero-loss rate at its size
+    for size in sizes:
+        log(f"{kind}: RFC 2544 zero-loss search, {size} B, {plan.trial:g} s trials")
+        wait_quiet(plan.wait_idle)
+        top = offered(st, size, plan.trial, plan.gen_cpus, threads=plan.threads)
+        ceiling = (top["sent"] + top["errors"]) / top["seconds"]
+        trials = [(ceiling, top)]
+        if _zero_loss(top, plan.loss_tolerance):
+            best, best_r, limited = ceiling, top, True
+        else:
+            lo, hi, best, best_r, limited = 0.0, ceiling, 0.0, None, False
+            for _ in range(plan.steps):
+                mid = (lo + hi) / 2
+                r = offered(st, size, plan.trial, plan.gen_cpus, rate=mid, threads=plan.threads)
+                trials.append((mid, r))
+                if _zero_loss(r, plan.loss_tolerance):
+                    lo, best, best_r = mid, mid, r
+                else:
+                    hi = mid
+                if hi - lo < 0.02 * ceiling:
+                    break
+        row = {"switch": kind, "size": size, "zero_loss_pps": best, "ceiling_pps": ceiling,
+               "trials": len(trials), "generator_limited": limited,
+               "cpu_pct": (best_r["cpu_s"] / best_r["seconds"] * 100
+                           if best_r and best_r["cpu_s"] is not None else None),
+               "note": "no loss even at the generator's top rate" if limited else ""}
+        log(f"  zero loss up to {best / 1e6:.3f} Mpps ({len(trials)} trials)")
+        if size in plan.rfc_sizes:
+            res.rfc2544.append(row)
+        found[size] = best
+    return found
+
+
+def _latency(kind, st, plan, logs, res, zero_loss):
+    size = plan.latency_size
+    base = zero_loss.get(size, 0)
+    for load in plan.loads:
+        rate = base * load / 100
+        if rate < 1000:
+            log(f"{kind}: no zero-loss rate at {size} B; latency at {load}% skipped")
+            continue
+        log(f"{kind}: latency at {load}% of {base / 1e6:.3f} Mpps ({rate / 1e6:.3f} Mpps)")
+        hist = os.path.join(logs, f"{kind}-latency-{load}.csv")
+        r = with_sink(st, size, plan.latency_duration, plan.gen_cpus, plan.sink_cpu, rate, hist)
+        s = r.pop("sink")
+        row = _row(kind, size, r, plan, plan.latency_duration, load_pct=load, rate_pps=rate,
+                   hist=hist, received=s["received"], lost=s["lost"],
+                   reordered=s["reordered"], duplicates=s["duplicates"],
+                   sink_drops=s["kernel_drops"], kernel_stamps=s["kernel_stamps"],
+                   **{f"lat_{k}_us": v for k, v in s["latency_us"].items()})
+        res.latency.append(row)
+        log(f"  p50 {row['lat_p50_us']:.1f} µs, p99 {row['lat_p99_us']:.1f} µs, "
+            f"max {row['lat_max_us']:.1f} µs, lost {row['lost']}")

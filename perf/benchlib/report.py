@@ -1,0 +1,205 @@
+"""Results as Markdown tables (one per phase, plus the headline ratios ringswitch/peer), CSV
+files with every number, and PNG plots drawn by perf/plot.py in a venv with matplotlib
+(installed on first use; a missing plotting stack is reported, never fatal)."""
+
+import csv
+import os
+import subprocess
+
+from . import switches
+from .system import ROOT, log
+
+VENV = os.path.join(ROOT, ".venv")
+VENV_PY = os.path.join(VENV, "bin", "python")
+MATPLOTLIB = "matplotlib==3.10.8"
+
+
+def _f(v, fmt="{:.3f}"):
+    return "—" if v is None else fmt.format(v)
+
+
+def _table(header, rows):
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for cells in rows:
+        out.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
+    return "\n".join(out)
+
+
+def _cpu_cells(r):
+    if r["switch"] in switches.KERNEL:
+        return "kernel", "—", "—"
+    if r.get("cpu_s") is None:
+        return "—", "—", "—"
+    return (f"{r['cpu_s']:.2f} ({r['cpu_pct']:.0f}%)", _f(r.get("mframes_per_cpu_s")),
+            _f(r.get("ns_per_frame"), "{:.0f}"))
+
+
+def throughput_table(rows):
+    header = ["switch", "frame (B)", "run", "offered Mpps", "delivered Mpps", "loss %",
+              "Gbit/s", "switch CPU s (% core)", "M frames / CPU-s", "CPU ns / frame", "note"]
+    cells = []
+    for r in rows:
+        cpu, per, ns = _cpu_cells(r)
+        cells.append([switches.label(r["switch"]), r["size"], r.get("run", 1),
+                      _f(r.get("offered_mpps")), _f(r.get("delivered_mpps")),
+                      _f(r.get("loss_pct"), "{:.1f}"), _f(r.get("gbit_s"), "{:.2f}"), cpu, per,
+                      ns, r.get("note", "")])
+    return _table(header, cells)
+
+
+def flows_table(rows):
+    header = ["switch", "flows", "offered Mpps", "delivered Mpps", "loss %", "switch CPU %",
+              "M frames / CPU-s", "note"]
+    cells = []
+    for r in rows:
+        cpu, per, _ = _cpu_cells(r)
+        cells.append([switches.label(r["switch"]), r["flows"], _f(r.get("offered_mpps")),
+                      _f(r.get("delivered_mpps")), _f(r.get("loss_pct"), "{:.1f}"),
+                      _f(r.get("cpu_pct"), "{:.0f}") if r.get("cpu_s") is not None else cpu,
+                      per, r.get("note", "")])
+    return _table(header, cells)
+
+
+def rfc2544_table(rows):
+    header = ["switch", "frame (B)", "zero-loss Mpps", "Gbit/s", "generator top Mpps",
+              "trials", "switch CPU % at that rate", "note"]
+    cells = [[switches.label(r["switch"]), r["size"], _f(r["zero_loss_pps"] / 1e6),
+              _f(r["zero_loss_pps"] * (r["size"] - 4) * 8 / 1e9, "{:.2f}"),
+              _f(r["ceiling_pps"] / 1e6), r["trials"], _f(r.get("cpu_pct"), "{:.0f}"),
+              r.get("note", "")] for r in rows]
+    return _table(header, cells)
+
+
+def latency_table(rows):
+    header = ["switch", "load", "rate Mpps", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs",
+              "max µs", "lost", "reordered", "duplicates", "note"]
+    cells = []
+    for r in rows:
+        note = r.get("note", "")
+        if not r.get("kernel_stamps", True):
+            note = "; ".join(n for n in (note, "receive-call times") if n)
+        if r.get("sink_drops"):
+            note = "; ".join(n for n in (note, f"sink socket dropped {r['sink_drops']}") if n)
+        cells.append([switches.label(r["switch"]), f"{r['load_pct']}%",
+                      _f(r["rate_pps"] / 1e6), _f(r["lat_p50_us"], "{:.1f}"),
+                      _f(r["lat_p90_us"], "{:.1f}"), _f(r["lat_p99_us"], "{:.1f}"),
+                      _f(r["lat_p99_9_us"], "{:.1f}"), _f(r["lat_max_us"], "{:.0f}"),
+                      r["lost"], r["reordered"], r["duplicates"], note])
+    return _table(header, cells)
+
+
+def _best(rows, kind, size, key):
+    vals = [r[key] for r in rows if r["switch"] == kind and r["size"] == size
+            and r.get(key) is not None]
+    return max(vals) if vals else None
+
+
+def headline(res):
+    """ringswitch / peer for each size measured: delivered frames/s, frames per CPU-s, and
+    the zero-loss rate where it was searched."""
+    rows = res.throughput
+    peers = [k for k in dict.fromkeys(r["switch"] for r in rows) if k != "ringswitch"]
+    sizes = sorted({r["size"] for r in rows})
+    cells = []
+    for size in sizes:
+        mine = _best(rows, "ringswitch", size, "delivered_mpps")
+        mine_cpu = _best(rows, "ringswitch", size, "mframes_per_cpu_s")
+        mine_zl = next((r["zero_loss_pps"] for r in res.rfc2544
+                        if r["switch"] == "ringswitch" and r["size"] == size), None)
+        for p in peers:
+            theirs = _best(rows, p, size, "delivered_mpps")
+            theirs_cpu = _best(rows, p, size, "mframes_per_cpu_s")
+            theirs_zl = next((r["zero_loss_pps"] for r in res.rfc2544
+                              if r["switch"] == p and r["size"] == size), None)
+            ratio = lambda a, b: f"{a / b:.2f}×" if a and b else "—"  # noqa: E731
+            cells.append([size, switches.label(p), ratio(mine, theirs),
+                          ratio(mine_cpu, theirs_cpu), ratio(mine_zl, theirs_zl)])
+    return _table(["frame (B)", "peer", "delivered frames/s", "frames per CPU-s",
+                   "zero-loss rate"], cells)
+
+
+CSV_KEYS = {
+    "throughput": ["switch", "size", "run", "seconds", "sent", "errors", "delivered", "cpu_s",
+                   "others_cpu_s", "tries", "offered_mpps", "delivered_mpps", "loss_pct",
+                   "refused_pct", "cpu_pct", "mframes_per_cpu_s", "ns_per_frame", "gbit_s",
+                   "note"],
+    "flows": ["switch", "size", "flows", "seconds", "sent", "errors", "delivered", "cpu_s",
+              "others_cpu_s", "offered_mpps", "delivered_mpps", "loss_pct", "cpu_pct",
+              "mframes_per_cpu_s", "note"],
+    "rfc2544": ["switch", "size", "zero_loss_pps", "ceiling_pps", "trials", "generator_limited",
+                "cpu_pct", "note"],
+    "latency": ["switch", "size", "load_pct", "rate_pps", "seconds", "sent", "delivered",
+                "received", "lost", "reordered", "duplicates", "sink_drops", "kernel_stamps",
+                "lat_min_us", "lat_mean_us", "lat_p50_us", "lat_p90_us", "lat_p99_us",
+                "lat_p99_9_us", "lat_max_us", "cpu_s", "hist", "note"],
+}
+
+
+def write_csvs(out, res):
+    written = []
+    for name, keys in CSV_KEYS.items():
+        rows = getattr(res, name)
+        if not rows:
+            continue
+        path = os.path.join(out, f"{name}.csv")
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["label", *keys], extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow({"label": switches.label(r["switch"]), **r})
+        written.append(path)
+    return written
+
+
+def markdown(res, title, summary, legend):
+    parts = [f"## {title}", "", summary, ""]
+    if res.throughput:
+        parts += ["### Headline: ringswitch / peer", "", headline(res), "",
+                  "### Throughput per frame size", "", throughput_table(res.throughput), ""]
+    if res.flows:
+        parts += ["### Many flows (64 B; source and destination stations)", "",
+                  flows_table(res.flows), ""]
+    if res.rfc2544:
+        parts += ["### RFC 2544 zero-loss rate", "", rfc2544_table(res.rfc2544), ""]
+    if res.latency:
+        parts += ["### Latency (one-way, kernel receive stamps) at a share of the zero-loss "
+                  "rate", "", latency_table(res.latency), ""]
+    if res.skipped:
+        parts += ["### Not measured", ""]
+        parts += [f"- {switches.label(k) if k in switches.ALL else k}: {why}"
+                  for k, why in res.skipped.items()]
+        parts.append("")
+    parts += [legend, ""]
+    return "\n".join(parts)
+
+
+def ensure_matplotlib():
+    """The venv's python with matplotlib, installing it on first use; None if impossible."""
+    def ok():
+        return os.path.exists(VENV_PY) and subprocess.run(
+            [VENV_PY, "-c", "import matplotlib"], capture_output=True, timeout=60).returncode == 0
+    if ok():
+        return VENV_PY
+    log(f"installing {MATPLOTLIB} into {VENV} for the plots ...")
+    try:
+        if not os.path.exists(VENV_PY):
+            subprocess.run(["python3", "-m", "venv", VENV], check=True, capture_output=True,
+                           timeout=300)
+        subprocess.run([os.path.join(VENV, "bin", "pip"), "install", "-q", MATPLOTLIB],
+                       check=True, capture_output=True, timeout=600, stdin=subprocess.DEVNULL)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
+        log(f"plots skipped: could not install matplotlib ({e})")
+        return None
+    return VENV_PY if ok() else None
+
+
+def plots(out):
+    py = ensure_matplotlib()
+    if not py:
+        return []
+    script = os.path.join(ROOT, "perf", "plot.py")
+    p = subprocess.run([py, script, out], capture_output=True, text=True, timeout=300)
+    if p.returncode != 0:
+        log(f"plots failed: {p.stderr.strip()[-500:]}")
+        return []
+    return [line for line in p.stdout.splitlines() if line.endswith(".png")]

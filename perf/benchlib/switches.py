@@ -1,0 +1,125 @@
+"""The switches perf/bench measures, each set up between two namespaces A and B: the
+generator sends on `if_a` in A, delivery is counted on `if_b` in B, and the switch's CPU
+time is that of `pids`. ringswitch and the two reference forwarders (rs-rwfwd: one blocking
+read()+write() per frame, the floor; rs-urfwd: a hand-written io_uring read->write loop,
+what a careful C programmer gets) run on taps; the Linux bridge and the direct veth pair
+(the generator's own ceiling) on veths; QEMU's hub, vde_switch and Open vSwitch come from
+perf/peers.py and are installed from Debian when missing.
+
+    start(kind, topo, cpu, logs, tag) -> Started
+
+Everything it creates is registered with `topo`, so `topo.close()` removes it even after
+an error."""
+
+import os
+import sys
+
+from .system import BenchError, PREFIX, RELEASE, log, mac_of, run, wait_ready
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import peers  # noqa: E402  (perf/peers.py)
+
+BUILTIN = ["ringswitch", "bridge", "rwfwd", "urfwd", "direct"]
+PEER_NAMES = list(peers.PEERS)
+ALL = ["ringswitch", "bridge", *PEER_NAMES, "urfwd", "rwfwd", "direct"]
+# Switches whose process does the forwarding (a CPU column); the bridge and the direct
+# pair forward in the kernel on the generator's core.
+KERNEL = {"bridge", "direct"}
+
+LABELS = {
+    "ringswitch": "ringswitch (tap)",
+    "bridge": "Linux bridge (veth)",
+    "rwfwd": "rs-rwfwd read()/write() forwarder (tap)",
+    "urfwd": "rs-urfwd hand-written io_uring forwarder (tap)",
+    "direct": "no switch: direct veth (generator ceiling)",
+}
+BINARIES = {"ringswitch": "ringswitch", "rwfwd": "rs-rwfwd", "urfwd": "rs-urfwd"}
+
+
+def label(kind):
+    if kind in peers.PEERS:
+        return peers.PEERS[kind].label
+    return LABELS[kind]
+
+
+class Started:
+    """Where to send (ns_a/if_a), where to count (ns_b/if_b), whose CPU (pids)."""
+
+    def __init__(self, ns_a, if_a, ns_b, if_b, pids, stats_json=None):
+        self.ns_a, self.if_a, self.ns_b, self.if_b = ns_a, if_a, ns_b, if_b
+        self.pids = pids
+        self.stats_json = stats_json
+        self.mac_a = mac_of(ns_a, if_a)
+        self.mac_b = mac_of(ns_b, if_b)
+
+
+def availability(kind):
+    """None if `kind` can run here, else the reason (one line); installs peers."""
+    if kind in peers.PEERS:
+        return peers.PEERS[kind].ensure_installed(log)
+    exe = BINARIES.get(kind)
+    if exe and not os.access(os.path.join(RELEASE, exe), os.X_OK):
+        return f"{os.path.join(RELEASE, exe)} is missing (build failed?)"
+    return None
+
+
+def start(kind, topo, cpu, logs, tag):
+    ns_a, ns_b = topo.netns("a"), topo.netns("b")
+    if kind in peers.PEERS:
+        try:
+            st = peers.PEERS[kind].start(topo, ns_a, ns_b, cpu, logs, tag)
+        except peers.PeerError as e:
+            raise BenchError(str(e)) from None
+        return Started(ns_a, st.if_a, ns_b, st.if_b, list(st.pids))
+    if kind in BINARIES:
+        return _tap_switch(kind, topo, ns_a, ns_b, cpu, logs, tag)
+    if kind == "bridge":
+        return _bridge(topo, ns_a, ns_b)
+    if kind == "direct":
+        return _direct(ns_a, ns_b)
+    raise BenchError(f"unknown switch '{kind}'")
+
+
+def _tap_switch(kind, topo, ns_a, ns_b, cpu, logs, tag):
+    """Starts a tap-based switch of ours on two new taps, moves them into A and B."""
+    tap_a, tap_b = f"{PREFIX}ta", f"{PREFIX}tb"
+    exe = os.path.join(RELEASE, BINARIES[kind])
+    stats = None
+    if kind == "ringswitch":
+        stats = os.path.join(logs, f"{tag}.stats.json")
+        cmd = [exe, "-netdev", f"tap,id=a,ifname={tap_a}", "-netdev", f"tap,id=b,ifname={tap_b}",
+               "--worker-cpu", str(cpu), "--stats-json", stats]
+        marker = "ringswitch: ready"
+    else:
+        cmd = [exe, tap_a, tap_b, "--cpu", str(cpu)]
+        marker = f"{BINARIES[kind]}: ready"
+    err = os.path.join(logs, f"{tag}.stderr")
+    proc = topo.spawn(cmd, cpu, os.path.join(logs, f"{tag}.stdout"), err)
+    wait_ready(proc, err, marker)
+    for tap, ns in ((tap_a, ns_a), (tap_b, ns_b)):
+        run(["ip", "link", "set", tap, "netns", ns])
+        run(["ip", "-n", ns, "link", "set", tap, "up"])
+    return Started(ns_a, tap_a, ns_b, tap_b, [proc.pid], stats)
+
+
+def _bridge(topo, ns_a, ns_b):
+    ns_br = topo.netns("br")
+    for ns, v, p in ((ns_a, "va", "pa"), (ns_b, "vb", "pb")):
+        run(["ip", "-n", ns, "link", "add", v, "type", "veth", "peer", "name", p,
+             "netns", ns_br])
+    run(["ip", "-n", ns_br, "link", "add", "br0", "type", "bridge", "stp_state", "0"])
+    for port in ("pa", "pb"):
+        run(["ip", "-n", ns_br, "link", "set", port, "master", "br0"])
+        run(["ip", "-n", ns_br, "link", "set", port, "up"])
+    run(["ip", "-n", ns_br, "link", "set", "br0", "up"])
+    run(["ip", "-n", ns_a, "link", "set", "va", "up"])
+    run(["ip", "-n", ns_b, "link", "set", "vb", "up"])
+    return Started(ns_a, "va", ns_b, "vb", [])
+
+
+def _direct(ns_a, ns_b):
+    run(["ip", "-n", ns_a, "link", "add", "va", "type", "veth", "peer", "name", "vb",
+         "netns", ns_b])
+    run(["ip", "-n", ns_a, "link", "set", "va", "up"])
+    run(["ip", "-n", ns_b, "link", "set", "vb", "up"])
+    return Started(ns_a, "va", ns_b, "vb", [])

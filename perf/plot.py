@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""perf/plot.py RESULTS_DIR: draws the PNG plots of a perf/bench run from its CSV files
+(needs matplotlib; perf/bench runs it with the venv's python):
+
+- throughput.png: delivered Mpps and Gbit/s against frame size, one line per switch;
+- cpu-per-frame.png: frames forwarded per CPU-second of the switch, per frame size;
+- latency-cdf.png: one-way latency distribution (CDF, log scale) per switch, one panel per
+  load level, from rs-sink's HDR histograms.
+
+Prints the path of every file written."""
+
+import csv
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read(path):
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def by_switch(rows):
+    out = {}
+    for r in rows:
+        out.setdefault(r["label"], []).append(r)
+    return out
+
+
+def best_per_size(rows, key):
+    """{size: best value of key over the repeats}."""
+    out = {}
+    for r in rows:
+        v = num(r.get(key))
+        if v is None:
+            continue
+        size = int(r["size"])
+        out[size] = max(out.get(size, v), v)
+    return dict(sorted(out.items()))
+
+
+def style(label):
+    return {"linewidth": 2.6, "zorder": 3} if label.startswith("ringswitch") else {"linewidth": 1.4}
+
+
+def throughput(out, rows):
+    if not rows:
+        return None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    for label, rs in by_switch(rows).items():
+        mpps = best_per_size(rs, "delivered_mpps")
+        gbit = best_per_size(rs, "gbit_s")
+        ax1.plot(list(mpps), list(mpps.values()), marker="o", label=label, **style(label))
+        ax2.plot(list(gbit), list(gbit.values()), marker="o", label=label, **style(label))
+    ax1.set(xlabel="frame size (bytes, with FCS)", ylabel="delivered Mpps",
+            title="Frames per second")
+    ax2.set(xlabel="frame size (bytes, with FCS)", ylabel="Gbit/s (without FCS)",
+            title="Bit rate")
+    for ax in (ax1, ax2):
+        ax.grid(True, alpha=0.3)
+        ax.set_ylim(bottom=0)
+    ax1.legend(fontsize=8)
+    fig.suptitle("Port A -> switch -> port B, as fast as the generator can")
+    fig.tight_layout()
+    path = os.path.join(out, "throughput.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def cpu_per_frame(out, rows):
+    rows = [r for r in rows if num(r.get("mframes_per_cpu_s"))]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for label, rs in by_switch(rows).items():
+        per = best_per_size(rs, "mframes_per_cpu_s")
+        ax.plot(list(per), list(per.values()), marker="o", label=label, **style(label))
+    ax.set(xlabel="frame size (bytes, with FCS)", ylabel="M frames per CPU-second",
+           title="Forwarding work per frame (switch core)")
+    ax.grid(True, alpha=0.3)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(out, "cpu-per-frame.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def latency_cdf(out, rows):
+    rows = [r for r in rows if r.get("hist") and os.path.exists(r["hist"])]
+    if not rows:
+        return None
+    loads = sorted({int(float(r["load_pct"])) for r in rows})
+    fig, axes = plt.subplots(1, len(loads), figsize=(6 * len(loads), 5), squeeze=False)
+    for ax, load in zip(axes[0], loads):
+        for r in rows:
+            if int(float(r["load_pct"])) != load:
+                continue
+            pts = [(num(p["latency_us"]), num(p["percentile"])) for p in read(r["hist"])]
+            pts = [(x, y) for x, y in pts if x and y is not None]
+            if pts:
+                label = r["label"]
+                ax.plot([x for x, _ in pts], [y for _, y in pts], label=label, **style(label))
+        ax.set_xscale("log")
+        ax.set(xlabel="one-way latency (µs, log)", ylabel="percentile",
+               title=f"{load}% of each switch's zero-loss rate")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Latency CDF (kernel receive stamp minus send stamp)")
+    fig.tight_layout()
+    path = os.path.join(out, "latency-cdf.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit("usage: perf/plot.py RESULTS_DIR")
+    out = sys.argv[1]
+    tput = read(os.path.join(out, "throughput.csv"))
+    lat = read(os.path.join(out, "latency.csv"))
+    for path in (throughput(out, tput), cpu_per_frame(out, tput), latency_cdf(out, lat)):
+        if path:
+            print(path)
+
+
+if __name__ == "__main__":
+    main()
