@@ -42,9 +42,13 @@ class Plan:
         self.retries = kw.get("retries", 2)
 
 
+    def tap_phases(self):
+        return bool(self.sizes or self.flows or self.rfc_sizes or self.loads)
+
+
 class Results:
     def __init__(self):
-        self.throughput, self.flows, self.rfc2544, self.latency = [], [], [], []
+        self.throughput, self.flows, self.rfc2544, self.latency, self.udp = [], [], [], [], []
         self.skipped = {}  # switch -> reason
 
 

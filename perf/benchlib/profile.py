@@ -92,7 +92,7 @@ def _stat_table(text, frames):
 
 def _hot_symbols(data):
     p = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort",
-                        "dso,sym", "--percent-limit", "1.5", "-g", "none"],
+                        "dso,sym", "--percent-limit", "0", "-g", "none"],
                        capture_output=True, text=True, timeout=300)
     rows, kernel, user = [], 0.0, 0.0
     for line in p.stdout.splitlines():
@@ -100,7 +100,9 @@ def _hot_symbols(data):
         if not m:
             continue
         pct, dso, where, sym = float(m.group(1)), m.group(2), m.group(3), m.group(4).strip()
-        rows.append(f"| {pct:.1f}% | {'kernel' if where == 'k' else 'user'} | {dso} | `{sym}` |")
+        if pct >= 1.5:
+            rows.append(f"| {pct:.1f}% | {'kernel' if where == 'k' else 'user'} | {dso} | "
+                        f"`{sym}` |")
         if where == "k":
             kernel += pct
         else:
@@ -151,7 +153,7 @@ def profile(args, out):
         f"perf stat window: {stat_frames:,} frames delivered ({stat_frames / secs / 1e6:.3f} Mpps).",
         "", _stat_table(stat_err, stat_frames), "",
         f"perf record window: {rec_frames:,} frames; samples {kernel:.0f}% kernel, "
-        f"{user:.0f}% userspace (symbols over 1.5%):", "", hot, "",
+        f"{user:.0f}% userspace; the symbols over 1.5%:", "", hot, "",
         f"Flame graph: {flame}" if flame else "Flame graph: not drawn (no inferno)", ""])
     with open(os.path.join(out, "profile.md"), "w") as f:
         f.write(text)

@@ -88,6 +88,31 @@ def latency_table(rows):
     return _table(header, cells)
 
 
+def udp_label(kind):
+    name = "ringswitch" if kind == "ringswitch" else switches.label(kind).replace(" (tap)", "")
+    return f"{name} (UDP socket ports)"
+
+
+def udp_table(rows):
+    header = ["switch", "frame (B)", "run", "offered Mpps", "delivered Mpps",
+              "switch CPU %", "M frames / CPU-s", "note"]
+    cells = [[udp_label(r["switch"]), r["size"], r.get("run", 1),
+              _f(r.get("offered_mpps")), _f(r.get("delivered_mpps")),
+              _f(r.get("cpu_pct"), "{:.0f}"), _f(r.get("mframes_per_cpu_s")), r.get("note", "")]
+             for r in rows]
+    text = _table(header, cells)
+    for size in sorted({r["size"] for r in rows}):
+        mine = [r["delivered_mpps"] for r in rows
+                if r["switch"] == "ringswitch" and r["size"] == size and "delivered_mpps" in r]
+        theirs = [r["delivered_mpps"] for r in rows
+                  if r["switch"] == "qemu-hub" and r["size"] == size and "delivered_mpps" in r]
+        if mine and theirs:
+            text += (f"\n\n{size} B: ringswitch delivers {min(mine) / max(theirs):.2f}–"
+                     f"{max(mine) / min(theirs):.2f}× QEMU's hub (worst and best pairing of "
+                     f"{len(mine)} runs each).")
+    return text
+
+
 def _best(rows, kind, size, key):
     vals = [r[key] for r in rows if r["switch"] == kind and r["size"] == size
             and r.get(key) is not None]
@@ -132,6 +157,8 @@ CSV_KEYS = {
                 "received", "lost", "reordered", "duplicates", "sink_drops", "kernel_stamps",
                 "lat_min_us", "lat_mean_us", "lat_p50_us", "lat_p90_us", "lat_p99_us",
                 "lat_p99_9_us", "lat_max_us", "cpu_s", "hist", "note"],
+    "udp": ["switch", "size", "run", "seconds", "sent", "delivered", "cpu_s", "offered_mpps",
+            "delivered_mpps", "cpu_pct", "mframes_per_cpu_s", "note"],
 }
 
 
@@ -146,7 +173,8 @@ def write_csvs(out, res):
             w = csv.DictWriter(f, fieldnames=["label", *keys], extrasaction="ignore")
             w.writeheader()
             for r in rows:
-                w.writerow({"label": switches.label(r["switch"]), **r})
+                label = udp_label(r["switch"]) if name == "udp" else switches.label(r["switch"])
+                w.writerow({"label": label, **r})
         written.append(path)
     return written
 
@@ -164,6 +192,9 @@ def markdown(res, title, summary, legend):
     if res.latency:
         parts += ["### Latency (one-way, kernel receive stamps) at a share of the zero-loss "
                   "rate", "", latency_table(res.latency), ""]
+    if res.udp:
+        parts += ["### UDP socket ports (one frame per datagram, loopback)", "",
+                  udp_table(res.udp), ""]
     if res.skipped:
         parts += ["### Not measured", ""]
         parts += [f"- {switches.label(k) if k in switches.ALL else k}: {why}"
