@@ -213,7 +213,9 @@ impl Worker {
         let entries = ((cfg.max_ports as u32) * (cfg.rx_depth + cfg.tx_depth as u32) + 16)
             .next_power_of_two()
             .clamp(256, 4096);
-        let ring = Ring::new(entries, pool, 2 * cfg.max_ports as u32).map_err(WorkerError::Ring)?;
+        // Ports do not receive with multishot yet: no probe.
+        let ring =
+            Ring::new(entries, pool, 2 * cfg.max_ports as u32, false).map_err(WorkerError::Ring)?;
         let counters = Arc::new(WorkerCounters::default());
         Ok(Worker {
             ring,
