@@ -32,9 +32,15 @@ struct Raw {
     #[arg(long, value_name = "BYTES", default_value_t = 1522, value_parser = clap::value_parser!(u32).range(60..=65535))]
     max_frame_size: u32,
 
-    /// Reads kept in flight per port.
+    /// Reads kept in flight per port; on datagram socket ports receiving with multishot, the
+    /// buffers in the port's provided-buffer ring.
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
     rx_depth: u32,
+
+    /// Receive on datagram socket ports with reads, as on taps, even where the kernel supports
+    /// one multishot receive over a provided-buffer ring per port.
+    #[arg(long)]
+    no_rx_multishot: bool,
 
     /// On exit, also write the final counters as JSON to this file.
     #[arg(long, value_name = "PATH")]
@@ -140,6 +146,7 @@ pub struct Args {
     pub mac_table_size: usize,
     pub max_frame_size: usize,
     pub rx_depth: u32,
+    pub rx_multishot: bool,
     pub stats_json: Option<PathBuf>,
     pub allow_scripts: bool,
     pub qmp: Vec<QmpAddr>,
@@ -230,6 +237,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, CliExit> 
         mac_table_size: raw.mac_table_size as usize,
         max_frame_size: raw.max_frame_size as usize,
         rx_depth: raw.rx_depth,
+        rx_multishot: !raw.no_rx_multishot,
         stats_json: raw.stats_json,
         allow_scripts: raw.allow_scripts,
         qmp,
@@ -275,6 +283,16 @@ mod tests {
         assert_eq!(ids, ["a", "b", "c"]);
         assert_eq!(a.mac_ageing, 300);
         assert_eq!(a.max_frame_size, 1522);
+    }
+
+    #[test]
+    fn multishot_receive_is_asked_for_unless_declined() {
+        assert!(p(&["-netdev", "tap,id=a"]).unwrap().rx_multishot);
+        assert!(
+            !p(&["-netdev", "tap,id=a", "--no-rx-multishot"])
+                .unwrap()
+                .rx_multishot
+        );
     }
 
     #[test]
