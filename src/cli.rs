@@ -42,6 +42,11 @@ struct Raw {
     #[arg(long)]
     no_rx_multishot: bool,
 
+    /// Under load, wait up to this many microseconds for a batch of completions before
+    /// handling them (kernel 6.12+); 0 handles each wake-up's completions at once.
+    #[arg(long, value_name = "USECS", default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    rx_coalesce_us: u32,
+
     /// On exit, also write the final counters as JSON to this file.
     #[arg(long, value_name = "PATH")]
     stats_json: Option<PathBuf>,
@@ -147,6 +152,7 @@ pub struct Args {
     pub max_frame_size: usize,
     pub rx_depth: u32,
     pub rx_multishot: bool,
+    pub rx_coalesce_us: u32,
     pub stats_json: Option<PathBuf>,
     pub allow_scripts: bool,
     pub qmp: Vec<QmpAddr>,
@@ -238,6 +244,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, CliExit> 
         max_frame_size: raw.max_frame_size as usize,
         rx_depth: raw.rx_depth,
         rx_multishot: !raw.no_rx_multishot,
+        rx_coalesce_us: raw.rx_coalesce_us,
         stats_json: raw.stats_json,
         allow_scripts: raw.allow_scripts,
         qmp,
@@ -293,6 +300,14 @@ mod tests {
                 .unwrap()
                 .rx_multishot
         );
+    }
+
+    #[test]
+    fn coalescing_wait_defaults_to_50_us_and_0_turns_it_off() {
+        assert_eq!(p(&["-netdev", "tap,id=a"]).unwrap().rx_coalesce_us, 50);
+        let a = p(&["-netdev", "tap,id=a", "--rx-coalesce-us", "0"]).unwrap();
+        assert_eq!(a.rx_coalesce_us, 0);
+        assert!(p(&["-netdev", "tap,id=a", "--rx-coalesce-us", "20000"]).is_err());
     }
 
     #[test]

@@ -58,6 +58,7 @@ fn run(args: cli::Args) -> anyhow::Result<()> {
         mac_ageing: args.mac_ageing,
         rx_depth: args.rx_depth,
         rx_multishot: args.rx_multishot,
+        rx_coalesce: std::time::Duration::from_micros(args.rx_coalesce_us.into()),
         max_ports: args.max_ports,
         cpu: args.worker_cpu,
         ..WorkerConfig::default()
@@ -84,7 +85,7 @@ fn run(args: cli::Args) -> anyhow::Result<()> {
     }
     if failure.is_none() {
         eprintln!(
-            "ringswitch: {} port(s); io_uring: defer_taskrun={} registered buffers={} files={} socket rx={}; huge pages={}",
+            "ringswitch: {} port(s); io_uring: defer_taskrun={} registered buffers={} files={} socket rx={} batch wait={}; huge pages={}",
             ctl.ports().len(),
             handle.features.defer_taskrun,
             handle.features.registered_buffers,
@@ -96,6 +97,7 @@ fn run(args: cli::Args) -> anyhow::Result<()> {
             } else {
                 "reads (--no-rx-multishot)"
             },
+            handle.features.batch_wait,
             handle.huge_pages
         );
         for l in server.listeners() {

@@ -14,6 +14,7 @@ use crate::pool::BufferPool;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
 
 /// What the kernel accepted at set-up.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -24,6 +25,9 @@ pub struct RingFeatures {
     /// Socket ports receive with one multishot recv over a provided-buffer ring (kernel 6.0+)
     /// instead of keeping a read in flight per buffer.
     pub recv_multishot: bool,
+    /// A wait can ask for a batch of completions with a bound on how long it waits for the
+    /// batch beyond the first one (IORING_FEAT_MIN_TIMEOUT, kernel 6.12+).
+    pub batch_wait: bool,
 }
 
 /// A completion: the tag given at submission, the kernel's result and its `IORING_CQE_F_*`
@@ -120,6 +124,7 @@ impl Ring {
             me.file_slots = file_slots;
         }
         me.features.recv_multishot = multishot && me.probe_recv_multishot();
+        me.features.batch_wait = me.ring.params().is_feature_min_timeout();
         Ok(me)
     }
 
@@ -494,6 +499,27 @@ impl Ring {
         };
         let e = opcode::AsyncCancel2::new(builder.all()).build();
         self.push(&e.user_data(user_data))
+    }
+
+    /// Submits everything queued and waits until `want` completions are ready, or `min_wait`
+    /// has passed since the wait began and at least one is (or, with none, until the first
+    /// one: an idle ring sleeps, and wakes at once for the first completion). Without the
+    /// kernel feature it waits for one completion.
+    pub fn submit_and_wait_batch(&mut self, want: usize, min_wait: Duration) -> io::Result<usize> {
+        if !self.features.batch_wait || want <= 1 || min_wait.is_zero() {
+            return self.submit_and_wait(1);
+        }
+        // The overall timeout only makes the kernel keep waiting for a first completion once
+        // `min_wait` is over (without one, `min_wait` would end the wait); it ends a wait
+        // that saw nothing at all after a second, which costs one extra loop.
+        let ts = types::Timespec::new().sec(1);
+        let args = types::SubmitArgs::new()
+            .min_wait_usec(min_wait.as_micros().min(u32::MAX as u128) as u32)
+            .timespec(&ts);
+        match self.ring.submitter().submit_with_args(want, &args) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR)) => Ok(0),
+            r => r,
+        }
     }
 
     /// Submits everything queued and waits until at least `want` completions are ready.

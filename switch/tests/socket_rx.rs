@@ -2,6 +2,7 @@
 //! provided-buffer ring per port and with the fallback of reads: every datagram is
 //! forwarded, a ring that runs dry is refilled and re-armed, oversize and empty datagrams are
 //! counted, and a port removed under traffic gives back every buffer and its descriptor.
+//! Also the coalescing wait: batches under load, and a lone frame never held back.
 //!
 //! Real UDP sockets on 127.0.0.1 (no privileges needed); every wait is bounded.
 
@@ -79,6 +80,18 @@ impl UdpPort {
     }
 }
 
+/// Whether `cond` holds within `WAIT`.
+fn eventually(cond: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
 fn set_rcvbuf(s: &UdpSocket, bytes: libc::c_int) {
     // SAFETY: passes a live c_int of the size given to setsockopt on an open socket.
     let r = unsafe {
@@ -110,14 +123,17 @@ struct Rig {
 
 impl Rig {
     fn new(multishot: bool, rx_depth: u32, max_frame: usize) -> Rig {
-        let (control, wlink) = link(Snapshot::default()).unwrap();
-        let cfg = WorkerConfig {
+        Rig::with(WorkerConfig {
             rx_depth,
             rx_multishot: multishot,
             max_frame,
             max_ports: 8,
             ..WorkerConfig::default()
-        };
+        })
+    }
+
+    fn with(cfg: WorkerConfig) -> Rig {
+        let (control, wlink) = link(Snapshot::default()).unwrap();
         let worker = Worker::spawn(cfg, wlink).unwrap();
         Rig {
             control,
@@ -166,12 +182,20 @@ impl Drop for Rig {
     }
 }
 
-/// Whether this kernel has multishot receive (6.0 and later).
-fn kernel_has_multishot() -> bool {
+/// Whether this kernel's release is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
     let rel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     let mut it = rel.trim().split(['.', '-']);
-    let major: u32 = it.next().unwrap().parse().unwrap();
-    major >= 6
+    let have: (u32, u32) = (
+        it.next().unwrap().parse().unwrap(),
+        it.next().unwrap().parse().unwrap(),
+    );
+    have >= (major, minor)
+}
+
+/// Whether this kernel has multishot receive (6.0 and later).
+fn kernel_has_multishot() -> bool {
+    kernel_at_least(6, 0)
 }
 
 fn both_modes(test: impl Fn(bool)) {
@@ -210,7 +234,13 @@ fn every_datagram_is_forwarded_and_the_pool_returns_to_idle() {
             .collect();
         assert_eq!(seqs, (0..1000).collect::<Vec<_>>(), "lost or reordered");
         assert_eq!(a.stats().rx_frames, 1000);
-        assert_eq!(b.stats().tx_frames, 1000);
+        // A send is counted when its completion is reaped, which may come a little after the
+        // frames arrived (a coalescing wait).
+        assert!(
+            eventually(|| b.stats().tx_frames == 1000),
+            "{:?}",
+            b.stats()
+        );
         assert!(b.quiet(), "more frames than were sent");
         let idle = rig.idle_buffers();
         assert_eq!(idle.free + idle.reads_in_flight, idle.total, "{idle:?}");
@@ -400,4 +430,64 @@ fn a_port_removed_under_traffic_gives_back_every_buffer_and_its_descriptor() {
         assert_eq!(got.len(), 10);
         assert!(got.iter().all(|f| f[11] == 3));
     });
+}
+
+fn coalescing_rig(wait: Duration) -> Rig {
+    let rig = Rig::with(WorkerConfig {
+        rx_coalesce: wait,
+        max_ports: 8,
+        ..WorkerConfig::default()
+    });
+    // Kernel 6.12 brought the wait with a minimum time (IORING_FEAT_MIN_TIMEOUT).
+    assert_eq!(rig.worker().features.batch_wait, kernel_at_least(6, 12));
+    rig
+}
+
+#[test]
+fn a_lone_frame_is_not_held_back_by_a_long_coalescing_wait() {
+    // 200 ms to gather a batch, but a frame that comes alone, after the one before it was
+    // forwarded, goes on at once.
+    let rig = coalescing_rig(Duration::from_millis(200));
+    let a = UdpPort::new("a", Framing::UdpGso);
+    let b = UdpPort::new("b", Framing::UdpGso);
+    rig.publish(&[Some(&a), Some(&b)]);
+    let mut slowest = Duration::ZERO;
+    for i in 0..20 {
+        let t = Instant::now();
+        a.peer.send(&frame(1, i, 60)).unwrap();
+        assert_eq!(b.receive(1).len(), 1);
+        slowest = slowest.max(t.elapsed());
+    }
+    assert!(
+        slowest < Duration::from_millis(100),
+        "a lone frame waited {slowest:?}"
+    );
+}
+
+#[test]
+fn under_load_one_wakeup_carries_a_batch() {
+    let rig = coalescing_rig(Duration::from_millis(20));
+    if !rig.worker().features.batch_wait {
+        eprintln!("skipping: this kernel cannot bound a wait for a batch");
+        return;
+    }
+    let a = UdpPort::new("a", Framing::UdpGso);
+    let b = UdpPort::new("b", Framing::UdpGso);
+    rig.publish(&[Some(&a), Some(&b)]);
+    let c = &rig.worker().counters;
+    let (frames0, wakeups0) = (c.rx_frames.get(), c.wakeups.get());
+    // Bursts of 4 frames every millisecond: handled as they come, a wake-up would carry 4.
+    let peer = a.peer.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        for burst in 0..100u32 {
+            for i in 0..4 {
+                peer.send(&frame(1, burst * 4 + i, 60)).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    assert_eq!(b.receive(400).len(), 400);
+    sender.join().unwrap();
+    let per_wakeup = (c.rx_frames.get() - frames0) as f64 / (c.wakeups.get() - wakeups0) as f64;
+    assert!(per_wakeup >= 12.0, "{per_wakeup:.1} frames per wake-up");
 }

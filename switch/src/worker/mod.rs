@@ -5,8 +5,9 @@
 //! `rx_depth` reads in flight on every port (or, on a datagram socket, one multishot receive
 //! and a provided-buffer ring of `rx_depth` buffers topped up from the pool), hand every
 //! queued frame to the kernel as a write, then one `io_uring_enter` submits all of it and
-//! waits; the completions form the next receive batch, which the engine turns into transmit
-//! queues. No read()/write() per frame, no allocation and no lock on this path.
+//! waits — under load for a batch of completions, bounded by `rx_coalesce` — and the
+//! completions form the next receive batch, which the engine turns into transmit queues. No
+//! read()/write() per frame, no allocation and no lock on this path.
 //!
 //! A frame's buffer is held by exactly one in-flight read or one port's buffer ring, or by the
 //! transmit queues and in-flight writes that carry it (reference counted); it returns to the
@@ -35,7 +36,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Sizing of a worker.
 #[derive(Debug, Clone)]
@@ -51,6 +52,11 @@ pub struct WorkerConfig {
     /// Receive on datagram socket ports with one multishot recv over a provided-buffer ring,
     /// where the kernel supports it (otherwise, and when false, with `rx_depth` reads).
     pub rx_multishot: bool,
+    /// Under load (the last wake-up brought `COALESCE_FROM` frames or more), wait up to this
+    /// long for a batch of `COALESCE_BATCH` completions before handling them, so that one
+    /// wake-up and one send per port carry many frames; zero turns it off. A lone frame is
+    /// never held back: the wait after a quiet spell ends at the first completion.
+    pub rx_coalesce: Duration,
     /// Frames a port's transmit queue holds.
     pub tx_depth: usize,
     /// Most ports this worker can serve (port indices 0..max_ports).
@@ -69,6 +75,7 @@ impl Default for WorkerConfig {
             mac_ageing: 300,
             rx_depth: 64,
             rx_multishot: true,
+            rx_coalesce: Duration::from_micros(50),
             tx_depth: 256,
             max_ports: 64,
             pool_buffers: None,
@@ -106,6 +113,11 @@ const TAG_ENCAP_WRITE: u64 = 7;
 const TAG_GSO_SEND: u64 = 8;
 /// A completion of a port's multishot receive; the buffer comes from the port's buffer ring.
 const TAG_RECV_MULTI: u64 = 9;
+
+/// Completions a coalescing wait asks for.
+const COALESCE_BATCH: usize = 32;
+/// Frames in a wake-up from which the next wait coalesces.
+const COALESCE_FROM: usize = 2;
 
 #[inline]
 fn tag(op: u64, port: PortId, buf: BufIndex) -> u64 {
@@ -190,6 +202,9 @@ pub struct Worker {
     link: WorkerLink,
     wake_buf: Box<u64>,
     rx_depth: u32,
+    rx_coalesce: Duration,
+    /// Frames the last wake-up brought (they decide whether the next wait coalesces).
+    last_batch: usize,
     /// Writes handed to the kernel and not yet completed.
     writes: u64,
     tx_depth: usize,
@@ -247,6 +262,8 @@ impl Worker {
             link,
             wake_buf: Box::new(0),
             rx_depth: cfg.rx_depth,
+            rx_coalesce: cfg.rx_coalesce,
+            last_batch: 0,
             writes: 0,
             tx_depth: cfg.tx_depth,
             max_frame: cfg.max_frame,
@@ -736,6 +753,7 @@ impl Worker {
     }
 
     fn forward_batch(&mut self) {
+        self.last_batch = self.rx.len();
         if self.rx.is_empty() {
             return;
         }
@@ -774,7 +792,14 @@ impl Worker {
             self.serve_requests();
             self.arm_reads()?;
             self.flush_tx()?;
-            self.ring.submit_and_wait(1).map_err(WorkerError::Enter)?;
+            let coalesce = if self.last_batch >= COALESCE_FROM {
+                self.rx_coalesce
+            } else {
+                Duration::ZERO
+            };
+            self.ring
+                .submit_and_wait_batch(COALESCE_BATCH, coalesce)
+                .map_err(WorkerError::Enter)?;
             self.counters.wakeups.inc();
             self.reap_and_complete(false)?;
             self.forward_batch();
