@@ -43,7 +43,13 @@ impl Worker {
         match self.ring.open_buf_ring(BufGroup(id.0), entries) {
             Ok(()) => RxMode::Multishot { armed: false },
             // Reads serve as well, at a higher cost per frame.
-            Err(_) => RxMode::Reads,
+            Err(e) => {
+                eprintln!(
+                    "ringswitch: port {}: no provided-buffer ring ({e}); it receives with reads",
+                    entry.name
+                );
+                RxMode::Reads
+            }
         }
     }
 
