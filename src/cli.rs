@@ -32,9 +32,20 @@ struct Raw {
     #[arg(long, value_name = "BYTES", default_value_t = 1522, value_parser = clap::value_parser!(u32).range(60..=65535))]
     max_frame_size: u32,
 
-    /// Reads kept in flight per port.
+    /// Reads kept in flight per port; on datagram socket ports receiving with multishot, the
+    /// buffers in the port's provided-buffer ring.
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
     rx_depth: u32,
+
+    /// Receive on datagram socket ports with reads, as on taps, even where the kernel supports
+    /// one multishot receive over a provided-buffer ring per port.
+    #[arg(long)]
+    no_rx_multishot: bool,
+
+    /// Under load, wait up to this many microseconds for a batch of completions before
+    /// handling them (kernel 6.12+); 0 handles each wake-up's completions at once.
+    #[arg(long, value_name = "USECS", default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    rx_coalesce_us: u32,
 
     /// On exit, also write the final counters as JSON to this file.
     #[arg(long, value_name = "PATH")]
@@ -140,6 +151,8 @@ pub struct Args {
     pub mac_table_size: usize,
     pub max_frame_size: usize,
     pub rx_depth: u32,
+    pub rx_multishot: bool,
+    pub rx_coalesce_us: u32,
     pub stats_json: Option<PathBuf>,
     pub allow_scripts: bool,
     pub qmp: Vec<QmpAddr>,
@@ -230,6 +243,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, CliExit> 
         mac_table_size: raw.mac_table_size as usize,
         max_frame_size: raw.max_frame_size as usize,
         rx_depth: raw.rx_depth,
+        rx_multishot: !raw.no_rx_multishot,
+        rx_coalesce_us: raw.rx_coalesce_us,
         stats_json: raw.stats_json,
         allow_scripts: raw.allow_scripts,
         qmp,
@@ -275,6 +290,24 @@ mod tests {
         assert_eq!(ids, ["a", "b", "c"]);
         assert_eq!(a.mac_ageing, 300);
         assert_eq!(a.max_frame_size, 1522);
+    }
+
+    #[test]
+    fn multishot_receive_is_asked_for_unless_declined() {
+        assert!(p(&["-netdev", "tap,id=a"]).unwrap().rx_multishot);
+        assert!(
+            !p(&["-netdev", "tap,id=a", "--no-rx-multishot"])
+                .unwrap()
+                .rx_multishot
+        );
+    }
+
+    #[test]
+    fn coalescing_wait_defaults_to_50_us_and_0_turns_it_off() {
+        assert_eq!(p(&["-netdev", "tap,id=a"]).unwrap().rx_coalesce_us, 50);
+        let a = p(&["-netdev", "tap,id=a", "--rx-coalesce-us", "0"]).unwrap();
+        assert_eq!(a.rx_coalesce_us, 0);
+        assert!(p(&["-netdev", "tap,id=a", "--rx-coalesce-us", "20000"]).is_err());
     }
 
     #[test]

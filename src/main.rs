@@ -57,10 +57,13 @@ fn run(args: cli::Args) -> anyhow::Result<()> {
         mac_capacity: args.mac_table_size,
         mac_ageing: args.mac_ageing,
         rx_depth: args.rx_depth,
+        rx_multishot: args.rx_multishot,
+        rx_coalesce: std::time::Duration::from_micros(args.rx_coalesce_us.into()),
         max_ports: args.max_ports,
         cpu: args.worker_cpu,
         ..WorkerConfig::default()
     };
+    let cfg_multishot = cfg.rx_multishot;
     let (control, worker_link) = link(Snapshot::default()).context("creating the control link")?;
     let handle = Worker::spawn(cfg, worker_link).context("starting the worker")?;
     let mut ctl = Controller::new(
@@ -70,6 +73,7 @@ fn run(args: cli::Args) -> anyhow::Result<()> {
             max_ports: args.max_ports,
             allow_scripts: args.allow_scripts,
             worker_cpu: args.worker_cpu,
+            features: handle.features,
         },
     );
     let mut failure = None;
@@ -81,11 +85,19 @@ fn run(args: cli::Args) -> anyhow::Result<()> {
     }
     if failure.is_none() {
         eprintln!(
-            "ringswitch: {} port(s); io_uring: defer_taskrun={} registered buffers={} files={}; huge pages={}",
+            "ringswitch: {} port(s); io_uring: defer_taskrun={} registered buffers={} files={} socket rx={} batch wait={}; huge pages={}",
             ctl.ports().len(),
             handle.features.defer_taskrun,
             handle.features.registered_buffers,
             handle.features.registered_files,
+            if handle.features.recv_multishot {
+                "multishot recv + buffer ring"
+            } else if cfg_multishot {
+                "reads (multishot recv over a buffer ring unsupported here)"
+            } else {
+                "reads (--no-rx-multishot)"
+            },
+            handle.features.batch_wait,
             handle.huge_pages
         );
         for l in server.listeners() {

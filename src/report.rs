@@ -45,7 +45,7 @@ pub fn print_table(ports: &[Port], w: &WorkerStats) {
         );
     }
     println!(
-        "worker: wakeups={} completions={} rx_frames={} tx_submitted={} frames/wakeup={:.1} max_batch={} rx_starved={} mac learned={} moved={} evicted={}",
+        "worker: wakeups={} completions={} rx_frames={} tx_submitted={} frames/wakeup={:.1} max_batch={} rx_starved={} rx_ring_empty={} mac learned={} moved={} evicted={}",
         w.wakeups,
         w.completions,
         w.rx_frames,
@@ -53,6 +53,7 @@ pub fn print_table(ports: &[Port], w: &WorkerStats) {
         if w.wakeups > 0 { w.rx_frames as f64 / w.wakeups as f64 } else { 0.0 },
         w.max_batch,
         w.rx_starved,
+        w.rx_ring_empty,
         w.mac_learned,
         w.mac_moved,
         w.mac_evicted

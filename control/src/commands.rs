@@ -118,6 +118,7 @@ pub fn dispatch(ctl: &mut Controller, req: &Request) -> Result<Value, QmpError> 
             Args::new(map).finish()?;
             let w = ctl.worker_counters().snapshot();
             let b = ctl.buffers()?;
+            let f = ctl.config().features;
             Ok(json!([without_nulls(json!({
                 "id": 0,
                 "cpu": ctl.config().worker_cpu,
@@ -129,6 +130,7 @@ pub fn dispatch(ctl: &mut Controller, req: &Request) -> Result<Value, QmpError> 
                 "frames-per-wakeup": if w.wakeups > 0 { w.rx_frames as f64 / w.wakeups as f64 } else { 0.0 },
                 "max-batch": w.max_batch,
                 "rx-starved": w.rx_starved,
+                "rx-ring-empty": w.rx_ring_empty,
                 "mac-learned": w.mac_learned,
                 "mac-moved": w.mac_moved,
                 "mac-evicted": w.mac_evicted,
@@ -137,6 +139,13 @@ pub fn dispatch(ctl: &mut Controller, req: &Request) -> Result<Value, QmpError> 
                 "reads-in-flight": b.reads_in_flight,
                 "writes-in-flight": b.writes_in_flight,
                 "frames-queued": b.queued,
+                "io-uring": {
+                    "defer-taskrun": f.defer_taskrun,
+                    "registered-buffers": f.registered_buffers,
+                    "registered-files": f.registered_files,
+                    "recv-multishot": f.recv_multishot,
+                    "batch-wait": f.batch_wait,
+                },
             }))]))
         }
         other => Err(QmpError::command_not_found(format!(

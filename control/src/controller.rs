@@ -10,6 +10,7 @@ use crate::announce::{rarp_frame, AnnounceParams, AnnounceTimer};
 use crate::qmp::{event, QmpError};
 use ringswitch_backends::{open, NetdevId, NetdevKind, NetdevSpec, OpenedPort};
 use ringswitch_switch::mactable::MacEntry;
+use ringswitch_switch::uring::RingFeatures;
 use ringswitch_switch::{
     BufferStats, ControlLink, DomainId, MacAddr, PortCounters, PortEntry, PortId, Request,
     WorkerCounters, WorkerEvent,
@@ -137,6 +138,8 @@ pub struct ControllerConfig {
     pub allow_scripts: bool,
     /// The CPU the worker is pinned to, for listings.
     pub worker_cpu: Option<usize>,
+    /// What the worker's io_uring accepted at start, for listings.
+    pub features: RingFeatures,
 }
 
 /// A `hubport` that placed a netdev in a hub.

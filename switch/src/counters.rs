@@ -197,6 +197,9 @@ pub struct WorkerCounters {
     pub tx_submitted: Counter,
     /// Times a port could not get all its receive buffers because the pool was empty.
     pub rx_starved: Counter,
+    /// Times a port's provided-buffer ring ran dry, ending its multishot receive until the
+    /// next loop refilled the ring and re-armed it.
+    pub rx_ring_empty: Counter,
     /// Largest receive batch seen.
     pub max_batch: Counter,
     /// MAC table: new entries, moves, evictions.
@@ -213,6 +216,7 @@ pub struct WorkerStats {
     pub rx_frames: u64,
     pub tx_submitted: u64,
     pub rx_starved: u64,
+    pub rx_ring_empty: u64,
     pub max_batch: u64,
     pub mac_learned: u64,
     pub mac_moved: u64,
@@ -227,6 +231,7 @@ impl WorkerCounters {
             rx_frames: self.rx_frames.get(),
             tx_submitted: self.tx_submitted.get(),
             rx_starved: self.rx_starved.get(),
+            rx_ring_empty: self.rx_ring_empty.get(),
             max_batch: self.max_batch.get(),
             mac_learned: self.mac_learned.get(),
             mac_moved: self.mac_moved.get(),

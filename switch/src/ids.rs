@@ -31,6 +31,18 @@ impl BufIndex {
     }
 }
 
+/// A provided-buffer group of a worker's io_uring (the kernel's 16-bit `bgid`): the buffers
+/// one multishot receive may fill. A worker gives each socket port the group of its index.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct BufGroup(pub u16);
+
+impl BufGroup {
+    #[inline]
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
 /// A bridge domain (QEMU's `hubid`): ports in different domains never exchange frames.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default)]
 pub struct DomainId(pub u16);

@@ -1,6 +1,7 @@
 //! ringswitch's data plane: the buffer pool, the MAC learning table, the forwarding engine
 //! (pure logic, no I/O) and the per-core io_uring worker that drives ports with it.
 
+mod bufring;
 pub mod config;
 pub mod counters;
 pub mod engine;
@@ -21,7 +22,7 @@ pub use config::{
 };
 pub use counters::{DropReason, PortCounters, PortStats, WorkerCounters, WorkerStats};
 pub use engine::{Engine, PortConf, RxDesc, TxDesc, TxQueues};
-pub use ids::{BufIndex, DomainId, PortId};
+pub use ids::{BufGroup, BufIndex, DomainId, PortId};
 pub use mac::MacAddr;
 pub use mactable::MacTable;
 pub use memport::MemSwitch;

@@ -2,15 +2,19 @@
 //!
 //! This module is the only place that builds submission entries. It owns the pool so the
 //! registered region provably outlives every operation the kernel may still have on it (the
-//! ring is dropped — cancelling and reaping everything — before the pool). Features are probed
-//! at start-up: SINGLE_ISSUER + DEFER_TASKRUN (run-to-completion workers) and registered
-//! buffers and files, each falling back when the kernel refuses it.
+//! ring is dropped — cancelling and reaping everything — before the pool), and it owns the
+//! provided-buffer rings whose pool buffers multishot receives fill. Features are probed at
+//! start-up: SINGLE_ISSUER + DEFER_TASKRUN (run-to-completion workers), registered buffers and
+//! files, and multishot receive over a provided-buffer ring (tried on a socket pair), each
+//! falling back when the kernel refuses it.
 
-use crate::ids::BufIndex;
+use crate::bufring::BufRing;
+use crate::ids::{BufGroup, BufIndex};
 use crate::pool::BufferPool;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
 
 /// What the kernel accepted at set-up.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -18,14 +22,36 @@ pub struct RingFeatures {
     pub defer_taskrun: bool,
     pub registered_buffers: bool,
     pub registered_files: bool,
+    /// Socket ports receive with one multishot recv over a provided-buffer ring (kernel 6.0+)
+    /// instead of keeping a read in flight per buffer.
+    pub recv_multishot: bool,
+    /// A wait can ask for a batch of completions with a bound on how long it waits for the
+    /// batch beyond the first one (IORING_FEAT_MIN_TIMEOUT, kernel 6.12+).
+    pub batch_wait: bool,
 }
 
-/// A completion: the tag given at submission and the kernel's result.
+/// A completion: the tag given at submission, the kernel's result and its `IORING_CQE_F_*`
+/// flags.
 #[derive(Debug, Clone, Copy)]
 pub struct Completion {
     pub user_data: u64,
     pub result: i32,
+    pub flags: u32,
 }
+
+impl Completion {
+    /// Whether the operation is still armed and will complete again (a multishot receive
+    /// that this completion did not end).
+    #[inline]
+    pub fn more(&self) -> bool {
+        cqueue::more(self.flags)
+    }
+}
+
+/// The group the start-up probe borrows (ports use groups below `max_ports`, at most 1024).
+const PROBE_GROUP: BufGroup = BufGroup(u16::MAX);
+const PROBE_RECV: u64 = u64::MAX;
+const PROBE_CANCEL: u64 = u64::MAX - 1;
 
 /// Where an operation's file is: a registered slot or a plain descriptor.
 #[derive(Debug, Clone, Copy)]
@@ -34,10 +60,12 @@ pub enum FileRef {
     Fd(RawFd),
 }
 
-/// Field order matters: `ring` drops before `pool`, so the kernel is done with the registered
-/// region before it is unmapped.
+/// Field order matters: `ring` drops before the buffer rings and `pool`, so the kernel is done
+/// with the registered memory before it is unmapped.
 pub struct Ring {
     ring: IoUring<squeue::Entry, cqueue::Entry>,
+    /// Provided-buffer rings by group; each holds pool buffers for the kernel.
+    buf_rings: Vec<Option<BufRing>>,
     pool: BufferPool,
     features: RingFeatures,
     file_slots: u32,
@@ -45,8 +73,14 @@ pub struct Ring {
 
 impl Ring {
     /// A ring of `entries` submission slots (completion queue twice that), with `pool`
-    /// registered as one fixed buffer and room for `file_slots` registered files.
-    pub fn new(entries: u32, pool: BufferPool, file_slots: u32) -> io::Result<Ring> {
+    /// registered as one fixed buffer and room for `file_slots` registered files. With
+    /// `multishot`, probes whether multishot receives over provided-buffer rings work.
+    pub fn new(
+        entries: u32,
+        pool: BufferPool,
+        file_slots: u32,
+        multishot: bool,
+    ) -> io::Result<Ring> {
         let cq = entries.saturating_mul(2);
         let mut features = RingFeatures::default();
         let ring = match IoUring::builder()
@@ -64,6 +98,7 @@ impl Ring {
         };
         let mut me = Ring {
             ring,
+            buf_rings: Vec::new(),
             pool,
             features,
             file_slots: 0,
@@ -88,7 +123,187 @@ impl Ring {
             me.features.registered_files = true;
             me.file_slots = file_slots;
         }
+        me.features.recv_multishot = multishot && me.probe_recv_multishot();
+        me.features.batch_wait = me.ring.params().is_feature_min_timeout();
         Ok(me)
+    }
+
+    /// Tries a multishot receive over a one-buffer ring on a datagram socket pair: it works
+    /// if a datagram completes with its buffer named and the receive still armed. Leaves the
+    /// completion queue as it found it (empty).
+    fn probe_recv_multishot(&mut self) -> bool {
+        if self.open_buf_ring(PROBE_GROUP, 1).is_err() {
+            return false;
+        }
+        let (worked, ended) = match dgram_pair() {
+            Ok((rx, tx)) => self.probe_on(&rx, &tx),
+            Err(_) => (false, true),
+        };
+        if ended {
+            // SAFETY: the probe's receive has ended (its last completion was reaped) or was
+            // never queued, and no other operation uses the probe's group.
+            let _ = unsafe { self.close_buf_ring(PROBE_GROUP) };
+        }
+        // Otherwise the group stays registered with its buffer: the kernel may still use it.
+        worked && ended
+    }
+
+    /// The probe proper: (whether the receive worked, whether it is over and every
+    /// completion it caused, the cancellation's included, has been reaped).
+    fn probe_on(&mut self, rx: &OwnedFd, tx: &OwnedFd) -> (bool, bool) {
+        let queued = self.refill_buf_ring(PROBE_GROUP)
+            && self
+                .push_recv_multi(FileRef::Fd(rx.as_raw_fd()), PROBE_GROUP, PROBE_RECV)
+                .is_ok();
+        if !queued {
+            return (false, true);
+        }
+        // SAFETY: sends 8 bytes from a live array on a socket the caller owns.
+        unsafe { libc::send(tx.as_raw_fd(), [7u8; 8].as_ptr().cast(), 8, 0) };
+        let (mut worked, mut ended) = (false, false);
+        let (mut cancelled, mut cancel_seen) = (false, false);
+        // Bounded: each wait ends within 100 ms; after the first the receive is cancelled.
+        for _ in 0..16 {
+            let ts = types::Timespec::new().nsec(100_000_000);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            match self.ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR)) => {}
+                Err(_) => break,
+            }
+            let mut cqes = [(0u64, 0i32, 0u32); 8];
+            let mut n = 0;
+            for c in self.ring.completion().take(cqes.len()) {
+                cqes[n] = (c.user_data(), c.result(), c.flags());
+                n += 1;
+            }
+            for &(user_data, result, flags) in &cqes[..n] {
+                if user_data == PROBE_CANCEL {
+                    cancel_seen = true;
+                    continue;
+                }
+                let c = Completion {
+                    user_data,
+                    result,
+                    flags,
+                };
+                let buf = self.take_provided(PROBE_GROUP, &c);
+                worked |= result == 8 && buf.is_some() && c.more();
+                if let Some(b) = buf {
+                    self.pool.release(b);
+                }
+                ended |= !c.more();
+            }
+            if ended && (cancel_seen || !cancelled) {
+                return (worked, true);
+            }
+            if !cancelled {
+                cancelled = self.push_cancel_probe().is_ok();
+            }
+        }
+        (worked, false)
+    }
+
+    fn push_cancel_probe(&mut self) -> io::Result<()> {
+        let e = opcode::AsyncCancel::new(PROBE_RECV).build();
+        self.push(&e.user_data(PROBE_CANCEL))
+    }
+
+    /// Registers an empty provided-buffer ring of `entries` buffers (a power of two, at most
+    /// 32768) as `group`; `refill_buf_ring` fills it from the pool.
+    pub fn open_buf_ring(&mut self, group: BufGroup, entries: u16) -> io::Result<()> {
+        if matches!(self.buf_rings.get(group.index()), Some(Some(_))) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("buffer group {} is in use", group.0),
+            ));
+        }
+        let r = BufRing::new(entries)?;
+        // SAFETY: the ring memory belongs to `r`, kept in `self.buf_rings` until the group is
+        // unregistered (`close_buf_ring`) or the io_uring is gone (`ring` drops first).
+        unsafe {
+            self.ring
+                .submitter()
+                .register_buf_ring_with_flags(r.addr(), entries, group.0, 0)?;
+        }
+        if self.buf_rings.len() <= group.index() {
+            self.buf_rings.resize_with(group.index() + 1, || None);
+        }
+        self.buf_rings[group.index()] = Some(r);
+        Ok(())
+    }
+
+    /// Tops `group`'s ring up with buffers from the free stack, in one batch made visible to
+    /// the kernel at once. Returns false if the pool ran out before the ring was full.
+    #[inline]
+    pub fn refill_buf_ring(&mut self, group: BufGroup) -> bool {
+        let Some(Some(r)) = self.buf_rings.get_mut(group.index()) else {
+            return true;
+        };
+        let room = r.room();
+        if room == 0 {
+            return true;
+        }
+        let len = self.pool.buf_size() as u32;
+        let mut posted = 0;
+        while posted < room {
+            let Some(b) = self.pool.alloc() else {
+                break;
+            };
+            let addr = self.pool.addr(b);
+            r.push(b, addr, len);
+            posted += 1;
+        }
+        if posted > 0 {
+            r.publish();
+        }
+        posted == room
+    }
+
+    /// Buffers posted in `group`'s ring that no completion has named yet (the kernel's).
+    #[inline]
+    pub fn buf_ring_held(&self, group: BufGroup) -> usize {
+        match self.buf_rings.get(group.index()) {
+            Some(Some(r)) => r.held(),
+            _ => 0,
+        }
+    }
+
+    /// The buffer a receive completion on `group` filled, if it names one. It passes to the
+    /// caller with one reference, as if just allocated.
+    #[inline]
+    pub fn take_provided(&mut self, group: BufGroup, c: &Completion) -> Option<BufIndex> {
+        let bid = cqueue::buffer_select(c.flags)?;
+        let buf = match self.buf_rings.get_mut(group.index()) {
+            Some(Some(r)) => r.take(bid),
+            _ => None,
+        };
+        debug_assert!(
+            buf.is_some(),
+            "completion names buffer {bid} not posted in {group:?}"
+        );
+        buf
+    }
+
+    /// Unregisters `group`'s ring and returns every buffer still posted in it to the pool. No
+    /// ring under `group`: nothing to do. If the kernel refuses, the ring and its buffers stay.
+    ///
+    /// # Safety
+    /// No receive selecting from `group` may be in flight (its completion without F_MORE has
+    /// been reaped): the kernel could otherwise fill a buffer it took after the buffer went
+    /// back to the pool.
+    pub unsafe fn close_buf_ring(&mut self, group: BufGroup) -> io::Result<()> {
+        let Some(slot) = self.buf_rings.get_mut(group.index()) else {
+            return Ok(());
+        };
+        if slot.is_none() {
+            return Ok(());
+        }
+        self.ring.submitter().unregister_buf_ring(group.0)?;
+        let mut r = slot.take().expect("checked above");
+        let pool = &mut self.pool;
+        r.drain(|b| pool.release(b));
+        Ok(())
     }
 
     pub fn features(&self) -> RingFeatures {
@@ -181,6 +396,26 @@ impl Ring {
         self.push(&e.user_data(user_data))
     }
 
+    /// Queues a multishot receive on `file` filling buffers of `group`'s ring: one completion
+    /// per datagram naming its buffer, while F_MORE says the receive stays armed. A datagram
+    /// longer than a buffer completes with its whole length (MSG_TRUNC), more than it holds.
+    pub fn push_recv_multi(
+        &mut self,
+        file: FileRef,
+        group: BufGroup,
+        user_data: u64,
+    ) -> io::Result<()> {
+        let e = match file {
+            FileRef::Slot(s) => opcode::RecvMulti::new(types::Fixed(s), group.0),
+            FileRef::Fd(fd) => opcode::RecvMulti::new(types::Fd(fd), group.0),
+        }
+        .flags(libc::MSG_TRUNC)
+        .build();
+        // The kernel writes only into buffers posted in `group`'s ring, which this ring owns
+        // until a completion hands them out or the group is closed after the receive ended.
+        self.push(&e.user_data(user_data))
+    }
+
     /// Queues a read of up to `len` bytes into memory the caller owns.
     ///
     /// # Safety
@@ -266,6 +501,27 @@ impl Ring {
         self.push(&e.user_data(user_data))
     }
 
+    /// Submits everything queued and waits until `want` completions are ready, or `min_wait`
+    /// has passed since the wait began and at least one is (or, with none, until the first
+    /// one: an idle ring sleeps, and wakes at once for the first completion). Without the
+    /// kernel feature it waits for one completion.
+    pub fn submit_and_wait_batch(&mut self, want: usize, min_wait: Duration) -> io::Result<usize> {
+        if !self.features.batch_wait || want <= 1 || min_wait.is_zero() {
+            return self.submit_and_wait(1);
+        }
+        // The overall timeout only makes the kernel keep waiting for a first completion once
+        // `min_wait` is over (without one, `min_wait` would end the wait); it ends a wait
+        // that saw nothing at all after a second, which costs one extra loop.
+        let ts = types::Timespec::new().sec(1);
+        let args = types::SubmitArgs::new()
+            .min_wait_usec(min_wait.as_micros().min(u32::MAX as u128) as u32)
+            .timespec(&ts);
+        match self.ring.submitter().submit_with_args(want, &args) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR)) => Ok(0),
+            r => r,
+        }
+    }
+
     /// Submits everything queued and waits until at least `want` completions are ready.
     pub fn submit_and_wait(&mut self, want: usize) -> io::Result<usize> {
         match self.ring.submit_and_wait(want) {
@@ -281,7 +537,27 @@ impl Ring {
             out.push(Completion {
                 user_data: c.user_data(),
                 result: c.result(),
+                flags: c.flags(),
             });
         }
     }
+}
+
+/// A connected pair of unix datagram sockets.
+fn dgram_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two descriptors into the array it is given.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }

@@ -3,12 +3,14 @@
 (query-ports, query-mac-table, clear-mac-table, query-workers), plus query-commands."""
 
 import ast
+import os
 import re
+import socket
 import time
 
 import pytest
 
-from qmprig import ROOT, Lan, RawQmp, assert_error, frame, has_tag, mac_str, require_root
+from qmprig import ROOT, Lan, RawQmp, Switch, assert_error, frame, has_tag, mac_str, require_root, require_switch
 
 SCHEMA_FILE = ROOT / "control" / "qapi" / "ringswitch.json"
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -224,3 +226,29 @@ def test_query_commands_lists_every_command(qmp):
         r = qmp.execute(name, {"__probe__": 1})
         cls, _ = r["error"]["class"], r["error"]["desc"]
         assert cls != "CommandNotFound", f"{name} is listed but not found"
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("extra,asked", [((), True), (("--no-rx-multishot",), False)], ids=["multishot", "reads"])
+def test_query_workers_says_how_socket_ports_receive(cleanup, structs, extra, asked):
+    """The io_uring features are reported at start and in query-workers; multishot receive
+    (kernel 6.0+) unless --no-rx-multishot. Either way each socket port holds rx-depth
+    receive buffers, counted as reads in flight, and none is missing."""
+    require_switch()
+    expected = asked and int(os.uname().release.split(".")[0]) >= 6
+    p = [free_udp_port() for _ in range(4)]
+    specs = [f"socket,id=u{i},udp=127.0.0.1:{p[2 * i]},localaddr=127.0.0.1:{p[2 * i + 1]}" for i in range(2)]
+    sw = cleanup.add(Switch(specs, extra=extra))
+    assert ("socket rx=multishot recv + buffer ring" in sw.stderr()) == expected, sw.stderr()
+    q = cleanup.add(RawQmp(unix=sw.qmp_path))
+    q.negotiate()
+    (w,) = q.ok("query-workers")
+    assert not conform(w, "WorkerInfo", structs)
+    assert w["io-uring"]["recv-multishot"] is expected, w
+    assert w["reads-in-flight"] == 2 * 64, w
+    assert w["buffers-free"] + w["reads-in-flight"] == w["buffers-total"], w

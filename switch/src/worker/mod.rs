@@ -2,15 +2,18 @@
 //!
 //! A worker owns its io_uring instance, its buffer pool, its forwarding engine and the ports it
 //! serves. Each loop: pick up a new configuration snapshot if one was published, keep
-//! `rx_depth` reads in flight on every port, hand every queued frame to the kernel as a write,
-//! then one `io_uring_enter` submits all of it and waits; the completions form the next receive
-//! batch, which the engine turns into transmit queues. No read()/write() per frame, no
-//! allocation and no lock on this path.
+//! `rx_depth` reads in flight on every port (or, on a datagram socket, one multishot receive
+//! and a provided-buffer ring of `rx_depth` buffers topped up from the pool), hand every
+//! queued frame to the kernel as a write, then one `io_uring_enter` submits all of it and
+//! waits — under load for a batch of completions, bounded by `rx_coalesce` — and the
+//! completions form the next receive batch, which the engine turns into transmit queues. No
+//! read()/write() per frame, no allocation and no lock on this path.
 //!
-//! A frame's buffer is held by exactly one in-flight read, or by the transmit queues and
-//! in-flight writes that carry it (reference counted); it returns to the pool when the last
-//! write completes. A removed port is drained — its reads cancelled, its writes completed —
-//! before the worker drops its descriptor and reports the configuration applied.
+//! A frame's buffer is held by exactly one in-flight read or one port's buffer ring, or by the
+//! transmit queues and in-flight writes that carry it (reference counted); it returns to the
+//! pool when the last write completes. A removed port is drained — its receives cancelled,
+//! its writes completed, its buffer ring emptied back into the pool — before the worker drops
+//! its descriptor and reports the configuration applied.
 
 use crate::config::{
     kick, BufferStats, Framing, PortEntry, Request, Snapshot, WorkerEvent, WorkerLink,
@@ -22,15 +25,18 @@ use crate::l2tpv3::{L2tpv3Codec, MAX_HEADER as L2TP_MAX_HEADER};
 use crate::stream::{StreamItem, StreamRx, PREFIX_LEN};
 use crate::uring::{Completion, FileRef, Ring, RingFeatures};
 
+mod multishot;
 mod portio;
+use crate::ids::BufGroup;
 use crate::BufferPool;
+use multishot::RxMode;
 use portio::{EncapPort, EncapSlot, GsoSlot, PortIo, StreamPort, StreamTx, GSO_SLOTS};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Sizing of a worker.
 #[derive(Debug, Clone)]
@@ -40,8 +46,17 @@ pub struct WorkerConfig {
     /// MAC table capacity (entries) and ageing time (seconds).
     pub mac_capacity: usize,
     pub mac_ageing: u32,
-    /// Reads kept in flight per port.
+    /// Reads kept in flight per port; on a socket port receiving with multishot, the size of
+    /// its provided-buffer ring (rounded up to a power of two).
     pub rx_depth: u32,
+    /// Receive on datagram socket ports with one multishot recv over a provided-buffer ring,
+    /// where the kernel supports it (otherwise, and when false, with `rx_depth` reads).
+    pub rx_multishot: bool,
+    /// Under load (the last wake-up brought `COALESCE_FROM` frames or more), wait up to this
+    /// long for a batch of `COALESCE_BATCH` completions before handling them, so that one
+    /// wake-up and one send per port carry many frames; zero turns it off. A lone frame is
+    /// never held back: the wait after a quiet spell ends at the first completion.
+    pub rx_coalesce: Duration,
     /// Frames a port's transmit queue holds.
     pub tx_depth: usize,
     /// Most ports this worker can serve (port indices 0..max_ports).
@@ -59,6 +74,8 @@ impl Default for WorkerConfig {
             mac_capacity: 65536,
             mac_ageing: 300,
             rx_depth: 64,
+            rx_multishot: true,
+            rx_coalesce: Duration::from_micros(50),
             tx_depth: 256,
             max_ports: 64,
             pool_buffers: None,
@@ -94,6 +111,13 @@ const TAG_STREAM_SEND: u64 = 6;
 const TAG_ENCAP_WRITE: u64 = 7;
 /// A run of frames sent with one UDP GSO sendmsg; the buffer field holds the slot.
 const TAG_GSO_SEND: u64 = 8;
+/// A completion of a port's multishot receive; the buffer comes from the port's buffer ring.
+const TAG_RECV_MULTI: u64 = 9;
+
+/// Completions a coalescing wait asks for.
+const COALESCE_BATCH: usize = 32;
+/// Frames in a wake-up from which the next wait coalesces.
+const COALESCE_FROM: usize = 2;
 
 #[inline]
 fn tag(op: u64, port: PortId, buf: BufIndex) -> u64 {
@@ -112,6 +136,8 @@ struct IoPort {
     /// Where frames are written to (the same file unless the port has a `tx_fd`).
     tx_file: FileRef,
     io: PortIo,
+    rx: RxMode,
+    /// Receive operations in flight (reads, or the one multishot receive).
     reads: u32,
     writes: u32,
     /// Receiving failed for good; no more reads are armed.
@@ -176,6 +202,9 @@ pub struct Worker {
     link: WorkerLink,
     wake_buf: Box<u64>,
     rx_depth: u32,
+    rx_coalesce: Duration,
+    /// Frames the last wake-up brought (they decide whether the next wait coalesces).
+    last_batch: usize,
     /// Writes handed to the kernel and not yet completed.
     writes: u64,
     tx_depth: usize,
@@ -213,7 +242,8 @@ impl Worker {
         let entries = ((cfg.max_ports as u32) * (cfg.rx_depth + cfg.tx_depth as u32) + 16)
             .next_power_of_two()
             .clamp(256, 4096);
-        let ring = Ring::new(entries, pool, 2 * cfg.max_ports as u32).map_err(WorkerError::Ring)?;
+        let ring = Ring::new(entries, pool, 2 * cfg.max_ports as u32, cfg.rx_multishot)
+            .map_err(WorkerError::Ring)?;
         let counters = Arc::new(WorkerCounters::default());
         Ok(Worker {
             ring,
@@ -232,6 +262,8 @@ impl Worker {
             link,
             wake_buf: Box::new(0),
             rx_depth: cfg.rx_depth,
+            rx_coalesce: cfg.rx_coalesce,
+            last_batch: 0,
             writes: 0,
             tx_depth: cfg.tx_depth,
             max_frame: cfg.max_frame,
@@ -407,6 +439,7 @@ impl Worker {
                 next: 0,
             })),
         };
+        let rx = self.rx_mode(id, &entry);
         let conf = PortConf {
             domain: entry.domain,
             link_up: entry.link_up,
@@ -419,6 +452,7 @@ impl Worker {
             file,
             tx_file,
             io,
+            rx,
             reads: 0,
             writes: 0,
             failed: false,
@@ -457,6 +491,15 @@ impl Worker {
             let done =
                 matches!(&self.ports[i], Some(p) if p.draining && p.reads == 0 && p.writes == 0);
             if done {
+                if let Some(IoPort {
+                    rx: RxMode::Multishot { .. },
+                    ..
+                }) = &self.ports[i]
+                {
+                    // SAFETY: `reads` is zero: the port's multishot receive has delivered its
+                    // last completion, and no other operation selects from its group.
+                    let _ = unsafe { self.ring.close_buf_ring(BufGroup(i as u16)) };
+                }
                 // Dropping the entry releases the worker's reference to the descriptor.
                 self.ports[i] = None;
                 let _ = self.ring.register_file(2 * i as u32, -1);
@@ -490,16 +533,24 @@ impl Worker {
                 }
                 Request::Buffers(reply) => {
                     let pool = self.ring.pool();
+                    let ring = &self.ring;
                     let _ = reply.send(BufferStats {
                         total: pool.capacity(),
                         free: pool.available(),
-                        // Stream reads go to the port's own buffer, not the pool.
+                        // Stream reads go to the port's own buffer, not the pool; a buffer
+                        // ring holds pool buffers whether or not its receive is armed.
                         reads_in_flight: self
                             .ports
                             .iter()
-                            .flatten()
-                            .filter(|p| !matches!(p.io, PortIo::Stream(_)))
-                            .map(|p| p.reads as usize)
+                            .enumerate()
+                            .filter_map(|(i, p)| Some((i, p.as_ref()?)))
+                            .map(|(i, p)| match (&p.rx, &p.io) {
+                                (RxMode::Multishot { .. }, _) => {
+                                    ring.buf_ring_held(BufGroup(i as u16))
+                                }
+                                (_, PortIo::Stream(_)) => 0,
+                                _ => p.reads as usize,
+                            })
                             .sum(),
                         writes_in_flight: self.writes as usize,
                         queued: self.tx.len(),
@@ -539,6 +590,10 @@ impl Worker {
             }
             let port = PortId(i as u16);
             let file = p.file;
+            if let RxMode::Multishot { .. } = p.rx {
+                self.arm_multishot(port)?;
+                continue;
+            }
             if let PortIo::Stream(st) = &mut p.io {
                 if !st.reading {
                     let target = st.rx.read_target();
@@ -630,33 +685,12 @@ impl Worker {
                     self.received(port, buf, c.result as usize);
                 } else {
                     self.ring.pool_mut().release(buf);
-                    let transient = matches!(
-                        -c.result,
-                        libc::ECANCELED
-                            | libc::EINTR
-                            | libc::EAGAIN
-                            | libc::ENOBUFS
-                            // A connected datagram socket reports the ICMP answer to an
-                            // earlier send (peer away, unreachable) on its next receive:
-                            // the peer may come back, so the port carries on.
-                            | libc::ECONNREFUSED
-                            | libc::EHOSTUNREACH
-                            | libc::ENETUNREACH
-                            | libc::EHOSTDOWN
-                            | libc::ENOPROTOOPT
-                    );
-                    if live && c.result < 0 && !transient {
-                        if let Some(p) = &self.ports[port.index()] {
-                            p.entry.counters.count_drop(DropReason::RxError);
-                        }
-                        let reason = format!(
-                            "receive failed: {}",
-                            io::Error::from_raw_os_error(-c.result)
-                        );
-                        self.close_port(port, reason);
+                    if live && c.result < 0 {
+                        self.receive_failed(port, c.result);
                     }
                 }
             }
+            TAG_RECV_MULTI => self.multishot_completed(port, c),
             TAG_WRITE => {
                 self.writes -= 1;
                 if let Some(p) = &mut self.ports[port.index()] {
@@ -690,7 +724,36 @@ impl Worker {
         Ok(())
     }
 
+    /// A receive on a datagram port failed with `result`: carry on after a transient error,
+    /// close the port after any other.
+    fn receive_failed(&mut self, port: PortId, result: i32) {
+        let transient = matches!(
+            -result,
+            libc::ECANCELED
+                | libc::EINTR
+                | libc::EAGAIN
+                | libc::ENOBUFS
+                // A connected datagram socket reports the ICMP answer to an earlier send
+                // (peer away, unreachable) on its next receive: the peer may come back, so
+                // the port carries on.
+                | libc::ECONNREFUSED
+                | libc::EHOSTUNREACH
+                | libc::ENETUNREACH
+                | libc::EHOSTDOWN
+                | libc::ENOPROTOOPT
+        );
+        if transient {
+            return;
+        }
+        if let Some(p) = &self.ports[port.index()] {
+            p.entry.counters.count_drop(DropReason::RxError);
+        }
+        let reason = format!("receive failed: {}", io::Error::from_raw_os_error(-result));
+        self.close_port(port, reason);
+    }
+
     fn forward_batch(&mut self) {
+        self.last_batch = self.rx.len();
         if self.rx.is_empty() {
             return;
         }
@@ -729,7 +792,14 @@ impl Worker {
             self.serve_requests();
             self.arm_reads()?;
             self.flush_tx()?;
-            self.ring.submit_and_wait(1).map_err(WorkerError::Enter)?;
+            let coalesce = if self.last_batch >= COALESCE_FROM {
+                self.rx_coalesce
+            } else {
+                Duration::ZERO
+            };
+            self.ring
+                .submit_and_wait_batch(COALESCE_BATCH, coalesce)
+                .map_err(WorkerError::Enter)?;
             self.counters.wakeups.inc();
             self.reap_and_complete(false)?;
             self.forward_batch();

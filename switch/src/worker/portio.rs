@@ -339,12 +339,22 @@ impl Worker {
         }
     }
 
-    /// A datagram read completed on a live port: hand its frame to the batch (after checking
-    /// its encapsulation, if the port has one).
+    /// A datagram of `len` bytes arrived in `buf` on a live port: hand its frame to the
+    /// batch (after checking its encapsulation, if the port has one). A datagram that filled
+    /// the whole buffer may have been cut short (a multishot receive reports the whole
+    /// length, more than the buffer): it is oversize, whatever its encapsulation.
     pub(super) fn received(&mut self, port: PortId, buf: BufIndex, len: usize) {
         let Some(p) = &self.ports[port.index()] else {
             return;
         };
+        if len >= self.ring.pool().buf_size() {
+            let c = &p.entry.counters;
+            c.rx_frames.inc();
+            c.rx_bytes.add(len as u64);
+            c.count_drop(DropReason::Oversize);
+            self.ring.pool_mut().release(buf);
+            return;
+        }
         let PortIo::Encap(en) = &p.io else {
             self.rx.push(RxDesc {
                 port,
@@ -355,7 +365,7 @@ impl Worker {
             return;
         };
         let pool = self.ring.pool_mut();
-        let data = &pool.buf(buf)[..len.min(pool.buf_size())];
+        let data = &pool.buf(buf)[..len];
         match en.codec.decap(data) {
             Ok(off) => self.rx.push(RxDesc {
                 port,
@@ -371,6 +381,20 @@ impl Worker {
                 pool.release(buf);
             }
         }
+    }
+
+    /// An empty datagram arrived on a live port (a multishot receive completes it without a
+    /// buffer): counted as a read of 0 bytes would be.
+    pub(super) fn received_empty(&mut self, port: PortId) {
+        let Some(p) = &self.ports[port.index()] else {
+            return;
+        };
+        let reason = match &p.io {
+            PortIo::Encap(en) => en.codec.decap(&[]).err().unwrap_or(DropReason::ShortHeader),
+            _ => DropReason::Runt,
+        };
+        p.entry.counters.rx_frames.inc();
+        p.entry.counters.count_drop(reason);
     }
 
     /// A read on a stream port completed.
