@@ -4,6 +4,7 @@
 use clap::Parser;
 use ringswitch_backends::netdev::split_keyval;
 use ringswitch_backends::{parse_netdev, NetdevKind, NetdevSpec};
+use ringswitch_switch::TapRx;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -41,6 +42,13 @@ struct Raw {
     /// one multishot receive over a provided-buffer ring per port.
     #[arg(long)]
     no_rx_multishot: bool,
+
+    /// How taps receive: `polled` (non-blocking rounds of up to --rx-depth reads with a poll
+    /// between them), `multishot` (one multishot read over a provided-buffer ring; kernel
+    /// 6.7+) or `reads` (--rx-depth blocking reads in flight, which can reorder frames at low
+    /// rates).
+    #[arg(long, value_name = "HOW", default_value = "polled", value_parser = ["polled", "multishot", "reads"])]
+    tap_rx: String,
 
     /// Under load, wait up to this many microseconds for a batch of completions before
     /// handling them (kernel 6.12+); 0 handles each wake-up's completions at once.
@@ -152,6 +160,7 @@ pub struct Args {
     pub max_frame_size: usize,
     pub rx_depth: u32,
     pub rx_multishot: bool,
+    pub tap_rx: TapRx,
     pub rx_coalesce_us: u32,
     pub stats_json: Option<PathBuf>,
     pub allow_scripts: bool,
@@ -244,6 +253,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, CliExit> 
         max_frame_size: raw.max_frame_size as usize,
         rx_depth: raw.rx_depth,
         rx_multishot: !raw.no_rx_multishot,
+        tap_rx: match raw.tap_rx.as_str() {
+            "multishot" if !raw.no_rx_multishot => TapRx::Multishot,
+            "polled" => TapRx::Polled,
+            _ => TapRx::Reads,
+        },
         rx_coalesce_us: raw.rx_coalesce_us,
         stats_json: raw.stats_json,
         allow_scripts: raw.allow_scripts,

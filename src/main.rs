@@ -9,7 +9,7 @@ mod report;
 
 use anyhow::{anyhow, Context};
 use ringswitch_control::{Controller, ControllerConfig, Listener, Server};
-use ringswitch_switch::{link, Snapshot, Worker, WorkerConfig};
+use ringswitch_switch::{link, Snapshot, TapRx, Worker, WorkerConfig};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -58,12 +58,14 @@ fn run(args: cli::Args) -> anyhow::Result<()> {
         mac_ageing: args.mac_ageing,
         rx_depth: args.rx_depth,
         rx_multishot: args.rx_multishot,
+        tap_rx: args.tap_rx,
         rx_coalesce: std::time::Duration::from_micros(args.rx_coalesce_us.into()),
         max_ports: args.max_ports,
         cpu: args.worker_cpu,
         ..WorkerConfig::default()
     };
     let cfg_multishot = cfg.rx_multishot;
+    let cfg_tap_rx = cfg.tap_rx;
     let (control, worker_link) = link(Snapshot::default()).context("creating the control link")?;
     let handle = Worker::spawn(cfg, worker_link).context("starting the worker")?;
     let mut ctl = Controller::new(
@@ -85,7 +87,7 @@ fn run(args: cli::Args) -> anyhow::Result<()> {
     }
     if failure.is_none() {
         eprintln!(
-            "ringswitch: {} port(s); io_uring: defer_taskrun={} registered buffers={} files={} socket rx={} batch wait={}; huge pages={}",
+            "ringswitch: {} port(s); io_uring: defer_taskrun={} registered buffers={} files={} socket rx={} tap rx={} batch wait={}; huge pages={}",
             ctl.ports().len(),
             handle.features.defer_taskrun,
             handle.features.registered_buffers,
@@ -96,6 +98,12 @@ fn run(args: cli::Args) -> anyhow::Result<()> {
                 "reads (multishot recv over a buffer ring unsupported here)"
             } else {
                 "reads (--no-rx-multishot)"
+            },
+            match cfg_tap_rx {
+                TapRx::Polled => "polled rounds of non-blocking reads",
+                TapRx::Multishot if handle.features.read_multishot => "multishot read + buffer ring",
+                TapRx::Multishot => "reads (multishot read over a buffer ring unsupported here)",
+                TapRx::Reads => "reads (--tap-rx reads)",
             },
             handle.features.batch_wait,
             handle.huge_pages

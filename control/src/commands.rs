@@ -144,6 +144,7 @@ pub fn dispatch(ctl: &mut Controller, req: &Request) -> Result<Value, QmpError> 
                     "registered-buffers": f.registered_buffers,
                     "registered-files": f.registered_files,
                     "recv-multishot": f.recv_multishot,
+                    "read-multishot": f.read_multishot,
                     "batch-wait": f.batch_wait,
                 },
             }))]))

@@ -191,7 +191,8 @@ def _latency(kind, st, plan, logs, res, zero_loss):
             continue
         log(f"{kind}: latency at {load}% of {base / 1e6:.3f} Mpps ({rate / 1e6:.3f} Mpps)")
         hist = os.path.join(logs, f"{kind}-latency-{load}.csv")
-        r = with_sink(st, size, plan.latency_duration, plan.gen_cpus, plan.sink_cpu, rate, hist)
+        sink_cpu = plan.sink_cpu if plan.sink_cpu is not None else plan.gen_cpus[0]
+        r = with_sink(st, size, plan.latency_duration, plan.gen_cpus, sink_cpu, rate, hist)
         s = r.pop("sink")
         row = _row(kind, size, r, plan, plan.latency_duration, load_pct=load, rate_pps=rate,
                    hist=hist, received=s["received"], lost=s["lost"],

@@ -34,6 +34,8 @@ LABELS = {
     "direct": "no switch: direct veth (generator ceiling)",
 }
 BINARIES = {"ringswitch": "ringswitch", "rwfwd": "rs-rwfwd", "urfwd": "rs-urfwd"}
+# Extra command-line options for ringswitch (perf/bench --ringswitch-args).
+RINGSWITCH_ARGS = []
 
 
 def label(kind):
@@ -88,7 +90,7 @@ def _tap_switch(kind, topo, ns_a, ns_b, cpu, logs, tag):
     if kind == "ringswitch":
         stats = os.path.join(logs, f"{tag}.stats.json")
         cmd = [exe, "-netdev", f"tap,id=a,ifname={tap_a}", "-netdev", f"tap,id=b,ifname={tap_b}",
-               "--worker-cpu", str(cpu), "--stats-json", stats]
+               "--worker-cpu", str(cpu), "--stats-json", stats, *RINGSWITCH_ARGS]
         marker = "ringswitch: ready"
     else:
         cmd = [exe, tap_a, tap_b, "--cpu", str(cpu)]

@@ -38,10 +38,11 @@ def flow_args(st, flows):
     return ["--flows", flows, "--dst-flows", flows, "--dst-base", SINK_FLOW_BASE]
 
 
-def offered(st, size, duration, gen_cpus, rate=0, flows=1, threads=1):
+def offered(st, size, duration, gen_cpus, rate=0, flows=1, threads=1, ours=()):
     """One timed run: rs-gen in A (at `rate`, 0 = as fast as it can), delivery from B's
-    rx_packets. Returns the raw numbers; `derive` turns them into rates."""
-    exclude = {PID, *st.pids}
+    rx_packets. Returns the raw numbers; `derive` turns them into rates. `ours`: further
+    processes of the measurement (a sink), not counted as other work."""
+    exclude = {PID, *st.pids, *ours}
     others0 = others_cpu_seconds(exclude)
     rx0 = rx_packets(st.ns_b, st.if_b)
     cpu0 = cpu_seconds_all(st.pids) if st.pids else None
@@ -84,7 +85,7 @@ def with_sink(st, size, duration, gen_cpus, sink_cpu, rate, hist_path, flows=1):
     sink = run_sink_start(st, duration + 3, sink_cpu, hist_path)
     try:
         time.sleep(0.3)  # the sink's socket is bound before the first frame
-        r = offered(st, size, duration, gen_cpus, rate=rate, flows=flows)
+        r = offered(st, size, duration, gen_cpus, rate=rate, flows=flows, ours=[sink.pid])
     finally:
         out, err = sink.communicate(timeout=duration + 30)
     if sink.returncode != 0:

@@ -127,12 +127,7 @@ impl PacketSocket {
     /// Has the kernel stamp every received frame with its receive time (CLOCK_REALTIME),
     /// read back through [`RxBatch::stamp`].
     pub fn set_timestamps(&self) -> Result<(), PacketError> {
-        self.set_int(
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            "SO_TIMESTAMPNS",
-            1,
-        )
+        self.set_int(libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, "SO_TIMESTAMPNS", 1)
     }
 
     /// Hands sent frames straight to the driver, skipping the qdisc layer.

@@ -27,4 +27,4 @@ pub use mac::MacAddr;
 pub use mactable::MacTable;
 pub use memport::MemSwitch;
 pub use pool::BufferPool;
-pub use worker::{StopHandle, Worker, WorkerConfig, WorkerError, WorkerHandle};
+pub use worker::{StopHandle, TapRx, Worker, WorkerConfig, WorkerError, WorkerHandle};

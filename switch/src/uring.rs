@@ -25,6 +25,11 @@ pub struct RingFeatures {
     /// Socket ports receive with one multishot recv over a provided-buffer ring (kernel 6.0+)
     /// instead of keeping a read in flight per buffer.
     pub recv_multishot: bool,
+    /// Taps can receive with one multishot read over a provided-buffer ring (kernel 6.7+):
+    /// frames complete in the order they arrived, which several plain reads in flight on one
+    /// tap do not guarantee at low rates (the kernel hands a read that lost its wake-ups too
+    /// often to a worker thread, which then races the others).
+    pub read_multishot: bool,
     /// A wait can ask for a batch of completions with a bound on how long it waits for the
     /// batch beyond the first one (IORING_FEAT_MIN_TIMEOUT, kernel 6.12+).
     pub batch_wait: bool,
@@ -123,7 +128,8 @@ impl Ring {
             me.features.registered_files = true;
             me.file_slots = file_slots;
         }
-        me.features.recv_multishot = multishot && me.probe_recv_multishot();
+        me.features.recv_multishot = multishot && me.probe_multishot(Multi::Recv);
+        me.features.read_multishot = multishot && me.probe_multishot(Multi::Read);
         me.features.batch_wait = me.ring.params().is_feature_min_timeout();
         Ok(me)
     }
@@ -131,12 +137,16 @@ impl Ring {
     /// Tries a multishot receive over a one-buffer ring on a datagram socket pair: it works
     /// if a datagram completes with its buffer named and the receive still armed. Leaves the
     /// completion queue as it found it (empty).
-    fn probe_recv_multishot(&mut self) -> bool {
+    fn probe_multishot(&mut self, op: Multi) -> bool {
         if self.open_buf_ring(PROBE_GROUP, 1).is_err() {
             return false;
         }
-        let (worked, ended) = match dgram_pair() {
-            Ok((rx, tx)) => self.probe_on(&rx, &tx),
+        let pair = match op {
+            Multi::Recv => dgram_pair(),
+            Multi::Read => pipe_pair(),
+        };
+        let (worked, ended) = match pair {
+            Ok((rx, tx)) => self.probe_on(op, &rx, &tx),
             Err(_) => (false, true),
         };
         if ended {
@@ -150,16 +160,16 @@ impl Ring {
 
     /// The probe proper: (whether the receive worked, whether it is over and every
     /// completion it caused, the cancellation's included, has been reaped).
-    fn probe_on(&mut self, rx: &OwnedFd, tx: &OwnedFd) -> (bool, bool) {
+    fn probe_on(&mut self, op: Multi, rx: &OwnedFd, tx: &OwnedFd) -> (bool, bool) {
         let queued = self.refill_buf_ring(PROBE_GROUP)
             && self
-                .push_recv_multi(FileRef::Fd(rx.as_raw_fd()), PROBE_GROUP, PROBE_RECV)
+                .push_multi(op, FileRef::Fd(rx.as_raw_fd()), PROBE_GROUP, PROBE_RECV)
                 .is_ok();
         if !queued {
             return (false, true);
         }
-        // SAFETY: sends 8 bytes from a live array on a socket the caller owns.
-        unsafe { libc::send(tx.as_raw_fd(), [7u8; 8].as_ptr().cast(), 8, 0) };
+        // SAFETY: writes 8 bytes from a live array to a socket or pipe the caller owns.
+        unsafe { libc::write(tx.as_raw_fd(), [7u8; 8].as_ptr().cast(), 8) };
         let (mut worked, mut ended) = (false, false);
         let (mut cancelled, mut cancel_seen) = (false, false);
         // Bounded: each wait ends within 100 ms; after the first the receive is cancelled.
@@ -399,20 +409,41 @@ impl Ring {
     /// Queues a multishot receive on `file` filling buffers of `group`'s ring: one completion
     /// per datagram naming its buffer, while F_MORE says the receive stays armed. A datagram
     /// longer than a buffer completes with its whole length (MSG_TRUNC), more than it holds.
-    pub fn push_recv_multi(
+    /// With `Multi::Read` (taps) it is a multishot read instead: one frame per completion,
+    /// truncated to the buffer (a whole-buffer frame counts as oversize, as for reads).
+    pub fn push_multi(
         &mut self,
+        op: Multi,
         file: FileRef,
         group: BufGroup,
         user_data: u64,
     ) -> io::Result<()> {
-        let e = match file {
-            FileRef::Slot(s) => opcode::RecvMulti::new(types::Fixed(s), group.0),
-            FileRef::Fd(fd) => opcode::RecvMulti::new(types::Fd(fd), group.0),
-        }
-        .flags(libc::MSG_TRUNC)
-        .build();
+        let e = match (op, file) {
+            (Multi::Recv, FileRef::Slot(s)) => opcode::RecvMulti::new(types::Fixed(s), group.0)
+                .flags(libc::MSG_TRUNC)
+                .build(),
+            (Multi::Recv, FileRef::Fd(fd)) => opcode::RecvMulti::new(types::Fd(fd), group.0)
+                .flags(libc::MSG_TRUNC)
+                .build(),
+            (Multi::Read, FileRef::Slot(s)) => {
+                opcode::ReadMulti::new(types::Fixed(s), 0, group.0).build()
+            }
+            (Multi::Read, FileRef::Fd(fd)) => {
+                opcode::ReadMulti::new(types::Fd(fd), 0, group.0).build()
+            }
+        };
         // The kernel writes only into buffers posted in `group`'s ring, which this ring owns
         // until a completion hands them out or the group is closed after the receive ended.
+        self.push(&e.user_data(user_data))
+    }
+
+    /// Queues a one-shot poll for `file` becoming readable.
+    pub fn push_poll_in(&mut self, file: FileRef, user_data: u64) -> io::Result<()> {
+        let mask = libc::POLLIN as u32;
+        let e = match file {
+            FileRef::Slot(s) => opcode::PollAdd::new(types::Fixed(s), mask).build(),
+            FileRef::Fd(fd) => opcode::PollAdd::new(types::Fd(fd), mask).build(),
+        };
         self.push(&e.user_data(user_data))
     }
 
@@ -544,6 +575,26 @@ impl Ring {
 }
 
 /// A connected pair of unix datagram sockets.
+/// Which multishot receive: `recv` on a socket, `read` on anything pollable (a tap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Multi {
+    Recv,
+    Read,
+}
+
+/// A pipe: (read end, write end).
+fn pipe_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into `fds`, which is large enough; on success they
+    // are fresh and owned by nothing else.
+    unsafe {
+        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])))
+    }
+}
+
 fn dgram_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: socketpair writes two descriptors into the array it is given.

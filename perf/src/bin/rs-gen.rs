@@ -271,7 +271,11 @@ fn main() -> Result<()> {
     let plans: Vec<Plan> = (0..threads)
         .map(|t| {
             let share = |total: u64| total / threads + u64::from(t < total % threads);
-            let rate = if args.rate == 0 { 0 } else { share(args.rate).max(1) };
+            let rate = if args.rate == 0 {
+                0
+            } else {
+                share(args.rate).max(1)
+            };
             // At a set rate a batch covers about --pace-us of the schedule.
             let batch_len = if rate == 0 {
                 args.batch
@@ -279,7 +283,11 @@ fn main() -> Result<()> {
                 (rate * args.pace_us / 1_000_000).clamp(1, args.batch as u64) as usize
             };
             Plan {
-                count: if limit == u64::MAX { limit } else { share(limit) },
+                count: if limit == u64::MAX {
+                    limit
+                } else {
+                    share(limit)
+                },
                 rate,
                 batch_len,
                 duration: args.duration.map(Duration::from_secs_f64),
@@ -301,7 +309,10 @@ fn main() -> Result<()> {
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a sender panicked"))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a sender panicked")))
+            })
             .collect()
     });
     let mut total = Sent::default();

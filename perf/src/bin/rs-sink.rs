@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use ringswitch_perf::batch::RxBatch;
 use hdrhistogram::Histogram;
+use ringswitch_perf::batch::RxBatch;
 use ringswitch_perf::clock::{realtime_offset_ns, MonoTime};
 use ringswitch_perf::cpu::pin_current_thread;
 use ringswitch_perf::ifname::IfName;

@@ -103,7 +103,11 @@ fn main() -> Result<()> {
     for i in 0..nbufs as u64 {
         pending.push(read(i / depth as u64, i));
     }
-    eprintln!("rs-urfwd: ready ({} <-> {})", taps[0].name(), taps[1].name());
+    eprintln!(
+        "rs-urfwd: ready ({} <-> {})",
+        taps[0].name(),
+        taps[1].name()
+    );
 
     let mut report = Report::default();
     let timeout = types::Timespec::new().nsec(100_000_000);

@@ -23,7 +23,7 @@ use crate::engine::{Engine, PortConf, RxDesc, TxDesc, TxQueues};
 use crate::ids::{BufIndex, PortId};
 use crate::l2tpv3::{L2tpv3Codec, MAX_HEADER as L2TP_MAX_HEADER};
 use crate::stream::{StreamItem, StreamRx, PREFIX_LEN};
-use crate::uring::{Completion, FileRef, Ring, RingFeatures};
+use crate::uring::{Completion, FileRef, Multi, Ring, RingFeatures};
 
 mod multishot;
 mod portio;
@@ -37,6 +37,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// How taps receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TapRx {
+    /// Non-blocking rounds of reads and a poll between them (see `RxMode::Polled`): frames
+    /// in order, no idle reads parked in the kernel.
+    Polled,
+    /// One multishot read over a provided-buffer ring (kernel 6.7+): frames in order, but
+    /// each costs the kernel a task-work round trip.
+    Multishot,
+    /// `rx_depth` blocking reads in flight: at low rates the kernel wakes all of them for
+    /// each frame and hands one that lost too often to a worker thread, which reorders.
+    Reads,
+}
 
 /// Sizing of a worker.
 #[derive(Debug, Clone)]
@@ -52,7 +66,10 @@ pub struct WorkerConfig {
     /// Receive on datagram socket ports with one multishot recv over a provided-buffer ring,
     /// where the kernel supports it (otherwise, and when false, with `rx_depth` reads).
     pub rx_multishot: bool,
-    /// Under load (the last wake-up brought `COALESCE_FROM` frames or more), wait up to this
+    /// How taps receive.
+    pub tap_rx: TapRx,
+    /// Under load (the last wake-up brought `COALESCE_FROM` frames or more from datagram socket
+    /// ports, whose sends batch), wait up to this
     /// long for a batch of `COALESCE_BATCH` completions before handling them, so that one
     /// wake-up and one send per port carry many frames; zero turns it off. A lone frame is
     /// never held back: the wait after a quiet spell ends at the first completion.
@@ -75,6 +92,7 @@ impl Default for WorkerConfig {
             mac_ageing: 300,
             rx_depth: 64,
             rx_multishot: true,
+            tap_rx: TapRx::Polled,
             rx_coalesce: Duration::from_micros(50),
             tx_depth: 256,
             max_ports: 64,
@@ -111,6 +129,8 @@ const TAG_STREAM_SEND: u64 = 6;
 const TAG_ENCAP_WRITE: u64 = 7;
 /// A run of frames sent with one UDP GSO sendmsg; the buffer field holds the slot.
 const TAG_GSO_SEND: u64 = 8;
+/// A polled tap became readable.
+const TAG_POLL: u64 = 10;
 /// A completion of a port's multishot receive; the buffer comes from the port's buffer ring.
 const TAG_RECV_MULTI: u64 = 9;
 
@@ -137,6 +157,9 @@ struct IoPort {
     tx_file: FileRef,
     io: PortIo,
     rx: RxMode,
+    /// A datagram socket port: its sends batch (UDP GSO, one sendmsg per run), so a wait
+    /// that gathers its frames saves work; a tap writes one frame per write either way.
+    batches: bool,
     /// Receive operations in flight (reads, or the one multishot receive).
     reads: u32,
     writes: u32,
@@ -202,8 +225,10 @@ pub struct Worker {
     link: WorkerLink,
     wake_buf: Box<u64>,
     rx_depth: u32,
+    tap_rx: TapRx,
     rx_coalesce: Duration,
-    /// Frames the last wake-up brought (they decide whether the next wait coalesces).
+    /// Frames the last wake-up brought from ports whose sends batch (they decide whether the
+    /// next wait coalesces: taps alone never make it wait).
     last_batch: usize,
     /// Writes handed to the kernel and not yet completed.
     writes: u64,
@@ -262,6 +287,7 @@ impl Worker {
             link,
             wake_buf: Box::new(0),
             rx_depth: cfg.rx_depth,
+            tap_rx: cfg.tap_rx,
             rx_coalesce: cfg.rx_coalesce,
             last_batch: 0,
             writes: 0,
@@ -451,6 +477,14 @@ impl Worker {
             entry,
             file,
             tx_file,
+            batches: matches!(io, PortIo::Gso(_) | PortIo::Encap(_))
+                || matches!(
+                    rx,
+                    RxMode::Multishot {
+                        op: Multi::Recv,
+                        ..
+                    }
+                ),
             io,
             rx,
             reads: 0,
@@ -590,9 +624,16 @@ impl Worker {
             }
             let port = PortId(i as u16);
             let file = p.file;
-            if let RxMode::Multishot { .. } = p.rx {
-                self.arm_multishot(port)?;
-                continue;
+            match p.rx {
+                RxMode::Multishot { .. } => {
+                    self.arm_multishot(port)?;
+                    continue;
+                }
+                RxMode::Polled(_) => {
+                    self.arm_polled(port)?;
+                    continue;
+                }
+                RxMode::Reads => {}
             }
             if let PortIo::Stream(st) = &mut p.io {
                 if !st.reading {
@@ -681,7 +722,9 @@ impl Worker {
                     }
                     None => false,
                 };
-                if c.result >= 0 && live {
+                if live && self.polled_read(port, c.result) {
+                    self.ring.pool_mut().release(buf);
+                } else if c.result >= 0 && live {
                     self.received(port, buf, c.result as usize);
                 } else {
                     self.ring.pool_mut().release(buf);
@@ -691,6 +734,7 @@ impl Worker {
                 }
             }
             TAG_RECV_MULTI => self.multishot_completed(port, c),
+            TAG_POLL => self.poll_completed(port, c.result),
             TAG_WRITE => {
                 self.writes -= 1;
                 if let Some(p) = &mut self.ports[port.index()] {
@@ -753,7 +797,12 @@ impl Worker {
     }
 
     fn forward_batch(&mut self) {
-        self.last_batch = self.rx.len();
+        let ports = &self.ports;
+        self.last_batch = self
+            .rx
+            .iter()
+            .filter(|d| matches!(&ports[d.port.index()], Some(p) if p.batches))
+            .count();
         if self.rx.is_empty() {
             return;
         }

@@ -1,4 +1,5 @@
-//! How a datagram socket port receives with one multishot recv instead of a read per buffer.
+//! How a datagram socket port receives with one multishot recv, and a tap with one multishot
+//! read, instead of a read per buffer.
 //!
 //! The port owns a provided-buffer ring (its group is the port's index) of `rx_depth` pool
 //! buffers. Before each submission the worker tops the ring up from the pool's free stack, in
@@ -11,13 +12,47 @@
 
 use super::*;
 use crate::bufring::MAX_ENTRIES;
+use crate::uring::Multi;
 
 /// How a port receives.
 pub(super) enum RxMode {
     /// `rx_depth` reads in flight: taps, streams, and sockets where multishot is unavailable.
     Reads,
-    /// One multishot receive over the port's buffer ring; `armed` while it runs.
-    Multishot { armed: bool },
+    /// One multishot receive (`op`) over the port's buffer ring; `armed` while it runs.
+    Multishot { armed: bool, op: Multi },
+    /// A tap whose descriptor is non-blocking: rounds of `want` reads that all run at once
+    /// (each brings a frame or -EAGAIN, none waits in the kernel), so frames keep their
+    /// order and no parked read is woken for nothing; after a round that came up short, one
+    /// poll waits for the tap to be readable. `want` doubles while rounds come back full and
+    /// follows the frames a round brought otherwise.
+    Polled(Polled),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Polled {
+    /// Reads in the next round.
+    pub want: u32,
+    /// Frames the current round brought.
+    pub got: u32,
+    /// A read of the current round found the tap empty.
+    pub missed: bool,
+    /// A poll for readability is in flight.
+    pub polling: bool,
+}
+
+/// Reads in the first round, and the fewest in any.
+const POLLED_MIN: u32 = 2;
+
+/// Makes `fd` non-blocking (it is shared with whoever else holds the tap; QEMU does the same).
+fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor the caller holds open; F_GETFL/F_SETFL touch only flags.
+    unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Whether `fd` is a socket.
@@ -36,12 +71,36 @@ impl Worker {
             entry.framing,
             Framing::Datagram | Framing::UdpGso | Framing::L2tpv3(_)
         );
-        if !(self.ring.features().recv_multishot && datagrams && is_socket(&entry.fd)) {
-            return RxMode::Reads;
+        let f = self.ring.features();
+        let tap = datagrams && entry.framing == Framing::Datagram && !is_socket(&entry.fd);
+        if tap && self.tap_rx == TapRx::Polled {
+            match set_nonblocking(&entry.fd) {
+                Ok(()) => {
+                    return RxMode::Polled(Polled {
+                        want: POLLED_MIN,
+                        got: 0,
+                        missed: false,
+                        polling: false,
+                    })
+                }
+                Err(e) => eprintln!(
+                    "ringswitch: port {}: cannot make the tap non-blocking ({e}); it receives \
+                     with reads",
+                    entry.name
+                ),
+            }
         }
+        let op = match (datagrams, is_socket(&entry.fd)) {
+            (true, true) if f.recv_multishot => Multi::Recv,
+            // Not a socket, one frame per read: a tap.
+            (true, false) if f.read_multishot && tap && self.tap_rx == TapRx::Multishot => {
+                Multi::Read
+            }
+            _ => return RxMode::Reads,
+        };
         let entries = self.rx_depth.next_power_of_two().min(MAX_ENTRIES as u32) as u16;
         match self.ring.open_buf_ring(BufGroup(id.0), entries) {
-            Ok(()) => RxMode::Multishot { armed: false },
+            Ok(()) => RxMode::Multishot { armed: false, op },
             // Reads serve as well, at a higher cost per frame.
             Err(e) => {
                 eprintln!(
@@ -63,14 +122,14 @@ impl Worker {
         let Some(p) = &mut self.ports[port.index()] else {
             return Ok(());
         };
-        let RxMode::Multishot { armed } = &mut p.rx else {
+        let RxMode::Multishot { armed, op } = &mut p.rx else {
             return Ok(());
         };
         if *armed || self.ring.buf_ring_held(group) == 0 {
             return Ok(());
         }
         self.ring
-            .push_recv_multi(p.file, group, tag(TAG_RECV_MULTI, port, BufIndex(0)))
+            .push_multi(*op, p.file, group, tag(TAG_RECV_MULTI, port, BufIndex(0)))
             .map_err(WorkerError::Enter)?;
         *armed = true;
         p.reads += 1;
@@ -84,7 +143,7 @@ impl Worker {
         let live = match &mut self.ports[port.index()] {
             Some(p) => {
                 if !c.more() {
-                    if let RxMode::Multishot { armed } = &mut p.rx {
+                    if let RxMode::Multishot { armed, .. } = &mut p.rx {
                         *armed = false;
                     }
                     p.reads -= 1;
@@ -114,7 +173,7 @@ impl Worker {
                     &self.ports[port.index()],
                     Some(IoPort {
                         failed: true,
-                        rx: RxMode::Multishot { armed: false },
+                        rx: RxMode::Multishot { armed: false, .. },
                         ..
                     })
                 );
@@ -125,6 +184,92 @@ impl Worker {
                 }
             }
             _ => {}
+        }
+    }
+}
+
+impl Worker {
+    /// Starts the next round of reads on a polled tap, or its poll after a short round.
+    pub(super) fn arm_polled(&mut self, port: PortId) -> Result<(), WorkerError> {
+        let rx_depth = self.rx_depth;
+        let Some(p) = &mut self.ports[port.index()] else {
+            return Ok(());
+        };
+        let RxMode::Polled(st) = &mut p.rx else {
+            return Ok(());
+        };
+        // A round runs within one io_uring_enter; its reads are all back before the next
+        // loop, unless a poll is still waiting.
+        if st.polling || p.reads > 0 {
+            return Ok(());
+        }
+        let file = p.file;
+        if st.missed {
+            st.want = (2 * st.got).clamp(POLLED_MIN, rx_depth);
+            st.got = 0;
+            st.missed = false;
+            st.polling = true;
+            p.reads += 1;
+            return self
+                .ring
+                .push_poll_in(file, tag(TAG_POLL, port, BufIndex(0)))
+                .map_err(WorkerError::Enter);
+        }
+        if st.got >= st.want {
+            st.want = (2 * st.want).min(rx_depth);
+        }
+        st.got = 0;
+        let want = st.want;
+        let mut armed = 0;
+        for _ in 0..want {
+            let Some(buf) = self.ring.pool_mut().alloc() else {
+                self.counters.rx_starved.inc();
+                break;
+            };
+            // SAFETY: `buf` was just allocated, so nothing else refers to it; it is touched
+            // again only when this read's completion is reaped.
+            unsafe { self.ring.push_read(file, buf, tag(TAG_READ, port, buf)) }
+                .map_err(WorkerError::Enter)?;
+            armed += 1;
+        }
+        if let Some(p) = &mut self.ports[port.index()] {
+            p.reads += armed;
+        }
+        Ok(())
+    }
+
+    /// A polled tap's read came back: a frame counts towards the round, -EAGAIN ends it.
+    /// Returns whether the completion was fully handled here (an empty tap).
+    pub(super) fn polled_read(&mut self, port: PortId, result: i32) -> bool {
+        let Some(IoPort {
+            rx: RxMode::Polled(st),
+            ..
+        }) = &mut self.ports[port.index()]
+        else {
+            return false;
+        };
+        if result == -libc::EAGAIN {
+            st.missed = true;
+            return true;
+        }
+        if result >= 0 {
+            st.got += 1;
+        }
+        false
+    }
+
+    /// The poll of a polled tap ended (readable, or cancelled when the port goes).
+    pub(super) fn poll_completed(&mut self, port: PortId, result: i32) {
+        let Some(p) = &mut self.ports[port.index()] else {
+            return;
+        };
+        p.reads -= 1;
+        if let RxMode::Polled(st) = &mut p.rx {
+            st.polling = false;
+        }
+        let live = !p.draining && !p.failed;
+        if live && result < 0 {
+            self.receive_failed(port, result);
         }
     }
 }
