@@ -163,6 +163,12 @@ def _rfc2544(kind, st, plan, logs, res):
                 mid = (lo + hi) / 2
                 r = offered(st, size, plan.trial, plan.gen_cpus, rate=mid, threads=plan.threads)
                 trials.append((mid, r))
+                if not _zero_loss(r, plan.loss_tolerance):
+                    # One retry: on a shared VM a single stall of the switch's core (another
+                    # tenant, a host interrupt) overflows a tap queue at any rate.
+                    r = offered(st, size, plan.trial, plan.gen_cpus, rate=mid,
+                                threads=plan.threads)
+                    trials.append((mid, r))
                 if _zero_loss(r, plan.loss_tolerance):
                     lo, best, best_r = mid, mid, r
                 else:
