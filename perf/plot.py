@@ -105,6 +105,9 @@ def latency_cdf(out, rows):
     rows = [r for r in rows if r.get("hist") and os.path.exists(r["hist"])]
     if not rows:
         return None
+    rows = [r for r in rows if r.get("load_pct")]  # % loads; fixed rates are in the table
+    if not rows:
+        return None
     loads = sorted({int(float(r["load_pct"])) for r in rows})
     fig, axes = plt.subplots(1, len(loads), figsize=(6 * len(loads), 5), squeeze=False)
     for ax, load in zip(axes[0], loads):

@@ -32,6 +32,7 @@ class Plan:
         self.steps = kw.get("steps", 7)
         self.loss_tolerance = kw.get("loss_tolerance", 0.0)
         self.loads = kw.get("loads", [])
+        self.rates = kw.get("rates", [])  # absolute latency rates (frames/s), besides loads
         self.latency_size = kw.get("latency_size", 64)
         self.latency_duration = kw.get("latency_duration", 3.0)
         self.gen_cpus = kw.get("gen_cpus", [0])
@@ -43,7 +44,7 @@ class Plan:
 
 
     def tap_phases(self):
-        return bool(self.sizes or self.flows or self.rfc_sizes or self.loads)
+        return bool(self.sizes or self.flows or self.rfc_sizes or self.loads or self.rates)
 
 
 class Results:
@@ -190,13 +191,18 @@ def _rfc2544(kind, st, plan, logs, res):
 def _latency(kind, st, plan, logs, res, zero_loss):
     size = plan.latency_size
     base = zero_loss.get(size, 0)
-    for load in plan.loads:
-        rate = base * load / 100
-        if rate < 1000:
+    points = [(load, base * load / 100) for load in plan.loads]
+    points += [(None, float(rate)) for rate in plan.rates]
+    for load, rate in points:
+        if load is None:
+            log(f"{kind}: latency at {rate / 1e6:.3f} Mpps")
+        elif rate < 1000:
             log(f"{kind}: no zero-loss rate at {size} B; latency at {load}% skipped")
             continue
-        log(f"{kind}: latency at {load}% of {base / 1e6:.3f} Mpps ({rate / 1e6:.3f} Mpps)")
-        hist = os.path.join(logs, f"{kind}-latency-{load}.csv")
+        else:
+            log(f"{kind}: latency at {load}% of {base / 1e6:.3f} Mpps ({rate / 1e6:.3f} Mpps)")
+        point = load if load is not None else f"{int(rate)}pps"
+        hist = os.path.join(logs, f"{kind}-latency-{point}.csv")
         sink_cpu = plan.sink_cpu if plan.sink_cpu is not None else plan.gen_cpus[0]
         r = with_sink(st, size, plan.latency_duration, plan.gen_cpus, sink_cpu, rate, hist)
         s = r.pop("sink")

@@ -80,7 +80,8 @@ def latency_table(rows):
             note = "; ".join(n for n in (note, "receive-call times") if n)
         if r.get("sink_drops"):
             note = "; ".join(n for n in (note, f"sink socket dropped {r['sink_drops']}") if n)
-        cells.append([switches.label(r["switch"]), f"{r['load_pct']}%",
+        load = f"{r['load_pct']}%" if r["load_pct"] is not None else "fixed rate"
+        cells.append([switches.label(r["switch"]), load,
                       _f(r["rate_pps"] / 1e6), _f(r["lat_p50_us"], "{:.1f}"),
                       _f(r["lat_p90_us"], "{:.1f}"), _f(r["lat_p99_us"], "{:.1f}"),
                       _f(r["lat_p99_9_us"], "{:.1f}"), _f(r["lat_max_us"], "{:.0f}"),
