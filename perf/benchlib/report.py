@@ -72,7 +72,7 @@ def rfc2544_table(rows):
 
 def latency_table(rows):
     header = ["switch", "load", "rate Mpps", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs",
-              "max µs", "lost", "reordered", "duplicates", "note"]
+              "max µs", "lost", "reordered", "duplicates", "switch CPU %", "note"]
     cells = []
     for r in rows:
         note = r.get("note", "")
@@ -85,7 +85,9 @@ def latency_table(rows):
                       _f(r["rate_pps"] / 1e6), _f(r["lat_p50_us"], "{:.1f}"),
                       _f(r["lat_p90_us"], "{:.1f}"), _f(r["lat_p99_us"], "{:.1f}"),
                       _f(r["lat_p99_9_us"], "{:.1f}"), _f(r["lat_max_us"], "{:.0f}"),
-                      r["lost"], r["reordered"], r["duplicates"], note])
+                      r["lost"], r["reordered"], r["duplicates"],
+                      _f(r.get("cpu_pct"), "{:.0f}") if r.get("cpu_s") is not None else "—",
+                      note])
     return _table(header, cells)
 
 
