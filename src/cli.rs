@@ -43,10 +43,10 @@ struct Raw {
     #[arg(long)]
     no_rx_multishot: bool,
 
-    /// How taps receive: `polled` (non-blocking rounds of up to --rx-depth reads with a poll
-    /// between them), `multishot` (one multishot read over a provided-buffer ring; kernel
-    /// 6.7+) or `reads` (--rx-depth blocking reads in flight, which can reorder frames at low
-    /// rates).
+    /// How taps receive: `polled` (under load, rounds of up to --rx-depth non-blocking reads;
+    /// when the tap runs empty, one multishot read until a burst comes), `multishot` (one
+    /// multishot read over a provided-buffer ring; kernel 6.7+) or `reads` (--rx-depth
+    /// blocking reads in flight, which can reorder frames at low rates).
     #[arg(long, value_name = "HOW", default_value = "polled", value_parser = ["polled", "multishot", "reads"])]
     tap_rx: String,
 

@@ -100,7 +100,10 @@ fn run(args: cli::Args) -> anyhow::Result<()> {
                 "reads (--no-rx-multishot)"
             },
             match cfg_tap_rx {
-                TapRx::Polled => "polled rounds of non-blocking reads",
+                TapRx::Polled if handle.features.read_multishot => {
+                    "rounds of non-blocking reads under load, a multishot read when idle"
+                }
+                TapRx::Polled => "rounds of non-blocking reads under load, a poll when idle",
                 TapRx::Multishot if handle.features.read_multishot => "multishot read + buffer ring",
                 TapRx::Multishot => "reads (multishot read over a buffer ring unsupported here)",
                 TapRx::Reads => "reads (--tap-rx reads)",

@@ -368,15 +368,46 @@ impl Ring {
         buf: BufIndex,
         user_data: u64,
     ) -> io::Result<()> {
+        self.push_read_flags(file, buf, 0, user_data)
+    }
+
+    /// Queues a read like `push_read` that never waits in the kernel: with nothing to read
+    /// it completes at once with -EAGAIN (RWF_NOWAIT; io_uring would arm a poll and retry
+    /// even on an O_NONBLOCK descriptor that supports non-blocking reads).
+    ///
+    /// # Safety
+    /// As `push_read`.
+    pub unsafe fn push_read_nowait(
+        &mut self,
+        file: FileRef,
+        buf: BufIndex,
+        user_data: u64,
+    ) -> io::Result<()> {
+        self.push_read_flags(file, buf, libc::RWF_NOWAIT, user_data)
+    }
+
+    unsafe fn push_read_flags(
+        &mut self,
+        file: FileRef,
+        buf: BufIndex,
+        rw_flags: i32,
+        user_data: u64,
+    ) -> io::Result<()> {
         let len = self.pool.buf_size() as u32;
         let ptr = self.pool.addr(buf);
         let e = match (file, self.fixed_or_plain()) {
-            (FileRef::Slot(s), true) => {
-                opcode::ReadFixed::new(types::Fixed(s), ptr, len, 0).build()
-            }
-            (FileRef::Fd(fd), true) => opcode::ReadFixed::new(types::Fd(fd), ptr, len, 0).build(),
-            (FileRef::Slot(s), false) => opcode::Read::new(types::Fixed(s), ptr, len).build(),
-            (FileRef::Fd(fd), false) => opcode::Read::new(types::Fd(fd), ptr, len).build(),
+            (FileRef::Slot(s), true) => opcode::ReadFixed::new(types::Fixed(s), ptr, len, 0)
+                .rw_flags(rw_flags)
+                .build(),
+            (FileRef::Fd(fd), true) => opcode::ReadFixed::new(types::Fd(fd), ptr, len, 0)
+                .rw_flags(rw_flags)
+                .build(),
+            (FileRef::Slot(s), false) => opcode::Read::new(types::Fixed(s), ptr, len)
+                .rw_flags(rw_flags)
+                .build(),
+            (FileRef::Fd(fd), false) => opcode::Read::new(types::Fd(fd), ptr, len)
+                .rw_flags(rw_flags)
+                .build(),
         };
         self.push(&e.user_data(user_data))
     }
@@ -519,6 +550,12 @@ impl Ring {
         user_data: u64,
     ) -> io::Result<()> {
         let e = opcode::Read::new(types::Fd(fd), target.cast(), 8).build();
+        self.push(&e.user_data(user_data))
+    }
+
+    /// Queues cancellation of the operation submitted with `target` as its user data.
+    pub fn push_cancel(&mut self, target: u64, user_data: u64) -> io::Result<()> {
+        let e = opcode::AsyncCancel::new(target).build();
         self.push(&e.user_data(user_data))
     }
 

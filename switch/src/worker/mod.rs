@@ -41,8 +41,9 @@ use std::time::{Duration, Instant};
 /// How taps receive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TapRx {
-    /// Non-blocking rounds of reads and a poll between them (see `RxMode::Polled`): frames
-    /// in order, no idle reads parked in the kernel.
+    /// Rounds of non-blocking reads under load, one multishot read (or a poll) while the
+    /// tap is idle (see `RxMode::Polled`): frames in order, the peak rate of reads and the
+    /// low cost per frame of a multishot read at moderate rates.
     Polled,
     /// One multishot read over a provided-buffer ring (kernel 6.7+): frames in order, but
     /// each costs the kernel a task-work round trip.
@@ -428,6 +429,7 @@ impl Worker {
     }
 
     fn add_port(&mut self, id: PortId, entry: Arc<PortEntry>) -> Result<(), WorkerError> {
+        let rx = self.rx_mode(id, &entry);
         let slot = 2 * id.0 as u32;
         let file = self
             .ring
@@ -465,7 +467,6 @@ impl Worker {
                 next: 0,
             })),
         };
-        let rx = self.rx_mode(id, &entry);
         let conf = PortConf {
             domain: entry.domain,
             link_up: entry.link_up,
@@ -526,7 +527,11 @@ impl Worker {
                 matches!(&self.ports[i], Some(p) if p.draining && p.reads == 0 && p.writes == 0);
             if done {
                 if let Some(IoPort {
-                    rx: RxMode::Multishot { .. },
+                    rx:
+                        RxMode::Multishot { .. }
+                        | RxMode::Polled(multishot::Polled {
+                            multishot: true, ..
+                        }),
                     ..
                 }) = &self.ports[i]
                 {
@@ -581,6 +586,10 @@ impl Worker {
                             .map(|(i, p)| match (&p.rx, &p.io) {
                                 (RxMode::Multishot { .. }, _) => {
                                     ring.buf_ring_held(BufGroup(i as u16))
+                                }
+                                (RxMode::Polled(st), _) if st.multishot => {
+                                    ring.buf_ring_held(BufGroup(i as u16)) + p.reads as usize
+                                        - usize::from(st.armed)
                                 }
                                 (_, PortIo::Stream(_)) => 0,
                                 _ => p.reads as usize,
@@ -723,6 +732,10 @@ impl Worker {
                     None => false,
                 };
                 if live && self.polled_read(port, c.result) {
+                    self.ring.pool_mut().release(buf);
+                } else if c.result == -libc::EOPNOTSUPP {
+                    // The rest of a RWF_NOWAIT round that the tap refused; the port went
+                    // back to blocking reads at the first of them.
                     self.ring.pool_mut().release(buf);
                 } else if c.result >= 0 && live {
                     self.received(port, buf, c.result as usize);

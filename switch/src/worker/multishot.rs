@@ -20,11 +20,13 @@ pub(super) enum RxMode {
     Reads,
     /// One multishot receive (`op`) over the port's buffer ring; `armed` while it runs.
     Multishot { armed: bool, op: Multi },
-    /// A tap whose descriptor is non-blocking: rounds of `want` reads that all run at once
-    /// (each brings a frame or -EAGAIN, none waits in the kernel), so frames keep their
-    /// order and no parked read is woken for nothing; after a round that came up short, one
-    /// poll waits for the tap to be readable. `want` doubles while rounds come back full and
-    /// follows the frames a round brought otherwise.
+    /// A tap read two ways that never overlap, so frames keep their order. Under load:
+    /// rounds of `want` RWF_NOWAIT reads that all run at once (each brings a frame or
+    /// -EAGAIN, none waits in the kernel); `want` doubles while rounds
+    /// come back full. Once a round comes up short the tap is empty, and one multishot read
+    /// over the port's buffer ring (or, without one, a poll) waits for the next frames,
+    /// which costs less per frame at moderate rates; when a wake-up brings a burst through
+    /// it, it is cancelled and rounds take over again after its last completion.
     Polled(Polled),
 }
 
@@ -36,24 +38,20 @@ pub(super) struct Polled {
     pub got: u32,
     /// A read of the current round found the tap empty.
     pub missed: bool,
-    /// A poll for readability is in flight.
-    pub polling: bool,
+    /// The idle phase's multishot read (or poll) is in flight.
+    pub armed: bool,
+    /// The idle phase uses a multishot read over the port's buffer ring (else a poll).
+    pub multishot: bool,
+    /// The multishot read was asked to stop (a burst came through it).
+    pub cancelling: bool,
+    /// Frames the multishot read brought since the last loop.
+    pub burst: u32,
 }
 
 /// Reads in the first round, and the fewest in any.
 const POLLED_MIN: u32 = 2;
-
-/// Makes `fd` non-blocking (it is shared with whoever else holds the tap; QEMU does the same).
-fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
-    // SAFETY: fcntl on a descriptor the caller holds open; F_GETFL/F_SETFL touch only flags.
-    unsafe {
-        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
+/// Frames through the multishot read in one loop from which rounds take over.
+const POLLED_BURST: u32 = 16;
 
 /// Whether `fd` is a socket.
 fn is_socket(fd: &OwnedFd) -> bool {
@@ -74,21 +72,19 @@ impl Worker {
         let f = self.ring.features();
         let tap = datagrams && entry.framing == Framing::Datagram && !is_socket(&entry.fd);
         if tap && self.tap_rx == TapRx::Polled {
-            match set_nonblocking(&entry.fd) {
-                Ok(()) => {
-                    return RxMode::Polled(Polled {
-                        want: POLLED_MIN,
-                        got: 0,
-                        missed: false,
-                        polling: false,
-                    })
-                }
-                Err(e) => eprintln!(
-                    "ringswitch: port {}: cannot make the tap non-blocking ({e}); it receives \
-                     with reads",
-                    entry.name
-                ),
-            }
+            let entries = self.rx_depth.next_power_of_two().min(MAX_ENTRIES as u32) as u16;
+            let multishot =
+                f.read_multishot && self.ring.open_buf_ring(BufGroup(id.0), entries).is_ok();
+            return RxMode::Polled(Polled {
+                want: POLLED_MIN,
+                got: 0,
+                // Start idle: the first frames come through the multishot read.
+                missed: true,
+                armed: false,
+                multishot,
+                cancelling: false,
+                burst: 0,
+            });
         }
         let op = match (datagrams, is_socket(&entry.fd)) {
             (true, true) if f.recv_multishot => Multi::Recv,
@@ -143,10 +139,19 @@ impl Worker {
         let live = match &mut self.ports[port.index()] {
             Some(p) => {
                 if !c.more() {
-                    if let RxMode::Multishot { armed, .. } = &mut p.rx {
-                        *armed = false;
+                    match &mut p.rx {
+                        RxMode::Multishot { armed, .. } => *armed = false,
+                        // Rounds take over; a short one brings the multishot read back.
+                        RxMode::Polled(st) => {
+                            st.armed = false;
+                            st.cancelling = false;
+                            st.missed = false;
+                        }
+                        RxMode::Reads => {}
                     }
                     p.reads -= 1;
+                } else if let RxMode::Polled(st) = &mut p.rx {
+                    st.burst += 1;
                 }
                 !p.draining && !p.failed
             }
@@ -167,13 +172,21 @@ impl Worker {
             // An empty datagram (it ends the receive; the next loop re-arms it).
             0 => self.received_empty(port),
             r if r == -libc::ENOBUFS => self.counters.rx_ring_empty.inc(),
+            // The cancellation that hands a burst to rounds.
+            r if r == -libc::ECANCELED => {}
             r if r < 0 => {
                 self.receive_failed(port, r);
                 let ended = matches!(
                     &self.ports[port.index()],
                     Some(IoPort {
                         failed: true,
-                        rx: RxMode::Multishot { armed: false, .. },
+                        rx: RxMode::Multishot { armed: false, .. }
+                            | RxMode::Polled(Polled {
+                                armed: false,
+                                multishot: true,
+                                ..
+                            }),
+                        reads: 0,
                         ..
                     })
                 );
@@ -189,30 +202,68 @@ impl Worker {
 }
 
 impl Worker {
-    /// Starts the next round of reads on a polled tap, or its poll after a short round.
+    /// Starts the next round of reads on a polled tap, or its idle phase (the multishot
+    /// read, or a poll) after a short round; hands a burst from the idle phase to rounds.
     pub(super) fn arm_polled(&mut self, port: PortId) -> Result<(), WorkerError> {
         let rx_depth = self.rx_depth;
-        let Some(p) = &mut self.ports[port.index()] else {
+        let group = BufGroup(port.0);
+        let Some(IoPort {
+            rx: RxMode::Polled(st),
+            reads,
+            file,
+            ..
+        }) = &mut self.ports[port.index()]
+        else {
             return Ok(());
         };
-        let RxMode::Polled(st) = &mut p.rx else {
-            return Ok(());
-        };
-        // A round runs within one io_uring_enter; its reads are all back before the next
-        // loop, unless a poll is still waiting.
-        if st.polling || p.reads > 0 {
+        let file = *file;
+        if st.armed {
+            let burst = std::mem::take(&mut st.burst);
+            if !st.multishot {
+                return Ok(());
+            }
+            if burst >= POLLED_BURST && !st.cancelling {
+                st.cancelling = true;
+                st.want = burst.clamp(POLLED_MIN, rx_depth);
+                return self
+                    .ring
+                    .push_cancel(tag(TAG_RECV_MULTI, port, BufIndex(0)), TAG_CANCEL << 56)
+                    .map_err(WorkerError::Enter);
+            }
+            if !self.ring.refill_buf_ring(group) {
+                self.counters.rx_starved.inc();
+            }
             return Ok(());
         }
-        let file = p.file;
+        // A round runs within one io_uring_enter; its reads are all back before the next
+        // loop.
+        if *reads > 0 {
+            return Ok(());
+        }
         if st.missed {
             st.want = (2 * st.got).clamp(POLLED_MIN, rx_depth);
             st.got = 0;
             st.missed = false;
-            st.polling = true;
-            p.reads += 1;
+            st.armed = true;
+            st.burst = 0;
+            *reads += 1;
+            if !st.multishot {
+                return self
+                    .ring
+                    .push_poll_in(file, tag(TAG_POLL, port, BufIndex(0)))
+                    .map_err(WorkerError::Enter);
+            }
+            if !self.ring.refill_buf_ring(group) {
+                self.counters.rx_starved.inc();
+            }
             return self
                 .ring
-                .push_poll_in(file, tag(TAG_POLL, port, BufIndex(0)))
+                .push_multi(
+                    Multi::Read,
+                    file,
+                    group,
+                    tag(TAG_RECV_MULTI, port, BufIndex(0)),
+                )
                 .map_err(WorkerError::Enter);
         }
         if st.got >= st.want {
@@ -228,8 +279,11 @@ impl Worker {
             };
             // SAFETY: `buf` was just allocated, so nothing else refers to it; it is touched
             // again only when this read's completion is reaped.
-            unsafe { self.ring.push_read(file, buf, tag(TAG_READ, port, buf)) }
-                .map_err(WorkerError::Enter)?;
+            unsafe {
+                self.ring
+                    .push_read_nowait(file, buf, tag(TAG_READ, port, buf))
+            }
+            .map_err(WorkerError::Enter)?;
             armed += 1;
         }
         if let Some(p) = &mut self.ports[port.index()] {
@@ -252,6 +306,15 @@ impl Worker {
             st.missed = true;
             return true;
         }
+        if result == -libc::EOPNOTSUPP {
+            // The tap's kernel refuses RWF_NOWAIT reads: wait in the kernel like a poll
+            // would, with a multishot read if there is one, else with plain reads.
+            st.missed = true;
+            if !st.multishot {
+                self.ports[port.index()].as_mut().expect("checked above").rx = RxMode::Reads;
+            }
+            return true;
+        }
         if result >= 0 {
             st.got += 1;
         }
@@ -265,7 +328,7 @@ impl Worker {
         };
         p.reads -= 1;
         if let RxMode::Polled(st) = &mut p.rx {
-            st.polling = false;
+            st.armed = false;
         }
         let live = !p.draining && !p.failed;
         if live && result < 0 {
