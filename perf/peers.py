@@ -99,7 +99,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 PR_SET_PDEATHSIG = 1
 
 
-def _child_setup(cpu):
+def child_setup(cpu):
     """Runs in the child before exec: SIGTERM when we die, and pinned to `cpu` if given."""
 
     def setup():
@@ -114,7 +114,7 @@ def _run(cmd, timeout=CMD_TIMEOUT, check=True, env=None):
     """Runs a short command; returns its stdout. Raises PeerError if it fails or hangs."""
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                           stdin=subprocess.DEVNULL, preexec_fn=_child_setup(None))
+                           stdin=subprocess.DEVNULL, preexec_fn=child_setup(None))
     except subprocess.TimeoutExpired:
         raise PeerError(f"timed out after {timeout}s: {' '.join(cmd)}")
     except OSError as e:
@@ -137,7 +137,7 @@ def _popen(cmd, cpu, stdout_path, stderr_path, stdin_pipe=False, env=None):
     try:
         return subprocess.Popen(cmd, stdout=out, stderr=err, env=env,
                                 stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
-                                preexec_fn=_child_setup(cpu))
+                                preexec_fn=child_setup(cpu))
     except OSError as e:
         raise PeerError(f"cannot start {cmd[0]}: {e}")
     finally:

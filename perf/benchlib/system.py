@@ -4,7 +4,6 @@ even after an error or a signal), CPU accounting from /proc, and waiting for a q
 machine. Everything a case creates is named `rsb<PID>...`, so runs never collide and
 `perf/bench cleanup` can find what a killed run left."""
 
-import ctypes
 import json
 import os
 import re
@@ -40,19 +39,10 @@ def log(msg):
 
 # ---------------------------------------------------------------- process helpers
 
-_libc = ctypes.CDLL(None, use_errno=True)
-PR_SET_PDEATHSIG = 1
-
-
-def child_setup(cpu):
-    """Runs in the child before exec: die with us, and optionally pin to one CPU."""
-
-    def setup():
-        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if cpu is not None:
-            os.sched_setaffinity(0, {cpu})
-
-    return setup
+# One helper for every process the benchmarks start: SIGTERM when perf/bench dies, and
+# pinned to a CPU if asked (perf/peers.py, which also runs on its own, owns it).
+sys.path.insert(0, PERF_DIR)
+from peers import child_setup  # noqa: E402
 
 
 def run(cmd, timeout=CMD_TIMEOUT, check=True):
