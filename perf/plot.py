@@ -56,15 +56,19 @@ def style(label):
     return {"linewidth": 2.6, "zorder": 3} if label.startswith("ringswitch") else {"linewidth": 1.4}
 
 
+def lines(ax, rows, key):
+    """One line per switch: the best `key` over the repeats against frame size."""
+    for label, rs in by_switch(rows).items():
+        pts = best_per_size(rs, key)
+        ax.plot(list(pts), list(pts.values()), marker="o", label=label, **style(label))
+
+
 def throughput(out, rows):
     if not rows:
         return None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
-    for label, rs in by_switch(rows).items():
-        mpps = best_per_size(rs, "delivered_mpps")
-        gbit = best_per_size(rs, "gbit_s")
-        ax1.plot(list(mpps), list(mpps.values()), marker="o", label=label, **style(label))
-        ax2.plot(list(gbit), list(gbit.values()), marker="o", label=label, **style(label))
+    lines(ax1, rows, "delivered_mpps")
+    lines(ax2, rows, "gbit_s")
     ax1.set(xlabel="frame size (bytes, with FCS)", ylabel="delivered Mpps",
             title="Frames per second")
     ax2.set(xlabel="frame size (bytes, with FCS)", ylabel="Gbit/s (without FCS)",
@@ -86,9 +90,7 @@ def cpu_per_frame(out, rows):
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(8, 5))
-    for label, rs in by_switch(rows).items():
-        per = best_per_size(rs, "mframes_per_cpu_s")
-        ax.plot(list(per), list(per.values()), marker="o", label=label, **style(label))
+    lines(ax, rows, "mframes_per_cpu_s")
     ax.set(xlabel="frame size (bytes, with FCS)", ylabel="M frames per CPU-second",
            title="Forwarding work per frame (switch core)")
     ax.grid(True, alpha=0.3)
