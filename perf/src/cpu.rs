@@ -1,8 +1,10 @@
-//! Pinning the calling thread to one CPU with `sched_setaffinity`. Threads spawned after
-//! the call inherit the mask, which is how `rs-rwfwd` keeps both of its directions on the
-//! single core it is given.
+//! Pinning the calling thread to one CPU (`core_affinity`, `sched_setaffinity` underneath).
+//! Threads spawned after the call inherit the mask, which is how `rs-rwfwd` keeps both of its
+//! directions on the single core it is given.
 
 use std::io;
+
+use core_affinity::CoreId;
 
 /// Why the thread could not be pinned.
 #[derive(Debug, thiserror::Error)]
@@ -15,16 +17,12 @@ pub enum PinError {
 
 /// Restricts the calling thread to CPU `cpu`.
 pub fn pin_current_thread(cpu: usize) -> Result<(), PinError> {
+    // core_affinity indexes a cpu_set_t with `cpu` (a panic past its end): check first.
     if cpu >= libc::CPU_SETSIZE as usize {
         return Err(PinError::OutOfRange(cpu));
     }
-    // SAFETY: cpu_set_t is a plain bit array for which all-zero is a valid (empty) value.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpu` is below CPU_SETSIZE (checked above), so CPU_SET stays inside `set`.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: `set` is an initialised cpu_set_t of the size passed; pid 0 = calling thread.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if rc != 0 {
+    if !core_affinity::set_for_current(CoreId { id: cpu }) {
+        // errno is still that of the failed sched_setaffinity.
         return Err(PinError::Kernel(cpu, io::Error::last_os_error()));
     }
     Ok(())
@@ -32,18 +30,10 @@ pub fn pin_current_thread(cpu: usize) -> Result<(), PinError> {
 
 /// The CPUs the calling thread may run on.
 pub fn current_affinity() -> io::Result<Vec<usize>> {
-    // SAFETY: all-zero is a valid empty cpu_set_t.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is writable and its size is passed; pid 0 = calling thread.
-    let rc =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((0..libc::CPU_SETSIZE as usize)
-        // SAFETY: every index is below CPU_SETSIZE, inside `set`.
-        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
-        .collect())
+    core_affinity::get_core_ids()
+        .map(|ids| ids.into_iter().map(|c| c.id).collect())
+        // errno is still that of the failed sched_getaffinity.
+        .ok_or_else(io::Error::last_os_error)
 }
 
 #[cfg(test)]
@@ -69,5 +59,19 @@ mod tests {
             pin_current_thread(1 << 20),
             Err(PinError::OutOfRange(_))
         ));
+    }
+
+    #[test]
+    fn a_cpu_that_does_not_exist_is_an_error() {
+        // CPU_SETSIZE - 1 is in range of the mask but no machine here has that many CPUs.
+        let cpu = libc::CPU_SETSIZE as usize - 1;
+        std::thread::spawn(move || {
+            assert!(matches!(
+                pin_current_thread(cpu),
+                Err(PinError::Kernel(c, _)) if c == cpu
+            ));
+        })
+        .join()
+        .unwrap();
     }
 }

@@ -5,6 +5,7 @@
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use ringswitch_perf::cpu::{pin_current_thread, PinError};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -75,13 +76,10 @@ fn mac(s: &str) -> anyhow::Result<[u8; 6]> {
 
 fn pin(cpu: Option<usize>) -> anyhow::Result<()> {
     if let Some(c) = cpu {
-        // SAFETY: cpu_set_t is plain data; CPU_SET writes within it; sched_setaffinity reads it.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(c, &mut set);
-            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-                bail!("cannot pin to CPU {c}: {}", std::io::Error::last_os_error());
-            }
+        match pin_current_thread(c) {
+            Ok(()) => {}
+            Err(PinError::Kernel(_, e)) => bail!("cannot pin to CPU {c}: {e}"),
+            Err(e) => bail!("cannot pin to CPU {c}: {e}"),
         }
     }
     Ok(())
