@@ -1,10 +1,13 @@
-//! Options of the socket-based kinds (`socket`, `stream`, `dgram`, `l2tpv3`) and of the kinds
-//! that only place ports (`bridge`, `hubport`), checked into typed specs. The option names and
-//! rules are QEMU's; `reconnect=` on client streams is QEMU 8.0's, with a default that keeps a
-//! switch port alive across a peer's restart.
+//! Options of every kind but `tap` (see `netdev::tapopts`), checked into typed specs: the
+//! socket-based kinds (`socket`, `stream`, `dgram`, `l2tpv3`), `bridge` (a tap ringswitch
+//! creates and attaches to a Linux bridge) and `hubport` (which opens nothing: it places
+//! another port in a hub). The option names and rules are QEMU's; `reconnect=` on client
+//! streams is QEMU 8.0's, with a default that keeps a switch port alive across a peer's
+//! restart. Nothing here opens a socket; only host names are resolved.
 
 use crate::addr::{parse_host_port, resolve, SockAddr};
 use crate::netdev::{NetdevError, NetdevId, Opts, Source};
+use crate::tap::validate_ifname;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -65,7 +68,9 @@ fn bad(option: &str, expected: &'static str, value: impl Into<String>) -> Netdev
     }
 }
 
-fn fd_number(option: &str, v: &str, source: Source) -> Result<i32, NetdevError> {
+/// A descriptor number inherited from the parent (`fd=N`, `addr.str=N`): command line only,
+/// since QMP has no way here to pass a descriptor along.
+pub(crate) fn fd_number(option: &str, v: &str, source: Source) -> Result<i32, NetdevError> {
     if source == Source::Qmp {
         return Err(NetdevError::FdOverQmp);
     }
@@ -365,6 +370,13 @@ pub(crate) fn l2tpv3(o: &mut Opts) -> Result<L2tpv3Options, NetdevError> {
     })
 }
 
+/// `bridge`: the Linux bridge `br=` to attach a new tap to.
+pub(crate) fn bridge(o: &mut Opts) -> Result<String, NetdevError> {
+    let br = o.str("br").ok_or(NetdevError::Missing("br".into()))?;
+    validate_ifname(&br).map_err(|e| NetdevError::Ifname(format!("Parameter 'br': {e}")))?;
+    Ok(br)
+}
+
 /// `hubport`: `hubid=N` places the netdev named by `netdev=` in bridge domain N.
 pub(crate) fn hubport(o: &mut Opts) -> Result<(u16, Option<NetdevId>), NetdevError> {
     let hubid = o.int("hubid").ok_or(NetdevError::Missing("hubid".into()))?;
@@ -375,4 +387,140 @@ pub(crate) fn hubport(o: &mut Opts) -> Result<(u16, Option<NetdevId>), NetdevErr
         None => None,
     };
     Ok((hubid, netdev))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netdev::{parse_netdev, NetdevKind};
+
+    fn kind(s: &str) -> NetdevKind {
+        parse_netdev(s).unwrap_or_else(|e| panic!("{s}: {e}")).kind
+    }
+
+    fn err(s: &str) -> String {
+        parse_netdev(s).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn socket_kinds_in_qemu_syntax() {
+        use crate::addr::SockAddr;
+        use std::time::Duration;
+        assert_eq!(
+            kind("socket,id=a,listen=:4000"),
+            NetdevKind::Socket(SocketMode::Listen(SockAddr::Inet(
+                "0.0.0.0:4000".parse().unwrap()
+            )))
+        );
+        assert_eq!(
+            kind("socket,id=a,connect=127.0.0.1:4000"),
+            NetdevKind::Socket(SocketMode::Connect {
+                addr: SockAddr::Inet("127.0.0.1:4000".parse().unwrap()),
+                reconnect: Some(Duration::from_secs(1))
+            })
+        );
+        assert_eq!(
+            kind("socket,id=a,connect=127.0.0.1:4000,reconnect=0"),
+            NetdevKind::Socket(SocketMode::Connect {
+                addr: SockAddr::Inet("127.0.0.1:4000".parse().unwrap()),
+                reconnect: None
+            })
+        );
+        assert_eq!(
+            kind("socket,id=a,udp=127.0.0.1:5001,localaddr=127.0.0.1:5000"),
+            NetdevKind::Socket(SocketMode::Udp {
+                local: "127.0.0.1:5000".parse().unwrap(),
+                remote: "127.0.0.1:5001".parse().unwrap()
+            })
+        );
+        assert_eq!(
+            kind("socket,id=a,mcast=239.1.2.3:5000,localaddr=127.0.0.1"),
+            NetdevKind::Socket(SocketMode::Mcast {
+                group: "239.1.2.3:5000".parse().unwrap(),
+                interface: Some("127.0.0.1".parse().unwrap())
+            })
+        );
+        assert_eq!(
+            kind("socket,id=a,fd=5"),
+            NetdevKind::Socket(SocketMode::Fd(5))
+        );
+        assert_eq!(
+            kind("stream,id=a,server=on,addr.type=unix,addr.path=/tmp/s"),
+            NetdevKind::Stream(SocketMode::Listen(SockAddr::Unix("/tmp/s".into())))
+        );
+        assert!(matches!(
+            kind("stream,id=a,server=off,addr.type=inet,addr.host=127.0.0.1,addr.port=4000"),
+            NetdevKind::Stream(SocketMode::Connect { .. })
+        ));
+        assert_eq!(
+            kind(
+                "dgram,id=a,local.type=unix,local.path=/tmp/l,remote.type=unix,remote.path=/tmp/r"
+            ),
+            NetdevKind::Dgram(SocketMode::UnixDgram {
+                local: "/tmp/l".into(),
+                remote: "/tmp/r".into()
+            })
+        );
+        assert!(matches!(
+            kind("dgram,id=a,remote.type=inet,remote.host=239.0.0.9,remote.port=6000"),
+            NetdevKind::Dgram(SocketMode::Mcast { .. })
+        ));
+    }
+
+    #[test]
+    fn socket_kind_errors_name_the_offender() {
+        for (spec, needle) in [
+            ("socket,id=a", "exactly one of"),
+            ("socket,id=a,listen=:1,connect=h:2", "exactly one of"),
+            ("socket,id=a,listen=nope", "'listen'"),
+            ("socket,id=a,listen=:1,localaddr=:2", "localaddr= is only valid"),
+            ("socket,id=a,udp=127.0.0.1:1", "localaddr= is mandatory"),
+            ("socket,id=a,mcast=127.0.0.1:5000", "multicast group"),
+            ("socket,id=a,listen=:1,reconnect=3", "reconnect= is only valid"),
+            ("socket,id=a,connect=127.0.0.1:1,reconnect=-1", "'reconnect'"),
+            ("stream,id=a,server=on", "'addr' is missing"),
+            ("stream,id=a,addr.host=x", "'addr.type' is missing"),
+            ("stream,id=a,addr.type=inet,addr.port=1", "'addr.host' is missing"),
+            ("stream,id=a,addr.type=inet,addr.host=h", "'addr.port' is missing"),
+            ("stream,id=a,addr.type=unix", "'addr.path' is missing"),
+            ("stream,id=a,addr.type=tipc", "'addr.type'"),
+            ("stream,id=a,addr.type=unix,addr.path=/x,addr.port=1", "unexpected"),
+            ("stream,id=a,server=maybe,addr.type=unix,addr.path=/x", "'server'"),
+            ("stream,id=a,addr.type=inet,addr.host=h,addr.port=1,addr.to=9", "not supported"),
+            ("dgram,id=a,local.type=unix,local.path=/l", "'remote' is missing"),
+            ("dgram,id=a,local.type=unix,local.path=/l,remote.type=inet,remote.host=1.2.3.4,remote.port=1", "same type"),
+            ("l2tpv3,id=a,dst=1.2.3.4,txsession=1", "'src' is missing"),
+            ("l2tpv3,id=a,src=1.2.3.4,dst=1.2.3.5", "'txsession' is missing"),
+            ("l2tpv3,id=a,src=1.2.3.4,dst=1.2.3.5,txsession=1,udp=on", "'srcport' is missing"),
+            ("l2tpv3,id=a,src=1.2.3.4,dst=1.2.3.5,txsession=1,txcookie=1", "together"),
+            ("l2tpv3,id=a,src=1.2.3.4,dst=1.2.3.5,txsession=1,txcookie=0x100000000,rxcookie=1", "32-bit cookie"),
+            ("l2tpv3,id=a,src=1.2.3.4,dst=1.2.3.5,txsession=4294967296", "'txsession'"),
+            ("l2tpv3,id=a,src=::1,dst=1.2.3.5,txsession=1", "IPv4"),
+            ("bridge,id=a", "'br' is missing"),
+            ("bridge,id=a,br=br0,helper=/x", "without a helper"),
+            ("hubport,id=a", "'hubid' is missing"),
+            ("hubport,id=a,hubid=70000", "'hubid'"),
+        ] {
+            let e = err(spec);
+            assert!(e.contains(needle), "{spec}: {e}");
+        }
+    }
+
+    #[test]
+    fn l2tpv3_options_and_defaults() {
+        let NetdevKind::L2tpv3(o) = kind("l2tpv3,id=a,src=127.0.0.2,dst=127.0.0.3,udp=on,srcport=1701,dstport=1702,txsession=0x11223344,cookie64=on,txcookie=0xa1a2a3a4a5a6a7a8,rxcookie=9,counter=on,offset=4") else {
+            panic!()
+        };
+        assert_eq!(
+            (o.txsession, o.rxsession, o.txcookie, o.rxcookie),
+            (
+                0x1122_3344,
+                0x1122_3344,
+                Some(0xa1a2_a3a4_a5a6_a7a8),
+                Some(9)
+            )
+        );
+        assert!(o.udp && o.counter && o.cookie64 && !o.pincounter);
+        assert_eq!((o.srcport, o.dstport, o.offset), (1701, 1702, 4));
+    }
 }

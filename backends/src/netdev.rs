@@ -1,168 +1,29 @@
-//! The `-netdev` specification: QEMU's keyval syntax and option names, parsed into typed specs.
+//! The `-netdev` specification: QEMU's option names and rules, parsed into typed specs.
 //!
-//! One parser serves the command line (and, later, QMP `netdev_add` and config files), so an
-//! operator's existing `-netdev tap,id=n0,ifname=tap0` works unchanged. Nothing stringly-typed
-//! leaves this module: every option is checked here, and every error names the offender and
-//! what would have been accepted.
+//! One parser serves the command line (`-netdev`, keyval text) and QMP `netdev_add` (JSON
+//! arguments, nested addresses flattened to the same dotted keys), so an operator's existing
+//! `-netdev tap,id=n0,ifname=tap0` works unchanged in both. Nothing stringly-typed leaves this
+//! module: every option is checked here against its kind's schema, and every error names the
+//! offender and what would have been accepted. This module owns the spec types and the two
+//! entry points; the syntax is `keyval`'s, the tables are `schema`'s, and each kind's options
+//! are built by `tapopts` or `crate::kinds`.
+
+mod keyval;
+mod schema;
+mod tapopts;
+
+pub use keyval::split_keyval;
+pub use schema::SUPPORTED_KINDS;
+pub use tapopts::{Script, TapOptions};
+
+pub(crate) use keyval::{Opts, Source};
 
 use crate::kinds::{self, L2tpv3Options, SocketMode};
-use crate::tap::{validate_ifname, TapError};
+use keyval::{flatten, typed, Raw};
 use ringswitch_switch::MacAddr;
+use schema::{Schema, COMMON_OPTIONS};
 use serde_json::{Map, Value};
 use std::fmt;
-use std::os::fd::RawFd;
-
-/// Netdev kinds this build of ringswitch can open.
-pub const SUPPORTED_KINDS: &[&str] = &[
-    "tap", "socket", "stream", "dgram", "l2tpv3", "bridge", "hubport",
-];
-
-/// Kinds QEMU's schema has that this build does not (yet) serve.
-const QEMU_ONLY_KINDS: &[&str] = &[
-    "user",
-    "vde",
-    "netmap",
-    "af-xdp",
-    "vhost-user",
-    "vhost-vdpa",
-    "vmnet-host",
-    "vmnet-shared",
-    "vmnet-bridged",
-];
-
-/// The type of an option's value, as net.json declares it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Ty {
-    Str,
-    Bool,
-    Int,
-    /// uint64 (cookies).
-    UInt,
-}
-
-impl Ty {
-    fn qapi_name(self) -> &'static str {
-        match self {
-            Ty::Str => "string",
-            Ty::Bool => "boolean",
-            Ty::Int | Ty::UInt => "integer",
-        }
-    }
-}
-
-const SOCKET_OPTIONS: &[(&str, Ty)] = &[
-    ("fd", Ty::Str),
-    ("listen", Ty::Str),
-    ("connect", Ty::Str),
-    ("mcast", Ty::Str),
-    ("localaddr", Ty::Str),
-    ("udp", Ty::Str),
-    ("reconnect", Ty::Int),
-];
-
-/// A QAPI SocketAddress under a prefix, as dotted keys.
-macro_rules! socket_address_options {
-    ($p:literal) => {
-        [
-            (concat!($p, ".type"), Ty::Str),
-            (concat!($p, ".host"), Ty::Str),
-            (concat!($p, ".port"), Ty::Str),
-            (concat!($p, ".path"), Ty::Str),
-            (concat!($p, ".str"), Ty::Str),
-        ]
-    };
-}
-
-const STREAM_OPTIONS: &[(&str, Ty)] = &{
-    let a = socket_address_options!("addr");
-    [
-        ("server", Ty::Bool),
-        ("reconnect", Ty::Int),
-        a[0],
-        a[1],
-        a[2],
-        a[3],
-        a[4],
-    ]
-};
-
-const DGRAM_OPTIONS: &[(&str, Ty)] = &{
-    let l = socket_address_options!("local");
-    let r = socket_address_options!("remote");
-    [l[0], l[1], l[2], l[3], l[4], r[0], r[1], r[2], r[3], r[4]]
-};
-
-/// Options of QEMU's SocketAddress that ringswitch refuses, with why.
-const ADDRESS_UNSUPPORTED: &[(&str, &str)] = &[
-    ("addr.numeric", "host names are always resolved"),
-    ("addr.to", "port ranges are not supported"),
-    ("addr.ipv4", "the address family follows the host address"),
-    ("addr.ipv6", "the address family follows the host address"),
-    ("addr.keep-alive", "TCP keep-alive is not supported"),
-    ("addr.abstract", "abstract unix sockets are not supported"),
-    ("addr.tight", "abstract unix sockets are not supported"),
-    ("local.abstract", "abstract unix sockets are not supported"),
-    ("remote.abstract", "abstract unix sockets are not supported"),
-];
-
-const L2TPV3_OPTIONS: &[(&str, Ty)] = &[
-    ("src", Ty::Str),
-    ("dst", Ty::Str),
-    ("srcport", Ty::Str),
-    ("dstport", Ty::Str),
-    ("ipv6", Ty::Bool),
-    ("udp", Ty::Bool),
-    ("cookie64", Ty::Bool),
-    ("counter", Ty::Bool),
-    ("pincounter", Ty::Bool),
-    ("txcookie", Ty::UInt),
-    ("rxcookie", Ty::UInt),
-    ("txsession", Ty::UInt),
-    ("rxsession", Ty::UInt),
-    ("offset", Ty::UInt),
-];
-
-const BRIDGE_OPTIONS: &[(&str, Ty)] = &[("br", Ty::Str)];
-const BRIDGE_UNSUPPORTED: &[(&str, &str)] = &[(
-    "helper",
-    "ringswitch attaches the tap to the bridge itself, without a helper",
-)];
-
-const HUBPORT_OPTIONS: &[(&str, Ty)] = &[("hubid", Ty::Int), ("netdev", Ty::Str)];
-
-/// Options every kind takes besides `type` and `id`: `macaddr` is a ringswitch extension
-/// naming the station behind the port (reported by query-rx-filter, announced by
-/// announce-self).
-const COMMON_OPTIONS: &[(&str, Ty)] = &[("macaddr", Ty::Str)];
-
-/// Options of QEMU's tap that ringswitch accepts.
-const TAP_OPTIONS: &[(&str, Ty)] = &[
-    ("ifname", Ty::Str),
-    ("fd", Ty::Str),
-    ("script", Ty::Str),
-    ("downscript", Ty::Str),
-];
-
-/// Options of QEMU's tap (net.json `NetdevTapOptions`) that ringswitch refuses, with why.
-const TAP_UNSUPPORTED: &[(&str, &str)] = &[
-    ("fds", "multiqueue taps are not supported yet; use one fd="),
-    ("queues", "multiqueue taps are not supported yet"),
-    (
-        "vnet_hdr",
-        "ports carry plain Ethernet frames; offloads are not supported yet",
-    ),
-    (
-        "vhost",
-        "vhost-net accelerates a guest's virtio NIC, which a switch port does not have",
-    ),
-    ("vhostfd", "vhost-net is not applicable to a switch port"),
-    ("vhostfds", "vhost-net is not applicable to a switch port"),
-    ("vhostforce", "vhost-net is not applicable to a switch port"),
-    ("helper", "ringswitch does not run qemu-bridge-helper"),
-    ("br", "the bridge helper is not supported"),
-    ("sndbuf", "a tap's send buffer limit is not supported yet"),
-    ("poll-us", "busy polling is not supported yet"),
-];
 
 /// A netdev's id (QEMU's identifier rules: a letter, then letters, digits, '-', '.', '_').
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -190,24 +51,6 @@ impl fmt::Display for NetdevId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
-}
-
-/// A script option (`script=`/`downscript=`): none, or a program to run with the ifname.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Script {
-    None,
-    Path(String),
-}
-
-/// Options of a tap port.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TapOptions {
-    /// Interface to create or attach to (kernel template `tap%d` when absent).
-    pub ifname: Option<String>,
-    /// Descriptor of an already attached tap, inherited from the parent.
-    pub fd: Option<RawFd>,
-    pub script: Script,
-    pub downscript: Script,
 }
 
 /// The kind of a netdev and its options.
@@ -317,217 +160,6 @@ pub enum NetdevError {
     Address { option: String, why: String },
 }
 
-/// Splits QEMU keyval text into (key, value) pairs; `,,` stands for a literal comma. The first
-/// element may be a bare value, which is the implied key `implied`.
-pub fn split_keyval(s: &str, implied: &str) -> Result<Vec<(String, String)>, NetdevError> {
-    let mut elems: Vec<String> = vec![String::new()];
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == ',' {
-            if chars.peek() == Some(&',') {
-                chars.next();
-                elems.last_mut().expect("non-empty").push(',');
-            } else {
-                elems.push(String::new());
-            }
-        } else {
-            elems.last_mut().expect("non-empty").push(c);
-        }
-    }
-    let mut out: Vec<(String, String)> = Vec::with_capacity(elems.len());
-    for (i, e) in elems.into_iter().enumerate() {
-        let (k, v) = match e.split_once('=') {
-            Some((k, v)) => (k.to_string(), v.to_string()),
-            None if i == 0 => (implied.to_string(), e),
-            None => return Err(NetdevError::ExpectedEquals(e)),
-        };
-        if out.iter().any(|(ok, _)| *ok == k) {
-            return Err(NetdevError::Duplicate(k));
-        }
-        out.push((k, v));
-    }
-    Ok(out)
-}
-
-/// An option's value before its type is checked: text from the command line, or a JSON value
-/// from QMP.
-enum Raw {
-    Text(String),
-    Json(Value),
-}
-
-/// A value of the declared type.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Typed {
-    Str(String),
-    Bool(bool),
-    Int(i64),
-    UInt(u64),
-}
-
-impl Typed {
-    fn into_string(self) -> String {
-        match self {
-            Typed::Str(s) => s,
-            Typed::Bool(b) => if b { "on" } else { "off" }.into(),
-            Typed::Int(i) => i.to_string(),
-            Typed::UInt(i) => i.to_string(),
-        }
-    }
-}
-
-/// A kind's options after type checking, taken one by one by the kind's builder.
-pub(crate) struct Opts {
-    items: Vec<(String, Typed)>,
-}
-
-impl Opts {
-    fn take(&mut self, k: &str) -> Option<Typed> {
-        let i = self.items.iter().position(|(n, _)| n == k)?;
-        Some(self.items.remove(i).1)
-    }
-
-    pub(crate) fn str(&mut self, k: &str) -> Option<String> {
-        self.take(k).map(Typed::into_string)
-    }
-
-    pub(crate) fn bool(&mut self, k: &str) -> Option<bool> {
-        match self.take(k)? {
-            Typed::Bool(b) => Some(b),
-            other => unreachable!("{k} declared boolean, got {other:?}"),
-        }
-    }
-
-    pub(crate) fn int(&mut self, k: &str) -> Option<i64> {
-        match self.take(k)? {
-            Typed::Int(i) => Some(i),
-            other => unreachable!("{k} declared integer, got {other:?}"),
-        }
-    }
-
-    pub(crate) fn uint(&mut self, k: &str) -> Option<u64> {
-        match self.take(k)? {
-            Typed::UInt(i) => Some(i),
-            other => unreachable!("{k} declared uint64, got {other:?}"),
-        }
-    }
-}
-
-fn typed(option: &str, ty: Ty, raw: Raw) -> Result<Typed, NetdevError> {
-    let wrong = || NetdevError::WrongType {
-        option: option.to_string(),
-        expected: ty.qapi_name(),
-    };
-    match (ty, raw) {
-        (Ty::Str, Raw::Text(s)) => Ok(Typed::Str(s)),
-        (Ty::Bool, Raw::Text(s)) => match s.as_str() {
-            "on" | "yes" | "true" => Ok(Typed::Bool(true)),
-            "off" | "no" | "false" => Ok(Typed::Bool(false)),
-            _ => Err(NetdevError::BadValue {
-                option: option.into(),
-                expected: "'on' or 'off'",
-                value: s,
-            }),
-        },
-        (Ty::Int, Raw::Text(s)) => s
-            .parse()
-            .map(Typed::Int)
-            .map_err(|_| NetdevError::BadValue {
-                option: option.into(),
-                expected: "an integer",
-                value: s,
-            }),
-        (Ty::UInt, Raw::Text(s)) => {
-            parse_uint(&s)
-                .map(Typed::UInt)
-                .ok_or_else(|| NetdevError::BadValue {
-                    option: option.into(),
-                    expected: "an unsigned integer",
-                    value: s,
-                })
-        }
-        (Ty::Str, Raw::Json(Value::String(s))) => Ok(Typed::Str(s)),
-        (Ty::Bool, Raw::Json(Value::Bool(b))) => Ok(Typed::Bool(b)),
-        (Ty::Int, Raw::Json(Value::Number(n))) => n.as_i64().map(Typed::Int).ok_or_else(wrong),
-        (Ty::UInt, Raw::Json(Value::Number(n))) => n.as_u64().map(Typed::UInt).ok_or_else(wrong),
-        (_, Raw::Json(_)) => Err(wrong()),
-    }
-}
-
-/// Decimal or 0x-prefixed hexadecimal, as QEMU's option parser takes numbers.
-fn parse_uint(s: &str) -> Option<u64> {
-    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(h) => u64::from_str_radix(h, 16).ok(),
-        None => s.parse().ok(),
-    }
-}
-
-fn parse_script(option: &str, v: &str) -> Result<Script, NetdevError> {
-    match v {
-        "" | "no" => Ok(Script::None),
-        p => {
-            if p.contains('\0') {
-                return Err(NetdevError::BadValue {
-                    option: option.into(),
-                    expected: "a program path or 'no'",
-                    value: p.into(),
-                });
-            }
-            Ok(Script::Path(p.to_string()))
-        }
-    }
-}
-
-/// Where the options came from: QMP refuses what only makes sense on a command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Source {
-    CommandLine,
-    Qmp,
-}
-
-fn build_tap(opts: Opts, source: Source) -> Result<TapOptions, NetdevError> {
-    let opts = opts.items;
-    let mut t = TapOptions {
-        ifname: None,
-        fd: None,
-        script: Script::None,
-        downscript: Script::None,
-    };
-    for (k, v) in opts {
-        let v = v.into_string();
-        match k.as_str() {
-            "ifname" => {
-                validate_ifname(&v).map_err(|e: TapError| {
-                    NetdevError::Ifname(format!("Parameter 'ifname': {e}"))
-                })?;
-                t.ifname = Some(v);
-            }
-            "fd" => {
-                if source == Source::Qmp {
-                    return Err(NetdevError::FdOverQmp);
-                }
-                let fd = v
-                    .parse::<RawFd>()
-                    .ok()
-                    .filter(|&fd| fd >= 0)
-                    .ok_or_else(|| NetdevError::BadValue {
-                        option: k.clone(),
-                        expected: "a file descriptor number",
-                        value: v.clone(),
-                    })?;
-                t.fd = Some(fd);
-            }
-            "script" => t.script = parse_script(&k, &v)?,
-            "downscript" => t.downscript = parse_script(&k, &v)?,
-            other => unreachable!("option {other} passed the schema"),
-        }
-    }
-    if t.ifname.is_some() && t.fd.is_some() {
-        return Err(NetdevError::IfnameWithFd);
-    }
-    Ok(t)
-}
-
 /// Checks every option against the kind's schema and builds the spec.
 fn build(
     ty: &str,
@@ -535,21 +167,7 @@ fn build(
     opts: Vec<(String, Raw)>,
     source: Source,
 ) -> Result<NetdevSpec, NetdevError> {
-    type Schema = &'static [(&'static str, Ty)];
-    type Refused = &'static [(&'static str, &'static str)];
-    let (kind, schema, unsupported): (&'static str, Schema, Refused) = match ty {
-        "tap" => ("tap", TAP_OPTIONS, TAP_UNSUPPORTED),
-        "socket" => ("socket", SOCKET_OPTIONS, &[]),
-        "stream" => ("stream", STREAM_OPTIONS, ADDRESS_UNSUPPORTED),
-        "dgram" => ("dgram", DGRAM_OPTIONS, ADDRESS_UNSUPPORTED),
-        "l2tpv3" => ("l2tpv3", L2TPV3_OPTIONS, &[]),
-        "bridge" => ("bridge", BRIDGE_OPTIONS, BRIDGE_UNSUPPORTED),
-        "hubport" => ("hubport", HUBPORT_OPTIONS, &[]),
-        other if QEMU_ONLY_KINDS.contains(&other) => {
-            return Err(NetdevError::UnsupportedType(other.to_string()))
-        }
-        other => return Err(NetdevError::UnknownType(other.to_string())),
-    };
+    let schema = Schema::of(ty)?;
     let mut kind_opts = Vec::new();
     let mut shown = Vec::new();
     let mut macaddr = None;
@@ -569,43 +187,35 @@ fn build(
             shown.push((k, v));
             continue;
         }
-        let Some((_, t)) = schema.iter().find(|(n, _)| *n == k) else {
-            if let Some((_, why)) = unsupported.iter().find(|(o, _)| *o == k) {
+        let Some(t) = schema.ty(&k) else {
+            if let Some(why) = schema.refusal(&k) {
                 return Err(NetdevError::Unsupported { option: k, why });
             }
-            let valid: Vec<&str> = ["id"]
-                .into_iter()
-                .chain(schema.iter().map(|(n, _)| *n))
-                .chain(COMMON_OPTIONS.iter().map(|(n, _)| *n))
-                .collect();
             return Err(NetdevError::UnknownOption {
-                kind,
+                kind: schema.kind,
                 option: k,
-                valid: valid.join(", "),
+                valid: schema.valid(),
             });
         };
-        let v = typed(&k, *t, raw)?;
+        let v = typed(&k, t, raw)?;
         shown.push((k.clone(), v.clone().into_string()));
         kind_opts.push((k, v));
     }
-    let mut o = Opts { items: kind_opts };
-    let kind = match kind {
-        "tap" => NetdevKind::Tap(build_tap(o, source)?),
+    let mut o = Opts::new(kind_opts);
+    let kind = match schema.kind {
+        "tap" => NetdevKind::Tap(tapopts::tap(&mut o, source)?),
         "socket" => NetdevKind::Socket(kinds::socket(&mut o, source)?),
         "stream" => NetdevKind::Stream(kinds::stream(&mut o, source)?),
         "dgram" => NetdevKind::Dgram(kinds::dgram(&mut o, source)?),
         "l2tpv3" => NetdevKind::L2tpv3(kinds::l2tpv3(&mut o)?),
-        "bridge" => {
-            let br = o.str("br").ok_or(NetdevError::Missing("br".into()))?;
-            validate_ifname(&br)
-                .map_err(|e| NetdevError::Ifname(format!("Parameter 'br': {e}")))?;
-            NetdevKind::Bridge { br }
-        }
+        "bridge" => NetdevKind::Bridge {
+            br: kinds::bridge(&mut o)?,
+        },
         "hubport" => {
             let (hubid, netdev) = kinds::hubport(&mut o)?;
             NetdevKind::HubPort { hubid, netdev }
         }
-        _ => unreachable!("kind matched above"),
+        other => unreachable!("kind {other} has a schema but no builder"),
     };
     Ok(NetdevSpec {
         id,
@@ -636,32 +246,6 @@ pub fn parse_netdev(s: &str) -> Result<NetdevSpec, NetdevError> {
     build(&ty, id, raw, Source::CommandLine)
 }
 
-/// Turns QMP's nested objects (`"addr": {"type": "inet", …}`) into the dotted keys of the
-/// keyval syntax (`addr.type`), so both take one schema.
-fn flatten(
-    key: &str,
-    v: &Value,
-    out: &mut Vec<(String, Raw)>,
-    depth: usize,
-) -> Result<(), NetdevError> {
-    match v {
-        Value::Object(m) if depth < 2 => {
-            for (k, inner) in m {
-                flatten(&format!("{key}.{k}"), inner, out, depth + 1)?;
-            }
-            Ok(())
-        }
-        Value::Object(_) => Err(NetdevError::WrongType {
-            option: key.into(),
-            expected: "a scalar",
-        }),
-        other => {
-            out.push((key.to_string(), Raw::Json(other.clone())));
-            Ok(())
-        }
-    }
-}
-
 /// Parses `netdev_add`'s flat arguments (`{"type": "tap", "id": "n0", "ifname": "t0"}`), with
 /// QMP's typing: a value of the wrong JSON type is refused, naming the parameter.
 pub fn netdev_from_qmp(args: &Map<String, Value>) -> Result<NetdevSpec, NetdevError> {
@@ -688,36 +272,6 @@ pub fn netdev_from_qmp(args: &Map<String, Value>) -> Result<NetdevSpec, NetdevEr
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    fn tap(s: &str) -> TapOptions {
-        match parse_netdev(s).unwrap().kind {
-            NetdevKind::Tap(t) => t,
-            other => panic!("not a tap: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn parses_qemu_tap_specs() {
-        let s = parse_netdev("tap,id=n0,ifname=tap0").unwrap();
-        assert_eq!(s.id.as_str(), "n0");
-        assert_eq!(tap("tap,id=n0,ifname=tap0").ifname.as_deref(), Some("tap0"));
-        assert_eq!(tap("type=tap,id=n0").ifname, None);
-        assert_eq!(tap("tap,id=n0,fd=7").fd, Some(7));
-        let t = tap("tap,id=n0,ifname=t,script=no,downscript=no");
-        assert!(t.script == Script::None && t.downscript == Script::None);
-        assert_eq!(
-            tap("tap,id=n0,script=/etc/up").script,
-            Script::Path("/etc/up".into())
-        );
-        assert!(parse_netdev("tap,id=n0,script=/x").unwrap().wants_scripts());
-        assert!(!parse_netdev("tap,id=n0").unwrap().wants_scripts());
-    }
-
-    #[test]
-    fn double_comma_escapes_a_comma() {
-        let kv = split_keyval("tap,id=a,script=/p,,q", "type").unwrap();
-        assert_eq!(kv[2], ("script".to_string(), "/p,q".to_string()));
-    }
 
     #[test]
     fn every_error_names_the_offender() {
@@ -848,136 +402,6 @@ mod tests {
                 .starts_with("Parameter 'frobnicate' is unexpected"),
             "{e}"
         );
-    }
-
-    fn kind(s: &str) -> NetdevKind {
-        parse_netdev(s).unwrap_or_else(|e| panic!("{s}: {e}")).kind
-    }
-
-    fn err(s: &str) -> String {
-        parse_netdev(s).unwrap_err().to_string()
-    }
-
-    #[test]
-    fn socket_kinds_in_qemu_syntax() {
-        use crate::addr::SockAddr;
-        use std::time::Duration;
-        assert_eq!(
-            kind("socket,id=a,listen=:4000"),
-            NetdevKind::Socket(SocketMode::Listen(SockAddr::Inet(
-                "0.0.0.0:4000".parse().unwrap()
-            )))
-        );
-        assert_eq!(
-            kind("socket,id=a,connect=127.0.0.1:4000"),
-            NetdevKind::Socket(SocketMode::Connect {
-                addr: SockAddr::Inet("127.0.0.1:4000".parse().unwrap()),
-                reconnect: Some(Duration::from_secs(1))
-            })
-        );
-        assert_eq!(
-            kind("socket,id=a,connect=127.0.0.1:4000,reconnect=0"),
-            NetdevKind::Socket(SocketMode::Connect {
-                addr: SockAddr::Inet("127.0.0.1:4000".parse().unwrap()),
-                reconnect: None
-            })
-        );
-        assert_eq!(
-            kind("socket,id=a,udp=127.0.0.1:5001,localaddr=127.0.0.1:5000"),
-            NetdevKind::Socket(SocketMode::Udp {
-                local: "127.0.0.1:5000".parse().unwrap(),
-                remote: "127.0.0.1:5001".parse().unwrap()
-            })
-        );
-        assert_eq!(
-            kind("socket,id=a,mcast=239.1.2.3:5000,localaddr=127.0.0.1"),
-            NetdevKind::Socket(SocketMode::Mcast {
-                group: "239.1.2.3:5000".parse().unwrap(),
-                interface: Some("127.0.0.1".parse().unwrap())
-            })
-        );
-        assert_eq!(
-            kind("socket,id=a,fd=5"),
-            NetdevKind::Socket(SocketMode::Fd(5))
-        );
-        assert_eq!(
-            kind("stream,id=a,server=on,addr.type=unix,addr.path=/tmp/s"),
-            NetdevKind::Stream(SocketMode::Listen(SockAddr::Unix("/tmp/s".into())))
-        );
-        assert!(matches!(
-            kind("stream,id=a,server=off,addr.type=inet,addr.host=127.0.0.1,addr.port=4000"),
-            NetdevKind::Stream(SocketMode::Connect { .. })
-        ));
-        assert_eq!(
-            kind(
-                "dgram,id=a,local.type=unix,local.path=/tmp/l,remote.type=unix,remote.path=/tmp/r"
-            ),
-            NetdevKind::Dgram(SocketMode::UnixDgram {
-                local: "/tmp/l".into(),
-                remote: "/tmp/r".into()
-            })
-        );
-        assert!(matches!(
-            kind("dgram,id=a,remote.type=inet,remote.host=239.0.0.9,remote.port=6000"),
-            NetdevKind::Dgram(SocketMode::Mcast { .. })
-        ));
-    }
-
-    #[test]
-    fn socket_kind_errors_name_the_offender() {
-        for (spec, needle) in [
-            ("socket,id=a", "exactly one of"),
-            ("socket,id=a,listen=:1,connect=h:2", "exactly one of"),
-            ("socket,id=a,listen=nope", "'listen'"),
-            ("socket,id=a,listen=:1,localaddr=:2", "localaddr= is only valid"),
-            ("socket,id=a,udp=127.0.0.1:1", "localaddr= is mandatory"),
-            ("socket,id=a,mcast=127.0.0.1:5000", "multicast group"),
-            ("socket,id=a,listen=:1,reconnect=3", "reconnect= is only valid"),
-            ("socket,id=a,connect=127.0.0.1:1,reconnect=-1", "'reconnect'"),
-            ("stream,id=a,server=on", "'addr' is missing"),
-            ("stream,id=a,addr.host=x", "'addr.type' is missing"),
-            ("stream,id=a,addr.type=inet,addr.port=1", "'addr.host' is missing"),
-            ("stream,id=a,addr.type=inet,addr.host=h", "'addr.port' is missing"),
-            ("stream,id=a,addr.type=unix", "'addr.path' is missing"),
-            ("stream,id=a,addr.type=tipc", "'addr.type'"),
-            ("stream,id=a,addr.type=unix,addr.path=/x,addr.port=1", "unexpected"),
-            ("stream,id=a,server=maybe,addr.type=unix,addr.path=/x", "'server'"),
-            ("stream,id=a,addr.type=inet,addr.host=h,addr.port=1,addr.to=9", "not supported"),
-            ("dgram,id=a,local.type=unix,local.path=/l", "'remote' is missing"),
-            ("dgram,id=a,local.type=unix,local.path=/l,remote.type=inet,remote.host=1.2.3.4,remote.port=1", "same type"),
-            ("l2tpv3,id=a,dst=1.2.3.4,txsession=1", "'src' is missing"),
-            ("l2tpv3,id=a,src=1.2.3.4,dst=1.2.3.5", "'txsession' is missing"),
-            ("l2tpv3,id=a,src=1.2.3.4,dst=1.2.3.5,txsession=1,udp=on", "'srcport' is missing"),
-            ("l2tpv3,id=a,src=1.2.3.4,dst=1.2.3.5,txsession=1,txcookie=1", "together"),
-            ("l2tpv3,id=a,src=1.2.3.4,dst=1.2.3.5,txsession=1,txcookie=0x100000000,rxcookie=1", "32-bit cookie"),
-            ("l2tpv3,id=a,src=1.2.3.4,dst=1.2.3.5,txsession=4294967296", "'txsession'"),
-            ("l2tpv3,id=a,src=::1,dst=1.2.3.5,txsession=1", "IPv4"),
-            ("bridge,id=a", "'br' is missing"),
-            ("bridge,id=a,br=br0,helper=/x", "without a helper"),
-            ("hubport,id=a", "'hubid' is missing"),
-            ("hubport,id=a,hubid=70000", "'hubid'"),
-        ] {
-            let e = err(spec);
-            assert!(e.contains(needle), "{spec}: {e}");
-        }
-    }
-
-    #[test]
-    fn l2tpv3_options_and_defaults() {
-        let NetdevKind::L2tpv3(o) = kind("l2tpv3,id=a,src=127.0.0.2,dst=127.0.0.3,udp=on,srcport=1701,dstport=1702,txsession=0x11223344,cookie64=on,txcookie=0xa1a2a3a4a5a6a7a8,rxcookie=9,counter=on,offset=4") else {
-            panic!()
-        };
-        assert_eq!(
-            (o.txsession, o.rxsession, o.txcookie, o.rxcookie),
-            (
-                0x1122_3344,
-                0x1122_3344,
-                Some(0xa1a2_a3a4_a5a6_a7a8),
-                Some(9)
-            )
-        );
-        assert!(o.udp && o.counter && o.cookie64 && !o.pincounter);
-        assert_eq!((o.srcport, o.dstport, o.offset), (1701, 1702, 4));
     }
 
     #[test]

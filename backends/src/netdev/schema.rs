@@ -1,0 +1,213 @@
+//! What each netdev kind accepts, as QEMU's `qapi/net.json` declares it: the kinds this build
+//! serves, the option names and value types of each, and the QEMU options ringswitch refuses
+//! with the reason. Only tables live here; checking a spec against them is `netdev::build`'s.
+
+use super::keyval::Ty;
+use super::NetdevError;
+
+/// Netdev kinds this build of ringswitch can open.
+pub const SUPPORTED_KINDS: &[&str] = &[
+    "tap", "socket", "stream", "dgram", "l2tpv3", "bridge", "hubport",
+];
+
+/// Kinds QEMU's schema has that this build does not (yet) serve.
+const QEMU_ONLY_KINDS: &[&str] = &[
+    "user",
+    "vde",
+    "netmap",
+    "af-xdp",
+    "vhost-user",
+    "vhost-vdpa",
+    "vmnet-host",
+    "vmnet-shared",
+    "vmnet-bridged",
+];
+
+/// Options every kind takes besides `type` and `id`: `macaddr` is a ringswitch extension
+/// naming the station behind the port (reported by query-rx-filter, announced by
+/// announce-self).
+pub(crate) const COMMON_OPTIONS: &[(&str, Ty)] = &[("macaddr", Ty::Str)];
+
+/// Options of QEMU's tap that ringswitch accepts.
+const TAP_OPTIONS: &[(&str, Ty)] = &[
+    ("ifname", Ty::Str),
+    ("fd", Ty::Str),
+    ("script", Ty::Str),
+    ("downscript", Ty::Str),
+];
+
+/// Options of QEMU's tap (net.json `NetdevTapOptions`) that ringswitch refuses, with why.
+const TAP_UNSUPPORTED: &[(&str, &str)] = &[
+    ("fds", "multiqueue taps are not supported yet; use one fd="),
+    ("queues", "multiqueue taps are not supported yet"),
+    (
+        "vnet_hdr",
+        "ports carry plain Ethernet frames; offloads are not supported yet",
+    ),
+    (
+        "vhost",
+        "vhost-net accelerates a guest's virtio NIC, which a switch port does not have",
+    ),
+    ("vhostfd", "vhost-net is not applicable to a switch port"),
+    ("vhostfds", "vhost-net is not applicable to a switch port"),
+    ("vhostforce", "vhost-net is not applicable to a switch port"),
+    ("helper", "ringswitch does not run qemu-bridge-helper"),
+    ("br", "the bridge helper is not supported"),
+    ("sndbuf", "a tap's send buffer limit is not supported yet"),
+    ("poll-us", "busy polling is not supported yet"),
+];
+
+const SOCKET_OPTIONS: &[(&str, Ty)] = &[
+    ("fd", Ty::Str),
+    ("listen", Ty::Str),
+    ("connect", Ty::Str),
+    ("mcast", Ty::Str),
+    ("localaddr", Ty::Str),
+    ("udp", Ty::Str),
+    ("reconnect", Ty::Int),
+];
+
+/// A QAPI SocketAddress under a prefix, as dotted keys.
+macro_rules! socket_address_options {
+    ($p:literal) => {
+        [
+            (concat!($p, ".type"), Ty::Str),
+            (concat!($p, ".host"), Ty::Str),
+            (concat!($p, ".port"), Ty::Str),
+            (concat!($p, ".path"), Ty::Str),
+            (concat!($p, ".str"), Ty::Str),
+        ]
+    };
+}
+
+const STREAM_OPTIONS: &[(&str, Ty)] = &{
+    let a = socket_address_options!("addr");
+    [
+        ("server", Ty::Bool),
+        ("reconnect", Ty::Int),
+        a[0],
+        a[1],
+        a[2],
+        a[3],
+        a[4],
+    ]
+};
+
+const DGRAM_OPTIONS: &[(&str, Ty)] = &{
+    let l = socket_address_options!("local");
+    let r = socket_address_options!("remote");
+    [l[0], l[1], l[2], l[3], l[4], r[0], r[1], r[2], r[3], r[4]]
+};
+
+/// Options of QEMU's SocketAddress that ringswitch refuses, with why.
+const ADDRESS_UNSUPPORTED: &[(&str, &str)] = &[
+    ("addr.numeric", "host names are always resolved"),
+    ("addr.to", "port ranges are not supported"),
+    ("addr.ipv4", "the address family follows the host address"),
+    ("addr.ipv6", "the address family follows the host address"),
+    ("addr.keep-alive", "TCP keep-alive is not supported"),
+    ("addr.abstract", "abstract unix sockets are not supported"),
+    ("addr.tight", "abstract unix sockets are not supported"),
+    ("local.abstract", "abstract unix sockets are not supported"),
+    ("remote.abstract", "abstract unix sockets are not supported"),
+];
+
+const L2TPV3_OPTIONS: &[(&str, Ty)] = &[
+    ("src", Ty::Str),
+    ("dst", Ty::Str),
+    ("srcport", Ty::Str),
+    ("dstport", Ty::Str),
+    ("ipv6", Ty::Bool),
+    ("udp", Ty::Bool),
+    ("cookie64", Ty::Bool),
+    ("counter", Ty::Bool),
+    ("pincounter", Ty::Bool),
+    ("txcookie", Ty::UInt),
+    ("rxcookie", Ty::UInt),
+    ("txsession", Ty::UInt),
+    ("rxsession", Ty::UInt),
+    ("offset", Ty::UInt),
+];
+
+const BRIDGE_OPTIONS: &[(&str, Ty)] = &[("br", Ty::Str)];
+const BRIDGE_UNSUPPORTED: &[(&str, &str)] = &[(
+    "helper",
+    "ringswitch attaches the tap to the bridge itself, without a helper",
+)];
+
+const HUBPORT_OPTIONS: &[(&str, Ty)] = &[("hubid", Ty::Int), ("netdev", Ty::Str)];
+
+/// One kind's schema.
+pub(crate) struct Schema {
+    /// The kind's name, as `type=` gives it.
+    pub(crate) kind: &'static str,
+    /// The options it accepts, with their types (`type`, `id` and `COMMON_OPTIONS` aside).
+    pub(crate) options: &'static [(&'static str, Ty)],
+    /// QEMU options of this kind that ringswitch refuses, with why.
+    pub(crate) refused: &'static [(&'static str, &'static str)],
+}
+
+impl Schema {
+    /// The schema of kind `ty`, or why there is none.
+    pub(crate) fn of(ty: &str) -> Result<Schema, NetdevError> {
+        let (kind, options, refused): (&'static str, _, &'static [(&str, &str)]) = match ty {
+            "tap" => ("tap", TAP_OPTIONS, TAP_UNSUPPORTED),
+            "socket" => ("socket", SOCKET_OPTIONS, &[]),
+            "stream" => ("stream", STREAM_OPTIONS, ADDRESS_UNSUPPORTED),
+            "dgram" => ("dgram", DGRAM_OPTIONS, ADDRESS_UNSUPPORTED),
+            "l2tpv3" => ("l2tpv3", L2TPV3_OPTIONS, &[]),
+            "bridge" => ("bridge", BRIDGE_OPTIONS, BRIDGE_UNSUPPORTED),
+            "hubport" => ("hubport", HUBPORT_OPTIONS, &[]),
+            other if QEMU_ONLY_KINDS.contains(&other) => {
+                return Err(NetdevError::UnsupportedType(other.to_string()))
+            }
+            other => return Err(NetdevError::UnknownType(other.to_string())),
+        };
+        Ok(Schema {
+            kind,
+            options,
+            refused,
+        })
+    }
+
+    /// The declared type of option `k`, if this kind accepts it.
+    pub(crate) fn ty(&self, k: &str) -> Option<Ty> {
+        self.options.iter().find(|(n, _)| *n == k).map(|(_, t)| *t)
+    }
+
+    /// Why this kind refuses QEMU's option `k`, if it is one ringswitch knows and refuses.
+    pub(crate) fn refusal(&self, k: &str) -> Option<&'static str> {
+        self.refused
+            .iter()
+            .find(|(o, _)| *o == k)
+            .map(|(_, why)| *why)
+    }
+
+    /// Every option name this kind accepts, `id` and the common options included.
+    pub(crate) fn valid(&self) -> String {
+        let valid: Vec<&str> = ["id"]
+            .into_iter()
+            .chain(self.options.iter().map(|(n, _)| *n))
+            .chain(COMMON_OPTIONS.iter().map(|(n, _)| *n))
+            .collect();
+        valid.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_supported_kind_has_a_schema() {
+        for k in SUPPORTED_KINDS {
+            assert_eq!(Schema::of(k).map(|s| s.kind), Ok(*k));
+        }
+        for k in QEMU_ONLY_KINDS {
+            assert_eq!(
+                Schema::of(k).err(),
+                Some(NetdevError::UnsupportedType(k.to_string()))
+            );
+        }
+    }
+}
