@@ -72,7 +72,9 @@ fn bad(option: &str, expected: &'static str, value: impl Into<String>) -> Netdev
 /// since QMP has no way here to pass a descriptor along.
 pub(crate) fn fd_number(option: &str, v: &str, source: Source) -> Result<i32, NetdevError> {
     if source == Source::Qmp {
-        return Err(NetdevError::FdOverQmp);
+        return Err(NetdevError::FdOverQmp {
+            option: option.into(),
+        });
     }
     v.parse::<i32>()
         .ok()

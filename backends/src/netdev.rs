@@ -133,8 +133,12 @@ pub enum NetdevError {
         option: String,
         valid: String,
     },
-    #[error("tap option '{option}' is not supported: {why}")]
-    Unsupported { option: String, why: &'static str },
+    #[error("Parameter '{option}' of netdev type '{kind}' is not supported: {why}")]
+    Unsupported {
+        kind: &'static str,
+        option: String,
+        why: &'static str,
+    },
     #[error("Invalid parameter type for '{option}', expected: {expected}")]
     WrongType {
         option: String,
@@ -148,8 +152,8 @@ pub enum NetdevError {
     },
     #[error("ifname= and fd= cannot be combined: fd= is already attached to its tap")]
     IfnameWithFd,
-    #[error("Parameter 'fd' is only accepted on the command line (descriptor passing over QMP is not supported)")]
-    FdOverQmp,
+    #[error("Parameter '{option}' is only accepted on the command line (descriptor passing over QMP is not supported)")]
+    FdOverQmp { option: String },
     #[error("{0}")]
     Ifname(String),
     #[error("Parameter '{0}' is missing")]
@@ -189,7 +193,11 @@ fn build(
         }
         let Some(t) = schema.ty(&k) else {
             if let Some(why) = schema.refusal(&k) {
-                return Err(NetdevError::Unsupported { option: k, why });
+                return Err(NetdevError::Unsupported {
+                    kind: schema.kind,
+                    option: k,
+                    why,
+                });
             }
             return Err(NetdevError::UnknownOption {
                 kind: schema.kind,
@@ -377,7 +385,9 @@ mod tests {
             ),
             (
                 json!({"type": "tap", "id": "a", "fd": "3"}),
-                NetdevError::FdOverQmp,
+                NetdevError::FdOverQmp {
+                    option: "fd".into(),
+                },
             ),
             (
                 json!({"type": "tap", "id": "a", "macaddr": "01:00:00:00:00:01"}),
@@ -423,6 +433,59 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("Invalid parameter type for 'txsession'"));
+    }
+
+    #[test]
+    fn refused_options_name_their_kind() {
+        for (spec, kind, option) in [
+            ("tap,id=a,vhost=on", "tap", "vhost"),
+            (
+                "stream,id=a,addr.type=inet,addr.host=h,addr.port=1,addr.to=9",
+                "stream",
+                "addr.to",
+            ),
+            (
+                "dgram,id=a,local.type=unix,local.path=/l,local.abstract=on",
+                "dgram",
+                "local.abstract",
+            ),
+            ("bridge,id=a,br=br0,helper=/x", "bridge", "helper"),
+        ] {
+            let e = parse_netdev(spec).unwrap_err();
+            assert!(
+                matches!(&e, NetdevError::Unsupported { kind: k, option: o, .. } if *k == kind && o == option),
+                "{spec}: {e:?}"
+            );
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&format!("'{option}' of netdev type '{kind}'")),
+                "{spec}: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn descriptors_over_qmp_are_refused_naming_the_parameter() {
+        use serde_json::json;
+        for (args, option) in [
+            (json!({"type": "socket", "id": "a", "fd": "3"}), "fd"),
+            (
+                json!({"type": "stream", "id": "a", "addr": {"type": "fd", "str": "3"}}),
+                "addr.str",
+            ),
+            (
+                json!({"type": "dgram", "id": "a", "local": {"type": "fd", "str": "3"}}),
+                "local.str",
+            ),
+        ] {
+            assert_eq!(
+                netdev_from_qmp(args.as_object().unwrap()).unwrap_err(),
+                NetdevError::FdOverQmp {
+                    option: option.into()
+                },
+                "{args}"
+            );
+        }
     }
 
     #[test]
