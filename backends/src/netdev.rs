@@ -105,6 +105,25 @@ impl NetdevSpec {
             _ => false,
         }
     }
+
+    /// The descriptor number this spec takes over from the parent process — tap `fd=N`,
+    /// socket `fd=N`, or a stream/dgram address `type=fd,str=N` — or None for a port that
+    /// opens its own kernel object. Opening the port takes ownership of that descriptor, so
+    /// two ports naming the same number cannot both be served.
+    pub fn inherited_fd(&self) -> Option<i32> {
+        match &self.kind {
+            NetdevKind::Tap(t) => t.fd,
+            NetdevKind::Socket(m) | NetdevKind::Stream(m) | NetdevKind::Dgram(m) => match m {
+                SocketMode::Fd(fd) => Some(*fd),
+                SocketMode::Listen(_)
+                | SocketMode::Connect { .. }
+                | SocketMode::Udp { .. }
+                | SocketMode::UnixDgram { .. }
+                | SocketMode::Mcast { .. } => None,
+            },
+            NetdevKind::L2tpv3(_) | NetdevKind::Bridge { .. } | NetdevKind::HubPort { .. } => None,
+        }
+    }
 }
 
 /// Why a `-netdev` string or `netdev_add` was refused. The texts follow QEMU's where QEMU has
@@ -486,6 +505,59 @@ mod tests {
                 "{args}"
             );
         }
+    }
+
+    fn fd_of(s: &str) -> Option<i32> {
+        parse_netdev(s)
+            .unwrap_or_else(|e| panic!("{s}: {e}"))
+            .inherited_fd()
+    }
+
+    #[test]
+    fn inherited_fd_is_the_descriptor_a_spec_takes_over() {
+        assert_eq!(fd_of("tap,id=a,fd=7"), Some(7));
+        assert_eq!(fd_of("socket,id=a,fd=5"), Some(5));
+        assert_eq!(fd_of("stream,id=a,addr.type=fd,addr.str=6"), Some(6));
+        assert_eq!(
+            fd_of("stream,id=a,server=on,addr.type=fd,addr.str=9"),
+            Some(9)
+        );
+        assert_eq!(fd_of("dgram,id=a,local.type=fd,local.str=8"), Some(8));
+    }
+
+    #[test]
+    fn inherited_fd_is_none_for_ports_that_open_their_own() {
+        for s in [
+            "tap,id=a",
+            "tap,id=a,ifname=tap0",
+            "socket,id=a,listen=:4000",
+            "socket,id=a,connect=127.0.0.1:4000",
+            "socket,id=a,udp=127.0.0.1:5001,localaddr=127.0.0.1:5000",
+            "socket,id=a,mcast=239.1.2.3:5000",
+            "stream,id=a,server=on,addr.type=unix,addr.path=/tmp/s",
+            "stream,id=a,addr.type=inet,addr.host=127.0.0.1,addr.port=4000",
+            "dgram,id=a,local.type=unix,local.path=/tmp/l,remote.type=unix,remote.path=/tmp/r",
+            "dgram,id=a,remote.type=inet,remote.host=239.0.0.9,remote.port=6000",
+            "l2tpv3,id=a,src=127.0.0.2,dst=127.0.0.3,txsession=1",
+            "bridge,id=a,br=br0",
+            "hubport,id=a,hubid=1,netdev=b",
+        ] {
+            assert_eq!(fd_of(s), None, "{s}");
+        }
+    }
+
+    #[test]
+    fn the_same_descriptor_reads_the_same_across_kinds() {
+        let n: Vec<Option<i32>> = [
+            "tap,id=a,fd=3",
+            "socket,id=b,fd=3",
+            "stream,id=c,addr.type=fd,addr.str=3",
+            "dgram,id=d,local.type=fd,local.str=3",
+        ]
+        .into_iter()
+        .map(fd_of)
+        .collect();
+        assert!(n.iter().all(|&f| f == Some(3)), "{n:?}");
     }
 
     #[test]
