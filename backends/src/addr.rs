@@ -1,5 +1,7 @@
-//! Socket addresses as QEMU's options spell them: `HOST:PORT` strings (`socket`, `l2tpv3`)
-//! and `SocketAddress` objects with `type=inet|unix|fd` (`stream`, `dgram`).
+//! Socket addresses: `SockAddr`, what a port binds or connects to (inet, unix, or an inherited
+//! descriptor: the forms of QEMU's `SocketAddress`, whose dotted keys `kinds` reads), and the
+//! resolution of hosts given as text (`HOST:PORT` for `socket`, bare hosts for `l2tpv3` and
+//! `addr.host=`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::os::fd::RawFd;

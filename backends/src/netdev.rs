@@ -65,7 +65,8 @@ pub enum NetdevKind {
     Bridge {
         br: String,
     },
-    /// Places the netdev `netdev` in bridge domain `hubid`.
+    /// Places the netdev `netdev` in bridge domain `hubid` (without one there is nothing to
+    /// place, which the controller refuses).
     HubPort {
         hubid: u16,
         netdev: Option<NetdevId>,

@@ -1,6 +1,7 @@
-//! The sockets behind `socket`, `stream`, `dgram` and `l2tpv3` ports, opened with socket2;
-//! the only raw piece is the classic BPF filter that keeps a multicast port from hearing its
-//! own frames.
+//! The sockets behind `socket`, `stream`, `dgram` and `l2tpv3` ports, opened with socket2.
+//! The raw pieces are few and each is justified where it stands: the classic BPF filter that
+//! keeps a multicast port from hearing its own frames, taking over an inherited descriptor
+//! (`fd=N`), and the probe for UDP GSO.
 
 use crate::addr::SockAddr;
 use socket2::{Domain, Protocol, SockAddr as Sa, SockFilter, Socket, Type};

@@ -12,7 +12,7 @@ pub(crate) enum Ty {
     Str,
     Bool,
     Int,
-    /// uint64 (cookies).
+    /// uint64 (l2tpv3's cookies, sessions and offset).
     UInt,
 }
 
