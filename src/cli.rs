@@ -12,8 +12,26 @@ use std::path::PathBuf;
 #[derive(Parser, Debug)]
 #[command(name = "ringswitch", version, about, long_about = None)]
 struct Raw {
-    /// A port, in QEMU's -netdev syntax: tap,id=ID[,ifname=NAME][,fd=N][,script=PATH|no][,downscript=PATH|no].
-    /// Repeat for each port. `-netdev` is accepted as well as `--netdev`.
+    /// A port, in QEMU's -netdev syntax: TYPE,id=ID[,OPTION=VALUE...], TYPE one of tap, socket,
+    /// stream, dgram, l2tpv3, bridge, hubport (e.g. tap,id=a,ifname=tap0). Repeat for each
+    /// port. `-netdev` is accepted as well as `--netdev`.
+    ///
+    /// tap: ifname=NAME or fd=N; script=PATH|no, downscript=PATH|no.
+    ///
+    /// socket: one of listen=[HOST]:PORT, connect=HOST:PORT[,reconnect=SECS],
+    /// udp=HOST:PORT,localaddr=HOST:PORT, mcast=GROUP:PORT[,localaddr=IFADDR], fd=N.
+    ///
+    /// stream: server=on|off and addr.type=inet,addr.host=H,addr.port=P or
+    /// addr.type=unix,addr.path=P or addr.type=fd,addr.str=N; reconnect=SECS for clients.
+    ///
+    /// dgram: local.* and remote.* addresses of type inet or unix (a multicast remote joins the
+    /// group), or local.type=fd,local.str=N alone.
+    ///
+    /// l2tpv3: src=, dst=, txsession= and optionally rxsession=, udp=on (with srcport=,
+    /// dstport=), ipv6=on, cookie64=on, txcookie= with rxcookie=, counter=on, pincounter=on,
+    /// offset=.
+    ///
+    /// bridge: br=BRIDGE. hubport: hubid=N,netdev=ID. Every type also takes macaddr=MAC.
     #[arg(long = "netdev", value_name = "SPEC")]
     netdev: Vec<String>,
 
@@ -33,8 +51,10 @@ struct Raw {
     #[arg(long, value_name = "BYTES", default_value_t = 1522, value_parser = clap::value_parser!(u32).range(60..=65535))]
     max_frame_size: u32,
 
-    /// Reads kept in flight per port; on datagram socket ports receiving with multishot, the
-    /// buffers in the port's provided-buffer ring.
+    /// Receive depth per port: the reads kept in flight (streams; taps with --tap-rx reads), the
+    /// most reads in one round (taps with --tap-rx polled), or the buffers in the port's
+    /// provided-buffer ring where one multishot receive serves it (datagram sockets; taps with
+    /// --tap-rx multishot, and polled taps while idle).
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
     rx_depth: u32,
 
