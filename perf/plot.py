@@ -53,6 +53,8 @@ def best_per_size(rows, key):
 
 
 def style(label):
+    if label.startswith("ringswitch baseline"):  # perf/bench --baseline: the build compared
+        return {"linewidth": 2.0, "linestyle": "--", "zorder": 3}
     return {"linewidth": 2.6, "zorder": 3} if label.startswith("ringswitch") else {"linewidth": 1.4}
 
 

@@ -9,8 +9,13 @@ it before it is torn down:
 - latency: paced runs at 10/50/90% of that rate with rs-sink in B: one-way latency
   percentiles from kernel receive stamps, and loss/reordering/duplicates by sequence number.
 
+With --baseline, ringswitch and the baseline build are measured as a pair (`run_pair`): their
+throughput runs alternate, each on a freshly started switch, so that drift on the machine
+affects both alike.
+
 Rows are plain dicts; `report` turns them into tables, CSV and plots."""
 
+import copy
 import os
 import time
 
@@ -55,22 +60,54 @@ class Results:
 
 def measure_all(kinds, plan, logs):
     res = Results()
+    ready = []
     for kind in kinds:
         why = switches.availability(kind)
         if why:
             log(f"{kind}: skipped: {why}")
             res.skipped[kind] = why
             continue
-        run_case(kind, plan, logs, res)
+        ready.append(kind)
+    pair = [k for k in switches.RINGSWITCHES if k in ready]
+    for kind in ready:
+        if len(pair) < 2 or kind not in pair:
+            run_case(kind, plan, logs, res)
+        elif kind == pair[0]:
+            run_pair(pair, plan, logs, res)
     return res
 
 
-def run_case(kind, plan, logs, res):
+def pair_order(pair, rep):
+    """The order of the pair in throughput run `rep`: A B, B A, A B, ... so that a steady
+    drift of the machine over the runs favours neither."""
+    return list(pair) if rep % 2 else list(reversed(pair))
+
+
+def run_pair(pair, plan, logs, res):
+    """ringswitch and the baseline build. Throughput: run 1 of each, then run 2 of each
+    (in turn first), ..., every run on a freshly started switch, so whatever changes on the
+    machine over the runs affects both. The other phases then run on each as for any switch."""
+    if plan.sizes:
+        for rep in range(1, plan.repeat + 1):
+            for kind in pair_order(pair, rep):
+                only = copy.copy(plan)
+                only.flows, only.rfc_sizes, only.loads, only.rates = [], [], [], []
+                run_case(kind, only, logs, res, reps=[rep], tag=f"{kind}-run{rep}")
+    rest = copy.copy(plan)
+    rest.sizes = []
+    if rest.tap_phases():
+        for kind in pair:
+            run_case(kind, rest, logs, res)
+
+
+def run_case(kind, plan, logs, res, reps=None, tag=None):
+    """Starts `kind` and runs every phase of `plan` on it; throughput runs are numbered
+    `reps` (default 1..plan.repeat). `tag` names its log files (default: the kind)."""
     topo = Topology()
     try:
-        st = switches.start(kind, topo, plan.switch_cpu, logs, kind)
+        st = switches.start(kind, topo, plan.switch_cpu, logs, tag or kind)
         teach(st)
-        _throughput(kind, st, plan, res)
+        _throughput(kind, st, plan, res, reps or range(1, plan.repeat + 1))
         _flows(kind, st, plan, res)
         zero_loss = _rfc2544(kind, st, plan, logs, res)
         _latency(kind, st, plan, logs, res, zero_loss)
@@ -114,9 +151,9 @@ def _row(kind, size, r, plan, duration, **extra):
     return r
 
 
-def _throughput(kind, st, plan, res):
+def _throughput(kind, st, plan, res, reps):
     for size in plan.sizes:
-        for rep in range(1, plan.repeat + 1):
+        for rep in reps:
             log(f"{kind}: throughput {size} B, {plan.duration:g} s, run {rep}")
             r = undisturbed(plan, lambda: offered(st, size, plan.duration, plan.gen_cpus,
                                                   threads=plan.threads), plan.duration)

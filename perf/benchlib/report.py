@@ -4,6 +4,7 @@ files with every number, and PNG plots drawn by perf/plot.py in a venv with matp
 
 import csv
 import os
+import statistics
 import subprocess
 
 from . import switches
@@ -92,6 +93,8 @@ def latency_table(rows):
 
 
 def udp_label(kind):
+    if kind == "baseline":
+        return switches.label(kind, "UDP socket ports")
     name = "ringswitch" if kind == "ringswitch" else switches.label(kind).replace(" (tap)", "")
     return f"{name} (UDP socket ports)"
 
@@ -107,13 +110,38 @@ def udp_table(rows):
     for size in sorted({r["size"] for r in rows}):
         mine = [r["delivered_mpps"] for r in rows
                 if r["switch"] == "ringswitch" and r["size"] == size and "delivered_mpps" in r]
-        theirs = [r["delivered_mpps"] for r in rows
-                  if r["switch"] == "qemu-hub" and r["size"] == size and "delivered_mpps" in r]
-        if mine and theirs:
-            text += (f"\n\n{size} B: ringswitch delivers {min(mine) / max(theirs):.2f}–"
-                     f"{max(mine) / min(theirs):.2f}× QEMU's hub (worst and best pairing of "
-                     f"{len(mine)} runs each).")
+        for kind, name in (("qemu-hub", "QEMU's hub"), ("baseline", "the baseline build")):
+            theirs = [r["delivered_mpps"] for r in rows
+                      if r["switch"] == kind and r["size"] == size and "delivered_mpps" in r]
+            if mine and theirs and min(theirs) > 0:
+                text += (f"\n\n{size} B: ringswitch delivers {min(mine) / max(theirs):.2f}–"
+                         f"{max(mine) / min(theirs):.2f}× {name} (worst and best pairing of "
+                         f"{len(mine)} and {len(theirs)} runs).")
     return text
+
+
+def _median(rows, kind, size, key):
+    vals = [r[key] for r in rows if r["switch"] == kind and r["size"] == size
+            and r.get(key) is not None]
+    return (statistics.median(vals), len(vals)) if vals else (None, 0)
+
+
+def baseline_table(res):
+    """ringswitch against the baseline build, medians over the runs: delivered frames/s
+    and frames per switch CPU-second, per frame size (throughput) and on UDP socket ports."""
+    cells = []
+    for phase, rows in (("throughput (tap)", res.throughput), ("UDP socket ports", res.udp)):
+        for size in sorted({r["size"] for r in rows if r["switch"] == "baseline"}):
+            cell = [phase, size]
+            for key in ("delivered_mpps", "mframes_per_cpu_s"):
+                mine, n = _median(rows, "ringswitch", size, key)
+                theirs, m = _median(rows, "baseline", size, key)
+                ratio = f"{mine / theirs:.3f}×" if mine and theirs else "—"
+                cell += [_f(mine), _f(theirs), ratio]
+            cells.append([*cell[:2], f"{n} / {m}", *cell[2:]])
+    return _table(["phase", "frame (B)", "runs", "delivered Mpps: ringswitch", "baseline",
+                   "ringswitch / baseline", "M frames / CPU-s: ringswitch", "baseline",
+                   "ringswitch / baseline"], cells)
 
 
 def _best(rows, kind, size, key):
@@ -198,9 +226,13 @@ def markdown(res, title, summary, legend):
     if res.udp:
         parts += ["### UDP socket ports (one frame per datagram, loopback)", "",
                   udp_table(res.udp), ""]
+    if any(r["switch"] == "baseline" for r in res.throughput + res.udp):
+        parts += [f"### ringswitch against the baseline build ({switches.baseline_name()})",
+                  "", "Medians over the runs (the two builds took turns, run by run).", "",
+                  baseline_table(res), ""]
     if res.skipped:
         parts += ["### Not measured", ""]
-        parts += [f"- {switches.label(k) if k in switches.ALL else k}: {why}"
+        parts += [f"- {switches.label(k) if k in switches.SELECTABLE else k}: {why}"
                   for k, why in res.skipped.items()]
         parts.append("")
     parts += [legend, ""]

@@ -4,13 +4,16 @@ time is that of `pids`. ringswitch and the two reference forwarders (rs-rwfwd: o
 read()+write() per frame, the floor; rs-urfwd: a hand-written io_uring read->write loop,
 what a careful C programmer gets) run on taps; the Linux bridge and the direct veth pair
 (the generator's own ceiling) on veths; QEMU's hub, vde_switch and Open vSwitch come from
-perf/peers.py and are installed from Debian when missing.
+perf/peers.py and are installed from Debian when missing. `baseline` is another ringswitch
+binary (perf/bench --baseline PATH, e.g. a build of an older commit) run exactly as
+ringswitch is, for before/after comparisons in one run.
 
     start(kind, topo, cpu, logs, tag) -> Started
 
 Everything it creates is registered with `topo`, so `topo.close()` removes it even after
 an error."""
 
+import hashlib
 import os
 import sys
 
@@ -22,6 +25,9 @@ import peers  # noqa: E402  (perf/peers.py)
 BUILTIN = ["ringswitch", "bridge", "rwfwd", "urfwd", "direct"]
 PEER_NAMES = list(peers.PEERS)
 ALL = ["ringswitch", "bridge", *PEER_NAMES, "urfwd", "rwfwd", "direct"]
+# What --switches accepts: `baseline` only runs with --baseline PATH, so it is not in ALL
+# (the default set of a run without --baseline).
+SELECTABLE = [*ALL, "baseline"]
 # Switches whose process does the forwarding (a CPU column); the bridge and the direct
 # pair forward in the kernel on the generator's core.
 KERNEL = {"bridge", "direct"}
@@ -34,11 +40,51 @@ LABELS = {
     "direct": "no switch: direct veth (generator ceiling)",
 }
 BINARIES = {"ringswitch": "ringswitch", "rwfwd": "rs-rwfwd", "urfwd": "rs-urfwd"}
-# Extra command-line options for ringswitch (perf/bench --ringswitch-args).
+# Extra command-line options for ringswitch (perf/bench --ringswitch-args); the baseline
+# gets them too.
 RINGSWITCH_ARGS = []
+# The baseline ringswitch binary (perf/bench --baseline PATH): absolute path, or None.
+BASELINE = [None]
+# The builds of ringswitch: run the same way, with the same arguments.
+RINGSWITCHES = ("ringswitch", "baseline")
 
 
-def label(kind):
+def set_baseline(path):
+    BASELINE[0] = os.path.abspath(path) if path else None
+
+
+def baseline_name():
+    return os.path.basename(BASELINE[0]) if BASELINE[0] else "not given"
+
+
+def builds_summary():
+    """One line naming the two ringswitch binaries compared, with a digest of each so a
+    report says whether they differ at all."""
+    def digest(path):
+        try:
+            with open(path, "rb") as f:
+                return hashlib.sha256(f.read()).hexdigest()[:12]
+        except OSError as e:
+            return f"unreadable: {e.strerror}"
+    mine, base = binary("ringswitch"), BASELINE[0]
+    dm, db = digest(mine), digest(base)
+    same = " — the same file content: the comparison shows only noise" if dm == db else ""
+    return (f"Builds compared: ringswitch = `{mine}` (sha256 {dm}…), ringswitch baseline = "
+            f"`{base}` (sha256 {db}…){same}.")
+
+
+def binary(kind):
+    """The executable of one of our switches (ringswitch, baseline, rwfwd, urfwd)."""
+    if kind == "baseline":
+        return BASELINE[0]
+    return os.path.join(RELEASE, BINARIES[kind])
+
+
+def label(kind, ports="tap"):
+    """How a switch is named in tables; `ports` says over what its ports run (tap, UDP
+    socket ports) for the builds of ringswitch."""
+    if kind == "baseline":
+        return f"ringswitch baseline ({baseline_name()}, {ports})"
     if kind in peers.PEERS:
         return peers.PEERS[kind].label
     return LABELS[kind]
@@ -59,9 +105,15 @@ def availability(kind):
     """None if `kind` can run here, else the reason (one line); installs peers."""
     if kind in peers.PEERS:
         return peers.PEERS[kind].ensure_installed(log)
-    exe = BINARIES.get(kind)
-    if exe and not os.access(os.path.join(RELEASE, exe), os.X_OK):
-        return f"{os.path.join(RELEASE, exe)} is missing (build failed?)"
+    if kind == "baseline":
+        exe = BASELINE[0]
+        if not exe:
+            return "no --baseline PATH given"
+        if not os.path.isfile(exe) or not os.access(exe, os.X_OK):
+            return f"{exe} is not an executable file"
+        return None
+    if kind in BINARIES and not os.access(binary(kind), os.X_OK):
+        return f"{binary(kind)} is missing (build failed?)"
     return None
 
 
@@ -73,7 +125,7 @@ def start(kind, topo, cpu, logs, tag):
         except peers.PeerError as e:
             raise BenchError(str(e)) from None
         return Started(ns_a, st.if_a, ns_b, st.if_b, list(st.pids))
-    if kind in BINARIES:
+    if kind in BINARIES or kind == "baseline":
         return _tap_switch(kind, topo, ns_a, ns_b, cpu, logs, tag)
     if kind == "bridge":
         return _bridge(topo, ns_a, ns_b)
@@ -83,11 +135,12 @@ def start(kind, topo, cpu, logs, tag):
 
 
 def _tap_switch(kind, topo, ns_a, ns_b, cpu, logs, tag):
-    """Starts a tap-based switch of ours on two new taps, moves them into A and B."""
+    """Starts a tap-based switch of ours on two new taps, moves them into A and B. The
+    baseline build runs exactly as ringswitch does."""
     tap_a, tap_b = f"{PREFIX}ta", f"{PREFIX}tb"
-    exe = os.path.join(RELEASE, BINARIES[kind])
+    exe = binary(kind)
     stats = None
-    if kind == "ringswitch":
+    if kind in RINGSWITCHES:
         stats = os.path.join(logs, f"{tag}.stats.json")
         cmd = [exe, "-netdev", f"tap,id=a,ifname={tap_a}", "-netdev", f"tap,id=b,ifname={tap_b}",
                "--worker-cpu", str(cpu), "--stats-json", stats, *RINGSWITCH_ARGS]

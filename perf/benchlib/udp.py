@@ -4,8 +4,9 @@ joining two such netdevs, in one private network namespace on loopback:
 
     rs-udp send (generator CPU) -> port a -> switch (switch CPU) -> port b -> rs-udp sink
 
-The two switches alternate run by run, so both see the same machine. Delivered = datagrams
-the sink received; switch CPU from /proc over the sender's run."""
+The switches alternate run by run, so all see the same machine. With --baseline the
+baseline ringswitch binary takes its turn too, run exactly as ringswitch is. Delivered =
+datagrams the sink received; switch CPU from /proc over the sender's run."""
 
 import json
 import os
@@ -13,20 +14,21 @@ import subprocess
 import time
 
 from . import switches
+from .methods import pair_order
 from .system import (RELEASE, BenchError, Topology, cpu_seconds_all, log, ns_exec, run,
                      wait_quiet, wait_ready)
 
 LOCAL = "127.0.0.1"
 A_FROM, A_TO, B_TO, B_FROM = 40001, 40002, 40004, 40003  # a: gen -> switch; b: switch -> sink
-KINDS = ["ringswitch", "qemu-hub"]
+KINDS = ["ringswitch", "qemu-hub"]  # and "baseline" after ringswitch with --baseline
 
 
 def _start(kind, topo, ns, cpu, logs, tag):
     port_a = f"socket,id=a,udp={LOCAL}:{A_FROM},localaddr={LOCAL}:{A_TO}"
     port_b = f"socket,id=b,udp={LOCAL}:{B_TO},localaddr={LOCAL}:{B_FROM}"
     err = os.path.join(logs, f"{tag}.stderr")
-    if kind == "ringswitch":
-        cmd = ns_exec(ns, os.path.join(RELEASE, "ringswitch"), "-netdev", port_a, "-netdev",
+    if kind in switches.RINGSWITCHES:
+        cmd = ns_exec(ns, switches.binary(kind), "-netdev", port_a, "-netdev",
                       port_b, "--worker-cpu", str(cpu))
         proc = topo.spawn(cmd, cpu, os.path.join(logs, f"{tag}.stdout"), err)
         wait_ready(proc, err, "ringswitch: ready")
@@ -81,10 +83,12 @@ def _one(kind, size, duration, gen_cpu, sw_cpu, logs, tag):
         topo.close()
 
 
-def measure(plan, sizes, repeat, duration, logs):
+def measure(plan, sizes, repeat, duration, logs, baseline=False):
+    """`repeat` runs of each switch per size, one of each in turn; `baseline`: the baseline
+    build too, before or after ringswitch in turn (methods.pair_order)."""
     rows, skipped = [], {}
     kinds = []
-    for k in KINDS:
+    for k in (["ringswitch", "baseline", "qemu-hub"] if baseline else KINDS):
         why = switches.availability(k)
         if why:
             skipped[k] = why
@@ -92,7 +96,8 @@ def measure(plan, sizes, repeat, duration, logs):
             kinds.append(k)
     for size in sizes:
         for rep in range(1, repeat + 1):
-            for kind in kinds:
+            pair = pair_order([k for k in kinds if k in switches.RINGSWITCHES], rep)
+            for kind in [*pair, *(k for k in kinds if k not in pair)]:
                 wait_quiet(plan.wait_idle)
                 log(f"udp: {kind}, {size} B, run {rep}")
                 try:
