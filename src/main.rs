@@ -8,7 +8,7 @@ mod client;
 mod report;
 
 use anyhow::{anyhow, Context};
-use ringswitch_control::{Controller, ControllerConfig, Listener, Server};
+use ringswitch_control::{Controller, ControllerConfig, Listener, Server, WorkerRef};
 use ringswitch_switch::{link, Snapshot, TapRx, Worker, WorkerConfig};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -68,14 +68,19 @@ fn run(args: cli::Args) -> anyhow::Result<()> {
     let cfg_tap_rx = cfg.tap_rx;
     let (control, worker_link) = link(Snapshot::default()).context("creating the control link")?;
     let handle = Worker::spawn(cfg, worker_link).context("starting the worker")?;
+    let worker = WorkerRef {
+        id: handle.id,
+        cpu: handle.cpu,
+        features: handle.features,
+        huge_pages: handle.huge_pages,
+        counters: handle.counters.clone(),
+        link: control,
+    };
     let mut ctl = Controller::new(
-        control,
-        handle.counters.clone(),
+        vec![worker],
         ControllerConfig {
             max_ports: args.max_ports,
             allow_scripts: args.allow_scripts,
-            worker_cpu: args.worker_cpu,
-            features: handle.features,
         },
     );
     let mut failure = None;
@@ -118,11 +123,9 @@ fn run(args: cli::Args) -> anyhow::Result<()> {
         failure = serve(&mut server, &mut ctl, &mut signals, &handle);
     }
     let stopped = handle.stop_and_join();
-    let worker_stats = ctl.worker_counters().snapshot();
-    report::print_table(ctl.ports(), &worker_stats);
+    report::print_table(&ctl);
     if let Some(path) = &args.stats_json {
-        report::write_json(path, ctl.ports(), &worker_stats)
-            .with_context(|| format!("writing {}", path.display()))?;
+        report::write_json(path, &ctl).with_context(|| format!("writing {}", path.display()))?;
     }
     ctl.close_all();
     stopped.context("worker failed")?;

@@ -1,36 +1,43 @@
-//! Counter reports at exit: a table for people, JSON for scripts.
+//! Counter reports at exit: a table for people, JSON for scripts. Both are made from the
+//! switch crate's stats types (`PortStats`, `WorkerStats`), whose drop reasons come from its
+//! one table.
 
-use ringswitch_control::Port;
+use ringswitch_control::Controller;
 use ringswitch_switch::WorkerStats;
 use std::path::Path;
 
-pub fn print_table(ports: &[Port], w: &WorkerStats) {
+/// Every worker's statistics added up (the maximum for high-water marks).
+fn total(ctl: &Controller) -> WorkerStats {
+    let mut t = WorkerStats::default();
+    for w in ctl.workers() {
+        let s = w.counters.snapshot();
+        t.wakeups += s.wakeups;
+        t.completions += s.completions;
+        t.rx_frames += s.rx_frames;
+        t.tx_submitted += s.tx_submitted;
+        t.rx_starved += s.rx_starved;
+        t.rx_ring_empty += s.rx_ring_empty;
+        t.max_batch = t.max_batch.max(s.max_batch);
+        t.mac_learned += s.mac_learned;
+        t.mac_moved += s.mac_moved;
+        t.mac_evicted += s.mac_evicted;
+    }
+    t
+}
+
+pub fn print_table(ctl: &Controller) {
     println!(
         "{:<12} {:<7} {:<15} {:>12} {:>14} {:>12} {:>14} {:>10}  drops by reason",
         "port", "kind", "ifname", "rx frames", "rx bytes", "tx frames", "tx bytes", "drops"
     );
-    for p in ports {
+    for p in ctl.ports() {
         let s = p.counters().snapshot();
-        let d = s.drops;
-        let reasons: Vec<String> = [
-            ("runt", d.runt),
-            ("oversize", d.oversize),
-            ("bad_source", d.bad_source),
-            ("filtered", d.filtered),
-            ("no_destination", d.no_destination),
-            ("link_down", d.link_down),
-            ("queue_full", d.queue_full),
-            ("tx_error", d.tx_error),
-            ("rx_error", d.rx_error),
-            ("truncated", d.truncated),
-            ("short_header", d.short_header),
-            ("bad_session", d.bad_session),
-            ("bad_cookie", d.bad_cookie),
-        ]
-        .iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(k, n)| format!("{k}={n}"))
-        .collect();
+        let reasons: Vec<String> = s
+            .drops
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| format!("{}={n}", r.name()))
+            .collect();
         println!(
             "{:<12} {:<7} {:<15} {:>12} {:>14} {:>12} {:>14} {:>10}  {}",
             p.id(),
@@ -40,43 +47,61 @@ pub fn print_table(ports: &[Port], w: &WorkerStats) {
             s.rx_bytes,
             s.tx_frames,
             s.tx_bytes,
-            d.total(),
+            s.drops.total(),
             reasons.join(" ")
         );
     }
-    println!(
-        "worker: wakeups={} completions={} rx_frames={} tx_submitted={} frames/wakeup={:.1} max_batch={} rx_starved={} rx_ring_empty={} mac learned={} moved={} evicted={}",
-        w.wakeups,
-        w.completions,
-        w.rx_frames,
-        w.tx_submitted,
-        if w.wakeups > 0 { w.rx_frames as f64 / w.wakeups as f64 } else { 0.0 },
-        w.max_batch,
-        w.rx_starved,
-        w.rx_ring_empty,
-        w.mac_learned,
-        w.mac_moved,
-        w.mac_evicted
-    );
+    for w in ctl.workers() {
+        let s = w.counters.snapshot();
+        println!(
+            "worker {}: wakeups={} completions={} rx_frames={} tx_submitted={} frames/wakeup={:.1} max_batch={} rx_starved={} rx_ring_empty={} mac learned={} moved={} evicted={}",
+            w.id.0,
+            s.wakeups,
+            s.completions,
+            s.rx_frames,
+            s.tx_submitted,
+            s.frames_per_wakeup(),
+            s.max_batch,
+            s.rx_starved,
+            s.rx_ring_empty,
+            s.mac_learned,
+            s.mac_moved,
+            s.mac_evicted
+        );
+    }
 }
 
-pub fn write_json(path: &Path, ports: &[Port], w: &WorkerStats) -> std::io::Result<()> {
-    let ports: Vec<serde_json::Value> = ports
+/// `--stats-json`: every port's counters, every worker's, and the workers' total under
+/// `worker`.
+pub fn write_json(path: &Path, ctl: &Controller) -> std::io::Result<()> {
+    let ports: Vec<serde_json::Value> = ctl
+        .ports()
         .iter()
         .map(|p| {
-            let s = p.counters().snapshot();
-            serde_json::json!({
+            let mut v = serde_json::json!({
                 "id": p.id(),
                 "kind": p.spec.kind.name(),
                 "ifname": p.opened.ifname,
-                "rx_frames": s.rx_frames,
-                "rx_bytes": s.rx_bytes,
-                "tx_frames": s.tx_frames,
-                "tx_bytes": s.tx_bytes,
-                "drops": s.drops,
-            })
+                "worker": p.worker.0,
+            });
+            let stats = serde_json::to_value(p.counters().snapshot())?;
+            if let (Some(m), serde_json::Value::Object(s)) = (v.as_object_mut(), stats) {
+                m.extend(s);
+            }
+            Ok(v)
+        })
+        .collect::<Result<_, serde_json::Error>>()?;
+    let workers: Vec<serde_json::Value> = ctl
+        .workers()
+        .iter()
+        .map(|w| {
+            let mut v = serde_json::to_value(w.counters.snapshot()).unwrap_or_default();
+            if let Some(m) = v.as_object_mut() {
+                m.insert("id".into(), w.id.0.into());
+            }
+            v
         })
         .collect();
-    let doc = serde_json::json!({ "ports": ports, "worker": w });
+    let doc = serde_json::json!({ "ports": ports, "worker": total(ctl), "workers": workers });
     std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
 }

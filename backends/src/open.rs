@@ -1,5 +1,6 @@
-//! Opening a parsed netdev: the kernel objects behind the port, what the data plane needs of
-//! them (the descriptors and how they carry frames), and the port's life cycle — QEMU's
+//! Opening a parsed netdev: the kernel objects behind the port, the data plane's port value
+//! for each connection (`OpenedPort::make_port`: the kind's module in the switch crate,
+//! over duplicates of the descriptors), and the port's life cycle — QEMU's
 //! `script=`/`downscript=`, carrier changes for `set_link`, and for stream ports the
 //! connection: a listening port serves one peer at a time and accepts the next after a
 //! disconnect; a connecting port tries again every `reconnect` seconds.
@@ -9,8 +10,12 @@ use crate::kinds::{L2tpv3Options, SocketMode};
 use crate::netdev::{NetdevKind, NetdevSpec, Script};
 use crate::socket;
 use crate::tap::{Tap, TapError};
-use ringswitch_switch::l2tpv3::L2tpv3Codec;
-use ringswitch_switch::Framing;
+use ringswitch_switch::port::datagram::DatagramPort;
+use ringswitch_switch::port::l2tpv3::codec::L2tpv3Codec;
+use ringswitch_switch::port::l2tpv3::L2tpv3Port;
+use ringswitch_switch::port::stream::StreamPort;
+use ringswitch_switch::port::tap::TapPort;
+use ringswitch_switch::AnyPort;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -96,12 +101,27 @@ enum Peer {
 /// How often a unix datagram port connects to its peer's path again.
 const REDIAL_EVERY: Duration = Duration::from_millis(100);
 
+/// Builds the data plane's port over a connection's descriptors (duplicates the port value
+/// owns), given the port's name.
+type MakePort = Box<dyn Fn(OwnedFd, Option<OwnedFd>, &str) -> AnyPort + Send>;
+
+fn tap_port() -> MakePort {
+    Box::new(|fd, _, name| TapPort::new(fd, name).into())
+}
+
+fn stream_port() -> MakePort {
+    Box::new(|fd, _, _| StreamPort::new(fd).into())
+}
+
+fn datagram_port(gso: bool) -> MakePort {
+    Box::new(move |fd, tx, name| DatagramPort::new(fd, tx, gso, name).into())
+}
+
 /// An open port.
-#[derive(Debug)]
 pub struct OpenedPort {
     conn: Option<Conn>,
     peer: Peer,
-    framing: Framing,
+    make: MakePort,
     /// The kernel interface behind the port, if it has one.
     pub ifname: Option<String>,
     downscript: Script,
@@ -128,16 +148,21 @@ fn run_script(path: &str, ifname: &str) -> Result<(), OpenError> {
     Ok(())
 }
 
-fn fixed(
-    fd: OwnedFd,
-    tx_fd: Option<OwnedFd>,
-    framing: Framing,
-    peer: Option<String>,
-) -> OpenedPort {
+impl std::fmt::Debug for OpenedPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenedPort")
+            .field("conn", &self.conn)
+            .field("peer", &self.peer)
+            .field("ifname", &self.ifname)
+            .finish_non_exhaustive()
+    }
+}
+
+fn fixed(fd: OwnedFd, tx_fd: Option<OwnedFd>, make: MakePort, peer: Option<String>) -> OpenedPort {
     OpenedPort {
         conn: Some(Conn { fd, tx_fd, peer }),
         peer: Peer::Fixed,
-        framing,
+        make,
         ifname: None,
         downscript: Script::None,
         carrier: false,
@@ -155,7 +180,7 @@ fn open_socket(mode: &SocketMode) -> Result<OpenedPort, OpenError> {
                     listener,
                     addr: addr.clone(),
                 },
-                framing: Framing::Stream,
+                make: stream_port(),
                 ifname: None,
                 downscript: Script::None,
                 carrier: false,
@@ -169,7 +194,7 @@ fn open_socket(mode: &SocketMode) -> Result<OpenedPort, OpenError> {
                     reconnect: *reconnect,
                     next: Some(Instant::now()),
                 },
-                framing: Framing::Stream,
+                make: stream_port(),
                 ifname: None,
                 downscript: Script::None,
                 carrier: false,
@@ -190,12 +215,13 @@ fn open_socket(mode: &SocketMode) -> Result<OpenedPort, OpenError> {
         SocketMode::Udp { local, remote } => {
             let fd = socket::udp(*local, *remote)
                 .map_err(sock_err(format!("udp {local} -> {remote}")))?;
-            let framing = if socket::udp_gso_supported(&fd) {
-                Framing::UdpGso
-            } else {
-                Framing::Datagram
-            };
-            Ok(fixed(fd, None, framing, Some(remote.to_string())))
+            let gso = socket::udp_gso_supported(&fd);
+            Ok(fixed(
+                fd,
+                None,
+                datagram_port(gso),
+                Some(remote.to_string()),
+            ))
         }
         SocketMode::UnixDgram { local, remote } => {
             let fd = socket::unix_dgram(local, remote).map_err(sock_err(format!(
@@ -206,7 +232,7 @@ fn open_socket(mode: &SocketMode) -> Result<OpenedPort, OpenError> {
             let mut port = fixed(
                 fd,
                 None,
-                Framing::Datagram,
+                datagram_port(false),
                 Some(remote.display().to_string()),
             );
             port.peer = Peer::Redial {
@@ -221,18 +247,18 @@ fn open_socket(mode: &SocketMode) -> Result<OpenedPort, OpenError> {
             Ok(fixed(
                 rx,
                 Some(tx),
-                Framing::Datagram,
+                datagram_port(false),
                 Some(group.to_string()),
             ))
         }
         SocketMode::Fd(raw) => {
             let (fd, stream) = socket::inherited(*raw).map_err(sock_err(format!("fd {raw}")))?;
-            let framing = if stream {
-                Framing::Stream
+            let make = if stream {
+                stream_port()
             } else {
-                Framing::Datagram
+                datagram_port(false)
             };
-            Ok(fixed(fd, None, framing, None))
+            Ok(fixed(fd, None, make, None))
         }
     }
 }
@@ -257,12 +283,10 @@ fn open_l2tpv3(o: &L2tpv3Options) -> Result<OpenedPort, OpenError> {
         txcookie: o.txcookie.unwrap_or(0),
         rxcookie: o.rxcookie.unwrap_or(0),
     };
-    Ok(fixed(
-        fd,
-        None,
-        Framing::L2tpv3(Arc::new(codec)),
-        Some(dst.to_string()),
-    ))
+    let codec = Arc::new(codec);
+    let make: MakePort =
+        Box::new(move |fd, _, name| L2tpv3Port::new(fd, codec.clone(), name).into());
+    Ok(fixed(fd, None, make, Some(dst.to_string())))
 }
 
 /// Opens the port `spec` describes. Scripts run only when `allow_scripts` is set.
@@ -280,7 +304,7 @@ pub fn open(spec: &NetdevSpec, allow_scripts: bool) -> Result<OpenedPort, OpenEr
             if let Script::Path(p) = &t.script {
                 run_script(p, &ifname)?;
             }
-            let mut p = fixed(tap.into_fd(), None, Framing::Datagram, None);
+            let mut p = fixed(tap.into_fd(), None, tap_port(), None);
             p.ifname = Some(ifname);
             p.downscript = t.downscript.clone();
             p.carrier = true;
@@ -294,7 +318,7 @@ pub fn open(spec: &NetdevSpec, allow_scripts: bool) -> Result<OpenedPort, OpenEr
                 br: br.clone(),
                 why,
             })?;
-            let mut p = fixed(tap.into_fd(), None, Framing::Datagram, None);
+            let mut p = fixed(tap.into_fd(), None, tap_port(), None);
             p.ifname = Some(ifname);
             p.carrier = true;
             Ok(p)
@@ -311,8 +335,19 @@ impl OpenedPort {
         self.conn.as_ref()
     }
 
-    pub fn framing(&self) -> &Framing {
-        &self.framing
+    /// The data plane's port for the current connection, over duplicates of its descriptors
+    /// (the control plane keeps its own, so it can tell the connection ended and close it
+    /// after the worker let go). None while the port has no connection.
+    pub fn make_port(&self, name: &str) -> io::Result<Option<AnyPort>> {
+        let Some(conn) = &self.conn else {
+            return Ok(None);
+        };
+        let fd = conn.fd.try_clone()?;
+        let tx = match &conn.tx_fd {
+            Some(t) => Some(t.try_clone()?),
+            None => None,
+        };
+        Ok(Some((self.make)(fd, tx, name)))
     }
 
     /// Whether this port (re)connects by itself (listening or client stream).

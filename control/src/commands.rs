@@ -116,38 +116,45 @@ pub fn dispatch(ctl: &mut Controller, req: &Request) -> Result<Value, QmpError> 
         }
         "query-workers" => {
             Args::new(map).finish()?;
-            let w = ctl.worker_counters().snapshot();
-            let b = ctl.buffers()?;
-            let f = ctl.config().features;
-            Ok(json!([without_nulls(json!({
-                "id": 0,
-                "cpu": ctl.config().worker_cpu,
-                "ports": ctl.ports().len(),
-                "wakeups": w.wakeups,
-                "completions": w.completions,
-                "rx-frames": w.rx_frames,
-                "tx-submitted": w.tx_submitted,
-                "frames-per-wakeup": if w.wakeups > 0 { w.rx_frames as f64 / w.wakeups as f64 } else { 0.0 },
-                "max-batch": w.max_batch,
-                "rx-starved": w.rx_starved,
-                "rx-ring-empty": w.rx_ring_empty,
-                "mac-learned": w.mac_learned,
-                "mac-moved": w.mac_moved,
-                "mac-evicted": w.mac_evicted,
-                "buffers-total": b.total,
-                "buffers-free": b.free,
-                "reads-in-flight": b.reads_in_flight,
-                "writes-in-flight": b.writes_in_flight,
-                "frames-queued": b.queued,
-                "io-uring": {
-                    "defer-taskrun": f.defer_taskrun,
-                    "registered-buffers": f.registered_buffers,
-                    "registered-files": f.registered_files,
-                    "recv-multishot": f.recv_multishot,
-                    "read-multishot": f.read_multishot,
-                    "batch-wait": f.batch_wait,
-                },
-            }))]))
+            let mut out = Vec::new();
+            for w in ctl.workers() {
+                let s = w.counters.snapshot();
+                let b = ctl.buffers(w.id)?;
+                let f = w.features;
+                out.push(without_nulls(json!({
+                    "id": w.id.0,
+                    "cpu": w.cpu,
+                    "ports": ctl.ports().iter().filter(|p| p.worker == w.id).count(),
+                    "wakeups": s.wakeups,
+                    "completions": s.completions,
+                    "rx-frames": s.rx_frames,
+                    "tx-submitted": s.tx_submitted,
+                    "frames-per-wakeup": s.frames_per_wakeup(),
+                    "max-batch": s.max_batch,
+                    "rx-starved": s.rx_starved,
+                    "rx-ring-empty": s.rx_ring_empty,
+                    "mac-learned": s.mac_learned,
+                    "mac-moved": s.mac_moved,
+                    "mac-evicted": s.mac_evicted,
+                    "buffers-total": b.total,
+                    "buffers-free": b.free,
+                    "large-buffers-total": b.large_total,
+                    "large-buffers-free": b.large_free,
+                    "reads-in-flight": b.reads_in_flight,
+                    "writes-in-flight": b.writes_in_flight,
+                    "frames-queued": b.queued,
+                    "huge-pages": w.huge_pages,
+                    "io-uring": {
+                        "defer-taskrun": f.defer_taskrun,
+                        "registered-buffers": f.registered_buffers,
+                        "registered-files": f.registered_files,
+                        "recv-multishot": f.recv_multishot,
+                        "read-multishot": f.read_multishot,
+                        "batch-wait": f.batch_wait,
+                    },
+                })));
+            }
+            Ok(Value::Array(out))
         }
         other => Err(QmpError::command_not_found(format!(
             "The command {other} has not been found"
@@ -167,7 +174,6 @@ fn query_ports(ctl: &Controller, name: Option<&str>) -> Result<Value, QmpError> 
             continue;
         }
         let s = p.counters().snapshot();
-        let d = s.drops;
         let options: Map<String, Value> = p
             .spec
             .options
@@ -183,28 +189,19 @@ fn query_ports(ctl: &Controller, name: Option<&str>) -> Result<Value, QmpError> 
             "connected": p.connected(),
             "peer": p.peer(),
             "hub": p.domain().0,
-            "worker": 0,
+            "worker": p.worker.0,
             "index": p.index.0,
             "uptime-ms": p.added.elapsed().as_millis() as u64,
             "rx-frames": s.rx_frames,
             "rx-bytes": s.rx_bytes,
             "tx-frames": s.tx_frames,
             "tx-bytes": s.tx_bytes,
-            "drops": {
-                "runt": d.runt,
-                "oversize": d.oversize,
-                "bad-source": d.bad_source,
-                "filtered": d.filtered,
-                "no-destination": d.no_destination,
-                "link-down": d.link_down,
-                "queue-full": d.queue_full,
-                "tx-error": d.tx_error,
-                "rx-error": d.rx_error,
-                "truncated": d.truncated,
-                "short-header": d.short_header,
-                "bad-session": d.bad_session,
-                "bad-cookie": d.bad_cookie,
-            },
+            "drops": s.drops.qmp(),
+            "io": p.caps().map(|c| json!({
+                "rx": c.rx,
+                "coalesce": c.coalesce,
+                "offloads": c.offloads,
+            })),
         })));
     }
     Ok(Value::Array(out))

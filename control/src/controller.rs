@@ -1,8 +1,9 @@
 //! `Controller`: the switch's desired state and the commands that change it.
 //!
-//! It owns every port's configuration, publishes each change to the worker as a new snapshot
-//! and returns once the worker applied it (so `netdev_del` returns only when the port's
-//! descriptor is no longer used). Both the command line and QMP add ports through it, so they
+//! It owns every port's configuration, publishes each change to the workers as a new
+//! snapshot and returns once every worker applied it (so `netdev_del` returns only when the
+//! port's descriptor is no longer used). Each port is served by one worker, chosen when it is
+//! added (the one serving the fewest ports). Both the command line and QMP add ports through it, so they
 //! share one parser and one code path. Events it raises wait in `events` for the server to
 //! send. It runs on the control thread only and never touches frames.
 
@@ -12,11 +13,11 @@ use ringswitch_backends::{open, NetdevId, NetdevKind, NetdevSpec, OpenedPort};
 use ringswitch_switch::mactable::MacEntry;
 use ringswitch_switch::uring::RingFeatures;
 use ringswitch_switch::{
-    BufferStats, ControlLink, DomainId, MacAddr, PortCounters, PortEntry, PortId, Request,
-    WorkerCounters, WorkerEvent,
+    BufferStats, Caps, ControlLink, DomainId, MacAddr, PortCell, PortCounters, PortEntry, PortId,
+    Request, WorkerCounters, WorkerEvent, WorkerId,
 };
 use serde_json::{json, Value};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,6 +48,8 @@ impl OneShot {
 pub struct Port {
     pub spec: NetdevSpec,
     pub index: PortId,
+    /// The worker serving it.
+    pub worker: WorkerId,
     pub opened: OpenedPort,
     counters: Arc<PortCounters>,
     domain: DomainId,
@@ -88,47 +91,61 @@ impl Port {
         self.opened.conn().and_then(|c| c.peer.as_deref())
     }
 
+    /// What the data plane's port can do, once its worker attached it.
+    pub fn caps(&self) -> Option<Caps> {
+        self.entry.as_ref().and_then(|e| e.port.caps())
+    }
+
     /// Brings `entry` in line with the port's connection, link and domain; keeps the same
-    /// descriptors (so the data plane sees the same port) while the connection is the same.
+    /// port value (so the data plane sees the same port) while the connection is the same.
     fn refresh_entry(&mut self) -> Result<(), QmpError> {
         let Some(conn) = self.opened.conn() else {
             self.entry = None;
             return Ok(());
         };
-        let same = self
-            .entry
-            .as_ref()
-            .is_some_and(|e| e.conn_fd == conn.fd.as_raw_fd());
-        let (fd, tx_fd) = match (&self.entry, same) {
-            (Some(e), true) => (e.fd.clone(), e.tx_fd.clone()),
+        let conn_fd = conn.fd.as_raw_fd();
+        let port = match &self.entry {
+            Some(e) if e.conn_fd == conn_fd => e.port.clone(),
             _ => {
-                let dup = |fd: &OwnedFd| {
-                    fd.try_clone().map(Arc::new).map_err(|e| {
-                        QmpError::generic(format!(
-                            "netdev '{}': cannot duplicate descriptor: {e}",
-                            self.spec.id
-                        ))
-                    })
-                };
-                let tx = match &conn.tx_fd {
-                    Some(t) => Some(dup(t)?),
-                    None => None,
-                };
-                (dup(&conn.fd)?, tx)
+                let made = self.opened.make_port(self.spec.id.as_str()).map_err(|e| {
+                    QmpError::generic(format!(
+                        "netdev '{}': cannot duplicate descriptor: {e}",
+                        self.spec.id
+                    ))
+                })?;
+                match made {
+                    Some(p) => PortCell::new(p),
+                    None => {
+                        self.entry = None;
+                        return Ok(());
+                    }
+                }
             }
         };
         self.entry = Some(Arc::new(PortEntry {
+            id: self.index,
             name: self.spec.id.as_str().into(),
-            fd,
-            tx_fd,
-            framing: self.opened.framing().clone(),
+            port,
+            worker: self.worker,
             domain: self.domain,
             link_up: self.link_up,
             counters: self.counters.clone(),
-            conn_fd: conn.fd.as_raw_fd(),
+            conn_fd,
         }));
         Ok(())
     }
+}
+
+/// One worker as the control plane sees it.
+pub struct WorkerRef {
+    pub id: WorkerId,
+    /// The CPU it is pinned to, for listings.
+    pub cpu: Option<usize>,
+    /// What its io_uring accepted at start, for listings.
+    pub features: RingFeatures,
+    pub huge_pages: bool,
+    pub counters: Arc<WorkerCounters>,
+    pub link: ControlLink,
 }
 
 /// Switch-wide settings the controller needs.
@@ -136,10 +153,6 @@ impl Port {
 pub struct ControllerConfig {
     pub max_ports: usize,
     pub allow_scripts: bool,
-    /// The CPU the worker is pinned to, for listings.
-    pub worker_cpu: Option<usize>,
-    /// What the worker's io_uring accepted at start, for listings.
-    pub features: RingFeatures,
 }
 
 /// A `hubport` that placed a netdev in a hub.
@@ -152,8 +165,7 @@ struct HubPort {
 /// The desired state of the switch.
 pub struct Controller {
     hubports: Vec<HubPort>,
-    link: ControlLink,
-    worker: Arc<WorkerCounters>,
+    workers: Vec<WorkerRef>,
     config: ControllerConfig,
     ports: Vec<Port>,
     /// Indices of removed ports the worker had not released when their command returned,
@@ -169,11 +181,12 @@ fn port_error(spec: &NetdevSpec, e: impl std::fmt::Display) -> QmpError {
 }
 
 impl Controller {
-    pub fn new(link: ControlLink, worker: Arc<WorkerCounters>, config: ControllerConfig) -> Self {
+    /// A controller of `workers` (at least one).
+    pub fn new(workers: Vec<WorkerRef>, config: ControllerConfig) -> Self {
+        assert!(!workers.is_empty(), "a switch needs a worker");
         Controller {
             hubports: Vec::new(),
-            link,
-            worker,
+            workers,
             config,
             ports: Vec::new(),
             retired: Vec::new(),
@@ -187,28 +200,65 @@ impl Controller {
         &self.ports
     }
 
-    pub fn worker_counters(&self) -> &Arc<WorkerCounters> {
-        &self.worker
+    /// The workers, in id order.
+    pub fn workers(&self) -> &[WorkerRef] {
+        &self.workers
     }
 
     fn find(&self, id: &str) -> Option<usize> {
         self.ports.iter().position(|p| p.id() == id)
     }
 
-    /// Publishes the current ports and waits until the worker applied them.
+    fn link_of(&self, worker: WorkerId) -> &ControlLink {
+        let w = self.workers.iter().find(|w| w.id == worker);
+        &w.unwrap_or(&self.workers[0]).link
+    }
+
+    /// The generation every worker has applied.
+    fn applied(&self) -> u64 {
+        self.workers
+            .iter()
+            .map(|w| w.link.applied())
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// The generation of the configuration in force.
+    fn generation(&self) -> u64 {
+        self.workers[0].link.current().generation
+    }
+
+    /// Publishes the current ports and waits until every worker applied them.
     fn publish(&mut self) -> Result<(), QmpError> {
         let mut table: Vec<Option<Arc<PortEntry>>> = vec![None; self.config.max_ports];
         for p in &self.ports {
             table[p.index.index()] = p.entry.clone();
         }
-        let generation = self.link.publish(table);
-        self.link
-            .wait_applied(generation, APPLY_TIMEOUT)
-            .map_err(|e| QmpError::generic(format!("switch did not apply the change: {e}")))
+        let generations: Vec<u64> = self
+            .workers
+            .iter()
+            .map(|w| w.link.publish(table.clone()))
+            .collect();
+        for (w, g) in self.workers.iter().zip(generations) {
+            w.link.wait_applied(g, APPLY_TIMEOUT).map_err(|e| {
+                QmpError::generic(format!("switch did not apply the change: {} {e}", w.id))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The worker with the fewest ports (the lowest id among equals).
+    fn least_loaded(&self) -> WorkerId {
+        self.workers
+            .iter()
+            .map(|w| (self.ports.iter().filter(|p| p.worker == w.id).count(), w.id))
+            .min()
+            .map(|(_, id)| id)
+            .unwrap_or_default()
     }
 
     fn free_index(&mut self) -> Option<PortId> {
-        let applied = self.link.applied();
+        let applied = self.applied();
         self.retired.retain(|(_, g)| *g > applied);
         (0..self.config.max_ports)
             .map(|i| PortId(i as u16))
@@ -231,10 +281,27 @@ impl Controller {
                 spec.id, self.config.max_ports
             ))
         })?;
+        if let Some(fd) = spec.inherited_fd() {
+            if let Some(other) = self
+                .ports
+                .iter()
+                .find(|p| p.spec.inherited_fd() == Some(fd))
+            {
+                return Err(port_error(
+                    &spec,
+                    format!(
+                        "descriptor {fd} is already netdev '{}'; a descriptor serves one port",
+                        other.id()
+                    ),
+                ));
+            }
+        }
         let opened = open(&spec, self.config.allow_scripts).map_err(|e| port_error(&spec, e))?;
+        let worker = self.least_loaded();
         let mut port = Port {
             spec,
             index,
+            worker,
             opened,
             counters: Arc::new(PortCounters::default()),
             domain: DomainId(0),
@@ -273,8 +340,8 @@ impl Controller {
         let port = self.ports.remove(i);
         let result = self.publish();
         if result.is_err() {
-            self.retired
-                .push((port.index, self.link.current().generation));
+            let generation = self.generation();
+            self.retired.push((port.index, generation));
         }
         let downscript = port.opened.run_downscript();
         let spec = port.spec.clone();
@@ -441,7 +508,7 @@ impl Controller {
                 }
             }
             for mac in macs {
-                self.link.request(Request::Flood {
+                self.link_of(p.worker).request(Request::Flood {
                     ingress: p.index,
                     frame: rarp_frame(mac).to_vec(),
                 });
@@ -454,13 +521,18 @@ impl Controller {
     /// connect when they can. Called from the control loop.
     pub fn service_connections(&mut self, now: Instant) {
         let mut changed = false;
-        for ev in self.link.take_events() {
+        let events: Vec<WorkerEvent> = self
+            .workers
+            .iter()
+            .flat_map(|w| w.link.take_events())
+            .collect();
+        for ev in events {
             let WorkerEvent::PortClosed { port, fd, reason } = ev;
             let Some(i) = self.ports.iter().position(|p| p.index == port) else {
                 continue;
             };
             let p = &mut self.ports[i];
-            if p.entry.as_ref().map(|e| e.fd.as_raw_fd()) != Some(fd) {
+            if p.entry.as_ref().map(|e| e.conn_fd) != Some(fd) {
                 continue;
             }
             eprintln!("ringswitch: netdev '{}': {reason}", p.id());
@@ -525,24 +597,31 @@ impl Controller {
         self.events.push(ev);
     }
 
-    /// The worker's live MAC table.
-    pub fn mac_entries(&self) -> Result<Vec<MacEntry>, QmpError> {
+    /// Asks `link`'s worker something and waits (bounded) for the answer.
+    fn ask<T>(
+        link: &ControlLink,
+        make: impl FnOnce(mpsc::Sender<T>) -> Request,
+    ) -> Result<T, QmpError> {
         let (tx, rx) = mpsc::channel();
-        if !self.link.request(Request::DumpMacs(tx)) {
+        if !link.request(make(tx)) {
             return Err(QmpError::generic("the switch has stopped"));
         }
         rx.recv_timeout(APPLY_TIMEOUT)
             .map_err(|_| QmpError::generic("the switch did not answer"))
     }
 
-    /// The worker's buffer pool occupancy.
-    pub fn buffers(&self) -> Result<BufferStats, QmpError> {
-        let (tx, rx) = mpsc::channel();
-        if !self.link.request(Request::Buffers(tx)) {
-            return Err(QmpError::generic("the switch has stopped"));
+    /// The workers' live MAC tables, together.
+    pub fn mac_entries(&self) -> Result<Vec<MacEntry>, QmpError> {
+        let mut all = Vec::new();
+        for w in &self.workers {
+            all.extend(Self::ask(&w.link, Request::DumpMacs)?);
         }
-        rx.recv_timeout(APPLY_TIMEOUT)
-            .map_err(|_| QmpError::generic("the switch did not answer"))
+        Ok(all)
+    }
+
+    /// A worker's buffer pool occupancy.
+    pub fn buffers(&self, worker: WorkerId) -> Result<BufferStats, QmpError> {
+        Self::ask(self.link_of(worker), Request::Buffers)
     }
 
     /// Forgets learned addresses (all, or behind one port); returns how many.
@@ -553,12 +632,11 @@ impl Controller {
             }
             None => None,
         };
-        let (tx, rx) = mpsc::channel();
-        if !self.link.request(Request::FlushMacs(index, tx)) {
-            return Err(QmpError::generic("the switch has stopped"));
+        let mut removed = 0;
+        for w in &self.workers {
+            removed += Self::ask(&w.link, |tx| Request::FlushMacs(index, tx))?;
         }
-        rx.recv_timeout(APPLY_TIMEOUT)
-            .map_err(|_| QmpError::generic("the switch did not answer"))
+        Ok(removed)
     }
 
     /// The port a MAC table entry points at, by id.

@@ -8,5 +8,5 @@ pub mod json;
 pub mod qmp;
 pub mod server;
 
-pub use controller::{Controller, ControllerConfig, Port};
+pub use controller::{Controller, ControllerConfig, Port, WorkerRef};
 pub use server::{Listener, Server};

@@ -8,7 +8,7 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use ringswitch_switch::counters::DropReason;
-use ringswitch_switch::l2tpv3::{L2tpv3Codec, MAX_HEADER};
+use ringswitch_switch::port::l2tpv3::codec::{L2tpv3Codec, MAX_HEADER};
 
 #[derive(Debug, Arbitrary)]
 struct Params {

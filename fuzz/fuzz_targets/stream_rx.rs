@@ -6,7 +6,7 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use ringswitch_switch::stream::{StreamItem, StreamRx, MAX_STREAM_FRAME, PREFIX_LEN};
+use ringswitch_switch::port::stream::codec::{StreamItem, StreamRx, MAX_STREAM_FRAME, PREFIX_LEN};
 
 #[derive(Debug, Arbitrary)]
 struct Input {

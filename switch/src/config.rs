@@ -8,53 +8,78 @@
 //! descriptor is no longer used (the grace period).
 
 use crate::counters::PortCounters;
-use crate::ids::{DomainId, PortId};
-use crate::l2tpv3::L2tpv3Codec;
+use crate::ids::{DomainId, PortId, WorkerId};
 use crate::mactable::MacEntry;
+use crate::port::{AnyPort, Caps};
+use crate::sys::fd::{eventfd, kick};
 use arc_swap::ArcSwap;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// How a port's descriptors carry frames.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Framing {
-    /// One frame per read and per write: a tap, a connected datagram socket.
-    Datagram,
-    /// A connected UDP socket whose kernel takes UDP_SEGMENT: runs of equal-size frames go
-    /// out as one GSO send each (the receiver still gets one datagram per frame).
-    UdpGso,
-    /// A byte stream, each frame behind its length as a 4-byte big-endian number (QEMU's
-    /// socket and stream netdevs).
-    Stream,
-    /// One frame per datagram behind an L2TPv3 header.
-    L2tpv3(Arc<L2tpv3Codec>),
+/// A port on its way to the worker that will serve it: the port value a backend opened, taken
+/// by that worker once, when it first sees the entry. Its identity (`Arc::ptr_eq`) is the
+/// port's: an entry republished with the same cell (a new link state or domain) is the same
+/// port; a new cell under the same id (a new connection) is a new port.
+pub struct PortCell {
+    port: Mutex<Option<AnyPort>>,
+    caps: OnceLock<Caps>,
 }
 
-/// One port as configured. A change of link or domain is a new `PortEntry` with the same `fd`;
-/// a new `fd` at the same index is a different port.
+impl PortCell {
+    pub fn new(port: impl Into<AnyPort>) -> Arc<PortCell> {
+        Arc::new(PortCell {
+            port: Mutex::new(Some(port.into())),
+            caps: OnceLock::new(),
+        })
+    }
+
+    /// The port, the first time it is asked for.
+    pub(crate) fn take(&self) -> Option<AnyPort> {
+        self.port.lock().ok()?.take()
+    }
+
+    /// What the port can do, once its worker attached it.
+    pub fn caps(&self) -> Option<Caps> {
+        self.caps.get().copied()
+    }
+
+    pub(crate) fn set_caps(&self, caps: Caps) {
+        let _ = self.caps.set(caps);
+    }
+}
+
+impl std::fmt::Debug for PortCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortCell")
+            .field("caps", &self.caps())
+            .finish()
+    }
+}
+
+/// One port as configured.
 #[derive(Debug)]
 pub struct PortEntry {
+    /// The port's switch-wide identity.
+    pub id: PortId,
     /// The netdev id, for messages.
     pub name: Arc<str>,
-    /// The descriptor frames are received from (and sent to, unless `tx_fd` is set).
-    pub fd: Arc<OwnedFd>,
-    /// A separate descriptor to send on (a multicast port sends from its own socket so that
-    /// its own frames, looped back, can be told apart).
-    pub tx_fd: Option<Arc<OwnedFd>>,
-    pub framing: Framing,
+    /// The port itself (see `PortCell`).
+    pub port: Arc<PortCell>,
+    /// The worker that serves it.
+    pub worker: WorkerId,
     pub domain: DomainId,
     pub link_up: bool,
     pub counters: Arc<PortCounters>,
-    /// The control plane's own descriptor of this connection (`fd` is a duplicate), so it can
-    /// tell whether an entry still describes the same connection.
+    /// The control plane's own descriptor of this connection, so it can tell which connection
+    /// a `WorkerEvent::PortClosed` is about.
     pub conn_fd: i32,
 }
 
-/// The whole configuration a worker serves, indexed by `PortId`.
+/// The whole configuration, indexed by `PortId`; each worker serves the entries that name it.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub generation: u64,
@@ -83,10 +108,13 @@ pub enum Request {
 /// Where a worker's frame buffers are, at a moment between two batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct BufferStats {
-    /// Buffers in the pool.
+    /// Small buffers in the pool.
     pub total: usize,
-    /// Buffers on the free stack.
+    /// Small buffers on the free stack.
     pub free: usize,
+    /// Large buffers in the pool, and on their free stack.
+    pub large_total: usize,
+    pub large_free: usize,
     /// Reads in flight (each holds one buffer).
     pub reads_in_flight: usize,
     /// Writes in flight (several may share one flooded buffer).
@@ -136,16 +164,6 @@ pub enum LinkError {
     Gone,
 }
 
-fn eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: eventfd takes no pointers; a non-negative result is a new descriptor.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just created and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// Creates both ends of a control link, starting from `initial`, plus a stop flag.
 pub fn link(initial: Snapshot) -> io::Result<(ControlLink, WorkerLink)> {
     let snapshot = Arc::new(ArcSwap::from_pointee(initial));
@@ -170,14 +188,6 @@ pub fn link(initial: Snapshot) -> io::Result<(ControlLink, WorkerLink)> {
             events: ev_tx,
         },
     ))
-}
-
-pub(crate) fn kick(fd: &OwnedFd) {
-    let one: u64 = 1;
-    // SAFETY: writes 8 bytes from a live u64 to an eventfd this process owns.
-    unsafe {
-        libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8);
-    }
 }
 
 impl ControlLink {

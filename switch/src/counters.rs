@@ -1,10 +1,13 @@
-//! Per-port and per-worker counters, readable from any thread while the worker runs.
+//! Per-port and per-worker counters, readable from any thread while the worker runs, and the
+//! one table of drop reasons every report is made from.
 //!
 //! Each counter has exactly one writer (the worker that owns the port), so an increment is a
 //! relaxed load plus a relaxed store — plain moves on x86, no locked instruction — and readers
-//! see a recent value without ever blocking the writer.
+//! see a recent value without ever blocking the writer. What another part of the data plane
+//! learns about a port it does not own (an egress drop decided while forwarding) is tallied
+//! locally (`EgressTally`) and folded in by the owner once per batch.
 
-use serde::Serialize;
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A single-writer monotonically increasing counter.
@@ -30,39 +33,87 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// Raises the counter to `n` if it is below (a high-water mark).
+    #[inline]
+    pub fn max(&self, n: u64) {
+        if n > self.get() {
+            self.0.store(n, Ordering::Relaxed);
+        }
+    }
 }
 
-/// Why a frame was dropped. Each reason has its own counter on the port it is charged to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
-    /// Shorter than an Ethernet header (14 bytes); charged to the ingress port.
-    Runt,
-    /// Longer than the configured maximum frame size; charged to the ingress port.
-    Oversize,
-    /// Source address is multicast or all-zero; charged to the ingress port.
-    BadSource,
-    /// Unicast whose destination was learned behind its own ingress port (802.1D filtering).
-    Filtered,
-    /// No other port of the domain can take the frame; charged to the ingress port.
-    NoDestination,
-    /// The port's link is down: charged to the ingress port on receive, to the egress port on
-    /// transmit. This includes a tap whose kernel side is down (the kernel refuses the write
-    /// with EIO and also counts the frame in that interface's rx_dropped).
-    LinkDown,
-    /// The egress port's transmit queue was full; charged to the egress port.
-    QueueFull,
-    /// The kernel rejected the transmission; charged to the egress port.
-    TxError,
-    /// The kernel reported an error on receive; charged to the ingress port.
-    RxError,
-    /// A stream connection ended in the middle of a frame; charged to the ingress port.
-    Truncated,
-    /// An encapsulation header was cut short; charged to the ingress port.
-    ShortHeader,
-    /// An encapsulated frame for another session; charged to the ingress port.
-    BadSession,
-    /// An encapsulated frame with the wrong cookie; charged to the ingress port.
-    BadCookie,
+/// Defines `DropReason` and its table from one list: variant, the name in the exit report and
+/// `--stats-json` (snake case), the name in QMP (QAPI's kebab case), and the meaning.
+macro_rules! drop_reasons {
+    ($($variant:ident, $name:literal, $qmp:literal, $doc:literal;)+) => {
+        /// Why a frame was dropped. Each reason has its own counter on the port it is charged
+        /// to.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum DropReason {
+            $(#[doc = $doc] $variant,)+
+        }
+
+        impl DropReason {
+            /// Every reason, in the order reports list them.
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant,)+];
+
+            /// The name in the exit report and `--stats-json`.
+            pub fn name(self) -> &'static str {
+                match self { $(DropReason::$variant => $name,)+ }
+            }
+
+            /// The name in QMP answers (`query-ports`).
+            pub fn qmp_name(self) -> &'static str {
+                match self { $(DropReason::$variant => $qmp,)+ }
+            }
+
+            /// What the reason means and which port it is charged to.
+            pub fn description(self) -> &'static str {
+                match self { $(DropReason::$variant => $doc,)+ }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    Runt, "runt", "runt",
+        "Shorter than an Ethernet header (14 bytes); charged to the ingress port.";
+    Oversize, "oversize", "oversize",
+        "Longer than the configured maximum frame size; charged to the ingress port.";
+    BadSource, "bad_source", "bad-source",
+        "Source address is multicast or all-zero; charged to the ingress port.";
+    Filtered, "filtered", "filtered",
+        "Unicast whose destination was learned behind its own ingress port (802.1D filtering).";
+    NoDestination, "no_destination", "no-destination",
+        "No other port of the domain can take the frame; charged to the ingress port.";
+    LinkDown, "link_down", "link-down",
+        "The port's link is down: charged to the ingress port on receive, to the egress port on transmit. This includes a tap whose kernel side is down (the kernel refuses the write with EIO and also counts the frame in that interface's rx_dropped).";
+    QueueFull, "queue_full", "queue-full",
+        "The egress port's transmit queue was full; charged to the egress port.";
+    TxError, "tx_error", "tx-error",
+        "The kernel rejected the transmission; charged to the egress port.";
+    RxError, "rx_error", "rx-error",
+        "The kernel reported an error on receive; charged to the ingress port.";
+    Truncated, "truncated", "truncated",
+        "A stream connection ended in the middle of a frame; charged to the ingress port.";
+    ShortHeader, "short_header", "short-header",
+        "An encapsulation header was cut short; charged to the ingress port.";
+    BadSession, "bad_session", "bad-session",
+        "An encapsulated frame for another session; charged to the ingress port.";
+    BadCookie, "bad_cookie", "bad-cookie",
+        "An encapsulated frame with the wrong cookie; charged to the ingress port.";
+}
+
+/// Number of drop reasons.
+pub const DROP_REASONS: usize = DropReason::ALL.len();
+
+impl DropReason {
+    #[inline]
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// Counters of one port.
@@ -72,44 +123,38 @@ pub struct PortCounters {
     pub rx_bytes: Counter,
     pub tx_frames: Counter,
     pub tx_bytes: Counter,
-    pub runt: Counter,
-    pub oversize: Counter,
-    pub bad_source: Counter,
-    pub filtered: Counter,
-    pub no_destination: Counter,
-    pub link_down: Counter,
-    pub queue_full: Counter,
-    pub tx_error: Counter,
-    pub rx_error: Counter,
-    pub truncated: Counter,
-    pub short_header: Counter,
-    pub bad_session: Counter,
-    pub bad_cookie: Counter,
+    drops: [Counter; DROP_REASONS],
 }
 
 impl PortCounters {
     #[inline]
     pub fn count_drop(&self, reason: DropReason) {
-        self.reason(reason).inc();
+        self.drops[reason.index()].inc();
     }
 
     #[inline]
-    fn reason(&self, reason: DropReason) -> &Counter {
-        match reason {
-            DropReason::Runt => &self.runt,
-            DropReason::Oversize => &self.oversize,
-            DropReason::BadSource => &self.bad_source,
-            DropReason::Filtered => &self.filtered,
-            DropReason::NoDestination => &self.no_destination,
-            DropReason::LinkDown => &self.link_down,
-            DropReason::QueueFull => &self.queue_full,
-            DropReason::TxError => &self.tx_error,
-            DropReason::RxError => &self.rx_error,
-            DropReason::Truncated => &self.truncated,
-            DropReason::ShortHeader => &self.short_header,
-            DropReason::BadSession => &self.bad_session,
-            DropReason::BadCookie => &self.bad_cookie,
-        }
+    pub fn count_drops(&self, reason: DropReason, n: u64) {
+        self.drops[reason.index()].add(n);
+    }
+
+    /// A received frame (its bytes) that is dropped at once for `reason`.
+    #[inline]
+    pub fn count_rx_drop(&self, bytes: usize, reason: DropReason) {
+        self.rx_frames.inc();
+        self.rx_bytes.add(bytes as u64);
+        self.count_drop(reason);
+    }
+
+    /// Frames sent whole.
+    #[inline]
+    pub fn count_tx(&self, frames: u64, bytes: u64) {
+        self.tx_frames.add(frames);
+        self.tx_bytes.add(bytes);
+    }
+
+    /// The drop counter of `reason`.
+    pub fn drop_count(&self, reason: DropReason) -> u64 {
+        self.drops[reason.index()].get()
     }
 
     /// A consistent-enough copy for reporting.
@@ -119,27 +164,14 @@ impl PortCounters {
             rx_bytes: self.rx_bytes.get(),
             tx_frames: self.tx_frames.get(),
             tx_bytes: self.tx_bytes.get(),
-            drops: DropStats {
-                runt: self.runt.get(),
-                oversize: self.oversize.get(),
-                bad_source: self.bad_source.get(),
-                filtered: self.filtered.get(),
-                no_destination: self.no_destination.get(),
-                link_down: self.link_down.get(),
-                queue_full: self.queue_full.get(),
-                tx_error: self.tx_error.get(),
-                rx_error: self.rx_error.get(),
-                truncated: self.truncated.get(),
-                short_header: self.short_header.get(),
-                bad_session: self.bad_session.get(),
-                bad_cookie: self.bad_cookie.get(),
-            },
+            drops: DropStats(std::array::from_fn(|i| self.drops[i].get())),
         }
     }
 }
 
-/// Plain copy of a port's counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+/// Plain copy of a port's counters: the one type the exit report, `--stats-json` and QMP are
+/// made from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PortStats {
     pub rx_frames: u64,
     pub rx_bytes: u64,
@@ -148,39 +180,89 @@ pub struct PortStats {
     pub drops: DropStats,
 }
 
-/// Plain copy of a port's drop counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct DropStats {
-    pub runt: u64,
-    pub oversize: u64,
-    pub bad_source: u64,
-    pub filtered: u64,
-    pub no_destination: u64,
-    pub link_down: u64,
-    pub queue_full: u64,
-    pub tx_error: u64,
-    pub rx_error: u64,
-    pub truncated: u64,
-    pub short_header: u64,
-    pub bad_session: u64,
-    pub bad_cookie: u64,
-}
+/// Plain copy of a port's drop counters, by reason. Serialises as an object with every
+/// reason's report name (`DropReason::name`); `qmp` gives QMP's spelling.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DropStats(pub [u64; DROP_REASONS]);
 
 impl DropStats {
+    pub fn get(&self, reason: DropReason) -> u64 {
+        self.0[reason.index()]
+    }
+
     pub fn total(&self) -> u64 {
-        self.runt
-            + self.oversize
-            + self.bad_source
-            + self.filtered
-            + self.no_destination
-            + self.link_down
-            + self.queue_full
-            + self.tx_error
-            + self.rx_error
-            + self.truncated
-            + self.short_header
-            + self.bad_session
-            + self.bad_cookie
+        self.0.iter().sum()
+    }
+
+    /// (reason, count) for every reason, in table order.
+    pub fn iter(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL.iter().map(|&r| (r, self.get(r)))
+    }
+
+    /// The counts keyed by QMP's names.
+    pub fn qmp(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.iter()
+            .map(|(r, n)| (r.qmp_name().to_string(), n.into()))
+            .collect()
+    }
+}
+
+impl Serialize for DropStats {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(DROP_REASONS))?;
+        for (r, n) in self.iter() {
+            m.serialize_entry(r.name(), &n)?;
+        }
+        m.end()
+    }
+}
+
+/// Drops charged to ports while forwarding (a full transmit queue, a link that is down),
+/// tallied by the forwarding side without touching the ports' shared counters, and folded
+/// into them by the ports' owner once per batch (`fold`). Never allocates after construction.
+pub struct EgressTally {
+    /// Per slot: queue_full, link_down.
+    counts: Vec<[u32; 2]>,
+    dirty: Vec<u16>,
+}
+
+impl EgressTally {
+    pub fn new(slots: usize) -> EgressTally {
+        EgressTally {
+            counts: vec![[0; 2]; slots],
+            dirty: Vec::with_capacity(slots),
+        }
+    }
+
+    /// One frame for `slot` dropped for `reason` (QueueFull or LinkDown).
+    #[inline]
+    pub fn charge(&mut self, slot: usize, reason: DropReason) {
+        let c = &mut self.counts[slot];
+        if c[0] == 0 && c[1] == 0 {
+            self.dirty.push(slot as u16);
+        }
+        let k = usize::from(reason != DropReason::QueueFull);
+        debug_assert!(matches!(
+            reason,
+            DropReason::QueueFull | DropReason::LinkDown
+        ));
+        c[k] = c[k].saturating_add(1);
+    }
+
+    /// Hands every tally to `f(slot, reason, n)` and clears them.
+    #[inline]
+    pub fn fold(&mut self, mut f: impl FnMut(usize, DropReason, u64)) {
+        for &s in &self.dirty {
+            let c = &mut self.counts[s as usize];
+            if c[0] > 0 {
+                f(s as usize, DropReason::QueueFull, c[0] as u64);
+            }
+            if c[1] > 0 {
+                f(s as usize, DropReason::LinkDown, c[1] as u64);
+            }
+            *c = [0; 2];
+        }
+        self.dirty.clear();
     }
 }
 
@@ -209,7 +291,7 @@ pub struct WorkerCounters {
 }
 
 /// Plain copy of a worker's counters.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct WorkerStats {
     pub wakeups: u64,
     pub completions: u64,
@@ -221,6 +303,17 @@ pub struct WorkerStats {
     pub mac_learned: u64,
     pub mac_moved: u64,
     pub mac_evicted: u64,
+}
+
+impl WorkerStats {
+    /// Frames per wake-up, for listings.
+    pub fn frames_per_wakeup(&self) -> f64 {
+        if self.wakeups > 0 {
+            self.rx_frames as f64 / self.wakeups as f64
+        } else {
+            0.0
+        }
+    }
 }
 
 impl WorkerCounters {
@@ -237,5 +330,55 @@ impl WorkerCounters {
             mac_moved: self.mac_moved.get(),
             mac_evicted: self.mac_evicted.get(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_distinct_names_in_both_spellings() {
+        let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        let mut qmp: Vec<_> = DropReason::ALL.iter().map(|r| r.qmp_name()).collect();
+        for (r, (n, q)) in DropReason::ALL.iter().zip(names.iter().zip(&qmp)) {
+            assert_eq!(n.replace('_', "-"), *q, "{r:?}");
+            assert!(!r.description().is_empty());
+        }
+        names.sort();
+        names.dedup();
+        qmp.sort();
+        qmp.dedup();
+        assert_eq!((names.len(), qmp.len()), (DROP_REASONS, DROP_REASONS));
+    }
+
+    #[test]
+    fn stats_serialise_with_report_names_and_qmp_names() {
+        let c = PortCounters::default();
+        c.count_drop(DropReason::BadSource);
+        c.count_drops(DropReason::QueueFull, 3);
+        let s = c.snapshot();
+        let v = serde_json::to_value(s).unwrap();
+        assert_eq!(v["drops"]["bad_source"], 1);
+        assert_eq!(v["drops"]["queue_full"], 3);
+        assert_eq!(v["drops"].as_object().unwrap().len(), DROP_REASONS);
+        assert_eq!(s.drops.qmp()["queue-full"], 3);
+        assert_eq!(s.drops.total(), 4);
+    }
+
+    #[test]
+    fn egress_tallies_fold_once() {
+        let mut t = EgressTally::new(4);
+        t.charge(2, DropReason::QueueFull);
+        t.charge(2, DropReason::QueueFull);
+        t.charge(1, DropReason::LinkDown);
+        let mut got = Vec::new();
+        t.fold(|s, r, n| got.push((s, r, n)));
+        got.sort_by_key(|g| g.0);
+        assert_eq!(
+            got,
+            [(1, DropReason::LinkDown, 1), (2, DropReason::QueueFull, 2)]
+        );
+        t.fold(|_, _, _| panic!("folded twice"));
     }
 }

@@ -1,10 +1,17 @@
 //! `Engine`: the forwarding decision for batches of received frames, with no I/O.
 //!
 //! The engine owns the MAC table and the port table of one worker. `forward` takes a batch of
-//! received frames (port, buffer, length) and appends each to the transmit queues of the ports
-//! it must leave by: validate, learn the source, look up the destination, unicast or flood
-//! within the bridge domain, never back out of the ingress port. It never blocks, never
-//! allocates and takes no lock; drops are counted on the port they are charged to.
+//! received frames and appends each to the transmit queues of the ports it must leave by:
+//! validate, learn the source, look up the destination, unicast or flood within the bridge
+//! domain, never back out of the ingress port. It never blocks, never allocates and takes no
+//! lock. Ports appear twice: the MAC table learns their switch-wide `PortId`, transmit queues
+//! and frames name the worker's `Slot`; the engine maps one to the other.
+//!
+//! Counters: drops decided on receive (runt, oversize, bad source, filtered, no destination,
+//! link down on ingress) are charged to the ingress port, whose owner this worker is. Drops
+//! charged to an egress port (its queue full, its link down) are tallied in the transmit
+//! queues and folded into that port's counters once per batch by its owner (`fold_egress`),
+//! so each counter keeps a single writer however ports are spread over workers.
 //!
 //! Buffer ownership: a received buffer holds one reference. Unicast moves that reference to a
 //! transmit queue; a flood to k ports adds k-1 references; a drop releases it. Whoever completes
@@ -12,118 +19,19 @@
 
 use crate::counters::{DropReason, PortCounters, WorkerCounters};
 use crate::ethernet::HEADER_LEN;
-use crate::ids::{BufIndex, DomainId, PortId};
+use crate::frame::Frame;
+use crate::ids::{DomainId, PortId, Slot};
 use crate::mac::MacAddr;
 use crate::mactable::{Learned, MacTable, Seconds};
 use crate::pool::BufferPool;
+use crate::txqueue::TxQueues;
 use std::sync::Arc;
-
-/// A received frame: where it came from and where its bytes are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RxDesc {
-    pub port: PortId,
-    pub buf: BufIndex,
-    /// Where the frame starts in the buffer (after an encapsulation header, if any).
-    pub off: u16,
-    pub len: u32,
-}
-
-/// A frame waiting for transmission on one port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TxDesc {
-    pub buf: BufIndex,
-    pub off: u16,
-    pub len: u32,
-}
-
-/// Fixed-capacity transmit queues, one per port, plus the list of ports that have something
-/// queued (so draining does not scan idle ports).
-pub struct TxQueues {
-    queues: Vec<Vec<TxDesc>>,
-    depth: usize,
-    pending: Vec<PortId>,
-}
-
-impl TxQueues {
-    /// Queues for `ports` ports, each holding at most `depth` frames.
-    pub fn new(ports: usize, depth: usize) -> TxQueues {
-        TxQueues {
-            queues: (0..ports).map(|_| Vec::with_capacity(depth)).collect(),
-            depth,
-            pending: Vec::with_capacity(ports),
-        }
-    }
-
-    /// Appends a frame to `port`'s queue; false when the queue is full.
-    #[inline]
-    fn push(&mut self, port: PortId, d: TxDesc) -> bool {
-        let q = &mut self.queues[port.index()];
-        if q.len() == self.depth {
-            return false;
-        }
-        if q.is_empty() {
-            self.pending.push(port);
-        }
-        q.push(d);
-        true
-    }
-
-    /// Ports with queued frames, in the order they first got one since the last drain.
-    pub fn pending(&self) -> &[PortId] {
-        &self.pending
-    }
-
-    /// The frames queued on `port`.
-    pub fn queue(&self, port: PortId) -> &[TxDesc] {
-        &self.queues[port.index()]
-    }
-
-    /// Empties every queue, passing each port and its frames to `f` (which takes over the
-    /// buffer references).
-    pub fn drain(&mut self, mut f: impl FnMut(PortId, &[TxDesc])) {
-        for &p in &self.pending {
-            let q = &mut self.queues[p.index()];
-            f(p, q);
-            q.clear();
-        }
-        self.pending.clear();
-    }
-
-    /// Removes the first `n` frames of `port`'s queue (they were handed to the kernel) and
-    /// keeps the rest for later.
-    pub fn consume(&mut self, port: PortId, n: usize) {
-        let q = &mut self.queues[port.index()];
-        q.drain(..n.min(q.len()));
-        if q.is_empty() {
-            self.pending.retain(|&p| p != port);
-        }
-    }
-
-    /// Empties `port`'s queue, passing each frame to `f` (which takes over its reference).
-    pub fn discard(&mut self, port: PortId, mut f: impl FnMut(TxDesc)) {
-        let q = &mut self.queues[port.index()];
-        for d in q.drain(..) {
-            f(d);
-        }
-        self.pending.retain(|&p| p != port);
-    }
-
-    /// Total frames queued.
-    pub fn len(&self) -> usize {
-        self.pending
-            .iter()
-            .map(|p| self.queues[p.index()].len())
-            .sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
-    }
-}
 
 /// Configuration of one port as the engine sees it.
 #[derive(Debug, Clone)]
 pub struct PortConf {
+    /// The port's switch-wide identity (what the MAC table learns).
+    pub id: PortId,
     pub domain: DomainId,
     pub link_up: bool,
 }
@@ -136,8 +44,10 @@ struct PortSlot {
 /// Learning-switch forwarding over a port table.
 pub struct Engine {
     ports: Vec<Option<PortSlot>>,
-    /// Per domain, the ports whose link is up (flood targets).
-    flood: Vec<(DomainId, Vec<PortId>)>,
+    /// Switch-wide id → this worker's slot.
+    local: Vec<Option<Slot>>,
+    /// Per domain, the slots whose link is up (flood targets).
+    flood: Vec<(DomainId, Vec<Slot>)>,
     table: MacTable,
     max_frame: usize,
     stats: Arc<WorkerCounters>,
@@ -146,17 +56,20 @@ pub struct Engine {
 /// Why the engine refused a port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum EngineError {
-    #[error("port index {0} is beyond the engine's {1} ports")]
+    #[error("slot {0} is beyond the engine's {1} slots")]
     TooMany(u16, usize),
     #[error("{0} is already in use")]
-    InUse(PortId),
+    InUse(Slot),
     #[error("{0} does not exist")]
-    NoSuchPort(PortId),
+    NoSuchPort(Slot),
+    #[error("{0} is beyond the switch's ports")]
+    BadId(PortId),
 }
 
 impl Engine {
-    /// An engine for up to `max_ports` ports, a MAC table of `mac_capacity` entries ageing
-    /// after `ageing` seconds, accepting frames up to `max_frame` bytes.
+    /// An engine for up to `max_ports` ports (slots and switch-wide ids alike), a MAC table of
+    /// `mac_capacity` entries ageing after `ageing` seconds, accepting frames up to
+    /// `max_frame` bytes.
     pub fn new(
         max_ports: usize,
         mac_capacity: usize,
@@ -166,6 +79,7 @@ impl Engine {
     ) -> Engine {
         Engine {
             ports: (0..max_ports).map(|_| None).collect(),
+            local: vec![None; max_ports],
             flood: Vec::new(),
             table: MacTable::new(mac_capacity, ageing),
             max_frame,
@@ -177,83 +91,88 @@ impl Engine {
         self.ports.len()
     }
 
-    /// Adds a port at index `id`.
+    /// Adds a port at `slot`.
     pub fn add_port(
         &mut self,
-        id: PortId,
+        slot: Slot,
         conf: PortConf,
         counters: Arc<PortCounters>,
     ) -> Result<(), EngineError> {
         let n = self.ports.len();
-        let slot = self
-            .ports
+        let id = conf.id;
+        let local = self
+            .local
             .get_mut(id.index())
-            .ok_or(EngineError::TooMany(id.0, n))?;
-        if slot.is_some() {
-            return Err(EngineError::InUse(id));
+            .ok_or(EngineError::BadId(id))?;
+        let entry = self
+            .ports
+            .get_mut(slot.index())
+            .ok_or(EngineError::TooMany(slot.0, n))?;
+        if entry.is_some() || local.is_some() {
+            return Err(EngineError::InUse(slot));
         }
-        *slot = Some(PortSlot { conf, counters });
+        *entry = Some(PortSlot { conf, counters });
+        *local = Some(slot);
         self.rebuild_flood();
         Ok(())
     }
 
+    fn slot_mut(&mut self, slot: Slot) -> Result<&mut PortSlot, EngineError> {
+        self.ports
+            .get_mut(slot.index())
+            .and_then(Option::as_mut)
+            .ok_or(EngineError::NoSuchPort(slot))
+    }
+
     /// Removes a port and forgets the addresses learned on it.
-    pub fn remove_port(&mut self, id: PortId) -> Result<(), EngineError> {
-        let slot = self
+    pub fn remove_port(&mut self, slot: Slot) -> Result<(), EngineError> {
+        let entry = self
             .ports
-            .get_mut(id.index())
-            .ok_or(EngineError::NoSuchPort(id))?;
-        if slot.take().is_none() {
-            return Err(EngineError::NoSuchPort(id));
-        }
-        self.table.flush_port(id);
+            .get_mut(slot.index())
+            .ok_or(EngineError::NoSuchPort(slot))?;
+        let Some(p) = entry.take() else {
+            return Err(EngineError::NoSuchPort(slot));
+        };
+        self.local[p.conf.id.index()] = None;
+        self.table.flush_port(p.conf.id);
         self.rebuild_flood();
         Ok(())
     }
 
     /// Sets a port's link state. A port whose link is down neither receives nor transmits.
-    pub fn set_link(&mut self, id: PortId, up: bool) -> Result<(), EngineError> {
-        let slot = self
-            .ports
-            .get_mut(id.index())
-            .and_then(Option::as_mut)
-            .ok_or(EngineError::NoSuchPort(id))?;
-        slot.conf.link_up = up;
+    pub fn set_link(&mut self, slot: Slot, up: bool) -> Result<(), EngineError> {
+        self.slot_mut(slot)?.conf.link_up = up;
         self.rebuild_flood();
         Ok(())
     }
 
     /// Moves a port to another bridge domain; what was learned on it is forgotten.
-    pub fn set_domain(&mut self, id: PortId, domain: DomainId) -> Result<(), EngineError> {
-        let slot = self
-            .ports
-            .get_mut(id.index())
-            .and_then(Option::as_mut)
-            .ok_or(EngineError::NoSuchPort(id))?;
-        slot.conf.domain = domain;
+    pub fn set_domain(&mut self, slot: Slot, domain: DomainId) -> Result<(), EngineError> {
+        let p = self.slot_mut(slot)?;
+        p.conf.domain = domain;
+        let id = p.conf.id;
         self.table.flush_port(id);
         self.rebuild_flood();
         Ok(())
     }
 
+    /// The slot of the port with switch-wide id `id`, if this engine has it.
+    pub fn slot_of(&self, id: PortId) -> Option<Slot> {
+        *self.local.get(id.index())?
+    }
+
     /// Sends a frame the switch originates (e.g. an announcement) out of every port of
     /// `ingress`'s domain except `ingress`, without learning its source. Takes over the
     /// frame's buffer reference.
-    pub fn flood_from(
-        &self,
-        pool: &mut BufferPool,
-        ingress: PortId,
-        desc: TxDesc,
-        tx: &mut TxQueues,
-    ) {
-        match self.ports.get(ingress.index()).and_then(Option::as_ref) {
-            Some(p) => self.flood(pool, ingress, p.conf.domain, desc, tx),
-            None => pool.release(desc.buf),
+    pub fn flood_from(&self, pool: &mut BufferPool, f: Frame, tx: &mut TxQueues) {
+        match self.ports.get(f.ingress.index()).and_then(Option::as_ref) {
+            Some(p) => self.flood(pool, p.conf.domain, f, tx),
+            None => pool.release(f.buf),
         }
     }
 
-    pub fn port_counters(&self, id: PortId) -> Option<&Arc<PortCounters>> {
-        self.ports.get(id.index())?.as_ref().map(|s| &s.counters)
+    pub fn port_counters(&self, slot: Slot) -> Option<&Arc<PortCounters>> {
+        self.ports.get(slot.index())?.as_ref().map(|s| &s.counters)
     }
 
     pub fn mac_table(&self) -> &MacTable {
@@ -273,18 +192,19 @@ impl Engine {
             }
             let d = s.conf.domain;
             match self.flood.iter_mut().find(|(dom, _)| *dom == d) {
-                Some((_, v)) => v.push(PortId(i as u16)),
-                None => self.flood.push((d, vec![PortId(i as u16)])),
+                Some((_, v)) => v.push(Slot(i as u16)),
+                None => self.flood.push((d, vec![Slot(i as u16)])),
             }
         }
     }
 
     /// Decides the fate of every frame in `rx`: queue it on `tx` or drop it (releasing its
-    /// buffer). `now` is the worker's coarse clock, for learning and ageing.
+    /// buffer). `now` is the worker's coarse clock, for learning and ageing. Egress drops are
+    /// left tallied in `tx` for `fold_egress`.
     pub fn forward(
         &mut self,
         pool: &mut BufferPool,
-        rx: &[RxDesc],
+        rx: &[Frame],
         tx: &mut TxQueues,
         now: Seconds,
     ) {
@@ -293,15 +213,26 @@ impl Engine {
         }
     }
 
+    /// Folds the drops charged to egress ports into their counters (once per batch).
     #[inline]
-    fn forward_one(&mut self, pool: &mut BufferPool, d: RxDesc, tx: &mut TxQueues, now: Seconds) {
-        let Some(Some(port)) = self.ports.get(d.port.index()) else {
+    pub fn fold_egress(&self, tx: &mut TxQueues) {
+        let ports = &self.ports;
+        tx.fold_drops(|slot, reason, n| {
+            if let Some(Some(p)) = ports.get(slot.index()) {
+                p.counters.count_drops(reason, n);
+            }
+        });
+    }
+
+    #[inline]
+    fn forward_one(&mut self, pool: &mut BufferPool, f: Frame, tx: &mut TxQueues, now: Seconds) {
+        let Some(Some(port)) = self.ports.get(f.ingress.index()) else {
             // The port went away while its read was in flight.
-            pool.release(d.buf);
+            pool.release(f.buf);
             return;
         };
         let c = &*port.counters;
-        let len = d.len as usize;
+        let len = f.len as usize;
         c.rx_frames.inc();
         c.rx_bytes.add(len as u64);
         let verdict = if len < HEADER_LEN {
@@ -315,19 +246,19 @@ impl Engine {
         };
         if let Err(reason) = verdict {
             c.count_drop(reason);
-            pool.release(d.buf);
+            pool.release(f.buf);
             return;
         }
-        let frame = pool.frame_at(d.buf, d.off as usize, len);
+        let frame = pool.frame_at(f.buf, f.off as usize, len);
         let dst = MacAddr::from_slice(&frame[0..6]);
         let src = MacAddr::from_slice(&frame[6..12]);
         if src.is_multicast() || src == MacAddr::ZERO {
             c.count_drop(DropReason::BadSource);
-            pool.release(d.buf);
+            pool.release(f.buf);
             return;
         }
         let domain = port.conf.domain;
-        match self.table.learn(domain, src, d.port, now) {
+        match self.table.learn(domain, src, port.conf.id, now) {
             Learned::Refreshed => {}
             Learned::New => self.stats.mac_learned.inc(),
             Learned::Moved => self.stats.mac_moved.inc(),
@@ -336,95 +267,69 @@ impl Engine {
                 self.stats.mac_evicted.inc()
             }
         }
-        let desc = TxDesc {
-            buf: d.buf,
-            off: d.off,
-            len: d.len,
-        };
         if dst.is_unicast() {
             if let Some(out) = self.table.lookup(domain, dst, now) {
-                self.unicast(pool, d.port, out, desc, tx);
+                self.unicast(pool, out, f, tx);
                 return;
             }
         }
-        self.flood(pool, d.port, domain, desc, tx);
+        self.flood(pool, domain, f, tx);
     }
 
     #[inline]
-    fn unicast(
-        &self,
-        pool: &mut BufferPool,
-        ingress: PortId,
-        out: PortId,
-        desc: TxDesc,
-        tx: &mut TxQueues,
-    ) {
-        let reason = if out == ingress {
-            self.charge(ingress, DropReason::Filtered);
+    fn unicast(&self, pool: &mut BufferPool, out: PortId, f: Frame, tx: &mut TxQueues) {
+        let Some(slot) = self.local[out.index()] else {
+            // Learned port removed without a flush: treat as unknown.
+            self.charge(f.ingress, DropReason::NoDestination);
+            pool.release(f.buf);
+            return;
+        };
+        let dropped = if slot == f.ingress {
+            self.charge(f.ingress, DropReason::Filtered);
             true
         } else {
-            match &self.ports[out.index()] {
+            match &self.ports[slot.index()] {
                 Some(o) if !o.conf.link_up => {
-                    o.counters.count_drop(DropReason::LinkDown);
+                    tx.charge_link_down(slot);
                     true
                 }
-                Some(o) => {
-                    if !tx.push(out, desc) {
-                        o.counters.count_drop(DropReason::QueueFull);
-                        true
-                    } else {
-                        false
-                    }
-                }
+                Some(_) => !tx.push(slot, f),
                 None => {
-                    // Learned port removed without a flush: treat as unknown.
-                    self.charge(ingress, DropReason::NoDestination);
+                    self.charge(f.ingress, DropReason::NoDestination);
                     true
                 }
             }
         };
-        if reason {
-            pool.release(desc.buf);
+        if dropped {
+            pool.release(f.buf);
         }
     }
 
     #[inline]
-    fn flood(
-        &self,
-        pool: &mut BufferPool,
-        ingress: PortId,
-        domain: DomainId,
-        desc: TxDesc,
-        tx: &mut TxQueues,
-    ) {
+    fn flood(&self, pool: &mut BufferPool, domain: DomainId, f: Frame, tx: &mut TxQueues) {
         let targets = match self.flood.iter().find(|(d, _)| *d == domain) {
             Some((_, v)) => &v[..],
             None => &[][..],
         };
+        let ingress = f.ingress;
         let n = targets.iter().filter(|&&p| p != ingress).count();
         if n == 0 {
             self.charge(ingress, DropReason::NoDestination);
-            pool.release(desc.buf);
+            pool.release(f.buf);
             return;
         }
         if n > 1 {
-            pool.retain(desc.buf, (n - 1) as u16);
+            pool.retain(f.buf, (n - 1) as u16);
         }
         for &p in targets {
-            if p == ingress {
-                continue;
-            }
-            if !tx.push(p, desc) {
-                if let Some(o) = &self.ports[p.index()] {
-                    o.counters.count_drop(DropReason::QueueFull);
-                }
-                pool.release(desc.buf);
+            if p != ingress && !tx.push(p, f) {
+                pool.release(f.buf);
             }
         }
     }
 
-    fn charge(&self, port: PortId, reason: DropReason) {
-        if let Some(Some(p)) = self.ports.get(port.index()) {
+    fn charge(&self, slot: Slot, reason: DropReason) {
+        if let Some(Some(p)) = self.ports.get(slot.index()) {
             p.counters.count_drop(reason);
         }
     }
@@ -458,8 +363,9 @@ mod tests {
                 let c = Arc::new(PortCounters::default());
                 engine
                     .add_port(
-                        PortId(i as u16),
+                        Slot(i as u16),
                         PortConf {
+                            id: PortId(i as u16),
                             domain: DomainId(*d),
                             link_up: true,
                         },
@@ -476,23 +382,19 @@ mod tests {
             }
         }
 
-        fn frame(&mut self, port: u16, dst: MacAddr, src: MacAddr, len: usize) -> RxDesc {
+        fn frame(&mut self, port: u16, dst: MacAddr, src: MacAddr, len: usize) -> Frame {
             let b = self.pool.alloc().unwrap();
             let buf = self.pool.buf_mut(b);
             buf[..6].copy_from_slice(&dst.0);
             buf[6..12].copy_from_slice(&src.0);
-            RxDesc {
-                port: PortId(port),
-                buf: b,
-                off: 0,
-                len: len as u32,
-            }
+            Frame::new(Slot(port), b, 0, len as u32)
         }
 
         /// Sends one frame and returns the ports it left by, draining (and completing) them.
         fn send(&mut self, port: u16, dst: MacAddr, src: MacAddr, len: usize) -> Vec<u16> {
             let d = self.frame(port, dst, src, len);
             self.engine.forward(&mut self.pool, &[d], &mut self.tx, 0);
+            self.engine.fold_egress(&mut self.tx);
             self.complete()
         }
 
@@ -544,7 +446,7 @@ mod tests {
         let mut r = Rig::new(&[0, 0]);
         r.send(0, BCAST, mac(5), 60);
         assert_eq!(r.send(0, mac(5), mac(6), 60), Vec::<u16>::new());
-        assert_eq!(r.stats(0).drops.filtered, 1);
+        assert_eq!(r.stats(0).drops.get(DropReason::Filtered), 1);
     }
 
     #[test]
@@ -569,7 +471,11 @@ mod tests {
         );
         let s = r.stats(0);
         assert_eq!(
-            (s.drops.runt, s.drops.oversize, s.drops.bad_source),
+            (
+                s.drops.get(DropReason::Runt),
+                s.drops.get(DropReason::Oversize),
+                s.drops.get(DropReason::BadSource)
+            ),
             (2, 1, 2)
         );
         assert_eq!(s.rx_frames, 7);
@@ -580,7 +486,7 @@ mod tests {
     fn link_down_port_neither_receives_nor_transmits() {
         let mut r = Rig::new(&[0, 0, 0]);
         r.send(1, BCAST, mac(1), 60);
-        r.engine.set_link(PortId(1), false).unwrap();
+        r.engine.set_link(Slot(1), false).unwrap();
         assert_eq!(
             r.send(0, BCAST, mac(0), 60),
             vec![2],
@@ -590,24 +496,26 @@ mod tests {
             r.send(0, mac(1), mac(0), 60).is_empty(),
             "unicast to a down port is dropped"
         );
-        assert_eq!(r.stats(1).drops.link_down, 1);
+        assert_eq!(r.stats(1).drops.get(DropReason::LinkDown), 1);
         assert!(
             r.send(1, mac(0), mac(1), 60).is_empty(),
             "a down port does not receive"
         );
-        assert_eq!(r.stats(1).drops.link_down, 2);
-        r.engine.set_link(PortId(1), true).unwrap();
+        assert_eq!(r.stats(1).drops.get(DropReason::LinkDown), 2);
+        r.engine.set_link(Slot(1), true).unwrap();
         assert_eq!(r.send(0, mac(1), mac(0), 60), vec![1]);
     }
 
     #[test]
     fn full_queues_drop_and_count_without_losing_buffers() {
         let mut r = Rig::new(&[0, 0, 0]);
-        let batch: Vec<RxDesc> = (0..10).map(|_| r.frame(0, BCAST, mac(0), 60)).collect();
+        let batch: Vec<Frame> = (0..10).map(|_| r.frame(0, BCAST, mac(0), 60)).collect();
         r.engine.forward(&mut r.pool, &batch, &mut r.tx, 0);
+        r.engine.fold_egress(&mut r.tx);
         assert_eq!(r.tx.len(), 8, "two queues of depth 4");
         assert_eq!(
-            r.stats(1).drops.queue_full + r.stats(2).drops.queue_full,
+            r.stats(1).drops.get(DropReason::QueueFull)
+                + r.stats(2).drops.get(DropReason::QueueFull),
             12
         );
         r.complete();
@@ -630,7 +538,7 @@ mod tests {
     fn alone_in_a_domain_counts_no_destination() {
         let mut r = Rig::new(&[0, 1]);
         assert!(r.send(0, BCAST, mac(0), 60).is_empty());
-        assert_eq!(r.stats(0).drops.no_destination, 1);
+        assert_eq!(r.stats(0).drops.get(DropReason::NoDestination), 1);
     }
 
     #[test]
@@ -640,12 +548,12 @@ mod tests {
         assert_eq!(r.send(0, mac(7), mac(0), 60), vec![1]);
         r.send(2, BCAST, mac(7), 60);
         assert_eq!(r.send(0, mac(7), mac(0), 60), vec![2]);
-        r.engine.remove_port(PortId(2)).unwrap();
+        r.engine.remove_port(Slot(2)).unwrap();
         assert_eq!(
             r.send(0, mac(7), mac(0), 60),
             vec![1],
             "unknown again: flooded to the rest"
         );
-        assert!(r.engine.remove_port(PortId(2)).is_err());
+        assert!(r.engine.remove_port(Slot(2)).is_err());
     }
 }

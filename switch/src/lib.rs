@@ -1,30 +1,37 @@
-//! ringswitch's data plane: the buffer pool, the MAC learning table, the forwarding engine
-//! (pure logic, no I/O) and the per-core io_uring worker that drives ports with it.
+//! ringswitch's data plane: the buffer pool, MAC learning, the forwarding engine (pure logic,
+//! no I/O), the port interface with one module per kind of port, and the per-core io_uring
+//! worker that drives ports with it. Raw kernel interfaces (io_uring submissions, message
+//! headers, provided-buffer rings, descriptors) live in `sys` alone.
 
-mod bufring;
 pub mod config;
 pub mod counters;
 pub mod engine;
 pub mod ethernet;
+pub mod frame;
 pub mod ids;
-pub mod l2tpv3;
 pub mod mac;
 pub mod mactable;
 pub mod memport;
 pub mod pool;
-pub mod stream;
-pub mod uring;
+pub mod port;
+mod sys;
+pub mod txqueue;
 pub mod worker;
 
+pub use sys::uring;
+
 pub use config::{
-    link, BufferStats, ControlLink, Framing, LinkError, PortEntry, Request, Snapshot, WorkerEvent,
+    link, BufferStats, ControlLink, LinkError, PortCell, PortEntry, Request, Snapshot, WorkerEvent,
     WorkerLink,
 };
-pub use counters::{DropReason, PortCounters, PortStats, WorkerCounters, WorkerStats};
-pub use engine::{Engine, PortConf, RxDesc, TxDesc, TxQueues};
-pub use ids::{BufGroup, BufIndex, DomainId, PortId};
+pub use counters::{DropReason, DropStats, PortCounters, PortStats, WorkerCounters, WorkerStats};
+pub use engine::{Engine, PortConf};
+pub use frame::{Frame, Offload};
+pub use ids::{BufGroup, BufIndex, DomainId, PortId, Slot, WorkerId};
 pub use mac::MacAddr;
 pub use mactable::MacTable;
 pub use memport::MemSwitch;
-pub use pool::BufferPool;
-pub use worker::{StopHandle, TapRx, Worker, WorkerConfig, WorkerError, WorkerHandle};
+pub use pool::{BufferPool, PoolRegistry};
+pub use port::{AnyPort, Caps, PortEnv, RxMode, TapRx};
+pub use txqueue::TxQueues;
+pub use worker::{StopHandle, Worker, WorkerConfig, WorkerError, WorkerHandle};

@@ -18,13 +18,13 @@ pub type Seconds = u32;
 
 #[derive(Clone, Copy)]
 #[repr(C, align(16))]
-struct Slot {
+struct Entry {
     key: u64,
     stamp: Seconds,
     port: u16,
 }
 
-const EMPTY_SLOT: Slot = Slot {
+const EMPTY_SLOT: Entry = Entry {
     key: EMPTY,
     stamp: 0,
     port: 0,
@@ -54,7 +54,7 @@ pub struct MacEntry {
 
 /// Bounded learning table with ageing.
 pub struct MacTable {
-    slots: Box<[Slot]>,
+    slots: Box<[Entry]>,
     bucket_mask: usize,
     seed: u64,
     ageing: Seconds,
@@ -98,7 +98,7 @@ impl MacTable {
     }
 
     #[inline]
-    fn live(&self, s: &Slot, now: Seconds) -> bool {
+    fn live(&self, s: &Entry, now: Seconds) -> bool {
         s.key != EMPTY && now.wrapping_sub(s.stamp) < self.ageing
     }
 
@@ -154,7 +154,7 @@ impl MacTable {
             Some(i) => (i, Learned::New),
             None => (oldest, Learned::Evicted),
         };
-        bucket[i] = Slot {
+        bucket[i] = Entry {
             key: k,
             stamp: now,
             port: port.0,

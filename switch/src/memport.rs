@@ -5,10 +5,12 @@
 //! switching core alone, and tests use it to prove steady-state forwarding does not allocate.
 
 use crate::counters::{PortCounters, WorkerCounters};
-use crate::engine::{Engine, PortConf, RxDesc, TxQueues};
-use crate::ids::{DomainId, PortId};
+use crate::engine::{Engine, PortConf};
+use crate::frame::Frame;
+use crate::ids::{DomainId, PortId, Slot};
 use crate::mactable::Seconds;
 use crate::pool::BufferPool;
+use crate::txqueue::TxQueues;
 use std::sync::Arc;
 
 /// An engine, its pool and queues, and a receive batch being filled.
@@ -16,7 +18,7 @@ pub struct MemSwitch {
     engine: Engine,
     pool: BufferPool,
     tx: TxQueues,
-    rx: Vec<RxDesc>,
+    rx: Vec<Frame>,
     counters: Vec<Arc<PortCounters>>,
     now: Seconds,
 }
@@ -31,8 +33,9 @@ impl MemSwitch {
             let c = Arc::new(PortCounters::default());
             engine
                 .add_port(
-                    PortId(i as u16),
+                    Slot(i as u16),
                     PortConf {
+                        id: PortId(i as u16),
                         domain: DomainId(0),
                         link_up: true,
                     },
@@ -54,7 +57,7 @@ impl MemSwitch {
 
     /// Receives `frame` on `port` into the current batch; false if no buffer or batch room.
     #[inline]
-    pub fn inject(&mut self, port: PortId, frame: &[u8]) -> bool {
+    pub fn inject(&mut self, port: Slot, frame: &[u8]) -> bool {
         if self.rx.len() == self.rx.capacity() {
             return false;
         }
@@ -63,12 +66,7 @@ impl MemSwitch {
         };
         let n = frame.len().min(self.pool.buf_size());
         self.pool.buf_mut(b)[..n].copy_from_slice(&frame[..n]);
-        self.rx.push(RxDesc {
-            port,
-            buf: b,
-            off: 0,
-            len: n as u32,
-        });
+        self.rx.push(Frame::new(port, b, 0, n as u32));
         true
     }
 
@@ -77,20 +75,20 @@ impl MemSwitch {
     pub fn forward(&mut self) {
         self.engine
             .forward(&mut self.pool, &self.rx, &mut self.tx, self.now);
+        self.engine.fold_egress(&mut self.tx);
         self.rx.clear();
     }
 
     /// Transmits every queued frame: `deliver(port, bytes)` sees each, then its buffer returns.
     #[inline]
-    pub fn transmit(&mut self, mut deliver: impl FnMut(PortId, &[u8])) {
+    pub fn transmit(&mut self, mut deliver: impl FnMut(Slot, &[u8])) {
         let pool = &mut self.pool;
         let counters = &self.counters;
         self.tx.drain(|port, frames| {
             let c = &counters[port.index()];
             for f in frames {
                 deliver(port, pool.frame_at(f.buf, f.off as usize, f.len as usize));
-                c.tx_frames.inc();
-                c.tx_bytes.add(f.len as u64);
+                c.count_tx(1, f.len as u64);
                 pool.release(f.buf);
             }
         });
@@ -101,7 +99,7 @@ impl MemSwitch {
         self.now = now;
     }
 
-    pub fn counters(&self, port: PortId) -> &PortCounters {
+    pub fn counters(&self, port: Slot) -> &PortCounters {
         &self.counters[port.index()]
     }
 

@@ -1,21 +1,41 @@
-//! `BufferPool`: a worker's frame buffers, carved out of one anonymous mmap'd region.
+//! `BufferPool`: a worker's frame buffers, carved out of anonymous mmap'd regions, and the
+//! path by which buffers come home from other threads.
 //!
-//! A frame is a `BufIndex` plus a length. Buffers have a power-of-two size so an index maps to
-//! an address with a shift. Each buffer carries a reference count so one received frame can be
-//! flooded to several ports without a copy: the buffer returns to the free stack when the last
-//! transmission that uses it completes. The pool never allocates after construction; it is owned
-//! by exactly one worker and is not `Sync`.
+//! A frame is a `BufIndex` plus a length. Two size classes: small buffers (a power of two, 2 KiB
+//! by default, so an index maps to an address with a shift) for every frame a plain port
+//! carries, and — only when asked for at construction — large buffers of `LARGE_BUF_SIZE`
+//! bytes for 64 KiB segments (offloads). Small frames never pay for the large class beyond one
+//! predictable branch.
+//!
+//! Each buffer carries a reference count so one received frame can be flooded to several
+//! ports without a copy: the buffer returns to its free stack when the last transmission that
+//! uses it completes. Every buffer has a home (`BufIndex::home`), the pool that allocated it,
+//! and only the home's thread touches its reference count. A thread that is done with a
+//! reference to a buffer of another home hands it back through that home's return queue (a
+//! bounded lock-free queue in the shared `PoolRegistry`); the home folds the queue into its
+//! counts in `reclaim`, once per loop. The pool never allocates after construction on these
+//! paths, and it is owned by exactly one worker (not `Sync`).
 
-use crate::ids::BufIndex;
+use crate::ids::{BufIndex, WorkerId};
+use crossbeam_queue::ArrayQueue;
 use memmap2::{MmapMut, MmapOptions};
+use std::sync::Arc;
+
+/// Size of a large buffer: a 64 KiB segment plus room in front for headers (virtio-net,
+/// encapsulations), a whole number of pages.
+pub const LARGE_BUF_SIZE: usize = 65536 + 4096;
 
 /// Why the pool could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     #[error("buffer size {0} is not a power of two between 64 and 65536")]
     BadBufferSize(usize),
-    #[error("buffer count {0} is not between 1 and 2^24")]
+    #[error("buffer count {0} is not between 1 and 2^23")]
     BadCount(usize),
+    #[error("large buffer count {0} is above 2^23")]
+    BadLargeCount(usize),
+    #[error("worker {0} has no return queue in the pool registry")]
+    NotRegistered(WorkerId),
     #[error("cannot map {bytes} bytes for the buffer pool: {source}")]
     Map {
         bytes: usize,
@@ -24,111 +44,289 @@ pub enum PoolError {
     },
 }
 
-/// Fixed-size frame buffers in one mapping, with a free stack and per-buffer reference counts.
-pub struct BufferPool {
-    region: MmapMut,
-    shift: u32,
-    count: u32,
-    free: Vec<u32>,
-    refs: Vec<u16>,
-    huge_pages: bool,
+/// The return queues of every pool, shared by all workers: a buffer reference dropped on a
+/// thread other than its home's travels back through its home's queue.
+pub struct PoolRegistry {
+    returns: Box<[ArrayQueue<BufIndex>]>,
 }
 
-impl BufferPool {
-    /// Maps `count` buffers of `buf_size` bytes, on huge pages when the system has them.
-    pub fn new(count: usize, buf_size: usize) -> Result<BufferPool, PoolError> {
-        if !buf_size.is_power_of_two() || !(64..=65536).contains(&buf_size) {
-            return Err(PoolError::BadBufferSize(buf_size));
-        }
-        if count == 0 || count > 1 << 24 {
-            return Err(PoolError::BadCount(count));
-        }
-        let bytes = count * buf_size;
-        let (region, huge_pages) = match MmapOptions::new().len(bytes).huge(None).map_anon() {
-            Ok(m) => (m, true),
-            Err(_) => {
-                let m = MmapOptions::new()
-                    .len(bytes)
-                    .populate()
-                    .map_anon()
-                    .map_err(|source| PoolError::Map { bytes, source })?;
-                (m, false)
-            }
-        };
-        // Free stack popped from the end: hand out low indices first (better locality).
-        let free = (0..count as u32).rev().collect();
-        Ok(BufferPool {
-            region,
-            shift: buf_size.trailing_zeros(),
-            count: count as u32,
-            free,
-            refs: vec![0; count],
-            huge_pages,
+impl PoolRegistry {
+    /// Queues for `pools` pools, each holding up to `capacity` references in transit.
+    pub fn new(pools: usize, capacity: usize) -> Arc<PoolRegistry> {
+        Arc::new(PoolRegistry {
+            returns: (0..pools.max(1))
+                .map(|_| ArrayQueue::new(capacity.max(1)))
+                .collect(),
         })
     }
 
-    /// Size of each buffer in bytes.
+    /// Hands one reference to `b` back to its home; false if its queue is full (the caller
+    /// keeps the reference and tries again later).
+    #[inline]
+    pub fn give_back(&self, b: BufIndex) -> bool {
+        match self.returns.get(b.home().index()) {
+            Some(q) => q.push(b).is_ok(),
+            None => false,
+        }
+    }
+}
+
+struct Region {
+    map: MmapMut,
+    huge: bool,
+}
+
+fn map_region(bytes: usize) -> Result<Region, PoolError> {
+    match MmapOptions::new().len(bytes).huge(None).map_anon() {
+        Ok(map) => Ok(Region { map, huge: true }),
+        Err(_) => MmapOptions::new()
+            .len(bytes)
+            .populate()
+            .map_anon()
+            .map(|map| Region { map, huge: false })
+            .map_err(|source| PoolError::Map { bytes, source }),
+    }
+}
+
+/// Fixed-size frame buffers in one or two mappings, with free stacks and per-buffer reference
+/// counts.
+pub struct BufferPool {
+    home: WorkerId,
+    small: Region,
+    shift: u32,
+    small_count: u32,
+    large: Option<Region>,
+    large_count: u32,
+    free: Vec<u32>,
+    free_large: Vec<u32>,
+    /// Reference counts: small buffers first, then large ones.
+    refs: Vec<u16>,
+    registry: Arc<PoolRegistry>,
+    /// References to other homes' buffers whose return queue was full.
+    deferred: Vec<BufIndex>,
+}
+
+impl BufferPool {
+    /// A pool of `count` small buffers of `buf_size` bytes, home 0, with a registry of its own
+    /// (a single-threaded pool: tests, benchmarks, the in-memory switch).
+    pub fn new(count: usize, buf_size: usize) -> Result<BufferPool, PoolError> {
+        Self::with_home(WorkerId(0), count, buf_size, 0, PoolRegistry::new(1, count))
+    }
+
+    /// A pool whose buffers belong to `home`: `count` small buffers of `buf_size` bytes and
+    /// `large` buffers of `LARGE_BUF_SIZE`, on huge pages when the system has them.
+    pub fn with_home(
+        home: WorkerId,
+        count: usize,
+        buf_size: usize,
+        large: usize,
+        registry: Arc<PoolRegistry>,
+    ) -> Result<BufferPool, PoolError> {
+        if !buf_size.is_power_of_two() || !(64..=65536).contains(&buf_size) {
+            return Err(PoolError::BadBufferSize(buf_size));
+        }
+        let max = 1usize << BufIndex::INDEX_BITS;
+        if count == 0 || count > max {
+            return Err(PoolError::BadCount(count));
+        }
+        if large > max {
+            return Err(PoolError::BadLargeCount(large));
+        }
+        if registry.returns.len() <= home.index() {
+            return Err(PoolError::NotRegistered(home));
+        }
+        let small = map_region(count * buf_size)?;
+        let large_region = if large > 0 {
+            Some(map_region(large * LARGE_BUF_SIZE)?)
+        } else {
+            None
+        };
+        // Free stacks popped from the end: hand out low indices first (better locality).
+        Ok(BufferPool {
+            home,
+            small,
+            shift: buf_size.trailing_zeros(),
+            small_count: count as u32,
+            large: large_region,
+            large_count: large as u32,
+            free: (0..count as u32).rev().collect(),
+            free_large: (0..large as u32).rev().collect(),
+            refs: vec![0; count + large],
+            registry,
+            deferred: Vec::with_capacity(1024),
+        })
+    }
+
+    /// The worker whose buffers these are.
+    pub fn home(&self) -> WorkerId {
+        self.home
+    }
+
+    /// Size of each small buffer in bytes.
     #[inline]
     pub fn buf_size(&self) -> usize {
         1 << self.shift
     }
 
-    /// Number of buffers in the pool.
-    pub fn capacity(&self) -> usize {
-        self.count as usize
+    /// Size of buffer `b` in bytes.
+    #[inline]
+    pub fn size_of(&self, b: BufIndex) -> usize {
+        if b.is_large() {
+            LARGE_BUF_SIZE
+        } else {
+            self.buf_size()
+        }
     }
 
-    /// Number of buffers on the free stack.
+    /// Number of small buffers in the pool.
+    pub fn capacity(&self) -> usize {
+        self.small_count as usize
+    }
+
+    /// Number of large buffers in the pool.
+    pub fn large_capacity(&self) -> usize {
+        self.large_count as usize
+    }
+
+    /// Number of small buffers on the free stack.
     #[inline]
     pub fn available(&self) -> usize {
         self.free.len()
     }
 
-    /// Whether the region sits on huge pages.
-    pub fn huge_pages(&self) -> bool {
-        self.huge_pages
+    /// Number of large buffers on the free stack.
+    pub fn available_large(&self) -> usize {
+        self.free_large.len()
     }
 
-    /// Takes a free buffer; its reference count is 1.
+    /// Whether the small buffers sit on huge pages.
+    pub fn huge_pages(&self) -> bool {
+        self.small.huge
+    }
+
+    #[inline]
+    fn ref_slot(&self, b: BufIndex) -> usize {
+        debug_assert_eq!(b.home(), self.home, "{b:?} is not a buffer of this pool");
+        if b.is_large() {
+            self.small_count as usize + b.index()
+        } else {
+            b.index()
+        }
+    }
+
+    /// Takes a free small buffer; its reference count is 1.
     #[inline]
     pub fn alloc(&mut self) -> Option<BufIndex> {
         let i = self.free.pop()?;
         self.refs[i as usize] = 1;
-        Some(BufIndex(i))
+        Some(BufIndex::small(self.home, i))
     }
 
-    /// Adds `n` references to a buffer that is in use (one per extra transmission).
+    /// Takes a free large buffer; its reference count is 1.
+    pub fn alloc_large(&mut self) -> Option<BufIndex> {
+        let i = self.free_large.pop()?;
+        self.refs[self.small_count as usize + i as usize] = 1;
+        Some(BufIndex::large(self.home, i))
+    }
+
+    /// Adds `n` references to a buffer of this pool that is in use (one per extra
+    /// transmission).
     #[inline]
     pub fn retain(&mut self, b: BufIndex, n: u16) {
-        let r = &mut self.refs[b.index()];
+        let slot = self.ref_slot(b);
+        let r = &mut self.refs[slot];
         debug_assert!(*r > 0, "retain of free buffer {b:?}");
         *r += n;
     }
 
-    /// Drops one reference; the buffer returns to the free stack with the last one.
+    /// Drops one reference; the buffer returns to its free stack with the last one. A buffer
+    /// of another home goes back through that home's return queue.
     #[inline]
     pub fn release(&mut self, b: BufIndex) {
-        let r = &mut self.refs[b.index()];
+        if b.home() != self.home {
+            self.release_remote(b);
+            return;
+        }
+        let slot = self.ref_slot(b);
+        let r = &mut self.refs[slot];
         debug_assert!(*r > 0, "double release of buffer {b:?}");
         *r -= 1;
         if *r == 0 {
-            self.free.push(b.0);
+            if b.is_large() {
+                self.free_large.push(b.index() as u32);
+            } else {
+                self.free.push(b.index() as u32);
+            }
+        }
+    }
+
+    #[cold]
+    fn release_remote(&mut self, b: BufIndex) {
+        if !self.registry.give_back(b) {
+            // Never block: keep it and try again at the next `reclaim`.
+            self.deferred.push(b);
+        }
+    }
+
+    /// Folds the references other threads handed back into the counts, and retries the
+    /// references this pool could not hand back before. Called once per loop by the owner.
+    #[inline]
+    pub fn reclaim(&mut self) {
+        let home = self.home.index();
+        while let Some(b) = self.registry.returns[home].pop() {
+            self.release(b);
+        }
+        if !self.deferred.is_empty() {
+            let mut i = 0;
+            while i < self.deferred.len() {
+                if self.registry.give_back(self.deferred[i]) {
+                    self.deferred.swap_remove(i);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+    }
+
+    /// References to other pools' buffers still waiting to be handed back.
+    pub fn deferred(&self) -> usize {
+        self.deferred.len()
+    }
+
+    #[inline]
+    fn range(&self, b: BufIndex) -> (usize, usize) {
+        debug_assert_eq!(b.home(), self.home, "{b:?} is not a buffer of this pool");
+        if b.is_large() {
+            (b.index() * LARGE_BUF_SIZE, LARGE_BUF_SIZE)
+        } else {
+            (b.index() << self.shift, self.buf_size())
+        }
+    }
+
+    #[inline]
+    fn region_of(&self, b: BufIndex) -> &MmapMut {
+        match (&self.large, b.is_large()) {
+            (Some(l), true) => &l.map,
+            _ => &self.small.map,
         }
     }
 
     /// The whole buffer `b`.
     #[inline]
     pub fn buf(&self, b: BufIndex) -> &[u8] {
-        let start = b.index() << self.shift;
-        &self.region[start..start + self.buf_size()]
+        let (start, len) = self.range(b);
+        &self.region_of(b)[start..start + len]
     }
 
     /// The whole buffer `b`, writable.
     #[inline]
     pub fn buf_mut(&mut self, b: BufIndex) -> &mut [u8] {
-        let start = b.index() << self.shift;
-        let size = self.buf_size();
-        &mut self.region[start..start + size]
+        let (start, len) = self.range(b);
+        let map = match (&mut self.large, b.is_large()) {
+            (Some(l), true) => &mut l.map,
+            _ => &mut self.small.map,
+        };
+        &mut map[start..start + len]
     }
 
     /// The first `len` bytes of buffer `b` (a received frame).
@@ -150,9 +348,19 @@ impl BufferPool {
         self.buf_mut(b).as_mut_ptr()
     }
 
-    /// The whole region as (address, length), for registering it with io_uring.
-    pub fn region(&mut self) -> (*mut u8, usize) {
-        (self.region.as_mut_ptr(), self.region.len())
+    /// Which of `regions()` holds `b` (its io_uring fixed-buffer index).
+    #[inline]
+    pub fn region_index(&self, b: BufIndex) -> u16 {
+        u16::from(b.is_large())
+    }
+
+    /// The mappings as (address, length), small first, for registering them with io_uring.
+    pub fn regions(&mut self) -> Vec<(*mut u8, usize)> {
+        let mut v = vec![(self.small.map.as_mut_ptr(), self.small.map.len())];
+        if let Some(l) = &mut self.large {
+            v.push((l.map.as_mut_ptr(), l.map.len()));
+        }
+        v
     }
 }
 
@@ -165,7 +373,7 @@ mod tests {
         let mut p = BufferPool::new(4, 2048).unwrap();
         assert_eq!(p.available(), 4);
         let a = p.alloc().unwrap();
-        assert_eq!(a, BufIndex(0));
+        assert_eq!(a, BufIndex::small(WorkerId(0), 0));
         p.retain(a, 2);
         p.release(a);
         p.release(a);
@@ -179,6 +387,7 @@ mod tests {
         let mut p = BufferPool::new(2, 64).unwrap();
         assert!(p.alloc().is_some() && p.alloc().is_some());
         assert!(p.alloc().is_none());
+        assert!(p.alloc_large().is_none(), "no large class unless asked for");
     }
 
     #[test]
@@ -194,6 +403,66 @@ mod tests {
     }
 
     #[test]
+    fn large_buffers_hold_64k_segments_beside_small_ones() {
+        let reg = PoolRegistry::new(1, 16);
+        let mut p = BufferPool::with_home(WorkerId(0), 4, 2048, 2, reg).unwrap();
+        let s = p.alloc().unwrap();
+        let l = p.alloc_large().unwrap();
+        assert!(l.is_large() && !s.is_large());
+        assert_eq!(p.buf(l).len(), LARGE_BUF_SIZE);
+        assert_eq!((p.size_of(s), p.size_of(l)), (2048, LARGE_BUF_SIZE));
+        p.buf_mut(l).fill(0x5a);
+        p.buf_mut(s).fill(0xa5);
+        assert!(p.buf(l).iter().all(|&x| x == 0x5a));
+        assert_eq!(p.region_index(l), 1);
+        assert_eq!(p.regions().len(), 2);
+        p.release(l);
+        p.release(s);
+        assert_eq!((p.available(), p.available_large()), (4, 2));
+    }
+
+    #[test]
+    fn references_dropped_on_another_thread_come_home() {
+        let reg = PoolRegistry::new(2, 64);
+        let mut home = BufferPool::with_home(WorkerId(0), 8, 2048, 0, reg.clone()).unwrap();
+        let mut other = BufferPool::with_home(WorkerId(1), 8, 2048, 0, reg).unwrap();
+        let b = home.alloc().unwrap();
+        // Flooded to the local port and to two ports of the other worker.
+        home.retain(b, 2);
+        home.release(b);
+        let t = std::thread::spawn(move || {
+            other.release(b);
+            other.release(b);
+            assert_eq!(
+                other.available(),
+                8,
+                "the other pool's own buffers are untouched"
+            );
+            other
+        });
+        let _other = t.join().unwrap();
+        assert_eq!(home.available(), 7, "not home until reclaimed");
+        home.reclaim();
+        assert_eq!(home.available(), 8);
+    }
+
+    #[test]
+    fn a_full_return_queue_defers_instead_of_blocking() {
+        let reg = PoolRegistry::new(2, 1);
+        let mut home = BufferPool::with_home(WorkerId(0), 4, 2048, 0, reg.clone()).unwrap();
+        let mut other = BufferPool::with_home(WorkerId(1), 4, 2048, 0, reg).unwrap();
+        let (a, b) = (home.alloc().unwrap(), home.alloc().unwrap());
+        other.release(a);
+        other.release(b);
+        assert_eq!(other.deferred(), 1);
+        home.reclaim();
+        other.reclaim();
+        assert_eq!(other.deferred(), 0);
+        home.reclaim();
+        assert_eq!(home.available(), 4);
+    }
+
+    #[test]
     fn rejects_bad_geometry() {
         assert!(matches!(
             BufferPool::new(4, 1000),
@@ -202,6 +471,11 @@ mod tests {
         assert!(matches!(
             BufferPool::new(0, 2048),
             Err(PoolError::BadCount(0))
+        ));
+        let reg = PoolRegistry::new(1, 1);
+        assert!(matches!(
+            BufferPool::with_home(WorkerId(1), 4, 2048, 0, reg),
+            Err(PoolError::NotRegistered(WorkerId(1)))
         ));
     }
 }

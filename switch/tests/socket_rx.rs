@@ -6,11 +6,12 @@
 //!
 //! Real UDP sockets on 127.0.0.1 (no privileges needed); every wait is bounded.
 
-use ringswitch_switch::config::{Framing, PortEntry};
-use ringswitch_switch::l2tpv3::L2tpv3Codec;
+use ringswitch_switch::port::datagram::DatagramPort;
+use ringswitch_switch::port::l2tpv3::codec::L2tpv3Codec;
+use ringswitch_switch::port::l2tpv3::L2tpv3Port;
 use ringswitch_switch::{
-    link, BufferStats, ControlLink, DomainId, PortCounters, PortStats, Request, Snapshot, Worker,
-    WorkerConfig, WorkerHandle,
+    link, AnyPort, BufferStats, ControlLink, DomainId, DropReason, PortCell, PortCounters,
+    PortEntry, PortId, PortStats, Request, Snapshot, Worker, WorkerConfig, WorkerHandle, WorkerId,
 };
 use std::net::UdpSocket;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -20,14 +21,44 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(5);
 
+/// How the switch's side of a test port carries frames.
+enum Kind {
+    Datagram,
+    UdpGso,
+    L2tpv3(Arc<L2tpv3Codec>),
+}
+
 /// A datagram socket port: the switch's socket and the peer's, connected to each other.
 struct UdpPort {
     peer: UdpSocket,
-    entry: Arc<PortEntry>,
+    name: String,
+    cell: Arc<PortCell>,
+    counters: Arc<PortCounters>,
+    /// The inode of the switch's socket, to tell whether anything still holds it.
+    inode: u64,
+}
+
+/// The inode of an open descriptor.
+fn inode(fd: &OwnedFd) -> u64 {
+    // SAFETY: `st` is plain data that fstat fills for a descriptor we hold open.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        assert_eq!(libc::fstat(fd.as_raw_fd(), &mut st), 0);
+        st.st_ino
+    }
+}
+
+/// Whether any descriptor of this process is the socket with inode `ino`.
+fn socket_open(ino: u64) -> bool {
+    let want = format!("socket:[{ino}]");
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy() == want))
 }
 
 impl UdpPort {
-    fn new(name: &str, framing: Framing) -> UdpPort {
+    fn new(name: &str, kind: Kind) -> UdpPort {
         let port = UdpSocket::bind("127.0.0.1:0").unwrap();
         let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
         port.connect(peer.local_addr().unwrap()).unwrap();
@@ -37,21 +68,38 @@ impl UdpPort {
         }
         peer.set_read_timeout(Some(Duration::from_millis(20)))
             .unwrap();
-        let entry = Arc::new(PortEntry {
-            name: name.into(),
-            fd: Arc::new(OwnedFd::from(port)),
-            tx_fd: None,
-            framing,
+        let fd = OwnedFd::from(port);
+        let ino = inode(&fd);
+        let p: AnyPort = match kind {
+            Kind::Datagram => DatagramPort::new(fd, None, false, name).into(),
+            Kind::UdpGso => DatagramPort::new(fd, None, true, name).into(),
+            Kind::L2tpv3(codec) => L2tpv3Port::new(fd, codec, name).into(),
+        };
+        UdpPort {
+            peer,
+            name: name.to_string(),
+            cell: PortCell::new(p),
+            counters: Arc::new(PortCounters::default()),
+            inode: ino,
+        }
+    }
+
+    /// The port's configuration entry under switch-wide id `id`.
+    fn entry(&self, id: usize) -> Arc<PortEntry> {
+        Arc::new(PortEntry {
+            id: PortId(id as u16),
+            name: self.name.as_str().into(),
+            port: self.cell.clone(),
+            worker: WorkerId(0),
             domain: DomainId(0),
             link_up: true,
-            counters: Arc::new(PortCounters::default()),
+            counters: self.counters.clone(),
             conn_fd: -1,
-        });
-        UdpPort { peer, entry }
+        })
     }
 
     fn stats(&self) -> PortStats {
-        self.entry.counters.snapshot()
+        self.counters.snapshot()
     }
 
     /// Receives datagrams until `n` arrived or `WAIT` passed; returns them.
@@ -147,9 +195,13 @@ impl Rig {
 
     /// Publishes `ports` (by index) and waits until the worker has applied them.
     fn publish(&self, ports: &[Option<&UdpPort>]) {
-        let g = self
-            .control
-            .publish(ports.iter().map(|p| p.map(|p| p.entry.clone())).collect());
+        let g = self.control.publish(
+            ports
+                .iter()
+                .enumerate()
+                .map(|(i, p)| p.map(|p| p.entry(i)))
+                .collect(),
+        );
         self.control.wait_applied(g, WAIT).unwrap();
     }
 
@@ -217,8 +269,8 @@ fn the_probe_finds_multishot_receive_where_the_kernel_has_it_and_it_can_be_decli
 fn every_datagram_is_forwarded_and_the_pool_returns_to_idle() {
     both_modes(|multishot| {
         let rig = Rig::new(multishot, 64, 1522);
-        let a = UdpPort::new("a", Framing::Datagram);
-        let b = UdpPort::new("b", Framing::UdpGso);
+        let a = UdpPort::new("a", Kind::Datagram);
+        let b = UdpPort::new("b", Kind::UdpGso);
         rig.publish(&[Some(&a), Some(&b)]);
         let mut got = Vec::new();
         for burst in 0..20u32 {
@@ -255,8 +307,8 @@ fn a_dry_buffer_ring_is_refilled_and_rearmed_without_losing_the_port() {
         // Four buffers per port, and 100 datagrams waiting before the port is served: the
         // first receive takes four and runs out (or four reads complete at once).
         let rig = Rig::new(multishot, 4, 1522);
-        let a = UdpPort::new("a", Framing::UdpGso);
-        let b = UdpPort::new("b", Framing::UdpGso);
+        let a = UdpPort::new("a", Kind::UdpGso);
+        let b = UdpPort::new("b", Kind::UdpGso);
         for i in 0..100 {
             a.peer.send(&frame(1, i, 60)).unwrap();
         }
@@ -288,8 +340,8 @@ fn oversize_and_empty_datagrams_are_counted_and_the_port_carries_on() {
     both_modes(|multishot| {
         // 2048-byte buffers.
         let rig = Rig::new(multishot, 64, 1522);
-        let a = UdpPort::new("a", Framing::Datagram);
-        let b = UdpPort::new("b", Framing::Datagram);
+        let a = UdpPort::new("a", Kind::Datagram);
+        let b = UdpPort::new("b", Kind::Datagram);
         rig.publish(&[Some(&a), Some(&b)]);
         for (i, len) in [3000, 2048, 1523, 0, 60].into_iter().enumerate() {
             let f = if len == 0 {
@@ -305,7 +357,14 @@ fn oversize_and_empty_datagrams_are_counted_and_the_port_carries_on() {
         assert!(b.quiet());
         let s = a.stats();
         assert_eq!(s.rx_frames, 5, "{s:?}");
-        assert_eq!((s.drops.oversize, s.drops.runt), (3, 1), "{s:?}");
+        assert_eq!(
+            (
+                s.drops.get(DropReason::Oversize),
+                s.drops.get(DropReason::Runt)
+            ),
+            (3, 1),
+            "{s:?}"
+        );
         if multishot {
             // The whole length of a datagram larger than its buffer is known.
             assert_eq!(s.rx_bytes, 3000 + 2048 + 1523 + 60, "{s:?}");
@@ -333,8 +392,8 @@ fn an_l2tpv3_datagram_cut_short_by_its_buffer_is_oversize_and_an_empty_one_short
             txcookie: 0,
             rxcookie: 0,
         };
-        let a = UdpPort::new("a", Framing::L2tpv3(Arc::new(codec)));
-        let b = UdpPort::new("b", Framing::Datagram);
+        let a = UdpPort::new("a", Kind::L2tpv3(Arc::new(codec)));
+        let b = UdpPort::new("b", Kind::Datagram);
         rig.publish(&[Some(&a), Some(&b)]);
         let header = [0u8, 3, 0, 0, 0, 0, 0, 7];
         let mut long = header.to_vec();
@@ -350,7 +409,15 @@ fn an_l2tpv3_datagram_cut_short_by_its_buffer_is_oversize_and_an_empty_one_short
         assert_eq!(got[0].len(), 100);
         assert!(b.quiet(), "the cut frame was forwarded");
         let d = a.stats().drops;
-        assert_eq!((d.oversize, d.short_header, d.total()), (1, 1, 2), "{d:?}");
+        assert_eq!(
+            (
+                d.get(DropReason::Oversize),
+                d.get(DropReason::ShortHeader),
+                d.total()
+            ),
+            (1, 1, 2),
+            "{d:?}"
+        );
     });
 }
 
@@ -358,10 +425,10 @@ fn an_l2tpv3_datagram_cut_short_by_its_buffer_is_oversize_and_an_empty_one_short
 fn a_port_removed_under_traffic_gives_back_every_buffer_and_its_descriptor() {
     both_modes(|multishot| {
         let rig = Rig::new(multishot, 64, 1522);
-        let a = UdpPort::new("a", Framing::UdpGso);
-        let b = UdpPort::new("b", Framing::UdpGso);
+        let a = UdpPort::new("a", Kind::UdpGso);
+        let b = UdpPort::new("b", Kind::UdpGso);
         rig.publish(&[Some(&a), Some(&b)]);
-        let fd = Arc::downgrade(&a.entry.fd);
+        let ino = a.inode;
         let peer = a.peer.try_clone().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let sender = {
@@ -392,19 +459,14 @@ fn a_port_removed_under_traffic_gives_back_every_buffer_and_its_descriptor() {
             })
         };
         std::thread::sleep(Duration::from_millis(200));
-        let UdpPort {
-            peer: a_peer,
-            entry,
-        } = a;
-        drop(entry);
+        let UdpPort { peer: a_peer, .. } = a;
         rig.publish(&[None, Some(&b)]);
         let deadline = Instant::now() + WAIT;
-        while fd.strong_count() > 0 && Instant::now() < deadline {
+        while socket_open(ino) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(
-            fd.strong_count(),
-            0,
+        assert!(
+            !socket_open(ino),
             "the worker still holds the removed port's socket"
         );
         stop.store(true, Ordering::Relaxed);
@@ -421,7 +483,7 @@ fn a_port_removed_under_traffic_gives_back_every_buffer_and_its_descriptor() {
             "only port b holds buffers now: {idle:?}"
         );
         // The index (and its buffer group) serves a new port at once.
-        let a2 = UdpPort::new("a2", Framing::UdpGso);
+        let a2 = UdpPort::new("a2", Kind::UdpGso);
         rig.publish(&[Some(&a2), Some(&b)]);
         for i in 0..10 {
             a2.peer.send(&frame(3, i, 60)).unwrap();
@@ -448,8 +510,8 @@ fn a_lone_frame_is_not_held_back_by_a_long_coalescing_wait() {
     // 200 ms to gather a batch, but a frame that comes alone, after the one before it was
     // forwarded, goes on at once.
     let rig = coalescing_rig(Duration::from_millis(200));
-    let a = UdpPort::new("a", Framing::UdpGso);
-    let b = UdpPort::new("b", Framing::UdpGso);
+    let a = UdpPort::new("a", Kind::UdpGso);
+    let b = UdpPort::new("b", Kind::UdpGso);
     rig.publish(&[Some(&a), Some(&b)]);
     let mut slowest = Duration::ZERO;
     for i in 0..20 {
@@ -471,8 +533,8 @@ fn under_load_one_wakeup_carries_a_batch() {
         eprintln!("skipping: this kernel cannot bound a wait for a batch");
         return;
     }
-    let a = UdpPort::new("a", Framing::UdpGso);
-    let b = UdpPort::new("b", Framing::UdpGso);
+    let a = UdpPort::new("a", Kind::UdpGso);
+    let b = UdpPort::new("b", Kind::UdpGso);
     rig.publish(&[Some(&a), Some(&b)]);
     let c = &rig.worker().counters;
     let (frames0, wakeups0) = (c.rx_frames.get(), c.wakeups.get());

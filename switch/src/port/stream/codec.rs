@@ -1,7 +1,7 @@
 //! Frames carried over a byte stream, each behind its length as a 4-byte big-endian number:
 //! QEMU's `socket` (listen/connect) and `stream` netdevs.
 //!
-//! `StreamRx` reassembles frames from reads of any size into one fixed buffer; the worker
+//! `StreamRx` reassembles frames from reads of any size into one fixed buffer; the port
 //! copies each complete frame into a pool buffer. A length of zero is a runt; a length above
 //! the switch's maximum frame but within what a QEMU peer may legitimately send is skipped
 //! (its bytes discarded as they arrive, counted as oversize); a larger length means the stream

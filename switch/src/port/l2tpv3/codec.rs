@@ -4,8 +4,8 @@
 //! `offset` padding bytes; then the Ethernet frame. All big-endian. Over IP (protocol 115) the
 //! first word is absent, and a raw IPv4 socket hands up the IPv4 header in front.
 //!
-//! `decap` checks a received datagram in place and says where its frame starts; `encap`
-//! writes the header for a frame to be sent. Neither allocates.
+//! The codec of `l2tpv3` ports: `decap` checks a received datagram in place and says where
+//! its frame starts; `encap` writes the header for a frame to be sent. Neither allocates.
 
 use crate::counters::DropReason;
 

@@ -1,6 +1,7 @@
 //! `Ring`: a worker's io_uring instance together with the buffer pool registered with it.
 //!
-//! This module is the only place that builds submission entries. It owns the pool so the
+//! This module is the only place that builds submission entries (the message structures some
+//! of them point at are built in `msg.rs`). It owns the pool so the
 //! registered region provably outlives every operation the kernel may still have on it (the
 //! ring is dropped — cancelling and reaping everything — before the pool), and it owns the
 //! provided-buffer rings whose pool buffers multishot receives fill. Features are probed at
@@ -8,7 +9,7 @@
 //! files, and multishot receive over a provided-buffer ring (tried on a socket pair), each
 //! falling back when the kernel refuses it.
 
-use crate::bufring::BufRing;
+use super::bufring::BufRing;
 use crate::ids::{BufGroup, BufIndex};
 use crate::pool::BufferPool;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
@@ -108,14 +109,18 @@ impl Ring {
             features,
             file_slots: 0,
         };
-        let (base, len) = me.pool.region();
-        let iov = [libc::iovec {
-            iov_base: base.cast(),
-            iov_len: len,
-        }];
-        // SAFETY: the region belongs to `me.pool`, which lives exactly as long as the ring
+        let iov: Vec<libc::iovec> = me
+            .pool
+            .regions()
+            .into_iter()
+            .map(|(base, len)| libc::iovec {
+                iov_base: base.cast(),
+                iov_len: len,
+            })
+            .collect();
+        // SAFETY: the regions belong to `me.pool`, which lives exactly as long as the ring
         // (same struct, dropped after it), so the registered memory stays valid for every
-        // operation that uses it.
+        // operation that uses it. Fixed-buffer index i is region i (`pool.region_index`).
         me.features.registered_buffers =
             unsafe { me.ring.submitter().register_buffers(&iov) }.is_ok();
         if file_slots > 0
@@ -368,7 +373,8 @@ impl Ring {
         buf: BufIndex,
         user_data: u64,
     ) -> io::Result<()> {
-        self.push_read_flags(file, buf, 0, user_data)
+        // SAFETY: the caller's contract is this function's.
+        unsafe { self.push_read_flags(file, buf, 0, user_data) }
     }
 
     /// Queues a read like `push_read` that never waits in the kernel: with nothing to read
@@ -383,9 +389,12 @@ impl Ring {
         buf: BufIndex,
         user_data: u64,
     ) -> io::Result<()> {
-        self.push_read_flags(file, buf, libc::RWF_NOWAIT, user_data)
+        // SAFETY: the caller's contract is this function's.
+        unsafe { self.push_read_flags(file, buf, libc::RWF_NOWAIT, user_data) }
     }
 
+    /// # Safety
+    /// As `push_read`.
     unsafe fn push_read_flags(
         &mut self,
         file: FileRef,
@@ -393,13 +402,14 @@ impl Ring {
         rw_flags: i32,
         user_data: u64,
     ) -> io::Result<()> {
-        let len = self.pool.buf_size() as u32;
+        let len = self.pool.size_of(buf) as u32;
         let ptr = self.pool.addr(buf);
+        let idx = self.pool.region_index(buf);
         let e = match (file, self.fixed_or_plain()) {
-            (FileRef::Slot(s), true) => opcode::ReadFixed::new(types::Fixed(s), ptr, len, 0)
+            (FileRef::Slot(s), true) => opcode::ReadFixed::new(types::Fixed(s), ptr, len, idx)
                 .rw_flags(rw_flags)
                 .build(),
-            (FileRef::Fd(fd), true) => opcode::ReadFixed::new(types::Fd(fd), ptr, len, 0)
+            (FileRef::Fd(fd), true) => opcode::ReadFixed::new(types::Fd(fd), ptr, len, idx)
                 .rw_flags(rw_flags)
                 .build(),
             (FileRef::Slot(s), false) => opcode::Read::new(types::Fixed(s), ptr, len)
@@ -425,12 +435,18 @@ impl Ring {
         len: u32,
         user_data: u64,
     ) -> io::Result<()> {
-        let ptr = self.pool.addr(buf).add(off as usize) as *const u8;
+        debug_assert!(off as usize + len as usize <= self.pool.size_of(buf));
+        // SAFETY: the frame lies within the buffer (checked above in debug builds; the
+        // caller stored it there), so the offset stays inside the pool's mapping.
+        let ptr = unsafe { self.pool.addr(buf).add(off as usize) } as *const u8;
+        let idx = self.pool.region_index(buf);
         let e = match (file, self.fixed_or_plain()) {
             (FileRef::Slot(s), true) => {
-                opcode::WriteFixed::new(types::Fixed(s), ptr, len, 0).build()
+                opcode::WriteFixed::new(types::Fixed(s), ptr, len, idx).build()
             }
-            (FileRef::Fd(fd), true) => opcode::WriteFixed::new(types::Fd(fd), ptr, len, 0).build(),
+            (FileRef::Fd(fd), true) => {
+                opcode::WriteFixed::new(types::Fd(fd), ptr, len, idx).build()
+            }
             (FileRef::Slot(s), false) => opcode::Write::new(types::Fixed(s), ptr, len).build(),
             (FileRef::Fd(fd), false) => opcode::Write::new(types::Fd(fd), ptr, len).build(),
         };
@@ -611,7 +627,6 @@ impl Ring {
     }
 }
 
-/// A connected pair of unix datagram sockets.
 /// Which multishot receive: `recv` on a socket, `read` on anything pollable (a tap).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Multi {
@@ -632,6 +647,7 @@ fn pipe_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     }
 }
 
+/// A connected pair of unix datagram sockets.
 fn dgram_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: socketpair writes two descriptors into the array it is given.

@@ -1,0 +1,213 @@
+//! How a worker's set of ports follows the configuration: attaching new ports in free slots,
+//! draining removed ones (cancel, wait for every operation, give the buffers back, drop), and
+//! closing a port whose kernel object or connection failed. Runs between batches only.
+
+use super::{Worker, WorkerError};
+use crate::config::{PortEntry, WorkerEvent};
+use crate::engine::PortConf;
+use crate::ids::Slot;
+use crate::port::{AnyPort, Closed, Cx, Port};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// A port in one of the worker's slots.
+pub(super) struct PortState {
+    pub(super) entry: Arc<PortEntry>,
+    pub(super) port: AnyPort,
+    /// Its completions are worth gathering (`Caps::coalesce`).
+    pub(super) coalesce: bool,
+    /// Receiving or sending failed for good: no more receives are armed.
+    pub(super) failed: bool,
+    /// Removed from the configuration; waiting for its operations to finish.
+    pub(super) draining: bool,
+    /// It gave its buffer ring and files back (a failed port, once idle).
+    pub(super) released: bool,
+}
+
+impl Worker {
+    /// Brings the ports in line with the newest snapshot, if there is one.
+    pub(super) fn reconcile(&mut self) -> Result<(), WorkerError> {
+        let snap = self.link.snapshot.load();
+        if snap.generation == self.generation && !self.retry {
+            return Ok(());
+        }
+        let snap = arc_swap::Guard::into_inner(snap);
+        self.generation = snap.generation;
+        self.retry = false;
+        // Ports that went away, or whose link or domain changed.
+        for i in 0..self.ports.len() {
+            let slot = Slot(i as u16);
+            let Some(st) = &self.ports[i] else {
+                continue;
+            };
+            if st.draining {
+                continue;
+            }
+            let want = snap
+                .port(st.entry.id)
+                .filter(|w| w.worker == self.id && Arc::ptr_eq(&w.port, &st.entry.port))
+                .cloned();
+            let Some(w) = want else {
+                self.begin_drain(slot)?;
+                continue;
+            };
+            let (domain, link_up, failed) = (st.entry.domain, st.entry.link_up, st.failed);
+            if domain != w.domain {
+                let _ = self.engine.set_domain(slot, w.domain);
+            }
+            if link_up != w.link_up && !failed {
+                let _ = self.engine.set_link(slot, w.link_up);
+            }
+            if let Some(st) = &mut self.ports[i] {
+                st.entry = w;
+            }
+        }
+        // New ports.
+        for (i, entry) in snap.ports.iter().enumerate() {
+            let Some(e) = entry else {
+                continue;
+            };
+            if e.worker != self.id {
+                continue;
+            }
+            if i >= self.by_id.len() {
+                eprintln!(
+                    "ringswitch: configuration names port {i}, beyond this worker's {} ports; ignored",
+                    self.by_id.len()
+                );
+                continue;
+            }
+            if self.by_id[i].is_some() {
+                continue;
+            }
+            match self.ports.iter().position(Option::is_none) {
+                Some(s) => self.add_port(Slot(s as u16), e.clone())?,
+                // Every slot is taken, some by ports still draining: again once one ends.
+                None => self.retry = true,
+            }
+        }
+        self.finish_drains();
+        Ok(())
+    }
+
+    fn add_port(&mut self, slot: Slot, entry: Arc<PortEntry>) -> Result<(), WorkerError> {
+        let Some(mut port) = entry.port.take() else {
+            eprintln!(
+                "ringswitch: port {} was handed to a worker already; ignored",
+                entry.name
+            );
+            return Ok(());
+        };
+        let mut cx = Cx {
+            ring: &mut self.ring,
+            slot,
+            rx: &mut self.rx,
+            counters: &entry.counters,
+            worker: &self.counters,
+            env: &self.env,
+            live: true,
+        };
+        port.attach(&mut cx).map_err(WorkerError::Ring)?;
+        let caps = port.caps();
+        entry.port.set_caps(caps);
+        let conf = PortConf {
+            id: entry.id,
+            domain: entry.domain,
+            link_up: entry.link_up,
+        };
+        self.engine
+            .add_port(slot, conf, entry.counters.clone())
+            .expect("slot free and id within max_ports");
+        self.by_id[entry.id.index()] = Some(slot);
+        self.ports[slot.index()] = Some(PortState {
+            entry,
+            port,
+            coalesce: caps.coalesce,
+            failed: false,
+            draining: false,
+            released: false,
+        });
+        Ok(())
+    }
+
+    /// Stops all traffic to and from a removed port and cancels its operations.
+    fn begin_drain(&mut self, slot: Slot) -> Result<(), WorkerError> {
+        let Some(st) = &mut self.ports[slot.index()] else {
+            return Ok(());
+        };
+        if st.draining {
+            return Ok(());
+        }
+        st.draining = true;
+        let id = st.entry.id;
+        if self.by_id.get(id.index()) == Some(&Some(slot)) {
+            self.by_id[id.index()] = None;
+        }
+        let _ = self.engine.remove_port(slot);
+        let pool = self.ring.pool_mut();
+        self.tx.discard(slot, |f| pool.release(f.buf));
+        self.cleanup = true;
+        match self.with_port(slot, |p, cx| p.cancel(cx)) {
+            Some(Err(e)) => Err(WorkerError::Enter(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Forgets drained ports and gives back what failed ports hold once their operations
+    /// ended; reports the configuration applied once nothing is draining.
+    pub(super) fn finish_drains(&mut self) {
+        let mut pending = false;
+        for i in 0..self.ports.len() {
+            let slot = Slot(i as u16);
+            let Some(st) = &self.ports[i] else {
+                continue;
+            };
+            let waiting = st.draining || (st.failed && !st.released);
+            if !waiting {
+                continue;
+            }
+            if !st.port.in_flight().is_idle() {
+                pending = true;
+                continue;
+            }
+            self.with_port(slot, |p, cx| p.detach(cx));
+            let st = self.ports[i].as_mut().expect("checked above");
+            st.released = true;
+            if st.draining {
+                // Dropping the port closes the worker's descriptors.
+                self.ports[i] = None;
+            }
+        }
+        self.cleanup = pending;
+        let draining = self.ports.iter().flatten().any(|p| p.draining);
+        if !draining && !self.retry {
+            self.link.applied.store(self.generation, Ordering::Release);
+        }
+    }
+
+    /// The port's connection or kernel object failed for good (its interface was deleted,
+    /// the peer closed the stream, the stream is out of step): stop receiving on it and take
+    /// its link down so nothing is sent to it, rather than spin on errors, and tell the
+    /// control plane. Other ports are not disturbed.
+    pub(super) fn close_port(&mut self, slot: Slot, Closed(reason): Closed) {
+        let Some(st) = &mut self.ports[slot.index()] else {
+            return;
+        };
+        if st.failed || st.draining {
+            return;
+        }
+        st.failed = true;
+        let event = WorkerEvent::PortClosed {
+            port: st.entry.id,
+            fd: st.entry.conn_fd,
+            reason,
+        };
+        let _ = self.engine.set_link(slot, false);
+        let pool = self.ring.pool_mut();
+        self.tx.discard(slot, |f| pool.release(f.buf));
+        self.cleanup = true;
+        // A cancellation that cannot be queued shows up again at the next submission.
+        let _ = self.with_port(slot, |p, cx| p.cancel(cx));
+        let _ = self.link.events.send(event);
+    }
+}

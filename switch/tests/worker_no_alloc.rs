@@ -1,0 +1,177 @@
+//! The real worker loop allocates nothing in steady state: three datagram ports on unix
+//! socket pairs (no privileges needed) carry unicast, broadcast and runt frames through a
+//! running worker — io_uring submissions and completions, multishot receives over buffer
+//! rings, the engine, transmit queues, egress drop folding — while a counting global
+//! allocator watches every thread of the process. The test's own thread only uses libc
+//! send/recv on buffers it allocated before the window.
+//!
+//! Its own test binary: the allocator counts the whole process, so nothing else may run.
+
+use ringswitch_switch::port::datagram::DatagramPort;
+use ringswitch_switch::{
+    link, DomainId, DropReason, PortCell, PortCounters, PortEntry, PortId, Snapshot, Worker,
+    WorkerConfig, WorkerId,
+};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: defers every operation to the system allocator unchanged; only counts calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same layout contract as our caller's.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: `p` came from `System.alloc` with layout `l`.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: `p` came from `System.alloc` with layout `l`.
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// A unix datagram socket pair: (the switch's end, the test's end). The test's end is
+/// non-blocking.
+fn pair() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two descriptors into the array it is given.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    assert_eq!(r, 0);
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe { libc::fcntl(b.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    (a, b)
+}
+
+fn send(fd: &OwnedFd, frame: &[u8]) {
+    // SAFETY: reads `frame.len()` bytes from a live slice.
+    let n = unsafe { libc::send(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+    assert_eq!(n, frame.len() as isize);
+}
+
+/// Receives what is waiting (and what arrives within `wait`); returns how many frames.
+fn drain(fd: &OwnedFd, buf: &mut [u8], want: usize, wait: Duration) -> usize {
+    let deadline = Instant::now() + wait;
+    let mut n = 0;
+    while n < want && Instant::now() < deadline {
+        // SAFETY: writes at most `buf.len()` bytes into a live slice.
+        let r = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if r >= 0 {
+            n += 1;
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+    n
+}
+
+fn frame(dst: [u8; 6], src: u8, len: usize) -> Vec<u8> {
+    let mut f = vec![0u8; len.max(14)];
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, src]);
+    f[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+    f.truncate(len);
+    f
+}
+
+#[test]
+fn the_worker_loop_forwards_without_allocating() {
+    const PORTS: usize = 3;
+    let (control, wlink) = link(Snapshot::default()).unwrap();
+    let worker = Worker::spawn(
+        WorkerConfig {
+            max_ports: 8,
+            ..WorkerConfig::default()
+        },
+        wlink,
+    )
+    .unwrap();
+    let mut peers = Vec::new();
+    let mut counters = Vec::new();
+    let mut table = Vec::new();
+    for i in 0..PORTS {
+        let (sw, peer) = pair();
+        let c = Arc::new(PortCounters::default());
+        let name = format!("p{i}");
+        table.push(Some(Arc::new(PortEntry {
+            id: PortId(i as u16),
+            name: name.as_str().into(),
+            port: PortCell::new(DatagramPort::new(sw, None, false, &name)),
+            worker: WorkerId(0),
+            domain: DomainId(0),
+            link_up: true,
+            counters: c.clone(),
+            conn_fd: -1,
+        })));
+        peers.push(peer);
+        counters.push(c);
+    }
+    let g = control.publish(table);
+    control.wait_applied(g, Duration::from_secs(5)).unwrap();
+
+    // Each round: every station says hello (broadcast, 2 copies), then unicasts to the next
+    // station (1 copy), and sends a runt (dropped).
+    let station = |i: usize| [2, 0, 0, 0, 0, i as u8];
+    let hello: Vec<Vec<u8>> = (0..PORTS).map(|i| frame([0xff; 6], i as u8, 60)).collect();
+    let unicast: Vec<Vec<u8>> = (0..PORTS)
+        .map(|i| frame(station((i + 1) % PORTS), i as u8, 200))
+        .collect();
+    let runt = frame([0xff; 6], 9, 10);
+    let mut buf = vec![0u8; 4096];
+    let round = |buf: &mut [u8]| {
+        for (i, p) in peers.iter().enumerate() {
+            send(p, &hello[i]);
+        }
+        for p in &peers {
+            assert_eq!(drain(p, buf, PORTS - 1, Duration::from_secs(2)), PORTS - 1);
+        }
+        for (i, p) in peers.iter().enumerate() {
+            send(p, &unicast[i]);
+            send(p, &runt);
+        }
+        for p in &peers {
+            assert_eq!(drain(p, buf, 1, Duration::from_secs(2)), 1);
+        }
+    };
+    for _ in 0..2000 {
+        round(&mut buf);
+    }
+    let before = ALLOCS.load(Ordering::Relaxed);
+    let rounds = 20_000;
+    for _ in 0..rounds {
+        round(&mut buf);
+    }
+    let allocs = ALLOCS.load(Ordering::Relaxed) - before;
+    worker.stop_and_join().unwrap();
+    // Counted once the last writes completed (the worker has stopped).
+    let s = counters[0].snapshot();
+    assert_eq!(
+        allocs,
+        0,
+        "{rounds} rounds through the worker ({} frames) allocated {allocs} times",
+        rounds * PORTS * 3
+    );
+    assert_eq!(s.drops.get(DropReason::Runt), 22_000);
+    assert_eq!(s.tx_frames, 22_000 * PORTS as u64);
+}
