@@ -6,4 +6,5 @@
 pub(crate) mod bufring;
 pub(crate) mod fd;
 pub(crate) mod msg;
+mod probe;
 pub mod uring;

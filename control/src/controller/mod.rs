@@ -7,14 +7,17 @@
 //! share one parser and one code path. Events it raises wait in `events` for the server to
 //! send. It runs on the control thread only and never touches frames.
 
-use crate::announce::{rarp_frame, AnnounceParams, AnnounceTimer};
+mod announcing;
+mod connections;
+
+use crate::announce::AnnounceTimer;
 use crate::qmp::{event, QmpError};
 use ringswitch_backends::{open, NetdevId, NetdevKind, NetdevSpec, OpenedPort};
 use ringswitch_switch::mactable::MacEntry;
 use ringswitch_switch::uring::RingFeatures;
 use ringswitch_switch::{
     BufferStats, Caps, ControlLink, DomainId, MacAddr, PortCell, PortCounters, PortEntry, PortId,
-    Request, WorkerCounters, WorkerEvent, WorkerId,
+    Request, WorkerCounters, WorkerId,
 };
 use serde_json::{json, Value};
 use std::os::fd::AsRawFd;
@@ -458,143 +461,6 @@ impl Controller {
         }
         let data = json!({"name": p.id(), "path": format!("/ringswitch/ports/{}", p.id())});
         self.events.push(event("NIC_RX_FILTER_CHANGED", Some(data)));
-    }
-
-    /// `announce-self`: (re)starts the named timer; the first round goes out at once.
-    pub fn announce_self(&mut self, params: AnnounceParams) {
-        self.timers.retain(|t| t.params.id != params.id);
-        if let Some(t) = AnnounceTimer::start(params, Instant::now()) {
-            self.timers.push(t);
-        }
-        self.run_timers(Instant::now());
-    }
-
-    /// When the next timer is due.
-    pub fn next_due(&self) -> Option<Instant> {
-        self.timers.iter().map(|t| t.due).min()
-    }
-
-    /// Sends every announcement round that is due.
-    pub fn run_timers(&mut self, now: Instant) {
-        let due: Vec<usize> = (0..self.timers.len())
-            .filter(|&i| self.timers[i].due <= now)
-            .collect();
-        if due.is_empty() {
-            return;
-        }
-        let learned = self.mac_entries().unwrap_or_default();
-        for &i in &due {
-            let interfaces = self.timers[i].params.interfaces.clone();
-            self.announce_round(interfaces.as_deref(), &learned);
-        }
-        for &i in due.iter().rev() {
-            if !self.timers[i].advance(now) {
-                self.timers.remove(i);
-            }
-        }
-    }
-
-    /// One round: a RARP frame for every MAC behind every (named) port, out of every other
-    /// port of its domain.
-    fn announce_round(&self, interfaces: Option<&[String]>, learned: &[MacEntry]) {
-        for p in &self.ports {
-            if interfaces.is_some_and(|names| !names.iter().any(|n| n == p.id())) {
-                continue;
-            }
-            let mut macs: Vec<MacAddr> = p.spec.macaddr.into_iter().collect();
-            for e in learned.iter().filter(|e| e.port == p.index) {
-                if !macs.contains(&e.mac) {
-                    macs.push(e.mac);
-                }
-            }
-            for mac in macs {
-                self.link_of(p.worker).request(Request::Flood {
-                    ingress: p.index,
-                    frame: rarp_frame(mac).to_vec(),
-                });
-            }
-        }
-    }
-
-    /// Follows the ports' connections: a connection the data plane reported closed is
-    /// dropped (the port waits for its next peer), and ports without a peer accept or
-    /// connect when they can. Called from the control loop.
-    pub fn service_connections(&mut self, now: Instant) {
-        let mut changed = false;
-        let events: Vec<WorkerEvent> = self
-            .workers
-            .iter()
-            .flat_map(|w| w.link.take_events())
-            .collect();
-        for ev in events {
-            let WorkerEvent::PortClosed { port, fd, reason } = ev;
-            let Some(i) = self.ports.iter().position(|p| p.index == port) else {
-                continue;
-            };
-            let p = &mut self.ports[i];
-            if p.entry.as_ref().map(|e| e.conn_fd) != Some(fd) {
-                continue;
-            }
-            eprintln!("ringswitch: netdev '{}': {reason}", p.id());
-            if !p.opened.is_connection() {
-                // The data plane disabled the port for good.
-                p.failed = true;
-                continue;
-            }
-            p.opened.lost(now);
-            let _ = p.refresh_entry();
-            changed = true;
-            self.connection_event(i, false);
-        }
-        for i in 0..self.ports.len() {
-            let p = &mut self.ports[i];
-            if p.opened.poll(now) && p.refresh_entry().is_ok() {
-                changed = true;
-                self.connection_event(i, true);
-            }
-        }
-        if changed {
-            if let Err(e) = self.publish() {
-                eprintln!("ringswitch: {}", e.desc);
-            }
-        }
-    }
-
-    /// When the next client connection attempt is due.
-    pub fn next_attempt(&self) -> Option<Instant> {
-        self.ports
-            .iter()
-            .filter_map(|p| p.opened.next_attempt())
-            .min()
-    }
-
-    /// QEMU 7.2's NETDEV_STREAM_CONNECTED / _DISCONNECTED, for `stream` ports.
-    fn connection_event(&mut self, i: usize, connected: bool) {
-        let p = &self.ports[i];
-        if p.spec.kind.name() != "stream" {
-            return;
-        }
-        let ev = if connected {
-            let addr = match p
-                .peer()
-                .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
-            {
-                Some(a) => {
-                    json!({"type": "inet", "host": a.ip().to_string(), "port": a.port().to_string(), "ipv4": a.is_ipv4()})
-                }
-                None => json!({"type": "unix", "path": p.peer().unwrap_or("")}),
-            };
-            event(
-                "NETDEV_STREAM_CONNECTED",
-                Some(json!({"netdev-id": p.id(), "addr": addr})),
-            )
-        } else {
-            event(
-                "NETDEV_STREAM_DISCONNECTED",
-                Some(json!({"netdev-id": p.id()})),
-            )
-        };
-        self.events.push(ev);
     }
 
     /// Asks `link`'s worker something and waits (bounded) for the answer.
