@@ -4,7 +4,7 @@
 //! Throughput is in frames received per second.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ringswitch_switch::{MacAddr, MemSwitch, Slot};
+use ringswitch_switch::{MacAddr, MemSwitch, PortId};
 use std::hint::black_box;
 
 const BATCH: usize = 64;
@@ -24,16 +24,19 @@ fn frame(dst: MacAddr, src: MacAddr) -> [u8; FRAME] {
 
 /// One batch of traffic where port i sends to the station behind port (i+1) mod n, the ports
 /// taking turns frame by frame.
-fn unicast_batch(ports: usize) -> Vec<(Slot, [u8; FRAME])> {
+fn unicast_batch(ports: usize) -> Vec<(PortId, [u8; FRAME])> {
     (0..BATCH)
         .map(|k| {
             let i = k % ports;
-            (Slot(i as u16), frame(station((i + 1) % ports), station(i)))
+            (
+                PortId(i as u16),
+                frame(station((i + 1) % ports), station(i)),
+            )
         })
         .collect()
 }
 
-fn run(sw: &mut MemSwitch, batch: &[(Slot, [u8; FRAME])]) -> u64 {
+fn run(sw: &mut MemSwitch, batch: &[(PortId, [u8; FRAME])]) -> u64 {
     for (p, f) in batch {
         sw.inject(*p, f);
     }
@@ -51,7 +54,7 @@ fn learning_unicast(c: &mut Criterion) {
         let batch = unicast_batch(ports);
         // Every station announces itself once so the table is warm.
         let hello: Vec<_> = (0..ports)
-            .map(|i| (Slot(i as u16), frame(MacAddr::BROADCAST, station(i))))
+            .map(|i| (PortId(i as u16), frame(MacAddr::BROADCAST, station(i))))
             .collect();
         for chunk in hello.chunks(BATCH) {
             run(&mut sw, chunk);
@@ -71,7 +74,7 @@ fn flooding(c: &mut Criterion) {
         let batch: Vec<_> = (0..BATCH)
             .map(|k| {
                 (
-                    Slot((k % ports) as u16),
+                    PortId((k % ports) as u16),
                     frame(MacAddr::BROADCAST, station(k % ports)),
                 )
             })
@@ -89,7 +92,7 @@ fn mac_flood(c: &mut Criterion) {
     g.throughput(Throughput::Elements(BATCH as u64));
     let mut sw = MemSwitch::new(2, BATCH);
     let mut next: u64 = 0;
-    let mut batch: Vec<(Slot, [u8; FRAME])> = vec![(Slot(0), [0u8; FRAME]); BATCH];
+    let mut batch: Vec<(PortId, [u8; FRAME])> = vec![(PortId(0), [0u8; FRAME]); BATCH];
     g.bench_function("2", |b| {
         b.iter(|| {
             for (_, f) in batch.iter_mut() {

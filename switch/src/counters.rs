@@ -221,7 +221,7 @@ impl Serialize for DropStats {
 /// tallied by the forwarding side without touching the ports' shared counters, and folded
 /// into them by the ports' owner once per batch (`fold`). Never allocates after construction.
 pub struct EgressTally {
-    /// Per slot: queue_full, link_down.
+    /// Per port: queue_full, link_down.
     counts: Vec<[u32; 2]>,
     dirty: Vec<u16>,
 }

@@ -4,8 +4,8 @@
 //! received frames and appends each to the transmit queues of the ports it must leave by:
 //! validate, learn the source, look up the destination, unicast or flood within the bridge
 //! domain, never back out of the ingress port. It never blocks, never allocates and takes no
-//! lock. Ports appear twice: the MAC table learns their switch-wide `PortId`, transmit queues
-//! and frames name the worker's `Slot`; the engine maps one to the other.
+//! lock. It knows ports by their switch-wide `PortId` (what the MAC table learns, what frames
+//! and transmit queues name); which worker slot serves a port is the worker's business.
 //!
 //! Counters: drops decided on receive (runt, oversize, bad source, filtered, no destination,
 //! link down on ingress) are charged to the ingress port, whose owner this worker is. Drops
@@ -20,7 +20,7 @@
 use crate::counters::{DropReason, PortCounters, WorkerCounters};
 use crate::ethernet::HEADER_LEN;
 use crate::frame::Frame;
-use crate::ids::{DomainId, PortId, Slot};
+use crate::ids::{DomainId, PortId};
 use crate::mac::MacAddr;
 use crate::mactable::{Learned, MacTable, Seconds};
 use crate::pool::BufferPool;
@@ -30,8 +30,6 @@ use std::sync::Arc;
 /// Configuration of one port as the engine sees it.
 #[derive(Debug, Clone)]
 pub struct PortConf {
-    /// The port's switch-wide identity (what the MAC table learns).
-    pub id: PortId,
     pub domain: DomainId,
     pub link_up: bool,
 }
@@ -43,11 +41,10 @@ struct PortSlot {
 
 /// Learning-switch forwarding over a port table.
 pub struct Engine {
+    /// By port id.
     ports: Vec<Option<PortSlot>>,
-    /// Switch-wide id → this worker's slot.
-    local: Vec<Option<Slot>>,
-    /// Per domain, the slots whose link is up (flood targets).
-    flood: Vec<(DomainId, Vec<Slot>)>,
+    /// Per domain, the ports whose link is up (flood targets).
+    flood: Vec<(DomainId, Vec<PortId>)>,
     table: MacTable,
     max_frame: usize,
     stats: Arc<WorkerCounters>,
@@ -56,18 +53,16 @@ pub struct Engine {
 /// Why the engine refused a port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum EngineError {
-    #[error("slot {0} is beyond the engine's {1} slots")]
+    #[error("port index {0} is beyond the engine's {1} ports")]
     TooMany(u16, usize),
     #[error("{0} is already in use")]
-    InUse(Slot),
+    InUse(PortId),
     #[error("{0} does not exist")]
-    NoSuchPort(Slot),
-    #[error("{0} is beyond the switch's ports")]
-    BadId(PortId),
+    NoSuchPort(PortId),
 }
 
 impl Engine {
-    /// An engine for up to `max_ports` ports (slots and switch-wide ids alike), a MAC table of
+    /// An engine for up to `max_ports` ports (ids `0..max_ports`), a MAC table of
     /// `mac_capacity` entries ageing after `ageing` seconds, accepting frames up to
     /// `max_frame` bytes.
     pub fn new(
@@ -79,7 +74,6 @@ impl Engine {
     ) -> Engine {
         Engine {
             ports: (0..max_ports).map(|_| None).collect(),
-            local: vec![None; max_ports],
             flood: Vec::new(),
             table: MacTable::new(mac_capacity, ageing),
             max_frame,
@@ -91,74 +85,60 @@ impl Engine {
         self.ports.len()
     }
 
-    /// Adds a port at `slot`.
+    /// Adds the port `id`.
     pub fn add_port(
         &mut self,
-        slot: Slot,
+        id: PortId,
         conf: PortConf,
         counters: Arc<PortCounters>,
     ) -> Result<(), EngineError> {
         let n = self.ports.len();
-        let id = conf.id;
-        let local = self
-            .local
-            .get_mut(id.index())
-            .ok_or(EngineError::BadId(id))?;
         let entry = self
             .ports
-            .get_mut(slot.index())
-            .ok_or(EngineError::TooMany(slot.0, n))?;
-        if entry.is_some() || local.is_some() {
-            return Err(EngineError::InUse(slot));
+            .get_mut(id.index())
+            .ok_or(EngineError::TooMany(id.0, n))?;
+        if entry.is_some() {
+            return Err(EngineError::InUse(id));
         }
         *entry = Some(PortSlot { conf, counters });
-        *local = Some(slot);
         self.rebuild_flood();
         Ok(())
     }
 
-    fn slot_mut(&mut self, slot: Slot) -> Result<&mut PortSlot, EngineError> {
+    fn port_mut(&mut self, id: PortId) -> Result<&mut PortSlot, EngineError> {
         self.ports
-            .get_mut(slot.index())
+            .get_mut(id.index())
             .and_then(Option::as_mut)
-            .ok_or(EngineError::NoSuchPort(slot))
+            .ok_or(EngineError::NoSuchPort(id))
     }
 
     /// Removes a port and forgets the addresses learned on it.
-    pub fn remove_port(&mut self, slot: Slot) -> Result<(), EngineError> {
+    pub fn remove_port(&mut self, id: PortId) -> Result<(), EngineError> {
         let entry = self
             .ports
-            .get_mut(slot.index())
-            .ok_or(EngineError::NoSuchPort(slot))?;
-        let Some(p) = entry.take() else {
-            return Err(EngineError::NoSuchPort(slot));
-        };
-        self.local[p.conf.id.index()] = None;
-        self.table.flush_port(p.conf.id);
-        self.rebuild_flood();
-        Ok(())
-    }
-
-    /// Sets a port's link state. A port whose link is down neither receives nor transmits.
-    pub fn set_link(&mut self, slot: Slot, up: bool) -> Result<(), EngineError> {
-        self.slot_mut(slot)?.conf.link_up = up;
-        self.rebuild_flood();
-        Ok(())
-    }
-
-    /// Moves a port to another bridge domain; what was learned on it is forgotten.
-    pub fn set_domain(&mut self, slot: Slot, domain: DomainId) -> Result<(), EngineError> {
-        let p = self.slot_mut(slot)?;
-        p.conf.domain = domain;
-        let id = p.conf.id;
+            .get_mut(id.index())
+            .ok_or(EngineError::NoSuchPort(id))?;
+        if entry.take().is_none() {
+            return Err(EngineError::NoSuchPort(id));
+        }
         self.table.flush_port(id);
         self.rebuild_flood();
         Ok(())
     }
 
-    /// The slot of the port with switch-wide id `id`, if this engine has it.
-    pub fn slot_of(&self, id: PortId) -> Option<Slot> {
-        *self.local.get(id.index())?
+    /// Sets a port's link state. A port whose link is down neither receives nor transmits.
+    pub fn set_link(&mut self, id: PortId, up: bool) -> Result<(), EngineError> {
+        self.port_mut(id)?.conf.link_up = up;
+        self.rebuild_flood();
+        Ok(())
+    }
+
+    /// Moves a port to another bridge domain; what was learned on it is forgotten.
+    pub fn set_domain(&mut self, id: PortId, domain: DomainId) -> Result<(), EngineError> {
+        self.port_mut(id)?.conf.domain = domain;
+        self.table.flush_port(id);
+        self.rebuild_flood();
+        Ok(())
     }
 
     /// Sends a frame the switch originates (e.g. an announcement) out of every port of
@@ -166,13 +146,13 @@ impl Engine {
     /// frame's buffer reference.
     pub fn flood_from(&self, pool: &mut BufferPool, f: Frame, tx: &mut TxQueues) {
         match self.ports.get(f.ingress.index()).and_then(Option::as_ref) {
-            Some(p) => self.flood(pool, p.conf.domain, f, tx),
+            Some(p) => self.flood(pool, p.conf.domain, &f, tx),
             None => pool.release(f.buf),
         }
     }
 
-    pub fn port_counters(&self, slot: Slot) -> Option<&Arc<PortCounters>> {
-        self.ports.get(slot.index())?.as_ref().map(|s| &s.counters)
+    pub fn port_counters(&self, id: PortId) -> Option<&Arc<PortCounters>> {
+        self.ports.get(id.index())?.as_ref().map(|s| &s.counters)
     }
 
     pub fn mac_table(&self) -> &MacTable {
@@ -192,8 +172,8 @@ impl Engine {
             }
             let d = s.conf.domain;
             match self.flood.iter_mut().find(|(dom, _)| *dom == d) {
-                Some((_, v)) => v.push(Slot(i as u16)),
-                None => self.flood.push((d, vec![Slot(i as u16)])),
+                Some((_, v)) => v.push(PortId(i as u16)),
+                None => self.flood.push((d, vec![PortId(i as u16)])),
             }
         }
     }
@@ -208,8 +188,8 @@ impl Engine {
         tx: &mut TxQueues,
         now: Seconds,
     ) {
-        for d in rx {
-            self.forward_one(pool, *d, tx, now);
+        for f in rx {
+            self.forward_one(pool, f, tx, now);
         }
     }
 
@@ -217,15 +197,15 @@ impl Engine {
     #[inline]
     pub fn fold_egress(&self, tx: &mut TxQueues) {
         let ports = &self.ports;
-        tx.fold_drops(|slot, reason, n| {
-            if let Some(Some(p)) = ports.get(slot.index()) {
+        tx.fold_drops(|id, reason, n| {
+            if let Some(Some(p)) = ports.get(id.index()) {
                 p.counters.count_drops(reason, n);
             }
         });
     }
 
     #[inline]
-    fn forward_one(&mut self, pool: &mut BufferPool, f: Frame, tx: &mut TxQueues, now: Seconds) {
+    fn forward_one(&mut self, pool: &mut BufferPool, f: &Frame, tx: &mut TxQueues, now: Seconds) {
         let Some(Some(port)) = self.ports.get(f.ingress.index()) else {
             // The port went away while its read was in flight.
             pool.release(f.buf);
@@ -258,7 +238,7 @@ impl Engine {
             return;
         }
         let domain = port.conf.domain;
-        match self.table.learn(domain, src, port.conf.id, now) {
+        match self.table.learn(domain, src, f.ingress, now) {
             Learned::Refreshed => {}
             Learned::New => self.stats.mac_learned.inc(),
             Learned::Moved => self.stats.mac_moved.inc(),
@@ -277,24 +257,19 @@ impl Engine {
     }
 
     #[inline]
-    fn unicast(&self, pool: &mut BufferPool, out: PortId, f: Frame, tx: &mut TxQueues) {
-        let Some(slot) = self.local[out.index()] else {
-            // Learned port removed without a flush: treat as unknown.
-            self.charge(f.ingress, DropReason::NoDestination);
-            pool.release(f.buf);
-            return;
-        };
-        let dropped = if slot == f.ingress {
+    fn unicast(&self, pool: &mut BufferPool, out: PortId, f: &Frame, tx: &mut TxQueues) {
+        let dropped = if out == f.ingress {
             self.charge(f.ingress, DropReason::Filtered);
             true
         } else {
-            match &self.ports[slot.index()] {
+            match &self.ports[out.index()] {
                 Some(o) if !o.conf.link_up => {
-                    tx.charge_link_down(slot);
+                    tx.charge_link_down(out);
                     true
                 }
-                Some(_) => !tx.push(slot, f),
+                Some(_) => !tx.push(out, *f),
                 None => {
+                    // Learned port removed without a flush: treat as unknown.
                     self.charge(f.ingress, DropReason::NoDestination);
                     true
                 }
@@ -306,7 +281,7 @@ impl Engine {
     }
 
     #[inline]
-    fn flood(&self, pool: &mut BufferPool, domain: DomainId, f: Frame, tx: &mut TxQueues) {
+    fn flood(&self, pool: &mut BufferPool, domain: DomainId, f: &Frame, tx: &mut TxQueues) {
         let targets = match self.flood.iter().find(|(d, _)| *d == domain) {
             Some((_, v)) => &v[..],
             None => &[][..],
@@ -318,18 +293,25 @@ impl Engine {
             pool.release(f.buf);
             return;
         }
-        if n > 1 {
-            pool.retain(f.buf, (n - 1) as u16);
-        }
-        for &p in targets {
-            if p != ingress && !tx.push(p, f) {
+        if n == 1 {
+            // Two ports in the domain: the frame has one way out.
+            let out = targets.iter().find(|&&p| p != ingress).copied();
+            if out.is_some_and(|p| !tx.push(p, *f)) {
                 pool.release(f.buf);
             }
+            return;
+        }
+        debug_assert_eq!(f.home, pool.home(), "a flood shares a buffer of this pool");
+        pool.retain(f.buf, (n - 1) as u16);
+        let refused = tx.push_each(targets, ingress, *f);
+        for _ in 0..refused {
+            pool.release(f.buf);
         }
     }
 
-    fn charge(&self, slot: Slot, reason: DropReason) {
-        if let Some(Some(p)) = self.ports.get(slot.index()) {
+    #[cold]
+    fn charge(&self, id: PortId, reason: DropReason) {
+        if let Some(Some(p)) = self.ports.get(id.index()) {
             p.counters.count_drop(reason);
         }
     }
@@ -339,6 +321,7 @@ impl Engine {
 mod tests {
     use super::*;
     use crate::counters::PortStats;
+    use crate::ids::WorkerId;
 
     const BCAST: MacAddr = MacAddr::BROADCAST;
 
@@ -363,9 +346,8 @@ mod tests {
                 let c = Arc::new(PortCounters::default());
                 engine
                     .add_port(
-                        Slot(i as u16),
+                        PortId(i as u16),
                         PortConf {
-                            id: PortId(i as u16),
                             domain: DomainId(*d),
                             link_up: true,
                         },
@@ -387,7 +369,7 @@ mod tests {
             let buf = self.pool.buf_mut(b);
             buf[..6].copy_from_slice(&dst.0);
             buf[6..12].copy_from_slice(&src.0);
-            Frame::new(Slot(port), b, 0, len as u32)
+            Frame::new(WorkerId(0), PortId(port), b, 0, len as u32)
         }
 
         /// Sends one frame and returns the ports it left by, draining (and completing) them.
@@ -486,7 +468,7 @@ mod tests {
     fn link_down_port_neither_receives_nor_transmits() {
         let mut r = Rig::new(&[0, 0, 0]);
         r.send(1, BCAST, mac(1), 60);
-        r.engine.set_link(Slot(1), false).unwrap();
+        r.engine.set_link(PortId(1), false).unwrap();
         assert_eq!(
             r.send(0, BCAST, mac(0), 60),
             vec![2],
@@ -502,7 +484,7 @@ mod tests {
             "a down port does not receive"
         );
         assert_eq!(r.stats(1).drops.get(DropReason::LinkDown), 2);
-        r.engine.set_link(Slot(1), true).unwrap();
+        r.engine.set_link(PortId(1), true).unwrap();
         assert_eq!(r.send(0, mac(1), mac(0), 60), vec![1]);
     }
 
@@ -548,12 +530,12 @@ mod tests {
         assert_eq!(r.send(0, mac(7), mac(0), 60), vec![1]);
         r.send(2, BCAST, mac(7), 60);
         assert_eq!(r.send(0, mac(7), mac(0), 60), vec![2]);
-        r.engine.remove_port(Slot(2)).unwrap();
+        r.engine.remove_port(PortId(2)).unwrap();
         assert_eq!(
             r.send(0, mac(7), mac(0), 60),
             vec![1],
             "unknown again: flooded to the rest"
         );
-        assert!(r.engine.remove_port(Slot(2)).is_err());
+        assert!(r.engine.remove_port(PortId(2)).is_err());
     }
 }

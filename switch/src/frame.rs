@@ -2,11 +2,18 @@
 //! it came in by, and the offload metadata a virtio-net header carries beside it.
 //!
 //! The bytes stay in their pool buffer from receive to the last transmission; a `Frame` is a
-//! small `Copy` descriptor (24 bytes) that names them. The same type is a receive batch entry
-//! and a transmit queue entry. Its buffer reference is owned by whoever holds the descriptor:
-//! the receive batch, then a transmit queue, then the port's write in flight.
+//! small `Copy` descriptor (16 bytes) that names them: the buffer and its home pool, where the
+//! frame lies in it, the ingress port and flags. The same type is a receive batch entry and a
+//! transmit queue entry. Its buffer reference is owned by whoever holds the descriptor: the
+//! receive batch, then a transmit queue, then the port's write in flight.
+//!
+//! A frame's offload metadata (the virtio-net header fields, `Offload`) is kept beside its
+//! buffer, in the pool (`BufferPool::offload`), not in the descriptor: a flooded frame is one
+//! buffer under several descriptors, so the record is written once and never copied, and the
+//! descriptors that every queue copies stay small (a 24-byte descriptor carrying the record
+//! cost the engine benchmark a few percent). `Frame::OFFLOAD` says whether the record applies.
 
-use crate::ids::{BufIndex, Slot};
+use crate::ids::{BufIndex, PortId, WorkerId};
 
 /// The offload fields of a virtio-net header (`struct virtio_net_hdr`), in host order: what a
 /// `vnet_hdr` tap or a virtio guest says about a frame (a GSO segment to be cut, a checksum
@@ -48,28 +55,46 @@ impl Offload {
 /// One frame in a pool buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Frame {
+    /// The buffer, in its home's pool.
     pub buf: BufIndex,
     /// Bytes of the frame.
     pub len: u32,
     /// Where the frame starts in the buffer (after an encapsulation header, if any).
     pub off: u16,
-    /// The port it was received on, as its worker names it.
-    pub ingress: Slot,
-    pub offload: Offload,
+    /// The port it was received on.
+    pub ingress: PortId,
+    /// The worker whose pool holds the buffer (its references go back there).
+    pub home: WorkerId,
+    /// `Frame::OFFLOAD`: the buffer's offload record (`BufferPool::offload`) describes this
+    /// frame; without it the frame is plain.
+    pub flags: u8,
+    spare: u16,
 }
 
-const _: () = assert!(std::mem::size_of::<Frame>() == 24);
+const _: () = assert!(std::mem::size_of::<Frame>() == 16);
 
 impl Frame {
-    /// A plain frame of `len` bytes at `off` in `buf`, received on `ingress`.
+    /// The frame carries virtio-net offload metadata.
+    pub const OFFLOAD: u8 = 1;
+
+    /// A plain frame of `len` bytes at `off` in buffer `buf` of `home`'s pool, received on
+    /// `ingress`.
     #[inline]
-    pub fn new(ingress: Slot, buf: BufIndex, off: u16, len: u32) -> Frame {
+    pub fn new(home: WorkerId, ingress: PortId, buf: BufIndex, off: u16, len: u32) -> Frame {
         Frame {
             buf,
             len,
             off,
             ingress,
-            offload: Offload::NONE,
+            home,
+            flags: 0,
+            spare: 0,
         }
+    }
+
+    /// Whether the frame carries offload metadata.
+    #[inline]
+    pub fn has_offload(&self) -> bool {
+        self.flags & Frame::OFFLOAD != 0
     }
 }

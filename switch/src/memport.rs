@@ -7,7 +7,7 @@
 use crate::counters::{PortCounters, WorkerCounters};
 use crate::engine::{Engine, PortConf};
 use crate::frame::Frame;
-use crate::ids::{DomainId, PortId, Slot};
+use crate::ids::{DomainId, PortId};
 use crate::mactable::Seconds;
 use crate::pool::BufferPool;
 use crate::txqueue::TxQueues;
@@ -33,9 +33,8 @@ impl MemSwitch {
             let c = Arc::new(PortCounters::default());
             engine
                 .add_port(
-                    Slot(i as u16),
+                    PortId(i as u16),
                     PortConf {
-                        id: PortId(i as u16),
                         domain: DomainId(0),
                         link_up: true,
                     },
@@ -57,7 +56,7 @@ impl MemSwitch {
 
     /// Receives `frame` on `port` into the current batch; false if no buffer or batch room.
     #[inline]
-    pub fn inject(&mut self, port: Slot, frame: &[u8]) -> bool {
+    pub fn inject(&mut self, port: PortId, frame: &[u8]) -> bool {
         if self.rx.len() == self.rx.capacity() {
             return false;
         }
@@ -66,7 +65,8 @@ impl MemSwitch {
         };
         let n = frame.len().min(self.pool.buf_size());
         self.pool.buf_mut(b)[..n].copy_from_slice(&frame[..n]);
-        self.rx.push(Frame::new(port, b, 0, n as u32));
+        self.rx
+            .push(Frame::new(self.pool.home(), port, b, 0, n as u32));
         true
     }
 
@@ -81,7 +81,7 @@ impl MemSwitch {
 
     /// Transmits every queued frame: `deliver(port, bytes)` sees each, then its buffer returns.
     #[inline]
-    pub fn transmit(&mut self, mut deliver: impl FnMut(Slot, &[u8])) {
+    pub fn transmit(&mut self, mut deliver: impl FnMut(PortId, &[u8])) {
         let pool = &mut self.pool;
         let counters = &self.counters;
         self.tx.drain(|port, frames| {
@@ -99,7 +99,7 @@ impl MemSwitch {
         self.now = now;
     }
 
-    pub fn counters(&self, port: Slot) -> &PortCounters {
+    pub fn counters(&self, port: PortId) -> &PortCounters {
         &self.counters[port.index()]
     }
 

@@ -9,13 +9,17 @@
 //!
 //! Each buffer carries a reference count so one received frame can be flooded to several
 //! ports without a copy: the buffer returns to its free stack when the last transmission that
-//! uses it completes. Every buffer has a home (`BufIndex::home`), the pool that allocated it,
-//! and only the home's thread touches its reference count. A thread that is done with a
-//! reference to a buffer of another home hands it back through that home's return queue (a
-//! bounded lock-free queue in the shared `PoolRegistry`); the home folds the queue into its
-//! counts in `reclaim`, once per loop. The pool never allocates after construction on these
-//! paths, and it is owned by exactly one worker (not `Sync`).
+//! uses it completes. Every buffer has a home, the pool that allocated it (`Frame::home` says
+//! which), and only the home's thread touches its reference count. A thread that is done with
+//! a reference to a buffer of another home hands it back through that home's return queue (a
+//! bounded lock-free queue in the shared `PoolRegistry`, `release_to`); the home folds the
+//! queue into its counts in `reclaim`, once per loop. Beside each buffer the pool keeps its
+//! frame's offload record (`offload`), written by the port that received it.
+//!
+//! The pool never allocates after construction on these paths, and it is owned by exactly one
+//! worker (not `Sync`). A bare `BufIndex` given to a pool is one of its own.
 
+use crate::frame::Offload;
 use crate::ids::{BufIndex, WorkerId};
 use crossbeam_queue::ArrayQueue;
 use memmap2::{MmapMut, MmapOptions};
@@ -60,11 +64,11 @@ impl PoolRegistry {
         })
     }
 
-    /// Hands one reference to `b` back to its home; false if its queue is full (the caller
-    /// keeps the reference and tries again later).
+    /// Hands one reference to buffer `b` of `home`'s pool back; false if its queue is full
+    /// (the caller keeps the reference and tries again later).
     #[inline]
-    pub fn give_back(&self, b: BufIndex) -> bool {
-        match self.returns.get(b.home().index()) {
+    pub fn give_back(&self, home: WorkerId, b: BufIndex) -> bool {
+        match self.returns.get(home.index()) {
             Some(q) => q.push(b).is_ok(),
             None => false,
         }
@@ -89,21 +93,22 @@ fn map_region(bytes: usize) -> Result<Region, PoolError> {
 }
 
 /// Fixed-size frame buffers in one or two mappings, with free stacks and per-buffer reference
-/// counts.
+/// counts. Buffer indices are dense: small buffers are `0..small_count`, large ones follow.
 pub struct BufferPool {
     home: WorkerId,
     small: Region,
     shift: u32,
     small_count: u32,
     large: Option<Region>,
-    large_count: u32,
     free: Vec<u32>,
     free_large: Vec<u32>,
-    /// Reference counts: small buffers first, then large ones.
+    /// Reference counts by index.
     refs: Vec<u16>,
+    /// Offload records by index.
+    offload: Vec<Offload>,
     registry: Arc<PoolRegistry>,
     /// References to other homes' buffers whose return queue was full.
-    deferred: Vec<BufIndex>,
+    deferred: Vec<(WorkerId, BufIndex)>,
 }
 
 impl BufferPool {
@@ -125,7 +130,7 @@ impl BufferPool {
         if !buf_size.is_power_of_two() || !(64..=65536).contains(&buf_size) {
             return Err(PoolError::BadBufferSize(buf_size));
         }
-        let max = 1usize << BufIndex::INDEX_BITS;
+        let max = 1usize << 23;
         if count == 0 || count > max {
             return Err(PoolError::BadCount(count));
         }
@@ -141,17 +146,18 @@ impl BufferPool {
         } else {
             None
         };
+        let n = count as u32;
         // Free stacks popped from the end: hand out low indices first (better locality).
         Ok(BufferPool {
             home,
             small,
             shift: buf_size.trailing_zeros(),
-            small_count: count as u32,
+            small_count: n,
             large: large_region,
-            large_count: large as u32,
-            free: (0..count as u32).rev().collect(),
-            free_large: (0..large as u32).rev().collect(),
+            free: (0..n).rev().collect(),
+            free_large: (n..n + large as u32).rev().collect(),
             refs: vec![0; count + large],
+            offload: vec![Offload::NONE; count + large],
             registry,
             deferred: Vec::with_capacity(1024),
         })
@@ -168,10 +174,16 @@ impl BufferPool {
         1 << self.shift
     }
 
+    /// Whether `b` is a large buffer.
+    #[inline]
+    pub fn is_large(&self, b: BufIndex) -> bool {
+        b.index() >= self.small_count as usize
+    }
+
     /// Size of buffer `b` in bytes.
     #[inline]
     pub fn size_of(&self, b: BufIndex) -> usize {
-        if b.is_large() {
+        if self.is_large(b) {
             LARGE_BUF_SIZE
         } else {
             self.buf_size()
@@ -185,7 +197,7 @@ impl BufferPool {
 
     /// Number of large buffers in the pool.
     pub fn large_capacity(&self) -> usize {
-        self.large_count as usize
+        self.refs.len() - self.small_count as usize
     }
 
     /// Number of small buffers on the free stack.
@@ -204,67 +216,64 @@ impl BufferPool {
         self.small.huge
     }
 
-    #[inline]
-    fn ref_slot(&self, b: BufIndex) -> usize {
-        debug_assert_eq!(b.home(), self.home, "{b:?} is not a buffer of this pool");
-        if b.is_large() {
-            self.small_count as usize + b.index()
-        } else {
-            b.index()
-        }
-    }
-
     /// Takes a free small buffer; its reference count is 1.
     #[inline]
     pub fn alloc(&mut self) -> Option<BufIndex> {
         let i = self.free.pop()?;
         self.refs[i as usize] = 1;
-        Some(BufIndex::small(self.home, i))
+        Some(BufIndex(i))
     }
 
     /// Takes a free large buffer; its reference count is 1.
     pub fn alloc_large(&mut self) -> Option<BufIndex> {
         let i = self.free_large.pop()?;
-        self.refs[self.small_count as usize + i as usize] = 1;
-        Some(BufIndex::large(self.home, i))
+        self.refs[i as usize] = 1;
+        Some(BufIndex(i))
     }
 
     /// Adds `n` references to a buffer of this pool that is in use (one per extra
     /// transmission).
     #[inline]
     pub fn retain(&mut self, b: BufIndex, n: u16) {
-        let slot = self.ref_slot(b);
-        let r = &mut self.refs[slot];
+        let i = b.index();
+        let r = &mut self.refs[i];
         debug_assert!(*r > 0, "retain of free buffer {b:?}");
         *r += n;
     }
 
-    /// Drops one reference; the buffer returns to its free stack with the last one. A buffer
-    /// of another home goes back through that home's return queue.
+    /// Drops one reference to one of this pool's buffers; the buffer returns to its free
+    /// stack with the last one.
     #[inline]
     pub fn release(&mut self, b: BufIndex) {
-        if b.home() != self.home {
-            self.release_remote(b);
-            return;
-        }
-        let slot = self.ref_slot(b);
-        let r = &mut self.refs[slot];
+        let i = b.index();
+        let r = &mut self.refs[i];
         debug_assert!(*r > 0, "double release of buffer {b:?}");
         *r -= 1;
         if *r == 0 {
-            if b.is_large() {
-                self.free_large.push(b.index() as u32);
+            if i < self.small_count as usize {
+                self.free.push(i as u32);
             } else {
-                self.free.push(b.index() as u32);
+                self.free_large.push(i as u32);
             }
         }
     }
 
+    /// Drops one reference to buffer `b` of `home`'s pool: here if it is this pool, else
+    /// through its home's return queue (never blocking: a full queue is tried again at the
+    /// next `reclaim`).
+    #[inline]
+    pub fn release_to(&mut self, home: WorkerId, b: BufIndex) {
+        if home == self.home {
+            self.release(b);
+        } else {
+            self.release_remote(home, b);
+        }
+    }
+
     #[cold]
-    fn release_remote(&mut self, b: BufIndex) {
-        if !self.registry.give_back(b) {
-            // Never block: keep it and try again at the next `reclaim`.
-            self.deferred.push(b);
+    fn release_remote(&mut self, home: WorkerId, b: BufIndex) {
+        if !self.registry.give_back(home, b) {
+            self.deferred.push((home, b));
         }
     }
 
@@ -279,7 +288,8 @@ impl BufferPool {
         if !self.deferred.is_empty() {
             let mut i = 0;
             while i < self.deferred.len() {
-                if self.registry.give_back(self.deferred[i]) {
+                let (h, b) = self.deferred[i];
+                if self.registry.give_back(h, b) {
                     self.deferred.swap_remove(i);
                 } else {
                     i += 1;
@@ -288,45 +298,66 @@ impl BufferPool {
         }
     }
 
+    /// The offload record of the frame in buffer `b` (meaningful where the frame's
+    /// `Frame::OFFLOAD` flag is set).
+    #[inline]
+    pub fn offload(&self, b: BufIndex) -> &Offload {
+        &self.offload[b.index()]
+    }
+
+    /// Records the offload metadata of the frame received into buffer `b`.
+    #[inline]
+    pub fn set_offload(&mut self, b: BufIndex, o: Offload) {
+        self.offload[b.index()] = o;
+    }
+
     /// References to other pools' buffers still waiting to be handed back.
     pub fn deferred(&self) -> usize {
         self.deferred.len()
     }
 
-    #[inline]
-    fn range(&self, b: BufIndex) -> (usize, usize) {
-        debug_assert_eq!(b.home(), self.home, "{b:?} is not a buffer of this pool");
-        if b.is_large() {
-            (b.index() * LARGE_BUF_SIZE, LARGE_BUF_SIZE)
-        } else {
-            (b.index() << self.shift, self.buf_size())
-        }
-    }
-
-    #[inline]
-    fn region_of(&self, b: BufIndex) -> &MmapMut {
-        match (&self.large, b.is_large()) {
-            (Some(l), true) => &l.map,
-            _ => &self.small.map,
-        }
-    }
-
     /// The whole buffer `b`.
     #[inline]
     pub fn buf(&self, b: BufIndex) -> &[u8] {
-        let (start, len) = self.range(b);
-        &self.region_of(b)[start..start + len]
+        let i = b.index();
+        let start = i << self.shift;
+        // One bounds check tells a small buffer from a large one (whose index lies past the
+        // small ones, so its small-sized slot would lie past the small region).
+        match self.small.map.get(start..start + self.buf_size()) {
+            Some(buf) => buf,
+            None => self.large_buf(i),
+        }
+    }
+
+    #[cold]
+    fn large_buf(&self, i: usize) -> &[u8] {
+        let start = (i - self.small_count as usize) * LARGE_BUF_SIZE;
+        match &self.large {
+            Some(l) => &l.map[start..start + LARGE_BUF_SIZE],
+            None => panic!("buffer {i} is not in this pool"),
+        }
     }
 
     /// The whole buffer `b`, writable.
     #[inline]
     pub fn buf_mut(&mut self, b: BufIndex) -> &mut [u8] {
-        let (start, len) = self.range(b);
-        let map = match (&mut self.large, b.is_large()) {
-            (Some(l), true) => &mut l.map,
-            _ => &mut self.small.map,
-        };
-        &mut map[start..start + len]
+        let i = b.index();
+        let start = i << self.shift;
+        let size = self.buf_size();
+        if start + size <= self.small.map.len() {
+            &mut self.small.map[start..start + size]
+        } else {
+            self.large_buf_mut(i)
+        }
+    }
+
+    #[cold]
+    fn large_buf_mut(&mut self, i: usize) -> &mut [u8] {
+        let start = (i - self.small_count as usize) * LARGE_BUF_SIZE;
+        match &mut self.large {
+            Some(l) => &mut l.map[start..start + LARGE_BUF_SIZE],
+            None => panic!("buffer {i} is not in this pool"),
+        }
     }
 
     /// The first `len` bytes of buffer `b` (a received frame).
@@ -351,7 +382,7 @@ impl BufferPool {
     /// Which of `regions()` holds `b` (its io_uring fixed-buffer index).
     #[inline]
     pub fn region_index(&self, b: BufIndex) -> u16 {
-        u16::from(b.is_large())
+        u16::from(self.is_large(b))
     }
 
     /// The mappings as (address, length), small first, for registering them with io_uring.
@@ -373,7 +404,7 @@ mod tests {
         let mut p = BufferPool::new(4, 2048).unwrap();
         assert_eq!(p.available(), 4);
         let a = p.alloc().unwrap();
-        assert_eq!(a, BufIndex::small(WorkerId(0), 0));
+        assert_eq!(a, BufIndex(0));
         p.retain(a, 2);
         p.release(a);
         p.release(a);
@@ -408,7 +439,7 @@ mod tests {
         let mut p = BufferPool::with_home(WorkerId(0), 4, 2048, 2, reg).unwrap();
         let s = p.alloc().unwrap();
         let l = p.alloc_large().unwrap();
-        assert!(l.is_large() && !s.is_large());
+        assert!(p.is_large(l) && !p.is_large(s));
         assert_eq!(p.buf(l).len(), LARGE_BUF_SIZE);
         assert_eq!((p.size_of(s), p.size_of(l)), (2048, LARGE_BUF_SIZE));
         p.buf_mut(l).fill(0x5a);
@@ -427,12 +458,12 @@ mod tests {
         let mut home = BufferPool::with_home(WorkerId(0), 8, 2048, 0, reg.clone()).unwrap();
         let mut other = BufferPool::with_home(WorkerId(1), 8, 2048, 0, reg).unwrap();
         let b = home.alloc().unwrap();
-        // Flooded to the local port and to two ports of the other worker.
+        // Flooded to a local port and to two ports of the other worker.
         home.retain(b, 2);
-        home.release(b);
+        home.release_to(WorkerId(0), b);
         let t = std::thread::spawn(move || {
-            other.release(b);
-            other.release(b);
+            other.release_to(WorkerId(0), b);
+            other.release_to(WorkerId(0), b);
             assert_eq!(
                 other.available(),
                 8,
@@ -452,14 +483,31 @@ mod tests {
         let mut home = BufferPool::with_home(WorkerId(0), 4, 2048, 0, reg.clone()).unwrap();
         let mut other = BufferPool::with_home(WorkerId(1), 4, 2048, 0, reg).unwrap();
         let (a, b) = (home.alloc().unwrap(), home.alloc().unwrap());
-        other.release(a);
-        other.release(b);
+        other.release_to(WorkerId(0), a);
+        other.release_to(WorkerId(0), b);
         assert_eq!(other.deferred(), 1);
         home.reclaim();
         other.reclaim();
         assert_eq!(other.deferred(), 0);
         home.reclaim();
         assert_eq!(home.available(), 4);
+    }
+
+    #[test]
+    fn offload_records_sit_beside_their_buffers() {
+        let mut p = BufferPool::new(4, 2048).unwrap();
+        let b = p.alloc().unwrap();
+        let o = Offload {
+            flags: 1,
+            gso_type: 1,
+            hdr_len: 54,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        p.set_offload(b, o);
+        assert_eq!(*p.offload(b), o);
+        assert_eq!(*p.offload(BufIndex(1)), Offload::NONE);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `TxQueues`: one worker's fixed-capacity transmit queues, one per slot, the list of slots
+//! `TxQueues`: one worker's fixed-capacity transmit queues, one per port, the list of ports
 //! that have something queued, and the tally of drops charged to egress ports while queueing.
 //!
 //! A queued `Frame` holds one reference to its buffer; it passes to the port when the port
@@ -7,69 +7,90 @@
 
 use crate::counters::{DropReason, EgressTally};
 use crate::frame::Frame;
-use crate::ids::Slot;
+use crate::ids::PortId;
 
-/// Fixed-capacity transmit queues, one per slot, plus the list of slots that have something
+/// Fixed-capacity transmit queues, one per port, plus the list of ports that have something
 /// queued (so draining does not scan idle ports).
 pub struct TxQueues {
     queues: Vec<Vec<Frame>>,
     depth: usize,
-    pending: Vec<Slot>,
+    pending: Vec<PortId>,
     tally: EgressTally,
 }
 
 impl TxQueues {
-    /// Queues for `slots` slots, each holding at most `depth` frames.
-    pub fn new(slots: usize, depth: usize) -> TxQueues {
+    /// Queues for `ports` ports, each holding at most `depth` frames.
+    pub fn new(ports: usize, depth: usize) -> TxQueues {
         TxQueues {
-            queues: (0..slots).map(|_| Vec::with_capacity(depth)).collect(),
+            queues: (0..ports).map(|_| Vec::with_capacity(depth)).collect(),
             depth,
-            pending: Vec::with_capacity(slots),
-            tally: EgressTally::new(slots),
+            pending: Vec::with_capacity(ports),
+            tally: EgressTally::new(ports),
         }
     }
 
-    /// Appends a frame to `slot`'s queue; a full queue refuses it, counting a `QueueFull`
+    /// Appends a frame to `port`'s queue; a full queue refuses it, counting a `QueueFull`
     /// drop for that port (the caller keeps the frame's reference).
-    #[inline]
-    pub fn push(&mut self, slot: Slot, f: Frame) -> bool {
-        let q = &mut self.queues[slot.index()];
+    #[inline(always)]
+    pub fn push(&mut self, port: PortId, f: Frame) -> bool {
+        let q = &mut self.queues[port.index()];
         if q.len() == self.depth {
-            self.tally.charge(slot.index(), DropReason::QueueFull);
+            self.full(port);
             return false;
         }
         if q.is_empty() {
-            self.pending.push(slot);
+            self.pending.push(port);
         }
         q.push(f);
         true
     }
 
-    /// Counts a frame for `slot` that was not queued because its link is down.
-    #[inline]
-    pub fn charge_link_down(&mut self, slot: Slot) {
-        self.tally.charge(slot.index(), DropReason::LinkDown);
+    /// Appends `f` to the queue of every port of `targets` but `skip` (a flood); returns how
+    /// many queues refused it (each counted as a `QueueFull` drop; the caller keeps those
+    /// references). Not inlined: a loop of its own keeps the frame in registers, where the
+    /// whole forwarding path inlined around it would spill.
+    #[inline(never)]
+    pub fn push_each(&mut self, targets: &[PortId], skip: PortId, f: Frame) -> u16 {
+        let mut refused = 0;
+        for &p in targets {
+            if p != skip && !self.push(p, f) {
+                refused += 1;
+            }
+        }
+        refused
     }
 
-    /// Hands the drops charged to egress ports since the last call to `f(slot, reason, n)`.
-    #[inline]
-    pub fn fold_drops(&mut self, mut f: impl FnMut(Slot, DropReason, u64)) {
-        self.tally.fold(|s, r, n| f(Slot(s as u16), r, n));
+    #[cold]
+    fn full(&mut self, port: PortId) {
+        self.tally.charge(port.index(), DropReason::QueueFull);
     }
 
-    /// Slots with queued frames, in the order they first got one since the last drain.
-    pub fn pending(&self) -> &[Slot] {
+    /// Counts a frame for `port` that was not queued because its link is down.
+    #[inline]
+    pub fn charge_link_down(&mut self, port: PortId) {
+        self.tally.charge(port.index(), DropReason::LinkDown);
+    }
+
+    /// Hands the drops charged to egress ports since the last call to `f(port, reason, n)`.
+    #[inline]
+    pub fn fold_drops(&mut self, mut f: impl FnMut(PortId, DropReason, u64)) {
+        self.tally.fold(|s, r, n| f(PortId(s as u16), r, n));
+    }
+
+    /// Ports with queued frames, in the order they first got one since the last drain.
+    pub fn pending(&self) -> &[PortId] {
         &self.pending
     }
 
-    /// The frames queued on `slot`.
-    pub fn queue(&self, slot: Slot) -> &[Frame] {
-        &self.queues[slot.index()]
+    /// The frames queued on `port`.
+    #[inline]
+    pub fn queue(&self, port: PortId) -> &[Frame] {
+        &self.queues[port.index()]
     }
 
-    /// Empties every queue, passing each slot and its frames to `f` (which takes over the
+    /// Empties every queue, passing each port and its frames to `f` (which takes over the
     /// buffer references).
-    pub fn drain(&mut self, mut f: impl FnMut(Slot, &[Frame])) {
+    pub fn drain(&mut self, mut f: impl FnMut(PortId, &[Frame])) {
         for &p in &self.pending {
             let q = &mut self.queues[p.index()];
             f(p, q);
@@ -78,23 +99,23 @@ impl TxQueues {
         self.pending.clear();
     }
 
-    /// Removes the first `n` frames of `slot`'s queue (the port took them) and keeps the rest
+    /// Removes the first `n` frames of `port`'s queue (the port took them) and keeps the rest
     /// for later.
-    pub fn consume(&mut self, slot: Slot, n: usize) {
-        let q = &mut self.queues[slot.index()];
+    pub fn consume(&mut self, port: PortId, n: usize) {
+        let q = &mut self.queues[port.index()];
         q.drain(..n.min(q.len()));
         if q.is_empty() {
-            self.pending.retain(|&p| p != slot);
+            self.pending.retain(|&p| p != port);
         }
     }
 
-    /// Empties `slot`'s queue, passing each frame to `f` (which takes over its reference).
-    pub fn discard(&mut self, slot: Slot, mut f: impl FnMut(Frame)) {
-        let q = &mut self.queues[slot.index()];
+    /// Empties `port`'s queue, passing each frame to `f` (which takes over its reference).
+    pub fn discard(&mut self, port: PortId, mut f: impl FnMut(Frame)) {
+        let q = &mut self.queues[port.index()];
         for d in q.drain(..) {
             f(d);
         }
-        self.pending.retain(|&p| p != slot);
+        self.pending.retain(|&p| p != port);
     }
 
     /// Total frames queued.

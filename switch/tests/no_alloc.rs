@@ -1,7 +1,7 @@
 //! Steady-state forwarding allocates nothing: a counting global allocator watches the engine
 //! (learning, unicast, flooding, drops) after warm-up.
 
-use ringswitch_switch::{DropReason, MacAddr, MemSwitch, Slot};
+use ringswitch_switch::{DropReason, MacAddr, MemSwitch, PortId};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -46,17 +46,17 @@ fn steady_state_forwarding_allocates_nothing() {
     let station = |i: usize| MacAddr([0x02, 0, 0, 0, 0, i as u8]);
     // Per port: a unicast to the next port, a broadcast, a runt, and a station that keeps
     // moving between two ports (so learning writes happen throughout).
-    let frames: Vec<(Slot, Vec<u8>)> = (0..PORTS)
+    let frames: Vec<(PortId, Vec<u8>)> = (0..PORTS)
         .flat_map(|i| {
             [
                 (
-                    Slot(i as u16),
+                    PortId(i as u16),
                     frame(station((i + 1) % PORTS), station(i), 64),
                 ),
-                (Slot(i as u16), frame(MacAddr::BROADCAST, station(i), 64)),
-                (Slot(i as u16), frame(MacAddr::BROADCAST, station(i), 10)),
+                (PortId(i as u16), frame(MacAddr::BROADCAST, station(i), 64)),
+                (PortId(i as u16), frame(MacAddr::BROADCAST, station(i), 10)),
                 (
-                    Slot((i % 2) as u16),
+                    PortId((i % 2) as u16),
                     frame(station(0), MacAddr([0x02, 1, 0, 0, 0, 0]), 64),
                 ),
             ]
@@ -89,5 +89,5 @@ fn steady_state_forwarding_allocates_nothing() {
     );
     assert!(delivered > 0);
     assert_eq!(sw.free_buffers(), 1024, "every buffer returned to the pool");
-    assert!(sw.counters(Slot(0)).drop_count(DropReason::Runt) > 0);
+    assert!(sw.counters(PortId(0)).drop_count(DropReason::Runt) > 0);
 }

@@ -247,11 +247,11 @@ impl Port for DatagramPort {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::Slot;
+    use crate::ids::{PortId, WorkerId};
 
     fn frames(lens: &[u32]) -> Vec<Frame> {
         lens.iter()
-            .map(|&len| Frame::new(Slot(0), BufIndex(0), 0, len))
+            .map(|&len| Frame::new(WorkerId(0), PortId(0), BufIndex(0), 0, len))
             .collect()
     }
 

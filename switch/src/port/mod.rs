@@ -22,7 +22,7 @@ mod writes;
 
 use crate::counters::{DropReason, PortCounters, WorkerCounters};
 use crate::frame::Frame;
-use crate::ids::{BufGroup, BufIndex, Slot};
+use crate::ids::{BufGroup, BufIndex, PortId, Slot};
 use crate::sys::uring::{Completion, FileRef, Ring};
 use std::io;
 use std::os::fd::RawFd;
@@ -125,7 +125,10 @@ pub const OP_CANCEL: u8 = 0xfe;
 /// What a port may use of its worker while it handles an event.
 pub struct Cx<'a> {
     pub ring: &'a mut Ring,
+    /// Where the worker keeps the port (its completion tags, files and buffer group).
     pub slot: Slot,
+    /// The port's switch-wide id (what its frames say they came in by).
+    pub id: PortId,
     /// The receive batch: frames received go here.
     pub rx: &'a mut Vec<Frame>,
     pub counters: &'a PortCounters,
@@ -182,8 +185,9 @@ impl Cx<'_> {
             self.ring.pool_mut().release(buf);
             return;
         }
+        let home = self.ring.pool().home();
         self.rx
-            .push(Frame::new(self.slot, buf, off as u16, len as u32));
+            .push(Frame::new(home, self.id, buf, off as u16, len as u32));
     }
 
     /// Releases one reference to `buf`.

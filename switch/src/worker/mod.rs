@@ -34,7 +34,7 @@ use crate::config::WorkerLink;
 use crate::counters::WorkerCounters;
 use crate::engine::Engine;
 use crate::frame::Frame;
-use crate::ids::{Slot, WorkerId};
+use crate::ids::{PortId, Slot, WorkerId};
 use crate::pool::{BufferPool, PoolRegistry};
 use crate::port::{AnyPort, Cx, Port, PortEnv, Tag, TapRx, OP_CANCEL};
 use crate::sys::fd::kick;
@@ -389,6 +389,7 @@ impl Worker {
         let mut cx = Cx {
             ring: &mut self.ring,
             slot,
+            id: st.entry.id,
             rx: &mut self.rx,
             counters: &st.entry.counters,
             worker: &self.counters,
@@ -415,10 +416,10 @@ impl Worker {
     fn flush_tx(&mut self) -> Result<(), WorkerError> {
         let mut i = 0;
         while i < self.tx.pending().len() {
-            let slot = self.tx.pending()[i];
+            let id = self.tx.pending()[i];
             let before = self.tx.pending().len();
-            let taken = self.send_queue(slot)?;
-            self.tx.consume(slot, taken);
+            let taken = self.send_queue(id)?;
+            self.tx.consume(id, taken);
             if self.tx.pending().len() == before {
                 i += 1;
             }
@@ -426,17 +427,19 @@ impl Worker {
         Ok(())
     }
 
-    /// Offers `slot`'s queue to its port; returns how many frames it took.
+    /// Offers port `id`'s queue to it; returns how many frames it took.
     #[inline]
-    fn send_queue(&mut self, slot: Slot) -> Result<usize, WorkerError> {
-        let Some(st) = self.ports[slot.index()].as_mut() else {
+    fn send_queue(&mut self, id: PortId) -> Result<usize, WorkerError> {
+        let slot = self.by_id.get(id.index()).copied().flatten();
+        let Some((slot, st)) = slot.and_then(|s| Some((s, self.ports[s.index()].as_mut()?))) else {
             let pool = self.ring.pool_mut();
-            self.tx.discard(slot, |f| pool.release(f.buf));
+            self.tx.discard(id, |f| pool.release(f.buf));
             return Ok(0);
         };
         let mut cx = Cx {
             ring: &mut self.ring,
             slot,
+            id,
             rx: &mut self.rx,
             counters: &st.entry.counters,
             worker: &self.counters,
@@ -444,7 +447,7 @@ impl Worker {
             live: !st.failed && !st.draining,
         };
         st.port
-            .send(&mut cx, self.tx.queue(slot))
+            .send(&mut cx, self.tx.queue(id))
             .map_err(WorkerError::Enter)
     }
 
@@ -488,11 +491,14 @@ impl Worker {
             self.last_batch = 0;
             return;
         }
-        let ports = &self.ports;
+        let (ports, by_id) = (&self.ports, &self.by_id);
         self.last_batch = self
             .rx
             .iter()
-            .filter(|f| matches!(&ports[f.ingress.index()], Some(p) if p.coalesce))
+            .filter(|f| {
+                let slot = by_id.get(f.ingress.index()).copied().flatten();
+                slot.is_some_and(|s| matches!(&ports[s.index()], Some(p) if p.coalesce))
+            })
             .count();
         let n = self.rx.len() as u64;
         self.counters.rx_frames.add(n);

@@ -51,12 +51,13 @@ impl Worker {
                 self.begin_drain(slot)?;
                 continue;
             };
-            let (domain, link_up, failed) = (st.entry.domain, st.entry.link_up, st.failed);
+            let (id, domain, link_up, failed) =
+                (st.entry.id, st.entry.domain, st.entry.link_up, st.failed);
             if domain != w.domain {
-                let _ = self.engine.set_domain(slot, w.domain);
+                let _ = self.engine.set_domain(id, w.domain);
             }
             if link_up != w.link_up && !failed {
-                let _ = self.engine.set_link(slot, w.link_up);
+                let _ = self.engine.set_link(id, w.link_up);
             }
             if let Some(st) = &mut self.ports[i] {
                 st.entry = w;
@@ -101,6 +102,7 @@ impl Worker {
         let mut cx = Cx {
             ring: &mut self.ring,
             slot,
+            id: entry.id,
             rx: &mut self.rx,
             counters: &entry.counters,
             worker: &self.counters,
@@ -111,13 +113,12 @@ impl Worker {
         let caps = port.caps();
         entry.port.set_caps(caps);
         let conf = PortConf {
-            id: entry.id,
             domain: entry.domain,
             link_up: entry.link_up,
         };
         self.engine
-            .add_port(slot, conf, entry.counters.clone())
-            .expect("slot free and id within max_ports");
+            .add_port(entry.id, conf, entry.counters.clone())
+            .expect("id free and within max_ports");
         self.by_id[entry.id.index()] = Some(slot);
         self.ports[slot.index()] = Some(PortState {
             entry,
@@ -143,9 +144,9 @@ impl Worker {
         if self.by_id.get(id.index()) == Some(&Some(slot)) {
             self.by_id[id.index()] = None;
         }
-        let _ = self.engine.remove_port(slot);
+        let _ = self.engine.remove_port(id);
         let pool = self.ring.pool_mut();
-        self.tx.discard(slot, |f| pool.release(f.buf));
+        self.tx.discard(id, |f| pool.release(f.buf));
         self.cleanup = true;
         match self.with_port(slot, |p, cx| p.cancel(cx)) {
             Some(Err(e)) => Err(WorkerError::Enter(e)),
@@ -197,14 +198,15 @@ impl Worker {
             return;
         }
         st.failed = true;
+        let id = st.entry.id;
         let event = WorkerEvent::PortClosed {
-            port: st.entry.id,
+            port: id,
             fd: st.entry.conn_fd,
             reason,
         };
-        let _ = self.engine.set_link(slot, false);
+        let _ = self.engine.set_link(id, false);
         let pool = self.ring.pool_mut();
-        self.tx.discard(slot, |f| pool.release(f.buf));
+        self.tx.discard(id, |f| pool.release(f.buf));
         self.cleanup = true;
         // A cancellation that cannot be queued shows up again at the next submission.
         let _ = self.with_port(slot, |p, cx| p.cancel(cx));

@@ -30,9 +30,9 @@ impl Worker {
                     let _ = reply.send(self.buffer_stats());
                 }
                 Request::Flood { ingress, frame } => {
-                    let Some(Some(slot)) = self.by_id.get(ingress.index()).copied() else {
+                    if !matches!(self.by_id.get(ingress.index()), Some(Some(_))) {
                         continue;
-                    };
+                    }
                     let pool = self.ring.pool_mut();
                     let Some(b) = pool.alloc() else {
                         self.counters.rx_starved.inc();
@@ -40,7 +40,7 @@ impl Worker {
                     };
                     let n = frame.len().min(pool.buf_size());
                     pool.buf_mut(b)[..n].copy_from_slice(&frame[..n]);
-                    let f = Frame::new(slot, b, 0, n as u32);
+                    let f = Frame::new(pool.home(), ingress, b, 0, n as u32);
                     self.engine.flood_from(pool, f, &mut self.tx);
                     self.engine.fold_egress(&mut self.tx);
                 }

@@ -90,7 +90,7 @@ impl StreamPort {
                         continue;
                     };
                     pool.buf_mut(b)[..len].copy_from_slice(&rx.bytes()[start..start + len]);
-                    cx.rx.push(Frame::new(cx.slot, b, 0, len as u32));
+                    cx.rx.push(Frame::new(pool.home(), cx.id, b, 0, len as u32));
                 }
                 StreamItem::Runt => cx.counters.count_rx_drop(0, DropReason::Runt),
                 StreamItem::Oversize(len) => cx.counters.count_rx_drop(len, DropReason::Oversize),
