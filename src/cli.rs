@@ -4,7 +4,7 @@
 use clap::Parser;
 use ringswitch_backends::netdev::split_keyval;
 use ringswitch_backends::{parse_netdev, NetdevKind, NetdevSpec};
-use ringswitch_switch::TapRx;
+use ringswitch_switch::{PollMode, TapRx};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -74,6 +74,17 @@ struct Raw {
     /// handling them (kernel 6.12+); 0 handles each wake-up's completions at once.
     #[arg(long, value_name = "USECS", default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=10_000))]
     rx_coalesce_us: u32,
+
+    /// How the worker waits for completions: `adaptive` (poll for a self-tuning while after
+    /// the last work, at most --poll-max-us, then sleep), `busy` (never sleep: a core of its
+    /// own) or `sleep` (sleep in io_uring_enter whenever nothing is ready). The environment
+    /// variable RINGSWITCH_POLL sets it too (the test suites run every mode this way).
+    #[arg(long, value_name = "MODE", env = "RINGSWITCH_POLL", default_value = "adaptive", value_parser = ["adaptive", "busy", "sleep"])]
+    poll: String,
+
+    /// The longest the adaptive poll goes on after the last work before the worker sleeps.
+    #[arg(long, value_name = "USECS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    poll_max_us: u32,
 
     /// On exit, also write the final counters as JSON to this file.
     #[arg(long, value_name = "PATH")]
@@ -182,6 +193,8 @@ pub struct Args {
     pub rx_multishot: bool,
     pub tap_rx: TapRx,
     pub rx_coalesce_us: u32,
+    pub poll: PollMode,
+    pub poll_max_us: u32,
     pub stats_json: Option<PathBuf>,
     pub allow_scripts: bool,
     pub qmp: Vec<QmpAddr>,
@@ -279,6 +292,12 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, CliExit> 
             _ => TapRx::Reads,
         },
         rx_coalesce_us: raw.rx_coalesce_us,
+        poll: match raw.poll.as_str() {
+            "busy" => PollMode::Busy,
+            "sleep" => PollMode::Sleep,
+            _ => PollMode::Adaptive,
+        },
+        poll_max_us: raw.poll_max_us,
         stats_json: raw.stats_json,
         allow_scripts: raw.allow_scripts,
         qmp,

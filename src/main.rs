@@ -9,7 +9,7 @@ mod report;
 
 use anyhow::{anyhow, Context};
 use ringswitch_control::{Controller, ControllerConfig, Listener, Server, WorkerRef};
-use ringswitch_switch::{link, Snapshot, TapRx, Worker, WorkerConfig};
+use ringswitch_switch::{link, PollMode, Snapshot, TapRx, Worker, WorkerConfig};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,8 @@ fn run(args: cli::Args) -> anyhow::Result<()> {
         rx_coalesce: std::time::Duration::from_micros(args.rx_coalesce_us.into()),
         max_ports: args.max_ports,
         cpu: args.worker_cpu,
+        poll: args.poll,
+        poll_max: Duration::from_micros(args.poll_max_us.into()),
         ..WorkerConfig::default()
     };
     let cfg_multishot = cfg.rx_multishot;
@@ -71,6 +73,7 @@ fn run(args: cli::Args) -> anyhow::Result<()> {
     let worker = WorkerRef {
         id: handle.id,
         cpu: handle.cpu,
+        poll: handle.poll,
         features: handle.features,
         huge_pages: handle.huge_pages,
         counters: handle.counters.clone(),
@@ -92,8 +95,13 @@ fn run(args: cli::Args) -> anyhow::Result<()> {
     }
     if failure.is_none() {
         eprintln!(
-            "ringswitch: {} port(s); io_uring: defer_taskrun={} registered buffers={} files={} socket rx={} tap rx={} batch wait={}; huge pages={}",
+            "ringswitch: {} port(s); poll={}; io_uring: defer_taskrun={} registered buffers={} files={} socket rx={} tap rx={} batch wait={}; huge pages={}",
             ctl.ports().len(),
+            match args.poll {
+                PollMode::Adaptive => format!("adaptive (up to {} µs)", args.poll_max_us),
+                PollMode::Busy => "busy".to_string(),
+                PollMode::Sleep => "sleep".to_string(),
+            },
             handle.features.defer_taskrun,
             handle.features.registered_buffers,
             handle.features.registered_files,

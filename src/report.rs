@@ -10,17 +10,7 @@ use std::path::Path;
 fn total(ctl: &Controller) -> WorkerStats {
     let mut t = WorkerStats::default();
     for w in ctl.workers() {
-        let s = w.counters.snapshot();
-        t.wakeups += s.wakeups;
-        t.completions += s.completions;
-        t.rx_frames += s.rx_frames;
-        t.tx_submitted += s.tx_submitted;
-        t.rx_starved += s.rx_starved;
-        t.rx_ring_empty += s.rx_ring_empty;
-        t.max_batch = t.max_batch.max(s.max_batch);
-        t.mac_learned += s.mac_learned;
-        t.mac_moved += s.mac_moved;
-        t.mac_evicted += s.mac_evicted;
+        t.accumulate(&w.counters.snapshot());
     }
     t
 }
@@ -54,8 +44,13 @@ pub fn print_table(ctl: &Controller) {
     for w in ctl.workers() {
         let s = w.counters.snapshot();
         println!(
-            "worker {}: wakeups={} completions={} rx_frames={} tx_submitted={} frames/wakeup={:.1} max_batch={} rx_starved={} rx_ring_empty={} mac learned={} moved={} evicted={}",
+            "worker {} (poll {:?}): work={}ms poll={}ms sleep={}ms sleeps={} wakeups={} completions={} rx_frames={} tx_submitted={} frames/wakeup={:.1} max_batch={} rx_starved={} rx_ring_empty={} mac learned={} moved={} evicted={}",
             w.id.0,
+            w.poll,
+            s.work_ns / 1_000_000,
+            s.poll_ns / 1_000_000,
+            s.sleep_ns / 1_000_000,
+            s.sleeps,
             s.wakeups,
             s.completions,
             s.rx_frames,

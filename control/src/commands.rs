@@ -124,6 +124,12 @@ pub fn dispatch(ctl: &mut Controller, req: &Request) -> Result<Value, QmpError> 
                 out.push(without_nulls(json!({
                     "id": w.id.0,
                     "cpu": w.cpu,
+                    "poll": w.poll,
+                    "poll-budget-us": s.poll_budget_us,
+                    "work-ms": s.work_ns / 1_000_000,
+                    "poll-ms": s.poll_ns / 1_000_000,
+                    "sleep-ms": s.sleep_ns / 1_000_000,
+                    "sleeps": s.sleeps,
                     "ports": ctl.ports().iter().filter(|p| p.worker == w.id).count(),
                     "wakeups": s.wakeups,
                     "completions": s.completions,
@@ -151,6 +157,7 @@ pub fn dispatch(ctl: &mut Controller, req: &Request) -> Result<Value, QmpError> 
                         "recv-multishot": f.recv_multishot,
                         "read-multishot": f.read_multishot,
                         "batch-wait": f.batch_wait,
+                        "taskrun-flag": f.taskrun_flag,
                     },
                 })));
             }

@@ -34,6 +34,12 @@ impl Counter {
         self.0.load(Ordering::Relaxed)
     }
 
+    /// Sets a gauge (a value that is not a running total). Single writer, as `add`.
+    #[inline]
+    pub fn set(&self, n: u64) {
+        self.0.store(n, Ordering::Relaxed);
+    }
+
     /// Raises the counter to `n` if it is below (a high-water mark).
     #[inline]
     pub fn max(&self, n: u64) {
@@ -288,6 +294,16 @@ pub struct WorkerCounters {
     pub mac_learned: Counter,
     pub mac_moved: Counter,
     pub mac_evicted: Counter,
+    /// Nanoseconds spent in passes of the loop that had work (completions to handle), in
+    /// passes that found none while polling, and asleep in `io_uring_enter`.
+    pub work_ns: Counter,
+    pub poll_ns: Counter,
+    pub sleep_ns: Counter,
+    /// Times the worker went to sleep in the kernel.
+    pub sleeps: Counter,
+    /// The adaptive poll's current budget: how long the worker polls after its last work
+    /// before it sleeps (µs).
+    pub poll_budget_us: Counter,
 }
 
 /// Plain copy of a worker's counters.
@@ -303,9 +319,33 @@ pub struct WorkerStats {
     pub mac_learned: u64,
     pub mac_moved: u64,
     pub mac_evicted: u64,
+    pub work_ns: u64,
+    pub poll_ns: u64,
+    pub sleep_ns: u64,
+    pub sleeps: u64,
+    pub poll_budget_us: u64,
 }
 
 impl WorkerStats {
+    /// Adds another worker's statistics (high-water marks and gauges take the larger).
+    pub fn accumulate(&mut self, o: &WorkerStats) {
+        self.wakeups += o.wakeups;
+        self.completions += o.completions;
+        self.rx_frames += o.rx_frames;
+        self.tx_submitted += o.tx_submitted;
+        self.rx_starved += o.rx_starved;
+        self.rx_ring_empty += o.rx_ring_empty;
+        self.max_batch = self.max_batch.max(o.max_batch);
+        self.mac_learned += o.mac_learned;
+        self.mac_moved += o.mac_moved;
+        self.mac_evicted += o.mac_evicted;
+        self.work_ns += o.work_ns;
+        self.poll_ns += o.poll_ns;
+        self.sleep_ns += o.sleep_ns;
+        self.sleeps += o.sleeps;
+        self.poll_budget_us = self.poll_budget_us.max(o.poll_budget_us);
+    }
+
     /// Frames per wake-up, for listings.
     pub fn frames_per_wakeup(&self) -> f64 {
         if self.wakeups > 0 {
@@ -329,6 +369,11 @@ impl WorkerCounters {
             mac_learned: self.mac_learned.get(),
             mac_moved: self.mac_moved.get(),
             mac_evicted: self.mac_evicted.get(),
+            work_ns: self.work_ns.get(),
+            poll_ns: self.poll_ns.get(),
+            sleep_ns: self.sleep_ns.get(),
+            sleeps: self.sleeps.get(),
+            poll_budget_us: self.poll_budget_us.get(),
         }
     }
 }

@@ -34,4 +34,4 @@ pub use memport::MemSwitch;
 pub use pool::{BufferPool, PoolRegistry};
 pub use port::{AnyPort, Caps, PortEnv, RxMode, TapRx};
 pub use txqueue::TxQueues;
-pub use worker::{StopHandle, Worker, WorkerConfig, WorkerError, WorkerHandle};
+pub use worker::{PollMode, StopHandle, Worker, WorkerConfig, WorkerError, WorkerHandle};

@@ -178,6 +178,12 @@ impl Switch {
         }
     }
 
+    /// The switch's process id (while it runs).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Everything the switch wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr_log.lock().unwrap().clone()

@@ -16,8 +16,8 @@ use ringswitch_backends::{open, NetdevId, NetdevKind, NetdevSpec, OpenedPort};
 use ringswitch_switch::mactable::MacEntry;
 use ringswitch_switch::uring::RingFeatures;
 use ringswitch_switch::{
-    BufferStats, Caps, ControlLink, DomainId, MacAddr, PortCell, PortCounters, PortEntry, PortId,
-    Request, WorkerCounters, WorkerId,
+    BufferStats, Caps, ControlLink, DomainId, MacAddr, PollMode, PortCell, PortCounters, PortEntry,
+    PortId, Request, WorkerCounters, WorkerId,
 };
 use serde_json::{json, Value};
 use std::os::fd::AsRawFd;
@@ -144,6 +144,8 @@ pub struct WorkerRef {
     pub id: WorkerId,
     /// The CPU it is pinned to, for listings.
     pub cpu: Option<usize>,
+    /// How it waits for completions.
+    pub poll: PollMode,
     /// What its io_uring accepted at start, for listings.
     pub features: RingFeatures,
     pub huge_pages: bool,

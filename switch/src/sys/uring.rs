@@ -34,6 +34,9 @@ pub struct RingFeatures {
     /// A wait can ask for a batch of completions with a bound on how long it waits for the
     /// batch beyond the first one (IORING_FEAT_MIN_TIMEOUT, kernel 6.12+).
     pub batch_wait: bool,
+    /// The ring flags pending completion work (IORING_SETUP_TASKRUN_FLAG), so polling reads
+    /// shared memory instead of entering the kernel to find out.
+    pub taskrun_flag: bool,
 }
 
 /// A completion: the tag given at submission, the kernel's result and its `IORING_CQE_F_*`
@@ -84,18 +87,33 @@ impl Ring {
     ) -> io::Result<Ring> {
         let cq = entries.saturating_mul(2);
         let mut features = RingFeatures::default();
-        let ring = match IoUring::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .setup_submit_all()
-            .setup_cqsize(cq)
-            .build(entries)
-        {
+        // DEFER_TASKRUN with TASKRUN_FLAG: completion work waits until the worker enters the
+        // kernel, and the ring's SQ flags say when some is pending, so a polling worker knows
+        // without a system call whether an enter would bring anything.
+        let deferred = |taskrun_flag: bool| {
+            let mut b = IoUring::builder();
+            b.setup_single_issuer()
+                .setup_defer_taskrun()
+                .setup_submit_all()
+                .setup_cqsize(cq);
+            if taskrun_flag {
+                b.setup_taskrun_flag();
+            }
+            b.build(entries)
+        };
+        let ring = match deferred(true) {
             Ok(r) => {
                 features.defer_taskrun = true;
+                features.taskrun_flag = true;
                 r
             }
-            Err(_) => IoUring::builder().setup_cqsize(cq).build(entries)?,
+            Err(_) => match deferred(false) {
+                Ok(r) => {
+                    features.defer_taskrun = true;
+                    r
+                }
+                Err(_) => IoUring::builder().setup_cqsize(cq).build(entries)?,
+            },
         };
         let mut me = Ring {
             ring,
@@ -512,6 +530,35 @@ impl Ring {
             .timespec(&ts);
         match self.ring.submitter().submit_with_args(want, &args) {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR)) => Ok(0),
+            r => r,
+        }
+    }
+
+    /// Whether a non-waiting `poll` would bring or do anything: completions ready,
+    /// submissions queued, or completion work pending in the kernel. Reads shared memory
+    /// only (without the TASKRUN flag it cannot tell, and says yes).
+    #[inline]
+    pub fn has_work(&mut self) -> bool {
+        if !self.ring.completion().is_empty() || !self.ring.submission().is_empty() {
+            return true;
+        }
+        !self.features.taskrun_flag || self.ring.submission().taskrun()
+    }
+
+    /// Submits everything queued and runs pending completion work, without waiting.
+    pub fn poll(&mut self) -> io::Result<usize> {
+        let to_submit = self.ring.submission().len() as u32;
+        let getevents = io_uring::EnterFlags::GETEVENTS.bits();
+        // SAFETY: io_uring_enter with no argument structure (`None`): the kernel reads no
+        // memory of ours beyond the rings, which this ring owns; entries it consumes were
+        // pushed under their own contracts.
+        let r = unsafe {
+            self.ring
+                .submitter()
+                .enter::<libc::sigset_t>(to_submit, 0, getevents, None)
+        };
+        match r {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => Ok(0),
             r => r,
         }
     }

@@ -14,11 +14,15 @@
 //!    folded into the pool;
 //! 3. **arm**: every live port keeps its receives armed, and every port with queued frames
 //!    takes what it can of them;
-//! 4. **one `io_uring_enter`** submits all of it and waits — under load for a batch of
-//!    completions, bounded by `rx_coalesce` — and the next pass takes them in.
+//! 4. **wait**, as the poll mode says (`poll.rs`): poll — look at the rings without a system
+//!    call, enter the kernel only to submit or to run pending completion work — or sleep in
+//!    one `io_uring_enter` that submits everything and waits (under load from ports whose
+//!    completions are worth gathering, for a batch, bounded by `rx_coalesce`); the next pass
+//!    takes in what came.
 //!
 //! So a frame received in the completions of pass k is queued, handed to its egress port and
-//! submitted by the `io_uring_enter` that ends the same pass k. No read()/write() per frame,
+//! submitted by the `io_uring_enter` that ends the same pass k. Each pass is accounted as
+//! work, polling or sleep (`WorkerCounters::{work_ns, poll_ns, sleep_ns}`). No read()/write() per frame,
 //! no allocation and no lock on this path.
 //!
 //! A frame's buffer is held by exactly one in-flight read or one port's buffer ring, or by the
@@ -27,8 +31,11 @@
 //! and completed, its buffer ring emptied back into the pool — before the worker drops it (and
 //! its descriptors) and reports the configuration applied.
 
+mod poll;
 mod ports;
 mod requests;
+
+pub use poll::PollMode;
 
 use crate::config::WorkerLink;
 use crate::counters::WorkerCounters;
@@ -85,6 +92,10 @@ pub struct WorkerConfig {
     pub registry: Option<Arc<PoolRegistry>>,
     /// Core to pin the worker thread to.
     pub cpu: Option<usize>,
+    /// How the worker waits for completions.
+    pub poll: PollMode,
+    /// The longest the adaptive poll goes on after the last work before sleeping.
+    pub poll_max: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -104,6 +115,8 @@ impl Default for WorkerConfig {
             large_buffers: 0,
             registry: None,
             cpu: None,
+            poll: PollMode::Adaptive,
+            poll_max: Duration::from_micros(100),
         }
     }
 }
@@ -117,6 +130,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("tap_rx", &self.tap_rx)
             .field("max_ports", &self.max_ports)
             .field("cpu", &self.cpu)
+            .field("poll", &self.poll)
             .finish_non_exhaustive()
     }
 }
@@ -163,6 +177,7 @@ impl StopHandle {
 pub struct WorkerHandle {
     pub id: WorkerId,
     pub cpu: Option<usize>,
+    pub poll: PollMode,
     pub stopper: StopHandle,
     pub counters: Arc<WorkerCounters>,
     pub features: RingFeatures,
@@ -233,6 +248,7 @@ pub struct Worker {
     retry: bool,
     /// Some port is draining, or failed and still has operations to finish.
     cleanup: bool,
+    poller: poll::Poller,
     epoch: Instant,
 }
 
@@ -283,6 +299,7 @@ impl Worker {
             generation: 0,
             retry: false,
             cleanup: false,
+            poller: poll::Poller::new(cfg.poll, cfg.poll_max),
             epoch: Instant::now(),
         })
     }
@@ -306,7 +323,7 @@ impl Worker {
     pub fn spawn(cfg: WorkerConfig, link: WorkerLink) -> Result<WorkerHandle, WorkerError> {
         type Ready = (StopHandle, Arc<WorkerCounters>, RingFeatures, bool);
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Ready, WorkerError>>(1);
-        let (id, cpu) = (cfg.id, cfg.cpu);
+        let (id, cpu, poll) = (cfg.id, cfg.cpu, cfg.poll);
         let thread = std::thread::Builder::new()
             .name(format!("rs-worker{}", cfg.id.0))
             .spawn(move || {
@@ -338,6 +355,7 @@ impl Worker {
             Ok(Ok((stopper, counters, features, huge_pages))) => Ok(WorkerHandle {
                 id,
                 cpu,
+                poll,
                 stopper,
                 counters,
                 features,
@@ -472,18 +490,20 @@ impl Worker {
         Ok(())
     }
 
-    fn reap_and_complete(&mut self, skip_wake: bool) -> Result<(), WorkerError> {
+    /// Handles every ready completion; returns how many there were.
+    fn reap_and_complete(&mut self, skip_wake: bool) -> Result<usize, WorkerError> {
         self.cqes.clear();
         self.ring.reap(&mut self.cqes);
-        self.counters.completions.add(self.cqes.len() as u64);
-        for i in 0..self.cqes.len() {
+        let n = self.cqes.len();
+        self.counters.completions.add(n as u64);
+        for i in 0..n {
             let c = self.cqes[i];
             if skip_wake && Tag::decode(c.user_data).op == OP_WAKE {
                 continue;
             }
             self.complete(c)?;
         }
-        Ok(())
+        Ok(n)
     }
 
     fn forward_batch(&mut self) {
@@ -513,9 +533,13 @@ impl Worker {
     /// Runs until asked to stop.
     pub fn run(&mut self) -> Result<(), WorkerError> {
         self.arm_wake()?;
+        self.counters
+            .poll_budget_us
+            .set(self.poller.budget().as_micros() as u64);
+        let mut start = Instant::now();
         while !self.link.stop.load(Ordering::Acquire) {
             // 1. Take in what the last wait brought.
-            self.reap_and_complete(false)?;
+            let work = self.reap_and_complete(false)? > 0;
             self.forward_batch();
             if self.cleanup {
                 self.finish_drains();
@@ -527,18 +551,62 @@ impl Worker {
             // 3. Arm receives, hand the queues to the ports.
             self.arm_ports()?;
             self.flush_tx()?;
-            // 4. Submit and wait.
-            let coalesce = if self.last_batch >= COALESCE_FROM {
-                self.rx_coalesce
+            let now = Instant::now();
+            let spent = now.saturating_duration_since(start).as_nanos() as u64;
+            if work {
+                self.counters.work_ns.add(spent);
+                self.poller.worked(now);
             } else {
-                Duration::ZERO
-            };
-            self.ring
-                .submit_and_wait_batch(COALESCE_BATCH, coalesce)
-                .map_err(WorkerError::Enter)?;
-            self.counters.wakeups.inc();
+                self.counters.poll_ns.add(spent);
+                self.poller.idle();
+            }
+            // 4. Wait: poll, or sleep.
+            if self.wait(now)? {
+                let end = Instant::now();
+                let slept = end.saturating_duration_since(now).as_nanos() as u64;
+                self.counters.sleep_ns.add(slept);
+                start = end;
+            } else {
+                start = now;
+            }
         }
         self.shutdown()
+    }
+
+    /// Waits as the poll mode says; returns whether it slept (rather than polled).
+    #[inline]
+    fn wait(&mut self, now: Instant) -> Result<bool, WorkerError> {
+        let gather = self.last_batch >= COALESCE_FROM && !self.rx_coalesce.is_zero();
+        // Frames from ports whose completions are worth gathering keep the coalescing wait
+        // in every mode but busy: one wake-up and one send carry many of them.
+        let sleep = match self.poller.mode() {
+            PollMode::Busy => false,
+            PollMode::Sleep => true,
+            PollMode::Adaptive => gather || self.poller.should_sleep(now),
+        };
+        if !sleep {
+            if self.ring.has_work() {
+                self.ring.poll().map_err(WorkerError::Enter)?;
+            } else {
+                std::hint::spin_loop();
+            }
+            return Ok(false);
+        }
+        let coalesce = if gather {
+            self.rx_coalesce
+        } else {
+            Duration::ZERO
+        };
+        self.ring
+            .submit_and_wait_batch(COALESCE_BATCH, coalesce)
+            .map_err(WorkerError::Enter)?;
+        self.counters.wakeups.inc();
+        self.counters.sleeps.inc();
+        self.poller.slept();
+        self.counters
+            .poll_budget_us
+            .set(self.poller.budget().as_micros() as u64);
+        Ok(true)
     }
 
     /// Cancels every port's operations, forwards what the reads brought, and waits (bounded)
