@@ -181,7 +181,24 @@ impl MacTable {
 
     /// Live entries at `now`, in table order.
     pub fn entries(&self, now: Seconds) -> impl Iterator<Item = MacEntry> + '_ {
-        self.slots
+        self.entries_in(0..self.slots.len(), now)
+    }
+
+    /// Number of entry slots (a walk over `0..slots()` in pieces sees every entry).
+    pub fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Live entries at `now` among slots `range` (clamped to the table), in table order: a
+    /// listing walked in pieces, so no single call takes long.
+    pub fn entries_in(
+        &self,
+        range: std::ops::Range<usize>,
+        now: Seconds,
+    ) -> impl Iterator<Item = MacEntry> + '_ {
+        let end = range.end.min(self.slots.len());
+        let start = range.start.min(end);
+        self.slots[start..end]
             .iter()
             .filter(move |s| self.live(s, now))
             .map(move |s| MacEntry {

