@@ -5,7 +5,9 @@
 - throughput.png: delivered Mpps and Gbit/s against frame size, one line per switch;
 - cpu-per-frame.png: frames forwarded per CPU-second of the switch, per frame size;
 - latency-cdf.png: one-way latency distribution (CDF, log scale) per switch, one panel per
-  load level, from rs-sink's HDR histograms.
+  load level, from rs-sink's HDR histograms;
+- ping-cdf.png: idle round-trip distribution (CDF, log scale) per switch, from each ping
+  reply's time.
 
 Prints the path of every file written."""
 
@@ -52,9 +54,16 @@ def best_per_size(rows, key):
     return dict(sorted(out.items()))
 
 
+# Line styles of ringswitch's poll modes (perf/bench --switches ringswitch-busy,...).
+POLL_STYLES = {"busy": "-.", "sleep": ":", "adaptive": (0, (5, 1))}
+
+
 def style(label):
     if label.startswith("ringswitch baseline"):  # perf/bench --baseline: the build compared
         return {"linewidth": 2.0, "linestyle": "--", "zorder": 3}
+    if label.startswith("ringswitch --poll "):  # a variant: same binary, another poll mode
+        mode = label.split()[2]
+        return {"linewidth": 2.2, "linestyle": POLL_STYLES.get(mode, "--"), "zorder": 3}
     return {"linewidth": 2.6, "zorder": 3} if label.startswith("ringswitch") else {"linewidth": 1.4}
 
 
@@ -136,13 +145,38 @@ def latency_cdf(out, rows):
     return path
 
 
+def ping_cdf(out, rows):
+    rows = [r for r in rows if r.get("rtts") and os.path.exists(r["rtts"])]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in rows:
+        v = sorted(x for x in (num(p["rtt_us"]) for p in read(r["rtts"])) if x)
+        if v:
+            label = r["label"]
+            ax.plot(v, [100 * (i + 1) / len(v) for i in range(len(v))], label=label,
+                    **style(label))
+    ax.set_xscale("log")
+    ax.set(xlabel="round trip (µs, log)", ylabel="percentile",
+           title="Idle round trip: ping A -> B -> A through the switch")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(out, "ping-cdf.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit("usage: perf/plot.py RESULTS_DIR")
     out = sys.argv[1]
     tput = read(os.path.join(out, "throughput.csv"))
     lat = read(os.path.join(out, "latency.csv"))
-    for path in (throughput(out, tput), cpu_per_frame(out, tput), latency_cdf(out, lat)):
+    pings = read(os.path.join(out, "ping.csv"))
+    for path in (throughput(out, tput), cpu_per_frame(out, tput), latency_cdf(out, lat),
+                 ping_cdf(out, pings)):
         if path:
             print(path)
 

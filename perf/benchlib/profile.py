@@ -1,6 +1,7 @@
 """perf/bench profile: where a switch's core goes while it forwards as fast as it can.
 
-Sets the switch up as for throughput (default ringswitch, 64-byte frames), then, each over
+Sets the switch up as for throughput (default ringswitch, 64-byte frames; each switch of
+--switches in turn, e.g. ringswitch-busy,ringswitch-sleep to compare poll modes), then, each over
 its own generator run of --seconds: `perf stat` on the switch's processes (task clock,
 context switches, and cycles/instructions where the machine exposes hardware counters — a
 VM often does not, and the report says so), and `perf record -g` whose samples become a
@@ -112,10 +113,37 @@ def _hot_symbols(data):
 
 
 def profile(args, out):
+    """Profiles each switch of --switches in turn (default ringswitch): one section of
+    profile.md each; with several, their files are named after them (perf-KIND.data,
+    flamegraph-KIND.svg)."""
     why = ensure_perf()
     if why:
         raise SystemExit(f"perf/bench profile: no perf tool: {why}")
-    kind = (args.switches or ["ringswitch"])[0]
+    kinds = args.switches or ["ringswitch"]
+    sections, files = [], []
+    for kind in kinds:
+        why = switches.availability(kind)
+        if why:
+            log(f"{kind}: skipped: {why}")
+            sections.append(f"## perf/bench profile: {switches.label(kind)}: not measured: "
+                            f"{why}\n")
+            continue
+        suffix = f"-{kind}" if len(kinds) > 1 else ""
+        text, written = _profile_one(kind, args, out, suffix)
+        sections.append(text)
+        files += written
+    poll = switches.poll_summary()
+    text = "\n".join(sections) + (f"\n{poll}\n" if poll else "")
+    with open(os.path.join(out, "profile.md"), "w") as f:
+        f.write(text)
+    print(text)
+    log(f"written under {out}: profile.md, " + ", ".join(files))
+    return 0
+
+
+def _profile_one(kind, args, out, suffix):
+    """perf stat and perf record of one switch; returns (its Markdown section, the names
+    of the files written)."""
     topo = Topology()
     logs = os.path.join(out, "logs")
     try:
@@ -128,7 +156,7 @@ def profile(args, out):
         log(f"{kind}: perf stat over {secs:g} s under load ...")
         stat_err, stat_frames = _loaded(st, secs, args, ["perf", "stat", "-e", ",".join(EVENTS),
                                                          "-p", pids, "--", "sleep", str(secs)])
-        data = os.path.join(out, "perf.data")
+        data = os.path.join(out, f"perf{suffix}.data")
         log(f"{kind}: perf record -g over {secs:g} s under load ...")
         _, rec_frames = _loaded(st, secs, args, ["perf", "record", "-q", "-F", "1999", "-g",
                                                  "-o", data, "-p", pids, "--", "sleep", str(secs)])
@@ -142,9 +170,10 @@ def profile(args, out):
                                 timeout=600)
         folded = subprocess.run([inferno[0]], input=script.stdout, capture_output=True,
                                 timeout=600)
-        flame = os.path.join(out, "flamegraph.svg")
+        flame = os.path.join(out, f"flamegraph{suffix}.svg")
         with open(flame, "wb") as f:
-            f.write(subprocess.run([inferno[1], "--title", f"{kind} forwarding 64-byte frames"],
+            f.write(subprocess.run([inferno[1], "--title",
+                                    f"{switches.label(kind)} forwarding 64-byte frames"],
                                    input=folded.stdout, capture_output=True,
                                    timeout=600).stdout)
     text = "\n".join([
@@ -155,8 +184,4 @@ def profile(args, out):
         f"perf record window: {rec_frames:,} frames; samples {kernel:.0f}% kernel, "
         f"{user:.0f}% userspace; the symbols over 1.5%:", "", hot, "",
         f"Flame graph: {flame}" if flame else "Flame graph: not drawn (no inferno)", ""])
-    with open(os.path.join(out, "profile.md"), "w") as f:
-        f.write(text)
-    print(text)
-    log(f"written under {out}: profile.md, perf.data" + (", flamegraph.svg" if flame else ""))
-    return 0
+    return text, [os.path.basename(data)] + ([os.path.basename(flame)] if flame else [])

@@ -62,9 +62,14 @@ def flows_table(rows):
 
 
 def rfc2544_table(rows):
-    header = ["switch", "frame (B)", "zero-loss Mpps", "Gbit/s", "generator top Mpps",
-              "trials", "switch CPU % at that rate", "note"]
+    """One row per switch and size: the median of the searches and their spread."""
+    header = ["switch", "frame (B)", "zero-loss Mpps (median)", "spread Mpps (min–max)",
+              "spread %", "each search Mpps", "Gbit/s", "generator top Mpps", "trials",
+              "switch CPU % at that rate", "note"]
     cells = [[switches.label(r["switch"]), r["size"], _f(r["zero_loss_pps"] / 1e6),
+              f"{r['min_pps'] / 1e6:.3f}–{r['max_pps'] / 1e6:.3f}",
+              _f(r.get("spread_pct"), "{:.1f}"),
+              ", ".join(f"{v / 1e6:.3f}" for v in r["search_pps"]),
               _f(r["zero_loss_pps"] * (r["size"] - 4) * 8 / 1e9, "{:.2f}"),
               _f(r["ceiling_pps"] / 1e6), r["trials"], _f(r.get("cpu_pct"), "{:.0f}"),
               r.get("note", "")] for r in rows]
@@ -72,8 +77,9 @@ def rfc2544_table(rows):
 
 
 def latency_table(rows):
-    header = ["switch", "load", "rate Mpps", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs",
-              "max µs", "lost", "reordered", "duplicates", "switch CPU %", "note"]
+    header = ["switch", "load", "of zero-loss Mpps", "rate Mpps", "p50 µs", "p90 µs",
+              "p99 µs", "p99.9 µs", "max µs", "lost", "reordered", "duplicates",
+              "switch CPU %", "note"]
     cells = []
     for r in rows:
         note = r.get("note", "")
@@ -82,13 +88,25 @@ def latency_table(rows):
         if r.get("sink_drops"):
             note = "; ".join(n for n in (note, f"sink socket dropped {r['sink_drops']}") if n)
         load = f"{r['load_pct']}%" if r["load_pct"] is not None else "fixed rate"
+        base = r.get("zero_loss_pps")
         cells.append([switches.label(r["switch"]), load,
+                      "—" if base is None else
+                      f"{base / 1e6:.3f} (median of {len(r['zero_loss_searches'])})",
                       _f(r["rate_pps"] / 1e6), _f(r["lat_p50_us"], "{:.1f}"),
                       _f(r["lat_p90_us"], "{:.1f}"), _f(r["lat_p99_us"], "{:.1f}"),
                       _f(r["lat_p99_9_us"], "{:.1f}"), _f(r["lat_max_us"], "{:.0f}"),
                       r["lost"], r["reordered"], r["duplicates"],
                       _f(r.get("cpu_pct"), "{:.0f}") if r.get("cpu_s") is not None else "—",
                       note])
+    return _table(header, cells)
+
+
+def ping_table(rows):
+    header = ["switch", "requests", "replies", "lost", "p50 µs", "p90 µs", "p99 µs",
+              "max µs", "switch CPU %", "note"]
+    cells = [[switches.label(r["switch"]), r["sent"], r["received"], r["lost"],
+              *(_f(r.get(f"rtt_{k}_us"), "{:.0f}") for k in ("p50", "p90", "p99", "max")),
+              _f(r.get("cpu_pct"), "{:.0f}"), r.get("note", "")] for r in rows]
     return _table(header, cells)
 
 
@@ -150,18 +168,27 @@ def _best(rows, kind, size, key):
     return max(vals) if vals else None
 
 
+def reference(res):
+    """The switch the headline divides by: ringswitch, or else the first build or variant
+    of it measured."""
+    kinds = list(dict.fromkeys(r["switch"] for r in res.throughput))
+    return next((k for k in ["ringswitch", *kinds] if k in kinds and
+                 k in switches.RINGSWITCHES), "ringswitch")
+
+
 def headline(res):
     """ringswitch / peer for each size measured: delivered frames/s, frames per CPU-s, and
-    the zero-loss rate where it was searched."""
+    the (median) zero-loss rate where it was searched."""
     rows = res.throughput
-    peers = [k for k in dict.fromkeys(r["switch"] for r in rows) if k != "ringswitch"]
+    ref = reference(res)
+    peers = [k for k in dict.fromkeys(r["switch"] for r in rows) if k != ref]
     sizes = sorted({r["size"] for r in rows})
     cells = []
     for size in sizes:
-        mine = _best(rows, "ringswitch", size, "delivered_mpps")
-        mine_cpu = _best(rows, "ringswitch", size, "mframes_per_cpu_s")
+        mine = _best(rows, ref, size, "delivered_mpps")
+        mine_cpu = _best(rows, ref, size, "mframes_per_cpu_s")
         mine_zl = next((r["zero_loss_pps"] for r in res.rfc2544
-                        if r["switch"] == "ringswitch" and r["size"] == size), None)
+                        if r["switch"] == ref and r["size"] == size), None)
         for p in peers:
             theirs = _best(rows, p, size, "delivered_mpps")
             theirs_cpu = _best(rows, p, size, "mframes_per_cpu_s")
@@ -182,21 +209,31 @@ CSV_KEYS = {
     "flows": ["switch", "size", "flows", "seconds", "sent", "errors", "delivered", "cpu_s",
               "others_cpu_s", "offered_mpps", "delivered_mpps", "loss_pct", "cpu_pct",
               "mframes_per_cpu_s", "note"],
-    "rfc2544": ["switch", "size", "zero_loss_pps", "ceiling_pps", "trials", "generator_limited",
+    "rfc2544": ["switch", "size", "searches", "zero_loss_pps", "min_pps", "max_pps",
+                "spread_pct", "search_pps", "ceiling_pps", "trials", "generator_limited",
                 "cpu_pct", "note"],
-    "latency": ["switch", "size", "load_pct", "rate_pps", "seconds", "sent", "delivered",
+    "rfc2544-searches": ["switch", "size", "search", "zero_loss_pps", "ceiling_pps", "trials",
+                         "generator_limited", "cpu_pct"],
+    "latency": ["switch", "size", "load_pct", "zero_loss_pps", "rate_pps", "seconds", "sent",
+                "delivered",
                 "received", "lost", "reordered", "duplicates", "sink_drops", "kernel_stamps",
                 "lat_min_us", "lat_mean_us", "lat_p50_us", "lat_p90_us", "lat_p99_us",
                 "lat_p99_9_us", "lat_max_us", "cpu_s", "hist", "note"],
+    "ping": ["switch", "pings", "interval_ms", "sent", "received", "lost", "duplicates",
+             "rtt_min_us", "rtt_mean_us", "rtt_p50_us", "rtt_p90_us", "rtt_p99_us",
+             "rtt_max_us", "seconds", "cpu_s", "cpu_pct", "others_cpu_s", "tries", "rtts",
+             "note"],
     "udp": ["switch", "size", "run", "seconds", "sent", "delivered", "cpu_s", "offered_mpps",
             "delivered_mpps", "cpu_pct", "mframes_per_cpu_s", "note"],
 }
+# Which Results attribute each CSV file holds (default: the file's name).
+CSV_ROWS = {"rfc2544-searches": "searches"}
 
 
 def write_csvs(out, res):
     written = []
     for name, keys in CSV_KEYS.items():
-        rows = getattr(res, name)
+        rows = getattr(res, CSV_ROWS.get(name, name))
         if not rows:
             continue
         path = os.path.join(out, f"{name}.csv")
@@ -205,7 +242,10 @@ def write_csvs(out, res):
             w.writeheader()
             for r in rows:
                 label = udp_label(r["switch"]) if name == "udp" else switches.label(r["switch"])
-                w.writerow({"label": label, **r})
+                # Lists (each search's rate) as one cell, values joined with ';'.
+                w.writerow({"label": label, **{k: ";".join(f"{x:.0f}" for x in r[k])
+                                                if isinstance(r[k], list) else r[k]
+                                                for k in keys if k in r}})
         written.append(path)
     return written
 
@@ -213,16 +253,29 @@ def write_csvs(out, res):
 def markdown(res, title, summary, legend):
     parts = [f"## {title}", "", summary, ""]
     if res.throughput:
-        parts += ["### Headline: ringswitch / peer", "", headline(res), "",
+        ref = reference(res)
+        parts += [f"### Headline: {'ringswitch' if ref == 'ringswitch' else ref} / peer", "",
+                  headline(res), "",
                   "### Throughput per frame size", "", throughput_table(res.throughput), ""]
     if res.flows:
         parts += ["### Many flows (64 B; source and destination stations)", "",
                   flows_table(res.flows), ""]
     if res.rfc2544:
-        parts += ["### RFC 2544 zero-loss rate", "", rfc2544_table(res.rfc2544), ""]
+        n = sorted({r["searches"] for r in res.rfc2544})
+        parts += ["### RFC 2544 zero-loss rate", "",
+                  f"The median of {'/'.join(map(str, n))} whole searches per switch and size, "
+                  "each on a freshly started switch, the switches taking turns between "
+                  "searches; spread = the lowest and highest search.", "",
+                  rfc2544_table(res.rfc2544), ""]
     if res.latency:
         parts += ["### Latency (one-way, kernel receive stamps) at a share of the zero-loss "
                   "rate", "", latency_table(res.latency), ""]
+    if res.ping:
+        r0 = res.ping[0]
+        parts += ["### Idle round trip (ping A → switch → B → switch → A)", "",
+                  f"{r0['pings']} ICMP echo requests per switch, one every "
+                  f"{r0['interval_ms']:g} ms; round trips from each reply's `time=`.", "",
+                  ping_table(res.ping), ""]
     if res.udp:
         parts += ["### UDP socket ports (one frame per datagram, loopback)", "",
                   udp_table(res.udp), ""]

@@ -6,7 +6,10 @@ what a careful C programmer gets) run on taps; the Linux bridge and the direct v
 (the generator's own ceiling) on veths; QEMU's hub, vde_switch and Open vSwitch come from
 perf/peers.py and are installed from Debian when missing. `baseline` is another ringswitch
 binary (perf/bench --baseline PATH, e.g. a build of an older commit) run exactly as
-ringswitch is, for before/after comparisons in one run.
+ringswitch is, for before/after comparisons in one run. `ringswitch-busy`,
+`ringswitch-sleep` and `ringswitch-adaptive` are the same ringswitch binary with
+`--poll busy|sleep|adaptive` added to its arguments (VARIANTS), to compare its poll modes
+in one run; plain `ringswitch` runs with the binary's default.
 
     start(kind, topo, cpu, logs, tag) -> Started
 
@@ -15,9 +18,10 @@ an error."""
 
 import hashlib
 import os
+import re
 import sys
 
-from .system import BenchError, PREFIX, RELEASE, log, mac_of, run, wait_ready
+from .system import ROOT, BenchError, PREFIX, RELEASE, log, mac_of, run, wait_ready
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import peers  # noqa: E402  (perf/peers.py)
@@ -25,9 +29,16 @@ import peers  # noqa: E402  (perf/peers.py)
 BUILTIN = ["ringswitch", "bridge", "rwfwd", "urfwd", "direct"]
 PEER_NAMES = list(peers.PEERS)
 ALL = ["ringswitch", "bridge", *PEER_NAMES, "urfwd", "rwfwd", "direct"]
-# What --switches accepts: `baseline` only runs with --baseline PATH, so it is not in ALL
-# (the default set of a run without --baseline).
-SELECTABLE = [*ALL, "baseline"]
+# ringswitch run with extra options: name -> (options added to its command line, how
+# tables name it). Same binary, same taps, pinning and --ringswitch-args as `ringswitch`.
+VARIANTS = {
+    "ringswitch-adaptive": (["--poll", "adaptive"], "ringswitch --poll adaptive"),
+    "ringswitch-busy": (["--poll", "busy"], "ringswitch --poll busy"),
+    "ringswitch-sleep": (["--poll", "sleep"], "ringswitch --poll sleep"),
+}
+# What --switches accepts: `baseline` only runs with --baseline PATH and the variants only
+# when named, so they are not in ALL (the default set of a run without --baseline).
+SELECTABLE = [*ALL, "baseline", *VARIANTS]
 # Switches whose process does the forwarding (a CPU column); the bridge and the direct
 # pair forward in the kernel on the generator's core.
 KERNEL = {"bridge", "direct"}
@@ -43,10 +54,14 @@ BINARIES = {"ringswitch": "ringswitch", "rwfwd": "rs-rwfwd", "urfwd": "rs-urfwd"
 # Extra command-line options for ringswitch (perf/bench --ringswitch-args); the baseline
 # gets them too.
 RINGSWITCH_ARGS = []
+# The poll mode each build or variant of ringswitch reported on its start-up line
+# ("poll=busy"): kind -> set of modes seen (builds that do not say are absent).
+POLL_SEEN = {}
 # The baseline ringswitch binary (perf/bench --baseline PATH): absolute path, or None.
 BASELINE = [None]
-# The builds of ringswitch: run the same way, with the same arguments.
-RINGSWITCHES = ("ringswitch", "baseline")
+# The builds and variants of ringswitch: run the same way, with the same arguments (plus a
+# variant's own); measured as a group that takes turns (methods.run_group).
+RINGSWITCHES = ("ringswitch", "baseline", *VARIANTS)
 
 
 def set_baseline(path):
@@ -74,10 +89,18 @@ def builds_summary():
 
 
 def binary(kind):
-    """The executable of one of our switches (ringswitch, baseline, rwfwd, urfwd)."""
+    """The executable of one of our switches (ringswitch and its variants, baseline, rwfwd,
+    urfwd)."""
     if kind == "baseline":
         return BASELINE[0]
+    if kind in VARIANTS:
+        return os.path.join(RELEASE, BINARIES["ringswitch"])
     return os.path.join(RELEASE, BINARIES[kind])
+
+
+def variant_args(kind):
+    """The options a ringswitch variant adds to the command line ([] for any other)."""
+    return list(VARIANTS[kind][0]) if kind in VARIANTS else []
 
 
 def label(kind, ports="tap"):
@@ -85,6 +108,8 @@ def label(kind, ports="tap"):
     socket ports) for the builds of ringswitch."""
     if kind == "baseline":
         return f"ringswitch baseline ({baseline_name()}, {ports})"
+    if kind in VARIANTS:
+        return f"{VARIANTS[kind][1]} ({ports})"
     if kind in peers.PEERS:
         return peers.PEERS[kind].label
     return LABELS[kind]
@@ -112,8 +137,25 @@ def availability(kind):
         if not os.path.isfile(exe) or not os.access(exe, os.X_OK):
             return f"{exe} is not an executable file"
         return None
-    if kind in BINARIES and not os.access(binary(kind), os.X_OK):
+    if (kind in BINARIES or kind in VARIANTS) and not os.access(binary(kind), os.X_OK):
         return f"{binary(kind)} is missing (build failed?)"
+    if kind in VARIANTS:
+        return _refused_options(binary(kind), variant_args(kind))
+    return None
+
+
+def _refused_options(exe, args):
+    """None if `exe --help` mentions every option in `args`, else why not: a build
+    without the option would only exit with a usage error at start."""
+    try:
+        text = run([exe, "--help"], check=False)
+    except BenchError as e:
+        return f"{exe} --help: {e}"
+    missing = [a for a in args if a.startswith("-") and not re.search(
+        rf"(^|[\s,\[]){re.escape(a)}([\s=,\]]|$)", text, re.M)]
+    if missing:
+        return (f"this build of ringswitch has no {' '.join(missing)} option (not in "
+                f"`{os.path.relpath(exe, ROOT)} --help`)")
     return None
 
 
@@ -125,7 +167,7 @@ def start(kind, topo, cpu, logs, tag):
         except peers.PeerError as e:
             raise BenchError(str(e)) from None
         return Started(ns_a, st.if_a, ns_b, st.if_b, list(st.pids))
-    if kind in BINARIES or kind == "baseline":
+    if kind in BINARIES or kind in RINGSWITCHES:
         return _tap_switch(kind, topo, ns_a, ns_b, cpu, logs, tag)
     if kind == "bridge":
         return _bridge(topo, ns_a, ns_b)
@@ -136,14 +178,16 @@ def start(kind, topo, cpu, logs, tag):
 
 def _tap_switch(kind, topo, ns_a, ns_b, cpu, logs, tag):
     """Starts a tap-based switch of ours on two new taps, moves them into A and B. The
-    baseline build runs exactly as ringswitch does."""
+    baseline build and the variants run exactly as ringswitch does (a variant with its
+    options added)."""
     tap_a, tap_b = f"{PREFIX}ta", f"{PREFIX}tb"
     exe = binary(kind)
     stats = None
     if kind in RINGSWITCHES:
         stats = os.path.join(logs, f"{tag}.stats.json")
         cmd = [exe, "-netdev", f"tap,id=a,ifname={tap_a}", "-netdev", f"tap,id=b,ifname={tap_b}",
-               "--worker-cpu", str(cpu), "--stats-json", stats, *RINGSWITCH_ARGS]
+               "--worker-cpu", str(cpu), "--stats-json", stats, *RINGSWITCH_ARGS,
+               *variant_args(kind)]
         marker = "ringswitch: ready"
     else:
         cmd = [exe, tap_a, tap_b, "--cpu", str(cpu)]
@@ -151,10 +195,34 @@ def _tap_switch(kind, topo, ns_a, ns_b, cpu, logs, tag):
     err = os.path.join(logs, f"{tag}.stderr")
     proc = topo.spawn(cmd, cpu, os.path.join(logs, f"{tag}.stdout"), err)
     wait_ready(proc, err, marker)
+    if kind in RINGSWITCHES:
+        _note_poll_mode(kind, err)
     for tap, ns in ((tap_a, ns_a), (tap_b, ns_b)):
         run(["ip", "link", "set", tap, "netns", ns])
         run(["ip", "-n", ns, "link", "set", tap, "up"])
     return Started(ns_a, tap_a, ns_b, tap_b, [proc.pid], stats)
+
+
+def _note_poll_mode(kind, stderr_path):
+    with open(stderr_path, errors="replace") as f:
+        m = re.search(r"\bpoll=([a-z-]+)", f.read())
+    if m:
+        POLL_SEEN.setdefault(kind, set()).add(m.group(1))
+
+
+def poll_summary():
+    """One line: the poll mode each ringswitch build or variant said it ran in, and
+    whether RINGSWITCH_POLL in the environment chose plain ringswitch's; "" if none
+    said."""
+    text = ""
+    if POLL_SEEN:
+        text = "Poll modes from the switches' start-up lines: " + "; ".join(
+            f"{label(k)}: {', '.join(sorted(v))}" for k, v in POLL_SEEN.items()) + "."
+    env = os.environ.get("RINGSWITCH_POLL")
+    if env:
+        text += (f" RINGSWITCH_POLL={env} was set in the environment: plain ringswitch (and "
+                 "the baseline) ran in that mode rather than the binary's default.")
+    return text.strip()
 
 
 def _bridge(topo, ns_a, ns_b):

@@ -1,15 +1,19 @@
 """Driving traffic through a started switch: teaching it where B's stations are, one
 timed run of rs-gen with delivery counted by B's interface (no sink process, so nothing
-competes with the generator), and runs with rs-sink in B that check sequence numbers and
-measure one-way latency from kernel receive stamps."""
+competes with the generator), runs with rs-sink in B that check sequence numbers and
+measure one-way latency from kernel receive stamps, and idle round trips with ping(8)
+between addresses given to A's and B's interfaces."""
 
 import json
+import math
 import os
+import re
+import statistics
 import subprocess
 import time
 
-from .system import (PID, RELEASE, BenchError, child_setup, cpu_seconds_all, ns_exec,
-                     others_cpu_seconds, run, rx_packets)
+from .system import (PID, RELEASE, BenchError, apt_install, child_setup, cpu_seconds_all,
+                     ns_exec, others_cpu_seconds, run, rx_packets)
 
 FCS = 4
 DRAIN = 0.3  # seconds after the generator stops before counters are read
@@ -102,3 +106,93 @@ def run_sink_start(st, duration, cpu, hist_path):
         cmd += ["--cpu", str(cpu)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL, preexec_fn=child_setup(None))
+
+
+# ---------------------------------------------------------------- ping
+
+# The two ends of the ping phase (TEST-NET-1, RFC 5737), on A's and B's interfaces; each
+# namespace is the run's own, so nothing else sees them.
+PING_A, PING_B, PING_PREFIX = "192.0.2.1", "192.0.2.2", 24
+PING_WARMUP = 5  # echo requests before the measured ones: ARP, and the switch learns both
+_TIME = re.compile(r"icmp_seq=(\d+)\b.*\btime=([\d.]+) ms(.*)$")
+_SUMMARY = re.compile(r"(\d+) packets transmitted, (\d+) received")
+
+
+def ensure_ping():
+    """None if ping(8) from iputils is there (installed when missing), else why not."""
+    if os.access("/usr/bin/ping", os.X_OK) or os.access("/bin/ping", os.X_OK):
+        return None
+    return apt_install(["iputils-ping"])
+
+
+def percentile(sorted_values, pct):
+    """Nearest-rank percentile of an ascending list (the smallest value with at least
+    `pct`% of the values at or below it)."""
+    n = len(sorted_values)
+    return sorted_values[max(0, min(n - 1, math.ceil(pct / 100 * n) - 1))]
+
+
+def parse_ping(text):
+    """(round trips in µs of the replies, in arrival order; duplicates; transmitted,
+    received from the summary or None) from ping's output. Each reply's own `time=`
+    is used, not the summary's statistics."""
+    rtts, dups, seen = [], 0, set()
+    for line in text.splitlines():
+        m = _TIME.search(line)
+        if not m:
+            continue
+        if "DUP!" in m.group(3) or m.group(1) in seen:
+            dups += 1
+            continue
+        seen.add(m.group(1))
+        rtts.append(round(float(m.group(2)) * 1e3, 1))
+    m = _SUMMARY.search(text)
+    return rtts, dups, (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def ping(st, count, interval, cpu, rtts_path):
+    """`count` ICMP echo requests from A to B's address, one every `interval` s, ping
+    pinned to `cpu`: round-trip percentiles (µs) from each reply's `time=` value, lost
+    replies, and the switch's CPU time meanwhile. Each reply's round trip goes to
+    `rtts_path` (CSV) and ping's own output beside it (.txt)."""
+    why = ensure_ping()
+    if why:
+        raise BenchError(f"no ping(8): {why}")
+    for ns, ifname, addr in ((st.ns_a, st.if_a, PING_A), (st.ns_b, st.if_b, PING_B)):
+        run(["ip", "-n", ns, "addr", "replace", f"{addr}/{PING_PREFIX}", "dev", ifname])
+    # ARP both ways and the switch's learning, before anything is measured.
+    run(ns_exec(st.ns_a, "ping", "-n", "-q", "-c", str(PING_WARMUP), "-i", "0.05", "-W", "1",
+                PING_B), timeout=PING_WARMUP + 10, check=False)
+    exclude = {PID, *st.pids}
+    others0 = others_cpu_seconds(exclude)
+    cpu0 = cpu_seconds_all(st.pids) if st.pids else None
+    t0 = time.monotonic()
+    cmd = ns_exec(st.ns_a, "ping", "-n", "-i", f"{interval:g}", "-c", str(count), "-W", "1",
+                  PING_B)
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                           timeout=count * interval * 2 + 30, preexec_fn=child_setup(cpu))
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"ping timed out: {' '.join(cmd)}")
+    seconds = time.monotonic() - t0
+    cpu_s = cpu_seconds_all(st.pids) - cpu0 if st.pids else None
+    others = max(0.0, others_cpu_seconds(exclude) - others0)
+    with open(os.path.splitext(rtts_path)[0] + ".txt", "w") as f:
+        f.write(p.stdout + p.stderr)
+    rtts, dups, summary = parse_ping(p.stdout)
+    if summary is None:
+        raise BenchError(f"ping failed ({p.returncode}): {p.stderr.strip()[-300:]}")
+    sent, received = summary
+    with open(rtts_path, "w") as f:
+        f.write("rtt_us\n" + "".join(f"{v:.1f}\n" for v in rtts))
+    row = {"pings": count, "interval_ms": interval * 1e3, "sent": sent,
+           "received": len(rtts), "lost": max(0, sent - received), "duplicates": dups,
+           "seconds": seconds, "cpu_s": cpu_s,
+           "cpu_pct": cpu_s / seconds * 100 if cpu_s is not None and seconds else None,
+           "others_cpu_s": others}
+    if rtts:
+        v = sorted(rtts)
+        row.update(rtt_min_us=v[0], rtt_mean_us=statistics.fmean(v),
+                   rtt_p50_us=percentile(v, 50), rtt_p90_us=percentile(v, 90),
+                   rtt_p99_us=percentile(v, 99), rtt_max_us=v[-1])
+    return row

@@ -5,7 +5,9 @@ joining two such netdevs, in one private network namespace on loopback:
     rs-udp send (generator CPU) -> port a -> switch (switch CPU) -> port b -> rs-udp sink
 
 The switches alternate run by run, so all see the same machine. With --baseline the
-baseline ringswitch binary takes its turn too, run exactly as ringswitch is. Delivered =
+baseline ringswitch binary takes its turn too, run exactly as ringswitch is, and so do the
+ringswitch variants named in --switches (ringswitch-busy, ... : their options added).
+Delivered =
 datagrams the sink received; switch CPU from /proc over the sender's run."""
 
 import json
@@ -20,7 +22,7 @@ from .system import (RELEASE, BenchError, Topology, cpu_seconds_all, log, ns_exe
 
 LOCAL = "127.0.0.1"
 A_FROM, A_TO, B_TO, B_FROM = 40001, 40002, 40004, 40003  # a: gen -> switch; b: switch -> sink
-KINDS = ["ringswitch", "qemu-hub"]  # and "baseline" after ringswitch with --baseline
+KINDS = ["ringswitch", "qemu-hub"]  # and the other builds and variants after ringswitch
 
 
 def _start(kind, topo, ns, cpu, logs, tag):
@@ -29,7 +31,7 @@ def _start(kind, topo, ns, cpu, logs, tag):
     err = os.path.join(logs, f"{tag}.stderr")
     if kind in switches.RINGSWITCHES:
         cmd = ns_exec(ns, switches.binary(kind), "-netdev", port_a, "-netdev",
-                      port_b, "--worker-cpu", str(cpu))
+                      port_b, "--worker-cpu", str(cpu), *switches.variant_args(kind))
         proc = topo.spawn(cmd, cpu, os.path.join(logs, f"{tag}.stdout"), err)
         wait_ready(proc, err, "ringswitch: ready")
     else:
@@ -83,12 +85,13 @@ def _one(kind, size, duration, gen_cpu, sw_cpu, logs, tag):
         topo.close()
 
 
-def measure(plan, sizes, repeat, duration, logs, baseline=False):
-    """`repeat` runs of each switch per size, one of each in turn; `baseline`: the baseline
-    build too, before or after ringswitch in turn (methods.pair_order)."""
+def measure(plan, sizes, repeat, duration, logs, builds=("ringswitch",)):
+    """`repeat` runs of each switch per size, one of each in turn; `builds`: the builds
+    and variants of ringswitch measured (ringswitch, baseline, ringswitch-busy, ...),
+    taking turns in the order of methods.pair_order, then QEMU's hub."""
     rows, skipped = [], {}
     kinds = []
-    for k in (["ringswitch", "baseline", "qemu-hub"] if baseline else KINDS):
+    for k in [*dict.fromkeys(builds), "qemu-hub"]:
         why = switches.availability(k)
         if why:
             skipped[k] = why
