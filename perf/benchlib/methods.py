@@ -260,7 +260,7 @@ def _rfc2544(kind, st, plan, res, rnd):
         res.searches.append({
             "switch": kind, "size": size, "search": rnd, "zero_loss_pps": best,
             "ceiling_pps": ceiling, "trials": len(trials), "generator_limited": limited,
-            "cpu_pct": (best_r["cpu_s"] / best_r["seconds"] * 100
+            "cpu_pct": (derive(best_r, size)["cpu_pct"]
                         if best_r and best_r["cpu_s"] is not None else None)})
         log(f"  zero loss up to {best / 1e6:.3f} Mpps ({len(trials)} trials)")
 

@@ -203,11 +203,11 @@ def headline(res):
 
 CSV_KEYS = {
     "throughput": ["switch", "size", "run", "seconds", "sent", "errors", "delivered", "cpu_s",
-                   "others_cpu_s", "tries", "offered_mpps", "delivered_mpps", "loss_pct",
+                   "cpu_window_s", "others_cpu_s", "tries", "offered_mpps", "delivered_mpps", "loss_pct",
                    "refused_pct", "cpu_pct", "mframes_per_cpu_s", "ns_per_frame", "gbit_s",
                    "note"],
     "flows": ["switch", "size", "flows", "seconds", "sent", "errors", "delivered", "cpu_s",
-              "others_cpu_s", "offered_mpps", "delivered_mpps", "loss_pct", "cpu_pct",
+              "cpu_window_s", "others_cpu_s", "offered_mpps", "delivered_mpps", "loss_pct", "cpu_pct",
               "mframes_per_cpu_s", "note"],
     "rfc2544": ["switch", "size", "searches", "zero_loss_pps", "min_pps", "max_pps",
                 "spread_pct", "search_pps", "ceiling_pps", "trials", "generator_limited",
