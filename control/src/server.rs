@@ -255,10 +255,12 @@ impl Server {
     pub fn poll_once(&mut self, ctl: &mut Controller, timeout: Duration) -> io::Result<()> {
         let mut fds: Vec<libc::pollfd> =
             Vec::with_capacity(self.listeners.len() + self.clients.len());
+        // A full house leaves new connections waiting in the backlog (not polled for).
+        let room = self.clients.len() < MAX_CLIENTS;
         for l in &self.listeners {
             fds.push(libc::pollfd {
                 fd: l.fd(),
-                events: libc::POLLIN,
+                events: if room { libc::POLLIN } else { 0 },
                 revents: 0,
             });
         }
@@ -298,6 +300,8 @@ impl Server {
                 serve_input(c, ctl);
             }
         }
+        // Hang-ups seen above free their places before new clients are counted.
+        self.clients.retain(|c| !c.dead);
         for (i, l) in self.listeners.iter().enumerate() {
             if fds[i].revents & libc::POLLIN != 0 {
                 accept_all(l, &mut self.clients, self.limits);
@@ -328,11 +332,14 @@ impl Server {
     }
 }
 
+/// Accepts waiting connections while there is room: past `MAX_CLIENTS`, a new client waits
+/// in the listener's backlog (the kernel's, bounded) until a place frees, rather than being
+/// greeted by a hang-up.
 fn accept_all(l: &Listener, clients: &mut Vec<Client>, limits: Limits) {
-    loop {
+    while clients.len() < MAX_CLIENTS {
         match l.accept() {
             Ok(stream) => {
-                if clients.len() >= MAX_CLIENTS || stream.set_nonblocking().is_err() {
+                if stream.set_nonblocking().is_err() {
                     drop(stream);
                     continue;
                 }
