@@ -64,6 +64,8 @@ def style(label):
     if label.startswith("ringswitch --poll "):  # a variant: same binary, another poll mode
         mode = label.split()[2]
         return {"linewidth": 2.2, "linestyle": POLL_STYLES.get(mode, "--"), "zorder": 3}
+    if label.startswith("ringswitch vnet_hdr="):  # a variant: its taps with vnet_hdr=on
+        return {"linewidth": 2.2, "linestyle": (0, (3, 1, 1, 1)), "zorder": 3}
     return {"linewidth": 2.6, "zorder": 3} if label.startswith("ringswitch") else {"linewidth": 1.4}
 
 

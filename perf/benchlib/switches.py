@@ -9,7 +9,9 @@ binary (perf/bench --baseline PATH, e.g. a build of an older commit) run exactly
 ringswitch is, for before/after comparisons in one run. `ringswitch-busy`,
 `ringswitch-sleep` and `ringswitch-adaptive` are the same ringswitch binary with
 `--poll busy|sleep|adaptive` added to its arguments (VARIANTS), to compare its poll modes
-in one run; plain `ringswitch` runs with the binary's default.
+in one run; plain `ringswitch` runs with the binary's default. `ringswitch-vnet` is the
+same binary with `vnet_hdr=on` on both tap netdevs (a virtio-net header and the tap's
+TSO/checksum offloads, QEMU's option): whole 64 KiB TCP segments cross it (perf/bench tcp).
 
     start(kind, topo, cpu, logs, tag) -> Started
 
@@ -19,9 +21,12 @@ an error."""
 import hashlib
 import os
 import re
+import shutil
 import sys
+import tempfile
 
-from .system import ROOT, BenchError, PREFIX, RELEASE, log, mac_of, run, wait_ready
+from .system import (ROOT, BenchError, PREFIX, RELEASE, Topology, log, mac_of, ns_exec, run,
+                     wait_ready)
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import peers  # noqa: E402  (perf/peers.py)
@@ -30,11 +35,13 @@ BUILTIN = ["ringswitch", "bridge", "rwfwd", "urfwd", "direct"]
 PEER_NAMES = list(peers.PEERS)
 ALL = ["ringswitch", "bridge", *PEER_NAMES, "urfwd", "rwfwd", "direct"]
 # ringswitch run with extra options: name -> (options added to its command line, how
-# tables name it). Same binary, same taps, pinning and --ringswitch-args as `ringswitch`.
+# tables name it, options added to each of its two `-netdev tap,...` specs). Same binary,
+# same taps, pinning and --ringswitch-args as `ringswitch`.
 VARIANTS = {
-    "ringswitch-adaptive": (["--poll", "adaptive"], "ringswitch --poll adaptive"),
-    "ringswitch-busy": (["--poll", "busy"], "ringswitch --poll busy"),
-    "ringswitch-sleep": (["--poll", "sleep"], "ringswitch --poll sleep"),
+    "ringswitch-adaptive": (["--poll", "adaptive"], "ringswitch --poll adaptive", []),
+    "ringswitch-busy": (["--poll", "busy"], "ringswitch --poll busy", []),
+    "ringswitch-sleep": (["--poll", "sleep"], "ringswitch --poll sleep", []),
+    "ringswitch-vnet": ([], "ringswitch vnet_hdr=on", ["vnet_hdr=on"]),
 }
 # What --switches accepts: `baseline` only runs with --baseline PATH and the variants only
 # when named, so they are not in ALL (the default set of a run without --baseline).
@@ -103,6 +110,18 @@ def variant_args(kind):
     return list(VARIANTS[kind][0]) if kind in VARIANTS else []
 
 
+def variant_netdev_opts(kind):
+    """The options a ringswitch variant adds to each of its tap netdevs ([] for any
+    other), e.g. ["vnet_hdr=on"]."""
+    return list(VARIANTS[kind][2]) if kind in VARIANTS else []
+
+
+def variant_desc(kind):
+    """What a variant changes, in words: `--poll busy`, `vnet_hdr=on on both taps`."""
+    args, _, opts = VARIANTS[kind]
+    return " ".join([*args, *([f"{','.join(opts)} on both taps"] if opts else [])])
+
+
 def label(kind, ports="tap"):
     """How a switch is named in tables; `ports` says over what its ports run (tap, UDP
     socket ports) for the builds of ringswitch."""
@@ -140,7 +159,8 @@ def availability(kind):
     if (kind in BINARIES or kind in VARIANTS) and not os.access(binary(kind), os.X_OK):
         return f"{binary(kind)} is missing (build failed?)"
     if kind in VARIANTS:
-        return _refused_options(binary(kind), variant_args(kind))
+        return (_refused_options(binary(kind), variant_args(kind))
+                or _refused_netdev_opts(binary(kind), variant_netdev_opts(kind)))
     return None
 
 
@@ -157,6 +177,50 @@ def _refused_options(exe, args):
         return (f"this build of ringswitch has no {' '.join(missing)} option (not in "
                 f"`{os.path.relpath(exe, ROOT)} --help`)")
     return None
+
+
+# (binary, netdev options) -> None or why that build refuses them: probed once per run.
+_NETDEV_PROBES = {}
+
+
+def _refused_netdev_opts(exe, opts):
+    """None if `exe` starts with `opts` on a tap netdev, else why not. Probed once per
+    binary by starting it for real on a tap in a namespace of its own (a build that does
+    not know an option refuses it on the command line; one that knows it may still fail to
+    open the tap with it), then stopping it."""
+    if not opts:
+        return None
+    key = (exe, tuple(opts))
+    if key not in _NETDEV_PROBES:
+        _NETDEV_PROBES[key] = _probe_netdev_opts(exe, opts)
+    return _NETDEV_PROBES[key]
+
+
+def _probe_netdev_opts(exe, opts):
+    spec = ",".join(opts)
+    topo = Topology()
+    tmp = tempfile.mkdtemp(prefix=f"{PREFIX}-probe-")
+    try:
+        ns = topo.netns("probe")
+        err = os.path.join(tmp, "stderr")
+        cmd = ns_exec(ns, exe, "-netdev", f"tap,id=a,ifname={PREFIX}pa,{spec}",
+                      "-netdev", f"tap,id=b,ifname={PREFIX}pb,{spec}", *RINGSWITCH_ARGS)
+        proc = topo.spawn(cmd, None, os.path.join(tmp, "stdout"), err)
+        try:
+            wait_ready(proc, err, "ringswitch: ready")
+        except BenchError as e:
+            with open(err, errors="replace") as f:
+                lines = [x.strip() for x in f.read().splitlines() if x.strip()]
+            why = " | ".join(lines[-2:]) or str(e)
+            shown = os.path.relpath(exe, ROOT) if exe.startswith(ROOT + os.sep) else exe
+            return (f"this build of ringswitch does not start with {spec} on its taps "
+                    f"(`{shown} -netdev tap,...,{spec}`: {why})")
+        return None
+    except BenchError as e:
+        return f"could not probe {spec} on a tap: {e}"
+    finally:
+        topo.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def start(kind, topo, cpu, logs, tag):
@@ -185,9 +249,10 @@ def _tap_switch(kind, topo, ns_a, ns_b, cpu, logs, tag):
     stats = None
     if kind in RINGSWITCHES:
         stats = os.path.join(logs, f"{tag}.stats.json")
-        cmd = [exe, "-netdev", f"tap,id=a,ifname={tap_a}", "-netdev", f"tap,id=b,ifname={tap_b}",
-               "--worker-cpu", str(cpu), "--stats-json", stats, *RINGSWITCH_ARGS,
-               *variant_args(kind)]
+        opts = "".join(f",{o}" for o in variant_netdev_opts(kind))
+        cmd = [exe, "-netdev", f"tap,id=a,ifname={tap_a}{opts}",
+               "-netdev", f"tap,id=b,ifname={tap_b}{opts}", "--worker-cpu", str(cpu),
+               "--stats-json", stats, *RINGSWITCH_ARGS, *variant_args(kind)]
         marker = "ringswitch: ready"
     else:
         cmd = [exe, tap_a, tap_b, "--cpu", str(cpu)]

@@ -6,7 +6,8 @@ joining two such netdevs, in one private network namespace on loopback:
 
 The switches alternate run by run, so all see the same machine. With --baseline the
 baseline ringswitch binary takes its turn too, run exactly as ringswitch is, and so do the
-ringswitch variants named in --switches (ringswitch-busy, ... : their options added).
+ringswitch variants named in --switches (ringswitch-busy, ... : their options added; not
+ringswitch-vnet, whose vnet_hdr=on is a tap option).
 Delivered =
 datagrams the sink received; switch CPU from /proc over the sender's run."""
 
@@ -92,7 +93,9 @@ def measure(plan, sizes, repeat, duration, logs, builds=("ringswitch",)):
     rows, skipped = [], {}
     kinds = []
     for k in [*dict.fromkeys(builds), "qemu-hub"]:
-        why = switches.availability(k)
+        opts = switches.variant_netdev_opts(k)
+        why = (f"{','.join(opts)} is an option of tap ports; udp runs on UDP socket ports"
+               if opts else switches.availability(k))
         if why:
             skipped[k] = why
         else:
