@@ -8,6 +8,7 @@ pub mod counters;
 pub mod engine;
 pub mod ethernet;
 pub mod frame;
+pub mod gso;
 pub mod ids;
 pub mod mac;
 pub mod mactable;
