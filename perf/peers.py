@@ -402,6 +402,13 @@ def _apt_install(package):
     return err
 
 
+def install(package):
+    """Installs a Debian package the way the peers' packages are installed (no service
+    started, non-interactive, bounded in time): None, or why it failed. For the tools the
+    benchmarks need beside the peers (perf/bench tcp: iperf3)."""
+    return _apt_install(package)
+
+
 # ---------------------------------------------------------------- the peers
 
 class Peer:

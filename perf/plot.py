@@ -7,7 +7,9 @@
 - latency-cdf.png: one-way latency distribution (CDF, log scale) per switch, one panel per
   load level, from rs-sink's HDR histograms;
 - ping-cdf.png: idle round-trip distribution (CDF, log scale) per switch, from each ping
-  reply's time.
+  reply's time;
+- tcp.png: TCP throughput (iperf3) per switch, a bar per stream count (median, with the
+  min–max of the runs), and the switch's CPU seconds per GB received.
 
 Prints the path of every file written."""
 
@@ -170,6 +172,55 @@ def ping_cdf(out, rows):
     return path
 
 
+def tcp(out, rows):
+    """Grouped bars: one group per switch, one bar per stream count."""
+    rows = [r for r in rows if num(r.get("gbit_s")) is not None]
+    if not rows:
+        return None
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    streams = sorted({int(r["streams"]) for r in rows})
+    width = 0.8 / len(streams)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.5))
+    for i, n in enumerate(streams):
+        xs, gbit, lo, hi, cx, cpu = [], [], [], [], [], []
+        for j, label in enumerate(labels):
+            r = next((r for r in rows if r["label"] == label and int(r["streams"]) == n),
+                     None)
+            if r is None:
+                continue
+            x = j - 0.4 + width * (i + 0.5)
+            g = num(r["gbit_s"])
+            xs.append(x)
+            gbit.append(g)
+            lo.append(g - (num(r.get("min_gbit_s")) or g))
+            hi.append((num(r.get("max_gbit_s")) or g) - g)
+            if num(r.get("cpu_s_per_gb")) is not None:
+                cx.append(x)
+                cpu.append(num(r["cpu_s_per_gb"]))
+        name = f"{n} stream{'s' if n > 1 else ''}"
+        ax1.bar(xs, gbit, width, yerr=[lo, hi], capsize=3, label=name)
+        ax2.bar(cx, cpu, width, label=name)
+    for j, label in enumerate(labels):
+        if not any(r["label"] == label and num(r.get("cpu_s_per_gb")) is not None
+                   for r in rows):
+            ax2.text(j, 0, "forwards in the\nsender's kernel:\nno CPU of its own",
+                     ha="center", va="bottom", fontsize=7, color="0.4")
+    for ax in (ax1, ax2):
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=25, ha="right", fontsize=8)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    ax1.set(ylabel="Gbit/s received (median; bars: min–max of the runs)",
+            title="TCP throughput, iperf3 A -> B")
+    ax2.set(ylabel="switch CPU seconds per GB received (median)",
+            title="Switch CPU per GB (none for in-kernel switches)")
+    fig.tight_layout()
+    path = os.path.join(out, "tcp.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit("usage: perf/plot.py RESULTS_DIR")
@@ -177,8 +228,9 @@ def main():
     tput = read(os.path.join(out, "throughput.csv"))
     lat = read(os.path.join(out, "latency.csv"))
     pings = read(os.path.join(out, "ping.csv"))
+    tcps = read(os.path.join(out, "tcp.csv"))
     for path in (throughput(out, tput), cpu_per_frame(out, tput), latency_cdf(out, lat),
-                 ping_cdf(out, pings)):
+                 ping_cdf(out, pings), tcp(out, tcps)):
         if path:
             print(path)
 

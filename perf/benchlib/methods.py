@@ -50,6 +50,8 @@ class Plan:
         self.latency_size = kw.get("latency_size", 64)
         self.latency_duration = kw.get("latency_duration", 3.0)
         self.pings = kw.get("pings", 0)  # ICMP echo requests per switch (0: no ping phase)
+        self.tcp_seconds = kw.get("tcp_seconds", 5.0)  # iperf3 -t, per run (tcp method)
+        self.tcp_streams = kw.get("tcp_streams", [1, 4])  # iperf3 -P of each run
         self.ping_interval = kw.get("ping_interval", 0.002)  # seconds between requests
         self.gen_cpus = kw.get("gen_cpus", [0])
         self.switch_cpu = kw.get("switch_cpu", 1)
@@ -93,6 +95,8 @@ class Results:
     def __init__(self):
         self.throughput, self.flows, self.rfc2544, self.latency, self.udp = [], [], [], [], []
         self.ping = []
+        self.tcp, self.tcp_runs = [], []  # tcp: medians per switch and streams; each run
+        self.tcp_kinds = []  # the switches tcp was asked to measure
         self.searches = []  # one row per RFC 2544 search (switch, size, search, ...)
         self.skipped = {}  # switch -> reason
 

@@ -110,6 +110,71 @@ def ping_table(rows):
     return _table(header, cells)
 
 
+def tcp_table(rows):
+    """One row per switch and stream count: medians over the runs."""
+    header = ["switch", "streams", "runs", "Gbit/s (median)", "Gbit/s (min–max)",
+              "retransmits", "switch CPU s (% core)", "switch CPU s / GB", "note"]
+    cells = []
+    for r in rows:
+        if r["switch"] in switches.KERNEL:
+            cpu, per_gb = "kernel", "—"
+        elif r.get("cpu_s") is None:
+            cpu, per_gb = "—", "—"
+        else:
+            cpu = f"{r['cpu_s']:.2f} ({r['cpu_pct']:.0f}%)"
+            per_gb = _f(r.get("cpu_s_per_gb"))
+        spread = (f"{r['min_gbit_s']:.2f}–{r['max_gbit_s']:.2f}"
+                  if r.get("min_gbit_s") is not None else "—")
+        cells.append([switches.label(r["switch"]), r["streams"], r["runs"],
+                      _f(r.get("gbit_s"), "{:.2f}"), spread,
+                      _f(r.get("retransmits"), "{:.0f}"), cpu, per_gb, r.get("note", "")])
+    return _table(header, cells)
+
+
+def tcp_ratios(rows):
+    """Sentences: ringswitch against each other switch, per stream count (medians)."""
+    ref = next((k for k in ["ringswitch", *(r["switch"] for r in rows)]
+                if k in switches.RINGSWITCHES and any(r["switch"] == k for r in rows)), None)
+    if not ref:
+        return ""
+    lines = []
+    for n in sorted({r["streams"] for r in rows}):
+        mine = next((r for r in rows if r["switch"] == ref and r["streams"] == n), None)
+        if not mine or not mine.get("gbit_s"):
+            continue
+        parts = []
+        for r in rows:
+            if r["streams"] != n or r["switch"] == ref or not r.get("gbit_s"):
+                continue
+            text = f"{switches.label(r['switch'])} {mine['gbit_s'] / r['gbit_s']:.2f}×"
+            if mine.get("cpu_s_per_gb") and r.get("cpu_s_per_gb"):
+                text += f" (CPU s per GB {r['cpu_s_per_gb'] / mine['cpu_s_per_gb']:.2f}×)"
+            parts.append(text)
+        if parts:
+            lines.append(f"- {n} stream{'s' if n > 1 else ''}, {switches.label(ref)} over: "
+                         + ", ".join(parts))
+    if not lines:
+        return ""
+    return ("Median Gbit/s of ringswitch over each other switch (above 1× ringswitch moves "
+            "more), and in brackets the other switch's CPU seconds per GB over ringswitch's "
+            "(above 1× ringswitch spends less per GB):\n\n" + "\n".join(lines))
+
+
+TCP_LEGEND = (
+    "iperf3 client in A (pinned to the generator CPU) → switch (the switch CPU) → iperf3 "
+    "server in B (the sink CPU; by default the generator's), IPv4 between 192.0.2.1 and "
+    "192.0.2.2, `iperf3 -J -t SECONDS -P STREAMS`. Gbit/s: received by the server "
+    "(`end.sum_received`), median of the runs; min–max over the runs. Retransmits: the "
+    "sender's (`end.sum_sent.retransmits`), median. Switch CPU s: utime+stime of the "
+    "switch's processes over the client's run (% of that wall time). Switch CPU s / GB: "
+    "that CPU time over the GB (10⁹ bytes) received. The Linux bridge (and the direct veth "
+    "pair) have no CPU column (—): they forward in softirq in the kernel of the sender, on "
+    "the client's core, where their cost is part of the sender's CPU time, not a process "
+    "of their own. With vnet_hdr=on the taps carry a virtio-net header and take TSO and "
+    "checksum offloads, so segments of up to 64 KiB cross the switch whole; without it the "
+    "kernel cuts them into MTU-sized frames before the tap.")
+
+
 def udp_label(kind):
     if kind == "baseline":
         return switches.label(kind, "UDP socket ports")
@@ -223,11 +288,21 @@ CSV_KEYS = {
              "rtt_min_us", "rtt_mean_us", "rtt_p50_us", "rtt_p90_us", "rtt_p99_us",
              "rtt_max_us", "seconds", "cpu_s", "cpu_pct", "others_cpu_s", "tries", "rtts",
              "note"],
+    "tcp": ["switch", "streams", "runs", "gbit_s", "min_gbit_s", "max_gbit_s", "run_gbit_s",
+            "retransmits", "cpu_s", "cpu_pct", "cpu_s_per_gb", "bytes_received", "note"],
+    "tcp-runs": ["switch", "streams", "run", "seconds", "bytes_sent", "bytes_received",
+                 "gbit_s", "sent_gbit_s", "retransmits", "cpu_s", "cpu_window_s", "cpu_pct",
+                 "cpu_s_per_gb", "others_cpu_s", "disturbed", "busy", "tries", "json", "note"],
     "udp": ["switch", "size", "run", "seconds", "sent", "delivered", "cpu_s", "offered_mpps",
             "delivered_mpps", "cpu_pct", "mframes_per_cpu_s", "note"],
 }
 # Which Results attribute each CSV file holds (default: the file's name).
-CSV_ROWS = {"rfc2544-searches": "searches"}
+CSV_ROWS = {"rfc2544-searches": "searches", "tcp-runs": "tcp_runs"}
+
+
+def _list_cell(key, x):
+    """One value of a list cell: Gbit/s with 3 decimals, rates (frames/s) whole."""
+    return f"{x:.3f}" if key.endswith("gbit_s") else f"{x:.0f}"
 
 
 def write_csvs(out, res):
@@ -243,7 +318,7 @@ def write_csvs(out, res):
             for r in rows:
                 label = udp_label(r["switch"]) if name == "udp" else switches.label(r["switch"])
                 # Lists (each search's rate) as one cell, values joined with ';'.
-                w.writerow({"label": label, **{k: ";".join(f"{x:.0f}" for x in r[k])
+                w.writerow({"label": label, **{k: ";".join(_list_cell(k, x) for x in r[k])
                                                 if isinstance(r[k], list) else r[k]
                                                 for k in keys if k in r}})
         written.append(path)
@@ -276,6 +351,17 @@ def markdown(res, title, summary, legend):
                   f"{r0['pings']} ICMP echo requests per switch, one every "
                   f"{r0['interval_ms']:g} ms; round trips from each reply's `time=`.", "",
                   ping_table(res.ping), ""]
+    if res.tcp:
+        r0 = res.tcp_runs[0] if res.tcp_runs else {}
+        secs = f", {r0['seconds']:.0f} s per run" if r0.get("seconds") else ""
+        parts += [f"### TCP throughput (iperf3, A → switch → B{secs})", "",
+                  "Each repeat runs every switch in turn on a freshly started switch (in "
+                  "reverse order every other repeat); medians over the repeats.", "",
+                  tcp_table(res.tcp), ""]
+        ratios = tcp_ratios(res.tcp)
+        if ratios:
+            parts += [ratios, ""]
+        parts += [TCP_LEGEND, ""]
     if res.udp:
         parts += ["### UDP socket ports (one frame per datagram, loopback)", "",
                   udp_table(res.udp), ""]
@@ -285,11 +371,19 @@ def markdown(res, title, summary, legend):
                   baseline_table(res), ""]
     if res.skipped:
         parts += ["### Not measured", ""]
-        parts += [f"- {switches.label(k) if k in switches.SELECTABLE else k}: {why}"
-                  for k, why in res.skipped.items()]
+        parts += [f"- {_skipped_name(k)}: {why}" for k, why in res.skipped.items()]
         parts.append("")
-    parts += [legend, ""]
+    if legend:
+        parts += [legend, ""]
     return "\n".join(parts)
+
+
+def _skipped_name(key):
+    """A "Not measured" key: a switch ("vde"), or a switch in one method ("vde (tcp)")."""
+    kind, _, method = key.partition(" (")
+    if kind not in switches.SELECTABLE:
+        return key
+    return switches.label(kind) + (f", in {method.rstrip(')')}" if method else "")
 
 
 def ensure_matplotlib():
