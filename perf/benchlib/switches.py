@@ -167,6 +167,8 @@ def availability(kind):
 def _refused_options(exe, args):
     """None if `exe --help` mentions every option in `args`, else why not: a build
     without the option would only exit with a usage error at start."""
+    if not args:
+        return None
     try:
         text = run([exe, "--help"], check=False)
     except BenchError as e:
