@@ -22,12 +22,16 @@
 //!   writes wrong offsets when it is not a multiple of 8).
 //!
 //! Checksums of pieces are computed from scratch, so the partial sum a sender left is not
-//! trusted; for a sender that follows the virtio rules the result equals the kernel's
-//! incremental update. A GSO frame whose payload fits one segment is sent whole, its
-//! checksum completed if partial, nothing else changed, as Linux does ("too small packets
-//! are not really GSO ones"). Ethernet with up to two VLAN tags (0x8100, 0x88a8) in front,
-//! IPv4 with options or IPv6 without extension headers, TCP with options or UDP: anything
-//! else is refused, each case with its own `GsoError`.
+//! trusted; for a sender that follows the virtio rules (the pseudo-header over the whole
+//! length in the field) the result equals the kernel's incremental update. A GSO frame whose
+//! payload fits one segment is sent whole, its checksum completed if partial, nothing else
+//! changed, as Linux does ("too small packets are not really GSO ones"). One difference:
+//! Linux counts TCP options as payload in that test, so a TCP frame whose payload fits but
+//! whose payload and options do not is marked GSO and then dropped (`tcp_gso_segment` finds
+//! nothing to cut); here it is sent whole. Ethernet with up to two VLAN tags (0x8100,
+//! 0x88a8) in front, IPv4 with options (not already a fragment) or IPv6 without extension
+//! headers, TCP with options or UDP: anything else is refused, each case with its own
+//! `GsoError`.
 //!
 //! `hdr_len` is a hint, as in the kernel (`virtio_net_hdr_from_skb` writes the skb's linear
 //! length there, which may hold payload or not all of the headers): it must lie inside the
