@@ -425,7 +425,7 @@ fn check(c: &Case, b: &Built, pieces: &[Vec<u8>]) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(400))]
+    #![proptest_config(ProptestConfig::with_cases(1000))]
 
     #[test]
     fn pieces_parse_and_carry_the_payload(c in case(), slack in 0usize..100) {
