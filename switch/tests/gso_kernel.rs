@@ -681,7 +681,7 @@ fn generate(rng: &mut Rng, mtu: usize) -> Case {
         1 => l4 + l4_hlen,
         // Anything up to the frame's length, but the tap refuses 1 to 13 (less than an
         // Ethernet header) where the kernel would not.
-        _ => rng.range(14, frame.len()),
+        _ => rng.range(14, frame.len().min(usize::from(u16::MAX))),
     };
     let offload = Offload {
         flags,
