@@ -16,7 +16,7 @@ struct Raw {
     /// stream, dgram, l2tpv3, bridge, hubport (e.g. tap,id=a,ifname=tap0). Repeat for each
     /// port. `-netdev` is accepted as well as `--netdev`.
     ///
-    /// tap: ifname=NAME or fd=N; script=PATH|no, downscript=PATH|no.
+    /// tap: ifname=NAME or fd=N; script=PATH|no, downscript=PATH|no; vnet_hdr=on|off.
     ///
     /// socket: one of listen=[HOST]:PORT, connect=HOST:PORT[,reconnect=SECS],
     /// udp=HOST:PORT,localaddr=HOST:PORT, mcast=GROUP:PORT[,localaddr=IFADDR], fd=N.

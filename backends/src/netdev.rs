@@ -64,6 +64,7 @@ pub enum NetdevKind {
     /// A tap that ringswitch attaches to the Linux bridge `br` (and sets up).
     Bridge {
         br: String,
+        vnet_hdr: bool,
     },
     /// Places the netdev `netdev` in bridge domain `hubid` (without one there is nothing to
     /// place, which the controller refuses).
@@ -238,6 +239,7 @@ fn build(
         "l2tpv3" => NetdevKind::L2tpv3(kinds::l2tpv3(&mut o)?),
         "bridge" => NetdevKind::Bridge {
             br: kinds::bridge(&mut o)?,
+            vnet_hdr: o.bool("vnet_hdr").unwrap_or(false),
         },
         "hubport" => {
             let (hubid, netdev) = kinds::hubport(&mut o)?;
@@ -580,7 +582,7 @@ mod tests {
         fn well_formed_specs_round_trip(id in "[a-z][a-z0-9_.-]{0,20}", ifname in "[a-z][a-z0-9]{0,14}") {
             let spec = parse_netdev(&format!("tap,id={id},ifname={ifname}")).unwrap();
             prop_assert_eq!(spec.id.as_str(), id.as_str());
-            prop_assert_eq!(spec.kind, NetdevKind::Tap(TapOptions { ifname: Some(ifname.clone()), fd: None, script: Script::None, downscript: Script::None }));
+            prop_assert_eq!(spec.kind, NetdevKind::Tap(TapOptions { ifname: Some(ifname.clone()), fd: None, script: Script::None, downscript: Script::None, vnet_hdr: false }));
             prop_assert_eq!(spec.options, vec![("ifname".to_string(), ifname)]);
         }
     }

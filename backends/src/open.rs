@@ -105,8 +105,8 @@ const REDIAL_EVERY: Duration = Duration::from_millis(100);
 /// owns), given the port's name.
 type MakePort = Box<dyn Fn(OwnedFd, Option<OwnedFd>, &str) -> AnyPort + Send>;
 
-fn tap_port() -> MakePort {
-    Box::new(|fd, _, name| TapPort::new(fd, name).into())
+fn tap_port(vnet_hdr: bool) -> MakePort {
+    Box::new(move |fd, _, name| TapPort::new(fd, name, vnet_hdr).into())
 }
 
 fn stream_port() -> MakePort {
@@ -124,6 +124,8 @@ pub struct OpenedPort {
     make: MakePort,
     /// The kernel interface behind the port, if it has one.
     pub ifname: Option<String>,
+    /// A tap's TUNSETOFFLOAD bits (0: plain frames, no virtio-net header).
+    pub offloads: u32,
     downscript: Script,
     carrier: bool,
 }
@@ -164,6 +166,7 @@ fn fixed(fd: OwnedFd, tx_fd: Option<OwnedFd>, make: MakePort, peer: Option<Strin
         peer: Peer::Fixed,
         make,
         ifname: None,
+        offloads: 0,
         downscript: Script::None,
         carrier: false,
     }
@@ -182,6 +185,7 @@ fn open_socket(mode: &SocketMode) -> Result<OpenedPort, OpenError> {
                 },
                 make: stream_port(),
                 ifname: None,
+                offloads: 0,
                 downscript: Script::None,
                 carrier: false,
             })
@@ -196,6 +200,7 @@ fn open_socket(mode: &SocketMode) -> Result<OpenedPort, OpenError> {
                 },
                 make: stream_port(),
                 ifname: None,
+                offloads: 0,
                 downscript: Script::None,
                 carrier: false,
             };
@@ -297,29 +302,33 @@ pub fn open(spec: &NetdevSpec, allow_scripts: bool) -> Result<OpenedPort, OpenEr
     match &spec.kind {
         NetdevKind::Tap(t) => {
             let tap = match t.fd {
-                Some(fd) => Tap::from_inherited(fd)?,
-                None => Tap::open(t.ifname.as_deref())?,
+                Some(fd) => Tap::from_inherited(fd, t.vnet_hdr)?,
+                None => Tap::open_with(t.ifname.as_deref(), t.vnet_hdr)?,
             };
+            let offloads = tap.offloads();
             let ifname = tap.name().to_string();
             if let Script::Path(p) = &t.script {
                 run_script(p, &ifname)?;
             }
-            let mut p = fixed(tap.into_fd(), None, tap_port(), None);
+            let mut p = fixed(tap.into_fd(), None, tap_port(offloads != 0), None);
             p.ifname = Some(ifname);
+            p.offloads = offloads;
             p.downscript = t.downscript.clone();
             p.carrier = true;
             Ok(p)
         }
-        NetdevKind::Bridge { br } => {
-            let tap = Tap::open(None)?;
+        NetdevKind::Bridge { br, vnet_hdr } => {
+            let tap = Tap::open_with(None, *vnet_hdr)?;
+            let offloads = tap.offloads();
             let ifname = tap.name().to_string();
             crate::bridge::attach(&ifname, br).map_err(|why| OpenError::Bridge {
                 tap: ifname.clone(),
                 br: br.clone(),
                 why,
             })?;
-            let mut p = fixed(tap.into_fd(), None, tap_port(), None);
+            let mut p = fixed(tap.into_fd(), None, tap_port(offloads != 0), None);
             p.ifname = Some(ifname);
+            p.offloads = offloads;
             p.carrier = true;
             Ok(p)
         }

@@ -1,9 +1,12 @@
 //! `Tap`: a Linux TAP device opened through /dev/net/tun, owned as one file descriptor.
 //!
 //! Opened with IFF_TAP | IFF_NO_PI: every read returns one whole Ethernet frame and every write
-//! sends one, with no packet-information header and no virtio-net header. Like QEMU, ringswitch
-//! never reconfigures the kernel side (no addresses, no `up`): that is the operator's business.
-//! All ioctls live here behind safe methods.
+//! sends one, with no packet-information header. With `vnet_hdr` also IFF_VNET_HDR: a 12-byte
+//! `virtio_net_hdr_v1` (TUNSETVNETHDRSZ) in front of every frame, and the offloads the
+//! switch takes switched on (TUNSETOFFLOAD: checksum, TSO4/6 and, where the kernel has them,
+//! USO4/6), so the kernel hands over whole GSO segments with partial checksums. Like QEMU,
+//! ringswitch never reconfigures the kernel side otherwise (no addresses, no `up`): that is
+//! the operator's business. All ioctls live here behind safe methods.
 
 use std::ffi::CStr;
 use std::fs::OpenOptions;
@@ -14,6 +17,17 @@ use std::os::unix::fs::OpenOptionsExt;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 const TUNSETCARRIER: libc::c_ulong = 0x4004_54e2;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+/// TUNSETOFFLOAD bits (linux/if_tun.h; the USO bits came with 6.2, older headers lack them).
+pub const TUN_F_CSUM: u32 = 0x01;
+pub const TUN_F_TSO4: u32 = 0x02;
+pub const TUN_F_TSO6: u32 = 0x04;
+pub const TUN_F_TSO_ECN: u32 = 0x08;
+pub const TUN_F_USO4: u32 = 0x20;
+pub const TUN_F_USO6: u32 = 0x40;
+/// Bytes of the virtio-net header a vnet_hdr tap carries (`virtio_net_hdr_v1`).
+pub const VNET_HDR_LEN: libc::c_int = 12;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
@@ -82,10 +96,16 @@ pub enum TapError {
         #[source]
         source: io::Error,
     },
-    #[error("fd {fd} is a tap but with unsupported flags {flags:#x} (needs IFF_TAP|IFF_NO_PI without IFF_VNET_HDR)")]
+    #[error("fd {fd} is a tap but with flags {flags:#x} that do not fit (needs IFF_TAP|IFF_NO_PI, not multiqueue, and IFF_VNET_HDR exactly when vnet_hdr=on)")]
     UnsupportedFdFlags { fd: RawFd, flags: u16 },
     #[error("cannot set carrier of tap '{name}': {source}")]
     Carrier {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot set up the virtio-net header or offloads of tap '{name}': {source}")]
+    Offload {
         name: String,
         #[source]
         source: io::Error,
@@ -114,12 +134,42 @@ pub fn validate_ifname(name: &str) -> Result<(), TapError> {
 pub struct Tap {
     fd: OwnedFd,
     name: String,
+    /// TUNSETOFFLOAD bits in force (0 without a virtio-net header).
+    offloads: u32,
+}
+
+/// The offloads a vnet_hdr tap asks for, most first: with UDP segmentation, then without
+/// (kernels before 6.2 refuse the USO bits).
+const OFFLOAD_CHOICES: &[u32] = &[
+    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN | TUN_F_USO4 | TUN_F_USO6,
+    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN,
+];
+
+/// The names of TUNSETOFFLOAD bits, for listings.
+pub fn offload_names(bits: u32) -> Vec<&'static str> {
+    [
+        (TUN_F_CSUM, "csum"),
+        (TUN_F_TSO4, "tso4"),
+        (TUN_F_TSO6, "tso6"),
+        (TUN_F_TSO_ECN, "tso-ecn"),
+        (TUN_F_USO4, "uso4"),
+        (TUN_F_USO6, "uso6"),
+    ]
+    .iter()
+    .filter(|(b, _)| bits & b != 0)
+    .map(|&(_, n)| n)
+    .collect()
 }
 
 impl Tap {
     /// Creates a tap named `name` (a kernel template such as `tap%d` when `None`), or attaches
     /// to the existing persistent tap of that name.
     pub fn open(name: Option<&str>) -> Result<Tap, TapError> {
+        Tap::open_with(name, false)
+    }
+
+    /// `open`, with a virtio-net header and offloads when `vnet_hdr`.
+    pub fn open_with(name: Option<&str>, vnet_hdr: bool) -> Result<Tap, TapError> {
         let name = name.unwrap_or("tap%d");
         validate_ifname(name)?;
         let file = OpenOptions::new()
@@ -129,7 +179,8 @@ impl Tap {
             .open("/dev/net/tun")
             .map_err(TapError::OpenTun)?;
         let fd = OwnedFd::from(file);
-        let mut req = IfReq::new(name, IFF_TAP | IFF_NO_PI);
+        let flags = IFF_TAP | IFF_NO_PI | if vnet_hdr { IFF_VNET_HDR } else { 0 };
+        let mut req = IfReq::new(name, flags);
         // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `IfReq` has its layout and size
         // (40 bytes) and lives across the call.
         let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req as *mut IfReq) };
@@ -143,14 +194,58 @@ impl Tap {
                 _ => TapError::SetIff { name, source },
             });
         }
-        Ok(Tap {
+        let mut tap = Tap {
             fd,
             name: req.name(),
-        })
+            offloads: 0,
+        };
+        if vnet_hdr {
+            tap.enable_offloads()?;
+        }
+        Ok(tap)
+    }
+
+    /// Sets the 12-byte virtio-net header and the most offloads the kernel takes.
+    fn enable_offloads(&mut self) -> Result<(), TapError> {
+        let err = |name: &str| TapError::Offload {
+            name: name.to_string(),
+            source: io::Error::last_os_error(),
+        };
+        let size = VNET_HDR_LEN;
+        // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which is live.
+        if unsafe { libc::ioctl(self.fd.as_raw_fd(), TUNSETVNETHDRSZ, &size) } < 0 {
+            return Err(err(&self.name));
+        }
+        for &bits in OFFLOAD_CHOICES {
+            // SAFETY: TUNSETOFFLOAD takes its argument by value (an unsigned long).
+            if unsafe { libc::ioctl(self.fd.as_raw_fd(), TUNSETOFFLOAD, bits as libc::c_ulong) }
+                == 0
+            {
+                self.offloads = bits;
+                return Ok(());
+            }
+        }
+        Err(err(&self.name))
+    }
+
+    /// The TUNSETOFFLOAD bits in force (0: plain frames, no header).
+    pub fn offloads(&self) -> u32 {
+        self.offloads
+    }
+
+    /// Whether frames carry a virtio-net header.
+    pub fn vnet_hdr(&self) -> bool {
+        self.offloads != 0
     }
 
     /// Takes an inherited descriptor that must already be attached to a tap (QEMU's `fd=`).
     pub fn from_fd(fd: OwnedFd) -> Result<Tap, TapError> {
+        Tap::from_fd_with(fd, false)
+    }
+
+    /// `from_fd`, for a tap that was opened with IFF_VNET_HDR when `vnet_hdr` (its header
+    /// size and offloads are set here).
+    pub fn from_fd_with(fd: OwnedFd, vnet_hdr: bool) -> Result<Tap, TapError> {
         let raw = fd.as_raw_fd();
         let mut req = IfReq::new("", 0);
         // SAFETY: TUNGETIFF writes a `struct ifreq` into `req`, which has that layout and size.
@@ -162,23 +257,29 @@ impl Tap {
             });
         }
         let flags = req.flags;
-        let bad = IFF_TUN | IFF_VNET_HDR | IFF_MULTI_QUEUE;
-        if flags & IFF_TAP == 0 || flags & IFF_NO_PI == 0 || flags & bad != 0 {
+        let bad = IFF_TUN | IFF_MULTI_QUEUE;
+        let vnet_ok = (flags & IFF_VNET_HDR != 0) == vnet_hdr;
+        if flags & IFF_TAP == 0 || flags & IFF_NO_PI == 0 || flags & bad != 0 || !vnet_ok {
             return Err(TapError::UnsupportedFdFlags {
                 fd: raw,
                 flags: flags as u16,
             });
         }
-        Ok(Tap {
+        let mut tap = Tap {
             fd,
             name: req.name(),
-        })
+            offloads: 0,
+        };
+        if vnet_hdr {
+            tap.enable_offloads()?;
+        }
+        Ok(tap)
     }
 
     /// Takes ownership of descriptor number `raw` inherited from the parent process.
     ///
     /// Fails (without taking ownership) when `raw` is not an open descriptor.
-    pub fn from_inherited(raw: RawFd) -> Result<Tap, TapError> {
+    pub fn from_inherited(raw: RawFd, vnet_hdr: bool) -> Result<Tap, TapError> {
         // SAFETY: F_GETFD only queries the descriptor table.
         if raw < 0 || unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
             return Err(TapError::NotATap {
@@ -189,10 +290,7 @@ impl Tap {
         // SAFETY: the descriptor is open; the operator handed it to us with `fd=N`, so this
         // process owns it from here on (as QEMU does with an inherited fd).
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        match Tap::from_fd(fd) {
-            Ok(t) => Ok(t),
-            Err(e) => Err(e),
-        }
+        Tap::from_fd_with(fd, vnet_hdr)
     }
 
     /// The kernel's name for the interface.
@@ -294,11 +392,30 @@ mod tests {
             Err(TapError::NotATap { .. })
         ));
         assert!(matches!(
-            Tap::from_inherited(987_654),
+            Tap::from_inherited(987_654, false),
             Err(TapError::NotATap { .. })
         ));
         // A template name gets a kernel-chosen name.
         let auto = Tap::open(None).expect("tap%d");
         assert!(auto.name().starts_with("tap"), "{}", auto.name());
+        assert_eq!(auto.offloads(), 0);
+        // With a virtio-net header: checksum and TSO at least; the kernel side shows them.
+        let v = Tap::open_with(None, true).expect("vnet_hdr tap");
+        let need = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+        assert_eq!(
+            v.offloads() & need,
+            need,
+            "{:?}",
+            offload_names(v.offloads())
+        );
+        // Its descriptor is a vnet_hdr tap: taken only as one.
+        let name = v.name().to_string();
+        assert!(
+            matches!(
+                Tap::from_fd_with(v.into_fd(), false),
+                Err(TapError::UnsupportedFdFlags { .. })
+            ),
+            "{name}"
+        );
     }
 }

@@ -110,6 +110,10 @@ drop_reasons! {
         "An encapsulated frame for another session; charged to the ingress port.";
     BadCookie, "bad_cookie", "bad-cookie",
         "An encapsulated frame with the wrong cookie; charged to the ingress port.";
+    BadOffload, "bad_offload", "bad-offload",
+        "A virtio-net header that does not describe its frame (unknown GSO type, no segment size, header or checksum offsets beyond the data, headers the segment cannot be cut by); charged to the ingress port.";
+    GsoOversize, "gso_oversize", "gso-oversize",
+        "A GSO segment whose pieces would still exceed the egress port's frame size; charged to the egress port.";
 }
 
 /// Number of drop reasons.
@@ -223,50 +227,46 @@ impl Serialize for DropStats {
     }
 }
 
-/// Drops charged to ports while forwarding (a full transmit queue, a link that is down),
-/// tallied by the forwarding side without touching the ports' shared counters, and folded
-/// into them by the ports' owner once per batch (`fold`). Never allocates after construction.
+/// Drops charged to ports while forwarding (a full transmit queue, a link that is down, a
+/// segment too large for the port), tallied by the forwarding side without touching the
+/// ports' shared counters, and folded into them by the ports' owner once per batch (`fold`).
+/// Never allocates after construction.
 pub struct EgressTally {
-    /// Per port: queue_full, link_down.
-    counts: Vec<[u32; 2]>,
+    /// Per port, per reason.
+    counts: Vec<[u32; DROP_REASONS]>,
     dirty: Vec<u16>,
 }
 
 impl EgressTally {
-    pub fn new(slots: usize) -> EgressTally {
+    pub fn new(ports: usize) -> EgressTally {
         EgressTally {
-            counts: vec![[0; 2]; slots],
-            dirty: Vec::with_capacity(slots),
+            counts: vec![[0; DROP_REASONS]; ports],
+            dirty: Vec::with_capacity(ports),
         }
     }
 
-    /// One frame for `slot` dropped for `reason` (QueueFull or LinkDown).
+    /// One frame for `port` dropped for `reason`.
     #[inline]
-    pub fn charge(&mut self, slot: usize, reason: DropReason) {
-        let c = &mut self.counts[slot];
-        if c[0] == 0 && c[1] == 0 {
-            self.dirty.push(slot as u16);
+    pub fn charge(&mut self, port: usize, reason: DropReason) {
+        let c = &mut self.counts[port];
+        if c.iter().all(|&n| n == 0) {
+            self.dirty.push(port as u16);
         }
-        let k = usize::from(reason != DropReason::QueueFull);
-        debug_assert!(matches!(
-            reason,
-            DropReason::QueueFull | DropReason::LinkDown
-        ));
-        c[k] = c[k].saturating_add(1);
+        let n = &mut c[reason.index()];
+        *n = n.saturating_add(1);
     }
 
-    /// Hands every tally to `f(slot, reason, n)` and clears them.
+    /// Hands every tally to `f(port, reason, n)` and clears them.
     #[inline]
     pub fn fold(&mut self, mut f: impl FnMut(usize, DropReason, u64)) {
-        for &s in &self.dirty {
-            let c = &mut self.counts[s as usize];
-            if c[0] > 0 {
-                f(s as usize, DropReason::QueueFull, c[0] as u64);
+        for &p in &self.dirty {
+            let c = &mut self.counts[p as usize];
+            for (i, n) in c.iter_mut().enumerate() {
+                if *n > 0 {
+                    f(p as usize, DropReason::ALL[i], *n as u64);
+                    *n = 0;
+                }
             }
-            if c[1] > 0 {
-                f(s as usize, DropReason::LinkDown, c[1] as u64);
-            }
-            *c = [0; 2];
         }
         self.dirty.clear();
     }

@@ -45,10 +45,73 @@ impl Offload {
         csum_offset: 0,
     };
 
-    /// Whether the frame needs nothing done to it before a port without offloads sends it.
+    /// Whether the frame needs nothing done to it before a port without offloads sends it
+    /// (no segmentation, no checksum left to complete; DATA_VALID alone asks for nothing).
     #[inline]
     pub fn is_plain(&self) -> bool {
-        self.flags == 0 && self.gso_type == 0
+        self.flags & Offload::F_NEEDS_CSUM == 0 && self.gso_type & !Offload::GSO_ECN == 0
+    }
+
+    /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum at csum_start + csum_offset is partial.
+    pub const F_NEEDS_CSUM: u8 = 1;
+    /// `VIRTIO_NET_HDR_F_DATA_VALID`: the checksums were verified.
+    pub const F_DATA_VALID: u8 = 2;
+    /// `VIRTIO_NET_HDR_GSO_*`.
+    pub const GSO_NONE: u8 = 0;
+    pub const GSO_TCPV4: u8 = 1;
+    pub const GSO_UDP: u8 = 3;
+    pub const GSO_TCPV6: u8 = 4;
+    pub const GSO_UDP_L4: u8 = 5;
+    pub const GSO_ECN: u8 = 0x80;
+
+    /// Bytes of `struct virtio_net_hdr_v1` (VERSION_1 taps, `TUNSETVNETHDRSZ` 12).
+    pub const WIRE_LEN: usize = 12;
+
+    /// Reads a `virtio_net_hdr_v1` (little-endian, as VERSION_1 has it).
+    #[inline]
+    pub fn parse(h: &[u8; Offload::WIRE_LEN]) -> Offload {
+        let u16_at = |i: usize| u16::from_le_bytes([h[i], h[i + 1]]);
+        Offload {
+            flags: h[0],
+            gso_type: h[1],
+            hdr_len: u16_at(2),
+            gso_size: u16_at(4),
+            csum_start: u16_at(6),
+            csum_offset: u16_at(8),
+        }
+    }
+
+    /// Writes it as a `virtio_net_hdr_v1` (num_buffers 0).
+    #[inline]
+    pub fn emit(&self, h: &mut [u8; Offload::WIRE_LEN]) {
+        h[0] = self.flags;
+        h[1] = self.gso_type;
+        h[2..4].copy_from_slice(&self.hdr_len.to_le_bytes());
+        h[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
+        h[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
+        h[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
+        h[10..12].fill(0);
+    }
+
+    /// Whether the header can describe a frame of `len` bytes: a known GSO type, a segment
+    /// size for a GSO frame, and header and checksum offsets inside the data. (Whether it
+    /// agrees with the frame's own headers is the segmenter's to check.)
+    pub fn fits(&self, len: usize) -> bool {
+        let gso = self.gso_type & !Offload::GSO_ECN;
+        let known = matches!(
+            gso,
+            Offload::GSO_NONE
+                | Offload::GSO_TCPV4
+                | Offload::GSO_UDP
+                | Offload::GSO_TCPV6
+                | Offload::GSO_UDP_L4
+        );
+        let csum_ok = self.flags & Offload::F_NEEDS_CSUM == 0
+            || self.csum_start as usize + self.csum_offset as usize + 2 <= len;
+        known
+            && (gso == Offload::GSO_NONE || self.gso_size > 0)
+            && self.hdr_len as usize <= len
+            && csum_ok
     }
 }
 
@@ -96,5 +159,54 @@ impl Frame {
     #[inline]
     pub fn has_offload(&self) -> bool {
         self.flags & Frame::OFFLOAD != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_virtio_header_round_trips_little_endian() {
+        let o = Offload {
+            flags: Offload::F_NEEDS_CSUM,
+            gso_type: Offload::GSO_TCPV6 | Offload::GSO_ECN,
+            hdr_len: 74,
+            gso_size: 1428,
+            csum_start: 54,
+            csum_offset: 16,
+        };
+        let mut h = [0xffu8; 12];
+        o.emit(&mut h);
+        assert_eq!(h, [1, 0x84, 74, 0, 0x94, 5, 54, 0, 16, 0, 0, 0]);
+        assert_eq!(Offload::parse(&h), o);
+        assert!(!o.is_plain());
+        assert!(Offload {
+            flags: Offload::F_DATA_VALID,
+            ..Offload::NONE
+        }
+        .is_plain());
+    }
+
+    #[test]
+    fn headers_that_cannot_describe_their_frame_are_told() {
+        let tso = Offload {
+            flags: Offload::F_NEEDS_CSUM,
+            gso_type: Offload::GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        assert!(tso.fits(10_000));
+        assert!(!Offload { gso_size: 0, ..tso }.fits(10_000));
+        assert!(!Offload { gso_type: 2, ..tso }.fits(10_000));
+        assert!(!Offload {
+            hdr_len: 20_000,
+            ..tso
+        }
+        .fits(10_000));
+        assert!(!tso.fits(51), "checksum field beyond the data");
+        assert!(Offload::NONE.fits(0));
     }
 }

@@ -37,6 +37,7 @@ impl MemSwitch {
                     PortConf {
                         domain: DomainId(0),
                         link_up: true,
+                        offloads: false,
                     },
                     c.clone(),
                 )

@@ -29,6 +29,11 @@ use std::sync::Arc;
 /// encapsulations), a whole number of pages.
 pub const LARGE_BUF_SIZE: usize = 65536 + 4096;
 
+/// Bytes every port leaves free in front of a frame it receives: a header the kernel hands
+/// over with the frame (a virtio-net header) lands there, and a header another port must
+/// send in front of the frame (its virtio-net header) is written there, in place.
+pub const HEADROOM: usize = 64;
+
 /// Why the pool could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -80,15 +85,21 @@ struct Region {
     huge: bool,
 }
 
-fn map_region(bytes: usize) -> Result<Region, PoolError> {
+/// Maps `bytes` on huge pages when the system has them; otherwise on normal pages, touched
+/// up front with `populate` (so the hot path never faults) or left to fault in as used.
+fn map_region(bytes: usize, populate: bool) -> Result<Region, PoolError> {
     match MmapOptions::new().len(bytes).huge(None).map_anon() {
         Ok(map) => Ok(Region { map, huge: true }),
-        Err(_) => MmapOptions::new()
-            .len(bytes)
-            .populate()
-            .map_anon()
-            .map(|map| Region { map, huge: false })
-            .map_err(|source| PoolError::Map { bytes, source }),
+        Err(_) => {
+            let mut o = MmapOptions::new();
+            o.len(bytes);
+            if populate {
+                o.populate();
+            }
+            o.map_anon()
+                .map(|map| Region { map, huge: false })
+                .map_err(|source| PoolError::Map { bytes, source })
+        }
     }
 }
 
@@ -140,9 +151,10 @@ impl BufferPool {
         if registry.returns.len() <= home.index() {
             return Err(PoolError::NotRegistered(home));
         }
-        let small = map_region(count * buf_size)?;
+        let small = map_region(count * buf_size, true)?;
+        // Large buffers serve offload ports only: their pages come when first used.
         let large_region = if large > 0 {
-            Some(map_region(large * LARGE_BUF_SIZE)?)
+            Some(map_region(large * LARGE_BUF_SIZE, false)?)
         } else {
             None
         };
@@ -305,6 +317,43 @@ impl BufferPool {
         &self.offload[b.index()]
     }
 
+    /// The offload record of buffer `b`, to change (a checksum completed in place).
+    #[inline]
+    pub fn offload_mut(&mut self, b: BufIndex) -> &mut Offload {
+        &mut self.offload[b.index()]
+    }
+
+    /// Buffer `src` to read and a different buffer `dst` to write, at once (copying a frame
+    /// from one buffer into another).
+    ///
+    /// # Panics
+    /// If `src` and `dst` are the same buffer.
+    pub fn pair_mut(&mut self, src: BufIndex, dst: BufIndex) -> (&[u8], &mut [u8]) {
+        assert_ne!(src, dst, "a buffer paired with itself");
+        let n = self.small_count as usize;
+        let span = |pool: &Self, b: BufIndex| {
+            let i = b.index();
+            if i < n {
+                (false, i << pool.shift, pool.buf_size())
+            } else {
+                (true, (i - n) * LARGE_BUF_SIZE, LARGE_BUF_SIZE)
+            }
+        };
+        let (sl, ss, sn) = span(self, src);
+        let (dl, ds, dn) = span(self, dst);
+        let small = &mut self.small.map[..];
+        let large = match &mut self.large {
+            Some(l) => &mut l.map[..],
+            None => &mut [][..],
+        };
+        match (sl, dl) {
+            (false, true) => (&small[ss..ss + sn], &mut large[ds..ds + dn]),
+            (true, false) => (&large[ss..ss + sn], &mut small[ds..ds + dn]),
+            (false, false) => split_pair(small, (ss, sn), (ds, dn)),
+            (true, true) => split_pair(large, (ss, sn), (ds, dn)),
+        }
+    }
+
     /// Records the offload metadata of the frame received into buffer `b`.
     #[inline]
     pub fn set_offload(&mut self, b: BufIndex, o: Offload) {
@@ -392,6 +441,17 @@ impl BufferPool {
             v.push((l.map.as_mut_ptr(), l.map.len()));
         }
         v
+    }
+}
+
+/// Two disjoint ranges of one region: `a` to read, `b` to write.
+fn split_pair(region: &mut [u8], a: (usize, usize), b: (usize, usize)) -> (&[u8], &mut [u8]) {
+    if a.0 < b.0 {
+        let (lo, hi) = region.split_at_mut(b.0);
+        (&lo[a.0..a.0 + a.1], &mut hi[..b.1])
+    } else {
+        let (lo, hi) = region.split_at_mut(a.0);
+        (&hi[..a.1], &mut lo[b.0..b.0 + b.1])
     }
 }
 
@@ -491,6 +551,30 @@ mod tests {
         assert_eq!(other.deferred(), 0);
         home.reclaim();
         assert_eq!(home.available(), 4);
+    }
+
+    #[test]
+    fn pairs_of_buffers_borrow_apart_in_every_combination() {
+        let reg = PoolRegistry::new(1, 16);
+        let mut p = BufferPool::with_home(WorkerId(0), 4, 2048, 2, reg).unwrap();
+        let (s1, s2) = (p.alloc().unwrap(), p.alloc().unwrap());
+        let (l1, l2) = (p.alloc_large().unwrap(), p.alloc_large().unwrap());
+        for (a, b) in [(s1, s2), (s2, s1), (l1, l2), (l2, l1), (s1, l1), (l2, s2)] {
+            p.buf_mut(a).fill(7);
+            p.buf_mut(b).fill(0);
+            let (src, dst) = p.pair_mut(a, b);
+            assert_eq!((src.len(), dst.len()), (p_len(a), p_len(b)));
+            dst[..10].copy_from_slice(&src[..10]);
+            assert_eq!(p.buf(b)[..10], [7; 10]);
+            assert!(p.buf(b)[10..].iter().all(|&x| x == 0));
+        }
+        fn p_len(b: BufIndex) -> usize {
+            if b.index() >= 4 {
+                LARGE_BUF_SIZE
+            } else {
+                2048
+            }
+        }
     }
 
     #[test]

@@ -71,6 +71,18 @@ impl TxQueues {
         self.tally.charge(port.index(), DropReason::LinkDown);
     }
 
+    /// Counts a frame for `port` dropped for `reason` (an egress port's reason).
+    #[inline]
+    pub fn charge(&mut self, port: PortId, reason: DropReason) {
+        self.tally.charge(port.index(), reason);
+    }
+
+    /// Frames `port`'s queue can still take.
+    #[inline]
+    pub fn room(&self, port: PortId) -> usize {
+        self.depth - self.queues[port.index()].len()
+    }
+
     /// Hands the drops charged to egress ports since the last call to `f(port, reason, n)`.
     #[inline]
     pub fn fold_drops(&mut self, mut f: impl FnMut(PortId, DropReason, u64)) {

@@ -61,8 +61,20 @@ impl Netns {
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
+        match self.spawn(f).join() {
+            Ok(v) => v,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+
+    /// Runs `f` on a new thread that has joined this namespace; the caller joins it.
+    pub fn spawn<T, F>(&self, f: F) -> thread::JoinHandle<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
         let path = format!("/run/netns/{}", self.name);
-        let handle = thread::Builder::new()
+        thread::Builder::new()
             .name(format!("in-{}", self.name))
             .spawn(move || {
                 let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
@@ -72,11 +84,7 @@ impl Netns {
                 assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
                 f()
             })
-            .expect("spawn namespace thread");
-        match handle.join() {
-            Ok(v) => v,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
+            .expect("spawn namespace thread")
     }
 
     /// Moves `ifname` from the root namespace into this one and configures it: MAC,

@@ -73,6 +73,25 @@ impl PacketSocket {
         cvt(rc).map(drop)
     }
 
+    /// Sends (and receives) frames behind a `virtio_net_hdr` (PACKET_VNET_HDR): a frame sent
+    /// may be a GSO segment with a partial checksum, as a vnet_hdr tap's reader sees it.
+    #[allow(dead_code)]
+    pub fn set_vnet_hdr(&self) -> io::Result<()> {
+        const PACKET_VNET_HDR: libc::c_int = 15;
+        let one: libc::c_int = 1;
+        // SAFETY: the option value points to a live c_int of the length passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                PACKET_VNET_HDR,
+                (&one as *const libc::c_int).cast(),
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        cvt(rc).map(drop)
+    }
+
     /// Sends one frame as it is.
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
         // SAFETY: the buffer is valid for reads of its length for the duration of the call.
@@ -171,6 +190,86 @@ impl PacketSocket {
                 return None;
             }
         }
+    }
+
+    /// Every arriving frame collected for `window`, with its 802.1Q tag put back in place
+    /// where the kernel took it out on receive (it moves a tag into the packet's metadata,
+    /// which PACKET_AUXDATA reports), as it was on the wire.
+    #[allow(dead_code)]
+    pub fn collect_on_wire(&self, window: Duration) -> Vec<Vec<u8>> {
+        const PACKET_AUXDATA: libc::c_int = 8;
+        const TP_STATUS_VLAN_VALID: u32 = 0x10;
+        let one: libc::c_int = 1;
+        // SAFETY: the option value points to a live c_int of the length passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                PACKET_AUXDATA,
+                (&one as *const libc::c_int).cast(),
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "PACKET_AUXDATA: {}", io::Error::last_os_error());
+        let deadline = Instant::now() + window;
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        let mut control = [0u64; 16];
+        while Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut pfd = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = left.as_millis().min(i32::MAX as u128) as libc::c_int;
+            // SAFETY: one valid pollfd, count 1.
+            if unsafe { libc::poll(&mut pfd, 1, ms) } <= 0 {
+                break;
+            }
+            let mut iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
+            // SAFETY: msghdr is plain data; all-zero is a valid (empty) header.
+            let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = mem::size_of_val(&control);
+            // SAFETY: the header points at `iov` (into `buf`) and `control`, both live and
+            // writable for the lengths given.
+            let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
+            if n < 0 {
+                continue;
+            }
+            let mut f = buf[..n as usize].to_vec();
+            // SAFETY: CMSG_FIRSTHDR/NXTHDR walk the control buffer the kernel filled, within
+            // msg_controllen; a PACKET_AUXDATA message carries a tpacket_auxdata, read
+            // unaligned.
+            unsafe {
+                let mut c = libc::CMSG_FIRSTHDR(&msg);
+                while !c.is_null() {
+                    if (*c).cmsg_level == libc::SOL_PACKET && (*c).cmsg_type == PACKET_AUXDATA {
+                        let aux: libc::tpacket_auxdata =
+                            std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                        if aux.tp_status & TP_STATUS_VLAN_VALID != 0 && f.len() >= 12 {
+                            let tpid = if aux.tp_vlan_tpid != 0 {
+                                aux.tp_vlan_tpid
+                            } else {
+                                0x8100
+                            };
+                            let mut tag = tpid.to_be_bytes().to_vec();
+                            tag.extend_from_slice(&aux.tp_vlan_tci.to_be_bytes());
+                            f.splice(12..12, tag);
+                        }
+                    }
+                    c = libc::CMSG_NXTHDR(&msg, c);
+                }
+            }
+            got.push(f);
+        }
+        got
     }
 
     /// Every arriving frame for which `keep` holds, collected for `window`.

@@ -34,16 +34,13 @@ const TAP_OPTIONS: &[(&str, Ty)] = &[
     ("fd", Ty::Str),
     ("script", Ty::Str),
     ("downscript", Ty::Str),
+    ("vnet_hdr", Ty::Bool),
 ];
 
 /// Options of QEMU's tap (net.json `NetdevTapOptions`) that ringswitch refuses, with why.
 const TAP_UNSUPPORTED: &[(&str, &str)] = &[
     ("fds", "multiqueue taps are not supported yet; use one fd="),
     ("queues", "multiqueue taps are not supported yet"),
-    (
-        "vnet_hdr",
-        "ports carry plain Ethernet frames; offloads are not supported yet",
-    ),
     (
         "vhost",
         "vhost-net accelerates a guest's virtio NIC, which a switch port does not have",
@@ -54,7 +51,10 @@ const TAP_UNSUPPORTED: &[(&str, &str)] = &[
     ("helper", "ringswitch does not run qemu-bridge-helper"),
     ("br", "the bridge helper is not supported"),
     ("sndbuf", "a tap's send buffer limit is not supported yet"),
-    ("poll-us", "busy polling is not supported yet"),
+    (
+        "poll-us",
+        "polling is the worker's, for all its ports: see --poll and --poll-max-us",
+    ),
 ];
 
 const SOCKET_OPTIONS: &[(&str, Ty)] = &[
@@ -129,7 +129,9 @@ const L2TPV3_OPTIONS: &[(&str, Ty)] = &[
     ("offset", Ty::UInt),
 ];
 
-const BRIDGE_OPTIONS: &[(&str, Ty)] = &[("br", Ty::Str)];
+/// `vnet_hdr` is a ringswitch extension here (QEMU's bridge netdev has none): the tap it
+/// creates carries offloads as a tap's does.
+const BRIDGE_OPTIONS: &[(&str, Ty)] = &[("br", Ty::Str), ("vnet_hdr", Ty::Bool)];
 const BRIDGE_UNSUPPORTED: &[(&str, &str)] = &[(
     "helper",
     "ringswitch attaches the tap to the bridge itself, without a helper",

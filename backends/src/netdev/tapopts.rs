@@ -1,5 +1,5 @@
-//! Options of the `tap` kind: which interface (`ifname=`, or an inherited `fd=`) and QEMU's
-//! `script=`/`downscript=`, checked into `TapOptions`. Opening the tap and running the scripts
+//! Options of the `tap` kind: which interface (`ifname=`, or an inherited `fd=`), QEMU's
+//! `script=`/`downscript=` and `vnet_hdr=`, checked into `TapOptions`. Opening the tap and running the scripts
 //! is `open`'s job; nothing here touches the kernel beyond checking a name.
 
 use super::keyval::{Opts, Source};
@@ -24,6 +24,9 @@ pub struct TapOptions {
     pub fd: Option<RawFd>,
     pub script: Script,
     pub downscript: Script,
+    /// `vnet_hdr=on`: a virtio-net header in front of every frame, with checksum and
+    /// segmentation offloads (64 KiB GSO segments pass through whole).
+    pub vnet_hdr: bool,
 }
 
 fn parse_script(option: &str, v: Option<String>) -> Result<Script, NetdevError> {
@@ -58,6 +61,7 @@ pub(crate) fn tap(o: &mut Opts, source: Source) -> Result<TapOptions, NetdevErro
     };
     let script = parse_script("script", o.str("script"))?;
     let downscript = parse_script("downscript", o.str("downscript"))?;
+    let vnet_hdr = o.bool("vnet_hdr").unwrap_or(false);
     if ifname.is_some() && fd.is_some() {
         return Err(NetdevError::IfnameWithFd);
     }
@@ -66,6 +70,7 @@ pub(crate) fn tap(o: &mut Opts, source: Source) -> Result<TapOptions, NetdevErro
         fd,
         script,
         downscript,
+        vnet_hdr,
     })
 }
 
@@ -95,6 +100,12 @@ mod tests {
             Script::Path("/etc/up".into())
         );
         assert!(parse_netdev("tap,id=n0,script=/x").unwrap().wants_scripts());
+        assert!(tap("tap,id=n0,vnet_hdr=on").vnet_hdr);
+        assert!(!tap("tap,id=n0,vnet_hdr=off").vnet_hdr);
+        assert!(
+            !tap("tap,id=n0").vnet_hdr,
+            "off unless asked for, as in QEMU"
+        );
         assert!(!parse_netdev("tap,id=n0").unwrap().wants_scripts());
     }
 }

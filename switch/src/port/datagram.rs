@@ -183,7 +183,9 @@ impl Port for DatagramPort {
             return Ok(());
         };
         match rx.complete(cx, tag.op, tag.aux, c) {
-            Got::Frame(buf, len) => cx.deliver(buf, 0, len),
+            Got::Frame(buf, len) => {
+                cx.deliver(buf, rx.data_offset(), len);
+            }
             Got::Empty => cx.counters.count_rx_drop(0, DropReason::Runt),
             Got::Nothing => {}
             Got::Error(r) => return super::receive_error(cx, r),

@@ -175,19 +175,28 @@ impl Cx<'_> {
         let _ = self.ring.register_file(2 * self.slot.0 as u32 + 1, -1);
     }
 
-    /// A datagram of `len` bytes arrived in `buf` with the frame at `off`: appends it to the
-    /// batch. A datagram that filled the whole buffer may have been cut short (a multishot
-    /// receive reports the whole length, more than the buffer): it is dropped as oversize.
+    /// A frame of `len` bytes arrived at `off` in `buf`: appends it to the batch; says
+    /// whether it did. A frame that reaches the end of the buffer may have been cut short (a
+    /// multishot receive reports the whole datagram's length, more than the buffer): it is
+    /// dropped as oversize.
     #[inline]
-    pub fn deliver(&mut self, buf: BufIndex, off: usize, len: usize) {
+    pub fn deliver(&mut self, buf: BufIndex, off: usize, len: usize) -> bool {
+        self.deliver_with(buf, off, len, 0)
+    }
+
+    /// `deliver` with the frame's flags (`Frame::OFFLOAD`).
+    #[inline]
+    pub fn deliver_with(&mut self, buf: BufIndex, off: usize, len: usize, flags: u8) -> bool {
         if off + len >= self.ring.pool().size_of(buf) {
-            self.counters.count_rx_drop(off + len, DropReason::Oversize);
+            self.counters.count_rx_drop(len, DropReason::Oversize);
             self.ring.pool_mut().release(buf);
-            return;
+            return false;
         }
         let home = self.ring.pool().home();
-        self.rx
-            .push(Frame::new(home, self.id, buf, off as u16, len as u32));
+        let mut f = Frame::new(home, self.id, buf, off as u16, len as u32);
+        f.flags = flags;
+        self.rx.push(f);
+        true
     }
 
     /// Releases one reference to `buf`.

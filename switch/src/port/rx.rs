@@ -23,7 +23,7 @@ use super::{Cx, OP_CANCEL};
 use crate::ids::{BufGroup, BufIndex};
 use crate::sys::bufring::MAX_ENTRIES;
 use crate::sys::fd::is_socket;
-use crate::sys::uring::{Completion, FileRef, Multi, Ring};
+use crate::sys::uring::{Completion, FileRef, Multi, Ring, RxBuf};
 use std::io;
 use std::os::fd::AsRawFd;
 
@@ -102,11 +102,14 @@ pub(super) struct Receiver {
     /// The port's provided-buffer group, and whether its ring is registered.
     group: BufGroup,
     ring: bool,
+    /// Which buffers it receives into, and where in them.
+    kind: RxBuf,
 }
 
 impl Receiver {
-    /// A receiver for a tap, as the worker's `tap_rx` setting and the kernel allow.
-    pub(super) fn for_tap(cx: &mut Cx<'_>, file: FileRef, name: &str) -> Receiver {
+    /// A receiver for a tap, as the worker's `tap_rx` setting and the kernel allow, into
+    /// buffers of `kind`.
+    pub(super) fn for_tap(cx: &mut Cx<'_>, file: FileRef, name: &str, kind: RxBuf) -> Receiver {
         let f = cx.ring.features();
         let mut r = Receiver {
             state: State::Reads,
@@ -114,6 +117,7 @@ impl Receiver {
             reads: 0,
             group: cx.group(),
             ring: false,
+            kind,
         };
         let tap_rx = cx.env.tap_rx;
         match tap_rx {
@@ -150,6 +154,7 @@ impl Receiver {
             reads: 0,
             group: cx.group(),
             ring: false,
+            kind: RxBuf::SMALL,
         };
         if cx.ring.features().recv_multishot && r.open_ring(cx, name) {
             r.state = State::Multishot {
@@ -165,13 +170,13 @@ impl Receiver {
         if is_socket(fd) {
             Self::for_socket(cx, file, name)
         } else {
-            Self::for_tap(cx, file, name)
+            Self::for_tap(cx, file, name, RxBuf::SMALL)
         }
     }
 
     fn open_ring(&mut self, cx: &mut Cx<'_>, name: &str) -> bool {
         let entries = cx.env.rx_depth.next_power_of_two().min(MAX_ENTRIES as u32) as u16;
-        match cx.ring.open_buf_ring(cx.group(), entries) {
+        match cx.ring.open_buf_ring(cx.group(), entries, self.kind) {
             Ok(()) => {
                 self.ring = true;
                 true
@@ -181,6 +186,22 @@ impl Receiver {
                 eprintln!("ringswitch: port {name}: no provided-buffer ring ({e}); it receives with reads");
                 false
             }
+        }
+    }
+
+    /// Where in a buffer this receiver's data starts (a received datagram of n bytes is at
+    /// `data_offset()..data_offset() + n`).
+    #[inline]
+    pub(super) fn data_offset(&self) -> usize {
+        self.kind.offset as usize
+    }
+
+    #[inline]
+    fn alloc(&self, cx: &mut Cx<'_>) -> Option<BufIndex> {
+        if self.kind.large {
+            cx.ring.pool_mut().alloc_large()
+        } else {
+            cx.ring.pool_mut().alloc()
         }
     }
 
@@ -230,14 +251,14 @@ impl Receiver {
     fn arm_reads(&mut self, cx: &mut Cx<'_>) -> io::Result<()> {
         let missing = cx.env.rx_depth.saturating_sub(self.reads);
         for _ in 0..missing {
-            let Some(buf) = cx.ring.pool_mut().alloc() else {
+            let Some(buf) = self.alloc(cx) else {
                 cx.worker.rx_starved.inc();
                 break;
             };
             let tag = cx.tag(OP_READ, buf.0);
             // SAFETY: `buf` was just allocated, so nothing else refers to it; it is touched
             // again only when this read's completion is reaped.
-            unsafe { cx.ring.push_read(self.file, buf, tag) }?;
+            unsafe { cx.ring.push_read(self.file, buf, self.kind, tag) }?;
             self.reads += 1;
         }
         Ok(())
@@ -309,15 +330,16 @@ impl Receiver {
             st.want = (2 * st.want).min(rx_depth);
         }
         st.got = 0;
-        for _ in 0..st.want {
-            let Some(buf) = cx.ring.pool_mut().alloc() else {
+        let (want, kind, file) = (st.want, self.kind, self.file);
+        for _ in 0..want {
+            let Some(buf) = self.alloc(cx) else {
                 cx.worker.rx_starved.inc();
                 break;
             };
             let tag = cx.tag(OP_READ, buf.0);
             // SAFETY: `buf` was just allocated, so nothing else refers to it; it is touched
             // again only when this read's completion is reaped.
-            unsafe { cx.ring.push_read_nowait(self.file, buf, tag) }?;
+            unsafe { cx.ring.push_read_nowait(file, buf, kind, tag) }?;
             self.reads += 1;
         }
         Ok(())

@@ -1,7 +1,7 @@
 //! Start-up probes of a `Ring`: whether multishot receives over a provided-buffer ring work on
 //! this kernel, tried on a socket pair and a pipe, each leaving the ring as it found it.
 
-use super::uring::{Completion, FileRef, Multi, Ring};
+use super::uring::{Completion, FileRef, Multi, Ring, RxBuf};
 use crate::ids::BufGroup;
 use io_uring::{opcode, types};
 use std::io;
@@ -17,7 +17,7 @@ impl Ring {
     /// if a datagram completes with its buffer named and the receive still armed. Leaves the
     /// completion queue as it found it (empty).
     pub(super) fn probe_multishot(&mut self, op: Multi) -> bool {
-        if self.open_buf_ring(PROBE_GROUP, 1).is_err() {
+        if self.open_buf_ring(PROBE_GROUP, 1, RxBuf::SMALL).is_err() {
             return false;
         }
         let pair = match op {

@@ -11,7 +11,7 @@
 
 use super::bufring::BufRing;
 use crate::ids::{BufGroup, BufIndex};
-use crate::pool::BufferPool;
+use crate::pool::{BufferPool, HEADROOM};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::io;
 use std::os::fd::RawFd;
@@ -57,6 +57,32 @@ impl Completion {
     }
 }
 
+/// Which buffers a port receives into, and where in them the kernel writes: at `offset`
+/// (the pool's headroom, less the bytes of a header the kernel writes in front of the
+/// frame, such as a virtio-net header), so the frame itself always starts at `HEADROOM`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RxBuf {
+    pub large: bool,
+    pub offset: u16,
+}
+
+impl RxBuf {
+    /// Small buffers, the frame at the headroom.
+    pub const SMALL: RxBuf = RxBuf {
+        large: false,
+        offset: HEADROOM as u16,
+    };
+
+    /// Where in `b` a receive writes, and how many bytes it may write.
+    #[inline]
+    fn target(self, pool: &mut BufferPool, b: BufIndex) -> (*mut u8, u32) {
+        let buf = pool.buf_mut(b);
+        let off = (self.offset as usize).min(buf.len());
+        let room = buf.len() - off;
+        (buf[off..].as_mut_ptr(), room as u32)
+    }
+}
+
 /// Where an operation's file is: a registered slot or a plain descriptor.
 #[derive(Debug, Clone, Copy)]
 pub enum FileRef {
@@ -69,7 +95,7 @@ pub enum FileRef {
 pub struct Ring {
     pub(super) ring: IoUring<squeue::Entry, cqueue::Entry>,
     /// Provided-buffer rings by group; each holds pool buffers for the kernel.
-    buf_rings: Vec<Option<BufRing>>,
+    buf_rings: Vec<Option<(BufRing, RxBuf)>>,
     pub(super) pool: BufferPool,
     features: RingFeatures,
     file_slots: u32,
@@ -122,10 +148,14 @@ impl Ring {
             features,
             file_slots: 0,
         };
+        // Only the small buffers are registered: registering pins memory, and the large
+        // buffers (offload ports only) would then be committed whether used or not. I/O on
+        // large buffers uses plain reads and writes.
         let iov: Vec<libc::iovec> = me
             .pool
             .regions()
             .into_iter()
+            .take(1)
             .map(|(base, len)| libc::iovec {
                 iov_base: base.cast(),
                 iov_len: len,
@@ -133,7 +163,7 @@ impl Ring {
             .collect();
         // SAFETY: the regions belong to `me.pool`, which lives exactly as long as the ring
         // (same struct, dropped after it), so the registered memory stays valid for every
-        // operation that uses it. Fixed-buffer index i is region i (`pool.region_index`).
+        // operation that uses it. Fixed-buffer index 0 is the small region.
         me.features.registered_buffers =
             unsafe { me.ring.submitter().register_buffers(&iov) }.is_ok();
         if file_slots > 0
@@ -153,8 +183,8 @@ impl Ring {
     }
 
     /// Registers an empty provided-buffer ring of `entries` buffers (a power of two, at most
-    /// 32768) as `group`; `refill_buf_ring` fills it from the pool.
-    pub fn open_buf_ring(&mut self, group: BufGroup, entries: u16) -> io::Result<()> {
+    /// 32768) as `group`; `refill_buf_ring` fills it from the pool with buffers of `kind`.
+    pub fn open_buf_ring(&mut self, group: BufGroup, entries: u16, kind: RxBuf) -> io::Result<()> {
         if matches!(self.buf_rings.get(group.index()), Some(Some(_))) {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
@@ -172,7 +202,7 @@ impl Ring {
         if self.buf_rings.len() <= group.index() {
             self.buf_rings.resize_with(group.index() + 1, || None);
         }
-        self.buf_rings[group.index()] = Some(r);
+        self.buf_rings[group.index()] = Some((r, kind));
         Ok(())
     }
 
@@ -180,20 +210,24 @@ impl Ring {
     /// the kernel at once. Returns false if the pool ran out before the ring was full.
     #[inline]
     pub fn refill_buf_ring(&mut self, group: BufGroup) -> bool {
-        let Some(Some(r)) = self.buf_rings.get_mut(group.index()) else {
+        let Some(Some((r, kind))) = self.buf_rings.get_mut(group.index()) else {
             return true;
         };
         let room = r.room();
         if room == 0 {
             return true;
         }
-        let len = self.pool.buf_size() as u32;
         let mut posted = 0;
         while posted < room {
-            let Some(b) = self.pool.alloc() else {
+            let b = if kind.large {
+                self.pool.alloc_large()
+            } else {
+                self.pool.alloc()
+            };
+            let Some(b) = b else {
                 break;
             };
-            let addr = self.pool.addr(b);
+            let (addr, len) = kind.target(&mut self.pool, b);
             r.push(b, addr, len);
             posted += 1;
         }
@@ -207,7 +241,7 @@ impl Ring {
     #[inline]
     pub fn buf_ring_held(&self, group: BufGroup) -> usize {
         match self.buf_rings.get(group.index()) {
-            Some(Some(r)) => r.held(),
+            Some(Some((r, _))) => r.held(),
             _ => 0,
         }
     }
@@ -218,7 +252,7 @@ impl Ring {
     pub fn take_provided(&mut self, group: BufGroup, c: &Completion) -> Option<BufIndex> {
         let bid = cqueue::buffer_select(c.flags)?;
         let buf = match self.buf_rings.get_mut(group.index()) {
-            Some(Some(r)) => r.take(bid),
+            Some(Some((r, _))) => r.take(bid),
             _ => None,
         };
         debug_assert!(
@@ -243,7 +277,7 @@ impl Ring {
             return Ok(());
         }
         self.ring.submitter().unregister_buf_ring(group.0)?;
-        let mut r = slot.take().expect("checked above");
+        let (mut r, _) = slot.take().expect("checked above");
         let pool = &mut self.pool;
         r.drain(|b| pool.release(b));
         Ok(())
@@ -299,10 +333,11 @@ impl Ring {
         &mut self,
         file: FileRef,
         buf: BufIndex,
+        kind: RxBuf,
         user_data: u64,
     ) -> io::Result<()> {
         // SAFETY: the caller's contract is this function's.
-        unsafe { self.push_read_flags(file, buf, 0, user_data) }
+        unsafe { self.push_read_flags(file, buf, kind, 0, user_data) }
     }
 
     /// Queues a read like `push_read` that never waits in the kernel: with nothing to read
@@ -315,10 +350,11 @@ impl Ring {
         &mut self,
         file: FileRef,
         buf: BufIndex,
+        kind: RxBuf,
         user_data: u64,
     ) -> io::Result<()> {
         // SAFETY: the caller's contract is this function's.
-        unsafe { self.push_read_flags(file, buf, libc::RWF_NOWAIT, user_data) }
+        unsafe { self.push_read_flags(file, buf, kind, libc::RWF_NOWAIT, user_data) }
     }
 
     /// # Safety
@@ -327,13 +363,13 @@ impl Ring {
         &mut self,
         file: FileRef,
         buf: BufIndex,
+        kind: RxBuf,
         rw_flags: i32,
         user_data: u64,
     ) -> io::Result<()> {
-        let len = self.pool.size_of(buf) as u32;
-        let ptr = self.pool.addr(buf);
+        let (ptr, len) = kind.target(&mut self.pool, buf);
         let idx = self.pool.region_index(buf);
-        let e = match (file, self.fixed_or_plain()) {
+        let e = match (file, self.fixed_or_plain() && idx == 0) {
             (FileRef::Slot(s), true) => opcode::ReadFixed::new(types::Fixed(s), ptr, len, idx)
                 .rw_flags(rw_flags)
                 .build(),
@@ -368,7 +404,7 @@ impl Ring {
         // caller stored it there), so the offset stays inside the pool's mapping.
         let ptr = unsafe { self.pool.addr(buf).add(off as usize) } as *const u8;
         let idx = self.pool.region_index(buf);
-        let e = match (file, self.fixed_or_plain()) {
+        let e = match (file, self.fixed_or_plain() && idx == 0) {
             (FileRef::Slot(s), true) => {
                 opcode::WriteFixed::new(types::Fixed(s), ptr, len, idx).build()
             }

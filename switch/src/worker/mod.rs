@@ -86,7 +86,8 @@ pub struct WorkerConfig {
     pub max_ports: usize,
     /// Small frame buffers in the pool (default: enough for every port's reads, twice).
     pub pool_buffers: Option<usize>,
-    /// Large (64 KiB) frame buffers in the pool; none unless a port needs them.
+    /// Large (64 KiB) frame buffers in the pool, for ports that receive offloaded segments
+    /// (`vnet_hdr` taps). Their memory is mapped at start and committed as they are used.
     pub large_buffers: usize,
     /// The return queues shared with the other workers (a registry of its own if none).
     pub registry: Option<Arc<PoolRegistry>>,
@@ -112,7 +113,7 @@ impl Default for WorkerConfig {
             tx_depth: 256,
             max_ports: 64,
             pool_buffers: None,
-            large_buffers: 0,
+            large_buffers: 1024,
             registry: None,
             cpu: None,
             poll: PollMode::Adaptive,

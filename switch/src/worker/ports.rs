@@ -115,6 +115,7 @@ impl Worker {
         let conf = PortConf {
             domain: entry.domain,
             link_up: entry.link_up,
+            offloads: caps.offloads,
         };
         self.engine
             .add_port(entry.id, conf, entry.counters.clone())

@@ -9,6 +9,7 @@ use super::Worker;
 use crate::config::{BufferStats, Request};
 use crate::frame::Frame;
 use crate::mactable::MacEntry;
+use crate::pool::HEADROOM;
 use crate::port::Port;
 use std::sync::mpsc::Sender;
 
@@ -56,9 +57,9 @@ impl Worker {
                         self.counters.rx_starved.inc();
                         continue;
                     };
-                    let n = frame.len().min(pool.buf_size());
-                    pool.buf_mut(b)[..n].copy_from_slice(&frame[..n]);
-                    let f = Frame::new(pool.home(), ingress, b, 0, n as u32);
+                    let n = frame.len().min(pool.buf_size() - HEADROOM);
+                    pool.buf_mut(b)[HEADROOM..HEADROOM + n].copy_from_slice(&frame[..n]);
+                    let f = Frame::new(pool.home(), ingress, b, HEADROOM as u16, n as u32);
                     self.engine.flood_from(pool, f, &mut self.tx);
                     self.engine.fold_egress(&mut self.tx);
                 }

@@ -58,15 +58,18 @@ impl L2tpv3Port {
         }
     }
 
-    fn received(&mut self, cx: &mut Cx<'_>, buf: BufIndex, len: usize) {
+    /// A datagram of `len` bytes at `at` in `buf`.
+    fn received(&mut self, cx: &mut Cx<'_>, buf: BufIndex, at: usize, len: usize) {
         let size = cx.ring.pool().size_of(buf);
-        if len >= size {
+        if at + len >= size {
             // Possibly cut short: oversize, whatever its header says.
-            cx.deliver(buf, 0, len);
+            cx.deliver(buf, at, len);
             return;
         }
-        match self.codec.decap(&cx.ring.pool().buf(buf)[..len]) {
-            Ok(off) => cx.deliver(buf, off, len - off),
+        match self.codec.decap(&cx.ring.pool().buf(buf)[at..at + len]) {
+            Ok(off) => {
+                cx.deliver(buf, at + off, len - off);
+            }
             Err(reason) => {
                 cx.counters.count_rx_drop(len, reason);
                 cx.release(buf);
@@ -121,7 +124,10 @@ impl Port for L2tpv3Port {
             return Ok(());
         };
         match rx.complete(cx, tag.op, tag.aux, c) {
-            Got::Frame(buf, len) => self.received(cx, buf, len),
+            Got::Frame(buf, len) => {
+                let at = rx.data_offset();
+                self.received(cx, buf, at, len)
+            }
             Got::Empty => {
                 let reason = self
                     .codec

@@ -13,6 +13,7 @@ use super::{Caps, Closed, Cx, InFlight, Port, Tag};
 use crate::counters::DropReason;
 use crate::frame::Frame;
 use crate::ids::BufIndex;
+use crate::pool::HEADROOM;
 use crate::sys::msg::SendMsg;
 use crate::sys::uring::{Completion, FileRef, Ring};
 use codec::{StreamItem, StreamRx, PREFIX_LEN};
@@ -89,8 +90,15 @@ impl StreamPort {
                         cx.counters.count_rx_drop(len, DropReason::QueueFull);
                         continue;
                     };
-                    pool.buf_mut(b)[..len].copy_from_slice(&rx.bytes()[start..start + len]);
-                    cx.rx.push(Frame::new(pool.home(), cx.id, b, 0, len as u32));
+                    pool.buf_mut(b)[HEADROOM..HEADROOM + len]
+                        .copy_from_slice(&rx.bytes()[start..start + len]);
+                    cx.rx.push(Frame::new(
+                        pool.home(),
+                        cx.id,
+                        b,
+                        HEADROOM as u16,
+                        len as u32,
+                    ));
                 }
                 StreamItem::Runt => cx.counters.count_rx_drop(0, DropReason::Runt),
                 StreamItem::Oversize(len) => cx.counters.count_rx_drop(len, DropReason::Oversize),

@@ -27,11 +27,16 @@ use crate::pool::BufferPool;
 use crate::txqueue::TxQueues;
 use std::sync::Arc;
 
+mod offload;
+
 /// Configuration of one port as the engine sees it.
 #[derive(Debug, Clone)]
 pub struct PortConf {
     pub domain: DomainId,
     pub link_up: bool,
+    /// The port takes frames with offload metadata as they are (a vnet_hdr tap); others get
+    /// them segmented and checksummed.
+    pub offloads: bool,
 }
 
 struct PortSlot {
@@ -48,6 +53,8 @@ pub struct Engine {
     table: MacTable,
     max_frame: usize,
     stats: Arc<WorkerCounters>,
+    /// Scratch space of the offload path (no allocation per frame).
+    scratch: offload::Scratch,
 }
 
 /// Why the engine refused a port.
@@ -78,6 +85,7 @@ impl Engine {
             table: MacTable::new(mac_capacity, ageing),
             max_frame,
             stats,
+            scratch: offload::Scratch::new(max_ports),
         }
     }
 
@@ -217,7 +225,7 @@ impl Engine {
         c.rx_bytes.add(len as u64);
         let verdict = if len < HEADER_LEN {
             Err(DropReason::Runt)
-        } else if len > self.max_frame {
+        } else if len > self.max_frame && !offload::may_exceed(pool, f) {
             Err(DropReason::Oversize)
         } else if !port.conf.link_up {
             Err(DropReason::LinkDown)
@@ -247,13 +255,19 @@ impl Engine {
                 self.stats.mac_evicted.inc()
             }
         }
-        if dst.is_unicast() {
-            if let Some(out) = self.table.lookup(domain, dst, now) {
-                self.unicast(pool, out, f, tx);
-                return;
-            }
+        let out = if dst.is_unicast() {
+            self.table.lookup(domain, dst, now)
+        } else {
+            None
+        };
+        if f.has_offload() {
+            self.forward_offload(pool, f, domain, out, tx);
+            return;
         }
-        self.flood(pool, domain, f, tx);
+        match out {
+            Some(out) => self.unicast(pool, out, f, tx),
+            None => self.flood(pool, domain, f, tx),
+        }
     }
 
     #[inline]
@@ -350,6 +364,7 @@ mod tests {
                         PortConf {
                             domain: DomainId(*d),
                             link_up: true,
+                            offloads: false,
                         },
                         c.clone(),
                     )
