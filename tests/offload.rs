@@ -451,6 +451,65 @@ fn tagged_segments_are_cut_with_their_tag() {
 }
 
 #[test]
+fn segments_whose_header_lies_are_dropped_and_counted() {
+    if !require_root("segments_whose_header_lies_are_dropped_and_counted") {
+        return;
+    }
+    // A vnet_hdr tap hands over the header the kernel keeps for the packet, so what reaches
+    // the switch is what the kernel lets through from a packet socket writing behind a
+    // virtio-net header: a segment size so small the segment would be cut into thousands of
+    // pieces, a TSO type on a frame whose checksum field is not TCP's, a UDP segmentation type
+    // on a TCP frame. Each is dropped as bad_offload on its way to a port without offloads,
+    // and the switch forwards as before afterwards.
+    let _serial = serial();
+    let mut p = Pair::new(true, false);
+    let (ma, mb) = (host_mac(1), host_mac(2));
+    let hello = common::PacketSocket::open(&p.b.ns, &p.b.ifname, false).expect("socket on B");
+    hello
+        .send(&common::ethernet_frame(
+            common::MacAddr::BROADCAST,
+            mb,
+            0x88b5,
+            b"hi",
+            60,
+        ))
+        .unwrap();
+    let send = common::PacketSocket::open(&p.a.ns, &p.a.ifname, false).expect("socket on A");
+    send.set_vnet_hdr().expect("PACKET_VNET_HDR");
+    let payload = vec![0x5au8; 8_000];
+    // Bytes of the header (`tagged_tso` puts a 10-byte one in front): 1 gso_type, 4..6
+    // gso_size, 6..8 csum_start, 8..10 csum_offset (little-endian).
+    let mut sent = 0;
+    for (what, edit) in [
+        ("a 1-byte segment size", [(4usize, 1u8), (5, 0)]),
+        ("a checksum offset that is not TCP's", [(8, 6), (9, 0)]),
+        ("UDP segmentation of a TCP frame", [(1, 5), (1, 5)]),
+        ("IPv6 segmentation of an IPv4 frame", [(1, 4), (1, 4)]),
+        ("a checksum in the IP header", [(6, 18), (8, 10)]),
+    ] {
+        let mut seg = tagged_tso(false, ma, mb, &payload, 1400);
+        for (i, v) in edit {
+            seg[i] = v;
+        }
+        match send.send(&seg) {
+            Ok(()) => sent += 1,
+            Err(e) => eprintln!("the kernel refused {what} itself: {e}"),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    p.a.ns.ping(&p.b.v4, 2);
+    let stopped = p.stop();
+    assert_eq!(stopped.status.code(), Some(0), "{}", stopped.stderr);
+    let stats = stopped.stats.expect("stats");
+    assert!(sent > 0, "the kernel let none of the lying headers through");
+    assert_eq!(
+        stats.port("a").drop_count("bad_offload"),
+        sent,
+        "each lying header that reached the switch is one bad_offload"
+    );
+}
+
+#[test]
 fn segments_cross_a_udp_tunnel_between_two_switches() {
     if !require_root("segments_cross_a_udp_tunnel_between_two_switches") {
         return;
