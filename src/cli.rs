@@ -48,7 +48,7 @@ struct Raw {
     mac_table_size: u32,
 
     /// Largest frame accepted, in bytes without FCS; larger frames are dropped as oversize.
-    #[arg(long, value_name = "BYTES", default_value_t = 1522, value_parser = clap::value_parser!(u32).range(60..=65535))]
+    #[arg(long, value_name = "BYTES", default_value_t = 65535, value_parser = clap::value_parser!(u32).range(60..=65535))]
     max_frame_size: u32,
 
     /// Receive depth per port: the reads kept in flight (streams; taps with --tap-rx reads), the
@@ -342,7 +342,7 @@ mod tests {
             .collect();
         assert_eq!(ids, ["a", "b", "c"]);
         assert_eq!(a.mac_ageing, 300);
-        assert_eq!(a.max_frame_size, 1522);
+        assert_eq!(a.max_frame_size, 65535);
     }
 
     #[test]

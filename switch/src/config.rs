@@ -108,11 +108,11 @@ pub enum Request {
 /// Where a worker's frame buffers are, at a moment between two batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct BufferStats {
-    /// Small buffers in the pool.
+    /// Buffers in the pool, small and large.
     pub total: usize,
-    /// Small buffers on the free stack.
+    /// Buffers on the free stacks, small and large.
     pub free: usize,
-    /// Large buffers in the pool, and on their free stack.
+    /// Of those, the large ones: in the pool, and on their free stack.
     pub large_total: usize,
     pub large_free: usize,
     /// Reads in flight (each holds one buffer).

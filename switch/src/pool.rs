@@ -88,9 +88,15 @@ struct Region {
 /// Maps `bytes` on huge pages when the system has them; otherwise on normal pages, touched
 /// up front with `populate` (so the hot path never faults) or left to fault in as used.
 fn map_region(bytes: usize, populate: bool) -> Result<Region, PoolError> {
-    match MmapOptions::new().len(bytes).huge(None).map_anon() {
-        Ok(map) => Ok(Region { map, huge: true }),
-        Err(_) => {
+    let huge = if populate {
+        MmapOptions::new().len(bytes).huge(None).map_anon().ok()
+    } else {
+        // Huge pages are committed when mapped: not for a region used sparsely.
+        None
+    };
+    match huge {
+        Some(map) => Ok(Region { map, huge: true }),
+        None => {
             let mut o = MmapOptions::new();
             o.len(bytes);
             if populate {

@@ -2,7 +2,8 @@
 
 - a QEMU peer that restarts: a listening ringswitch port accepts the new QEMU, a connecting
   one reconnects to it, and datagram ports simply go on; frames pass both ways afterwards;
-- jumbo frames (up to 9018 bytes, with `--max-frame-size 9018`) pass byte for byte both ways
+- jumbo frames pass byte for byte both ways (4000 and 9014 bytes by default; up to 9018 with
+  `--max-frame-size 9018`, one byte more dropped as oversize)
   over the kinds that carry them to QEMU (its l2tpv3 truncates what it receives past 2048).
 """
 
@@ -61,3 +62,15 @@ def test_jumbo_frames_pass_to_and_from_qemu(case_id, tmp_path, cleanup):
     rig.sw.wait_drop("k", "oversize", 1)
     rig.sw.wait_drop("t", "oversize", 1)
     rig.switch_to_qemu("after oversize", [frame(mac(2), 9014)])
+
+
+@pytest.mark.parametrize("case_id", JUMBO)
+def test_jumbo_frames_pass_by_default(case_id, tmp_path, cleanup):
+    """Without --max-frame-size, as between QEMU's own hub ports: 4000- and 9014-byte frames
+    pass byte for byte both ways."""
+    rig = QemuRig(cleanup, _case(case_id, tmp_path), tmp_path)
+    sizes = (4000, 9014)
+    rig.qemu_to_switch("jumbo QEMU → ringswitch", [frame(mac(1), n) for n in sizes])
+    rig.switch_to_qemu("jumbo ringswitch → QEMU", [frame(mac(2), n) for n in sizes])
+    drops = {r: n for r, n in rig.sw.drops("k").items() if n}
+    assert not drops, f"k dropped jumbo frames: {drops}"

@@ -137,3 +137,20 @@ def test_netdev_del_of_a_startup_port_and_traffic_on_the_others(qmp, lan, cleanu
     # `c` can come back as a new port with the same name.
     c2 = add_host(qmp, cleanup, "c", lan["c"].ifname, n=0x300)
     assert_forwards(c2, lan["a"], cleanup)
+
+
+def test_netdev_add_takes_vnet_hdr_as_qemu_spells_it(qmp, lan):
+    """`vnet_hdr` is net.json's boolean: the tap gets a virtio-net header and offloads, and
+    query-ports lists them; `false` keeps a plain tap; a string is refused by type."""
+    on, off = unique_name("t"), unique_name("t")
+    assert qmp.cmd("netdev_add", type="tap", id="v", ifname=on, vnet_hdr=True) == {}
+    assert qmp.cmd("netdev_add", type="tap", id="p", ifname=off, vnet_hdr=False) == {}
+    ports = {p["id"]: p for p in qmp.cmd("query-ports")}
+    assert {"csum", "tso4", "tso6"} <= set(ports["v"]["offloads"]), ports["v"]
+    assert ports["v"]["io"]["offloads"] is True
+    assert "offloads" not in ports["p"], ports["p"]
+    assert ports["p"]["io"]["offloads"] is False
+    cls, desc = execute_error(qmp, "netdev_add", type="tap", id="s", ifname=unique_name("t"), vnet_hdr="on")
+    assert cls == "GenericError" and "vnet_hdr" in desc, desc
+    qmp.cmd("netdev_del", id="v")
+    qmp.cmd("netdev_del", id="p")

@@ -22,6 +22,11 @@ use crate::txqueue::TxQueues;
 /// Most pieces one segment is cut into (a 64 KiB segment of 64-byte pieces).
 const MAX_PIECES: usize = 1024;
 
+/// The largest piece a segment is cut into: a 1500-byte MTU's frame with an 802.1Q tag. A
+/// port without offloads cannot say what its other side takes (a tap's MTU is set after the
+/// port exists); a standard frame is what every Ethernet station takes.
+const PIECE_MAX: usize = 1518;
+
 /// Why a segment was not cut.
 #[derive(Debug, Clone, Copy)]
 enum Cut {
@@ -178,7 +183,7 @@ impl Engine {
         let (at, len) = (f.off as usize, f.len as usize);
         let seg = {
             let frame = &pool.buf(f.buf)[at..at + len];
-            Segmenter::new(frame, o, self.max_frame).map_err(Cut::Gso)?
+            Segmenter::new(frame, o, self.max_frame.min(PIECE_MAX)).map_err(Cut::Gso)?
         };
         if seg.count() > MAX_PIECES {
             return Err(Cut::TooMany);

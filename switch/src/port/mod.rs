@@ -57,6 +57,19 @@ pub struct PortEnv {
     pub tap_rx: TapRx,
     /// Datagram sockets receive with one multishot recv where the kernel has it.
     pub rx_multishot: bool,
+    /// Frames may be longer than a small buffer holds (`max_frame` beyond it): ports
+    /// receive into large buffers.
+    pub rx_large: bool,
+}
+
+impl PortEnv {
+    /// The buffers a port that carries plain frames receives into.
+    pub fn plain_rx(&self) -> crate::sys::uring::RxBuf {
+        crate::sys::uring::RxBuf {
+            large: self.rx_large,
+            offset: crate::pool::HEADROOM as u16,
+        }
+    }
 }
 
 /// What a port can do, for listings and for the worker's choices.

@@ -154,7 +154,7 @@ impl Receiver {
             reads: 0,
             group: cx.group(),
             ring: false,
-            kind: RxBuf::SMALL,
+            kind: cx.env.plain_rx(),
         };
         if cx.ring.features().recv_multishot && r.open_ring(cx, name) {
             r.state = State::Multishot {
@@ -170,7 +170,8 @@ impl Receiver {
         if is_socket(fd) {
             Self::for_socket(cx, file, name)
         } else {
-            Self::for_tap(cx, file, name, RxBuf::SMALL)
+            let kind = cx.env.plain_rx();
+            Self::for_tap(cx, file, name, kind)
         }
     }
 

@@ -113,7 +113,7 @@ impl Port for TapPort {
                 offset: (HEADROOM - Offload::WIRE_LEN) as u16,
             }
         } else {
-            RxBuf::SMALL
+            cx.env.plain_rx()
         };
         self.rx = Some(Receiver::for_tap(cx, self.file, &self.name, kind));
         Ok(())

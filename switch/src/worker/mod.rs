@@ -42,7 +42,7 @@ use crate::counters::WorkerCounters;
 use crate::engine::Engine;
 use crate::frame::Frame;
 use crate::ids::{PortId, Slot, WorkerId};
-use crate::pool::{BufferPool, PoolRegistry};
+use crate::pool::{BufferPool, PoolRegistry, HEADROOM};
 use crate::port::{AnyPort, Cx, Port, PortEnv, Tag, TapRx, OP_CANCEL};
 use crate::sys::fd::kick;
 use crate::sys::uring::{Completion, Ring, RingFeatures};
@@ -103,7 +103,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             id: WorkerId(0),
-            max_frame: 1522,
+            max_frame: 65535,
             mac_capacity: 65536,
             mac_ageing: 300,
             rx_depth: 64,
@@ -113,7 +113,7 @@ impl Default for WorkerConfig {
             tx_depth: 256,
             max_ports: 64,
             pool_buffers: None,
-            large_buffers: 1024,
+            large_buffers: 4096,
             registry: None,
             cpu: None,
             poll: PollMode::Adaptive,
@@ -258,7 +258,9 @@ pub struct Worker {
 impl Worker {
     /// Builds a worker that serves the ports of `link`'s snapshots that name `cfg.id`.
     pub fn new(cfg: &WorkerConfig, link: WorkerLink) -> Result<Worker, WorkerError> {
-        let buf_size = (cfg.max_frame + 1).next_power_of_two().max(2048);
+        // Small buffers hold every frame of a standard Ethernet (1522 bytes and the
+        // headroom); longer frames, when allowed, go into large buffers.
+        let buf_size = 2048;
         let default_pool = (cfg.max_ports * cfg.rx_depth as usize * 2).clamp(4096, 65536);
         let count = cfg.pool_buffers.unwrap_or(default_pool).next_power_of_two();
         let registry = cfg
@@ -296,6 +298,7 @@ impl Worker {
                 max_frame: cfg.max_frame,
                 tap_rx: cfg.tap_rx,
                 rx_multishot: cfg.rx_multishot,
+                rx_large: cfg.max_frame + HEADROOM >= buf_size,
             },
             rx_coalesce: cfg.rx_coalesce,
             last_batch: 0,

@@ -89,8 +89,8 @@ impl Worker {
         let pool = self.ring.pool();
         let ports = self.ports.iter().flatten();
         BufferStats {
-            total: pool.capacity(),
-            free: pool.available(),
+            total: pool.capacity() + pool.large_capacity(),
+            free: pool.available() + pool.available_large(),
             large_total: pool.large_capacity(),
             large_free: pool.available_large(),
             reads_in_flight: ports.clone().map(|p| p.port.rx_buffers(&self.ring)).sum(),

@@ -85,7 +85,12 @@ impl StreamPort {
             match item {
                 StreamItem::Frame { start, len } => {
                     let pool = cx.ring.pool_mut();
-                    let Some(b) = pool.alloc() else {
+                    let b = if HEADROOM + len < pool.buf_size() {
+                        pool.alloc()
+                    } else {
+                        pool.alloc_large()
+                    };
+                    let Some(b) = b else {
                         cx.worker.rx_starved.inc();
                         cx.counters.count_rx_drop(len, DropReason::QueueFull);
                         continue;
