@@ -86,6 +86,18 @@ impl Pair {
     fn stop(&mut self) -> common::Stopped {
         self.switch.take().expect("running").stop()
     }
+
+    /// A packet socket on A's side that writes frames behind a virtio-net header (so the
+    /// tap hands the switch whatever segment the test builds), after B has spoken once, so
+    /// that the switch sends A's frames to B's port alone.
+    fn segment_writer(&self) -> common::PacketSocket {
+        let hello = common::PacketSocket::open(&self.b.ns, &self.b.ifname, false).expect("B");
+        let hi = common::ethernet_frame(common::MacAddr::BROADCAST, host_mac(2), 0x88b5, b"hi", 60);
+        hello.send(&hi).expect("hello from B");
+        let send = common::PacketSocket::open(&self.a.ns, &self.a.ifname, false).expect("A");
+        send.set_vnet_hdr().expect("PACKET_VNET_HDR");
+        send
+    }
 }
 
 /// A deterministic pseudo-random stream (xorshift), so the file needs no storage.
@@ -407,20 +419,8 @@ fn tagged_segments_are_cut_with_their_tag() {
     let _serial = serial();
     let mut p = Pair::new(true, false);
     let (ma, mb) = (host_mac(1), host_mac(2));
-    // B speaks first so A's segments are unicast to B's port.
-    let hello = common::PacketSocket::open(&p.b.ns, &p.b.ifname, false).expect("socket on B");
-    hello
-        .send(&common::ethernet_frame(
-            common::MacAddr::BROADCAST,
-            mb,
-            0x88b5,
-            b"hi",
-            60,
-        ))
-        .unwrap();
+    let send = p.segment_writer();
     let capture = common::PacketSocket::open(&p.b.ns, &p.b.ifname, true).expect("capture on B");
-    let send = common::PacketSocket::open(&p.a.ns, &p.a.ifname, false).expect("socket on A");
-    send.set_vnet_hdr().expect("PACKET_VNET_HDR");
     for v6 in [false, true] {
         let payload: Vec<u8> = (0..20_000u32).map(|i| (i * 7 + 3) as u8).collect();
         let mss = 1400u16;
@@ -464,18 +464,7 @@ fn segments_whose_header_lies_are_dropped_and_counted() {
     let _serial = serial();
     let mut p = Pair::new(true, false);
     let (ma, mb) = (host_mac(1), host_mac(2));
-    let hello = common::PacketSocket::open(&p.b.ns, &p.b.ifname, false).expect("socket on B");
-    hello
-        .send(&common::ethernet_frame(
-            common::MacAddr::BROADCAST,
-            mb,
-            0x88b5,
-            b"hi",
-            60,
-        ))
-        .unwrap();
-    let send = common::PacketSocket::open(&p.a.ns, &p.a.ifname, false).expect("socket on A");
-    send.set_vnet_hdr().expect("PACKET_VNET_HDR");
+    let send = p.segment_writer();
     let payload = vec![0x5au8; 8_000];
     // Bytes of the header (`tagged_tso` puts a 10-byte one in front): 1 gso_type, 4..6
     // gso_size, 6..8 csum_start, 8..10 csum_offset (little-endian).

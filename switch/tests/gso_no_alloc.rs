@@ -7,33 +7,11 @@ use ringswitch_switch::gso::wire::{Ipv4Repr, TcpRepr, UdpRepr};
 use ringswitch_switch::gso::{
     complete_checksum, Segmenter, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_UDP, GSO_UDP_L4,
 };
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
 
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: defers every operation to the system allocator unchanged; only counts calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same layout contract as our caller's.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: `p` came from `System.alloc` with layout `l`.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: `p` came from `System.alloc` with layout `l`.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
+mod common;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: common::Counting = common::Counting;
 
 /// An Ethernet + IPv4 frame with a TCP (`tcp`) or UDP header and `payload` bytes.
 fn frame(tcp: bool, payload: usize) -> Vec<u8> {
@@ -118,7 +96,7 @@ fn segmenting_allocates_nothing() {
     ];
     let mut out = vec![0u8; 65_536];
     let mut whole = tso.clone();
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = common::allocations();
     let mut pieces = 0;
     for (f, o) in &cases {
         if let Ok(s) = Segmenter::new(f, o, 1518) {
@@ -133,7 +111,7 @@ fn segmenting_allocates_nothing() {
         ..offload(GSO_NONE, true, 0)
     };
     complete_checksum(&mut whole, &plain).unwrap();
-    let after = ALLOCS.load(Ordering::Relaxed);
+    let after = common::allocations();
     assert_eq!(after - before, 0, "software GSO allocated");
     assert_eq!(pieces, 45 + 640 + 21 + 21);
 }

@@ -2,33 +2,11 @@
 //! (learning, unicast, flooding, drops) after warm-up.
 
 use ringswitch_switch::{DropReason, MacAddr, MemSwitch, PortId};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
 
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: defers every operation to the system allocator unchanged; only counts calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same layout contract as our caller's.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: `p` came from `System.alloc` with layout `l`.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: `p` came from `System.alloc` with layout `l`.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
+mod common;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: common::Counting = common::Counting;
 
 fn frame(dst: MacAddr, src: MacAddr, len: usize) -> Vec<u8> {
     let mut f = vec![0u8; len.max(14)];
@@ -75,12 +53,12 @@ fn steady_state_forwarding_allocates_nothing() {
     for _ in 0..10 {
         round(&mut sw, &mut delivered);
     }
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = common::allocations();
     for t in 0..20_000 {
         sw.set_time(t / 1000);
         round(&mut sw, &mut delivered);
     }
-    let allocs = ALLOCS.load(Ordering::Relaxed) - before;
+    let allocs = common::allocations() - before;
     assert_eq!(
         allocs,
         0,

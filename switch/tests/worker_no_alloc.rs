@@ -12,36 +12,14 @@ use ringswitch_switch::{
     link, DomainId, DropReason, PortCell, PortCounters, PortEntry, PortId, Snapshot, Worker,
     WorkerConfig, WorkerId,
 };
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: defers every operation to the system allocator unchanged; only counts calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same layout contract as our caller's.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: `p` came from `System.alloc` with layout `l`.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: `p` came from `System.alloc` with layout `l`.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
+mod common;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: common::Counting = common::Counting;
 
 /// A unix datagram socket pair: (the switch's end, the test's end). The test's end is
 /// non-blocking.
@@ -157,12 +135,12 @@ fn the_worker_loop_forwards_without_allocating() {
     for _ in 0..2000 {
         round(&mut buf);
     }
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = common::allocations();
     let rounds = 20_000;
     for _ in 0..rounds {
         round(&mut buf);
     }
-    let allocs = ALLOCS.load(Ordering::Relaxed) - before;
+    let allocs = common::allocations() - before;
     worker.stop_and_join().unwrap();
     // Counted once the last writes completed (the worker has stopped).
     let s = counters[0].snapshot();
