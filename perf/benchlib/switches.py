@@ -260,7 +260,12 @@ def _tap_switch(kind, topo, ns_a, ns_b, cpu, logs, tag):
         cmd = [exe, tap_a, tap_b, "--cpu", str(cpu)]
         marker = f"{BINARIES[kind]}: ready"
     err = os.path.join(logs, f"{tag}.stderr")
-    proc = topo.spawn(cmd, cpu, os.path.join(logs, f"{tag}.stdout"), err)
+    # ringswitch pins its worker to `cpu` itself (--worker-cpu) and keeps its control thread
+    # off that core, as it is deployed; confining the whole process to `cpu` would put the
+    # control thread's ticks (about 50 a second) on the worker's core. The peers are one
+    # thread (or one process) and are confined to `cpu`.
+    pin = None if kind in RINGSWITCHES else cpu
+    proc = topo.spawn(cmd, pin, os.path.join(logs, f"{tag}.stdout"), err)
     wait_ready(proc, err, marker)
     if kind in RINGSWITCHES:
         _note_poll_mode(kind, err)

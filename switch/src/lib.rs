@@ -19,7 +19,7 @@ mod sys;
 pub mod txqueue;
 pub mod worker;
 
-pub use sys::uring;
+pub use sys::{affinity, uring};
 
 pub use config::{
     link, BufferStats, ControlLink, LinkError, PortCell, PortEntry, Request, Snapshot, WorkerEvent,

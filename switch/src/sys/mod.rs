@@ -3,6 +3,7 @@
 //! descriptor helpers. Everything above this module is safe Rust apart from the few calls
 //! that hand memory to the kernel, each with the contract it must keep.
 
+pub mod affinity;
 pub(crate) mod bufring;
 pub(crate) mod fd;
 pub(crate) mod msg;
