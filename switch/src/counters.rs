@@ -114,6 +114,10 @@ drop_reasons! {
         "A virtio-net header that does not describe its frame (unknown GSO type, no segment size, header or checksum offsets beyond the data, headers the segment cannot be cut by); charged to the ingress port.";
     GsoOversize, "gso_oversize", "gso-oversize",
         "A GSO segment whose pieces would still exceed the egress port's frame size; charged to the egress port.";
+    NoBuffer, "no_buffer", "no-buffer",
+        "No free buffer in the worker's pool for a frame copied out of a vhost-user guest's memory; charged to the ingress port.";
+    FrontendFault, "frontend_fault", "frontend-fault",
+        "A vhost-user frontend broke the rules (a ring or buffer outside its memory, a chain of the wrong direction): the port stops serving it until it sets the device up again; counted once per fault.";
 }
 
 /// Number of drop reasons.

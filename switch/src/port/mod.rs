@@ -18,6 +18,7 @@ pub mod l2tpv3;
 mod rx;
 pub mod stream;
 pub mod tap;
+pub mod vhost_user;
 mod writes;
 
 use crate::counters::{DropReason, PortCounters, WorkerCounters};
@@ -311,6 +312,7 @@ port_kinds! {
     Datagram(datagram::DatagramPort),
     Stream(stream::StreamPort),
     L2tpv3(l2tpv3::L2tpv3Port),
+    VhostUser(vhost_user::VhostUserPort),
 }
 
 /// Why a receive failed, if it is worth closing the port for: a transient error is ignored,

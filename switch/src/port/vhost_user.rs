@@ -1,0 +1,682 @@
+//! vhost-user ports, the data path: a guest's virtio-net queues in memory it shares with the
+//! switch, served from the port's worker inside its io_uring loop.
+//!
+//! The vhost-user protocol (the frontend's messages on the chardev socket: features, the
+//! memory table, ring addresses, kick and call eventfds) is spoken by the control side
+//! (`ringswitch_backends::vhost_user`). It describes what the rings look like in a
+//! `VhostConf` and publishes it through `VhostShared`: it bumps a generation and wakes the
+//! port with an eventfd. The port looks at the generation once per loop (one atomic load)
+//! and, when it moved, takes the lock once to apply the change. Nothing else is shared: the
+//! rings themselves are the worker's alone while they run, and stopping a ring
+//! (`GET_VRING_BASE`) is a change like any other, whose answer (the next available index) the
+//! worker reports back.
+//!
+//! Queue 0 is the guest's receive queue (the switch writes frames into it), queue 1 its
+//! transmit queue. Every chain starts with the 12-byte `virtio_net_hdr_v1` (VERSION_1), the
+//! same header a `vnet_hdr` tap carries, so a guest's segments travel through the engine as
+//! offload records and are cut for ports without offloads. Descriptor chains are walked with
+//! `virtio-queue` (its chains stop at the queue size and at indirect tables that loop) and
+//! guest memory is reached through `vm-memory` (every access checked against the regions);
+//! a frontend that hands the switch anything outside that gets its port stopped and counted
+//! (`frontend_fault`), never a crash.
+
+use super::{Caps, Closed, Cx, InFlight, Port, RxMode, Tag};
+use crate::counters::DropReason;
+use crate::frame::{Frame, Offload};
+use crate::pool::HEADROOM;
+use crate::sys::uring::{Completion, Ring};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Guest memory as the switch maps it: the frontend's regions, shared.
+pub type GuestMem = GuestMemoryMmap<()>;
+
+/// The guest's receive queue (frames from the switch).
+pub const RXQ: usize = 0;
+/// The guest's transmit queue (frames to the switch).
+pub const TXQ: usize = 1;
+/// Queues of one queue pair.
+pub const QUEUES: usize = 2;
+
+/// `VIRTIO_RING_F_EVENT_IDX`.
+pub const F_EVENT_IDX: u64 = 1 << 29;
+/// `VIRTIO_NET_F_MRG_RXBUF`.
+pub const F_MRG_RXBUF: u64 = 1 << 15;
+
+/// Chains taken from the guest's transmit queue per loop pass, so one busy guest cannot hold
+/// the worker.
+const TX_BUDGET: usize = 256;
+/// The most receive chains one frame may spread over (mergeable buffers): 64 KiB segments in
+/// buffers of about 1.5 KiB take 44.
+const MAX_CHAINS: usize = 64;
+
+const OP_KICK: u8 = 1;
+const OP_NOTIFY: u8 = 2;
+
+/// One ring as the frontend set it up, in guest-physical addresses.
+#[derive(Debug, Clone, Default)]
+pub struct VringConf {
+    pub size: u16,
+    pub desc: u64,
+    pub avail: u64,
+    pub used: u64,
+    /// Where processing starts (`SET_VRING_BASE`).
+    pub base: u16,
+    pub kick: Option<Arc<OwnedFd>>,
+    pub call: Option<Arc<OwnedFd>>,
+    /// The frontend enabled it (`SET_VRING_ENABLE`, or implicitly without that feature).
+    pub enabled: bool,
+    /// It has a kick descriptor and has not been stopped (`GET_VRING_BASE`).
+    pub started: bool,
+}
+
+impl VringConf {
+    fn runs(&self) -> bool {
+        self.enabled && self.started && self.size > 0
+    }
+}
+
+/// Everything the control side says about the device.
+#[derive(Debug, Default)]
+pub struct VhostConf {
+    pub mem: Option<Arc<GuestMem>>,
+    /// Acked virtio features.
+    pub features: u64,
+    pub vrings: [VringConf; QUEUES],
+}
+
+/// What the worker says back.
+#[derive(Debug, Default)]
+pub struct VhostReport {
+    /// The next available index of each ring when the worker stopped serving it.
+    pub bases: [Option<u16>; QUEUES],
+    /// Why the worker stopped serving the device (a frontend fault), once.
+    pub fault: Option<String>,
+}
+
+/// The meeting point of a vhost-user port's control side and its worker.
+#[derive(Debug)]
+pub struct VhostShared {
+    gen: AtomicU64,
+    applied: AtomicU64,
+    conf: Mutex<VhostConf>,
+    report: Mutex<VhostReport>,
+    /// Written by the control side after each change, read by the port through the ring.
+    notify: OwnedFd,
+}
+
+impl VhostShared {
+    pub fn new() -> io::Result<Arc<VhostShared>> {
+        Ok(Arc::new(VhostShared {
+            gen: AtomicU64::new(0),
+            applied: AtomicU64::new(0),
+            conf: Mutex::new(VhostConf::default()),
+            report: Mutex::new(VhostReport::default()),
+            notify: crate::sys::fd::eventfd()?,
+        }))
+    }
+
+    /// Changes the configuration and wakes the worker; returns the change's generation.
+    pub fn update(&self, change: impl FnOnce(&mut VhostConf)) -> u64 {
+        let mut c = self.conf.lock().unwrap_or_else(|p| p.into_inner());
+        change(&mut c);
+        let g = self.gen.fetch_add(1, Ordering::AcqRel) + 1;
+        drop(c);
+        crate::sys::fd::kick(&self.notify);
+        g
+    }
+
+    /// Reads the configuration (control side).
+    pub fn with_conf<T>(&self, f: impl FnOnce(&VhostConf) -> T) -> T {
+        f(&self.conf.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Waits until the worker has applied generation `g`, at most `timeout`. False if it has
+    /// not (no worker serves the port yet, or it is stuck).
+    pub fn wait_applied(&self, g: u64, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        loop {
+            if self.applied.load(Ordering::Acquire) >= g {
+                return true;
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+
+    /// Takes the next available index the worker reported for ring `i`.
+    pub fn take_base(&self, i: usize) -> Option<u16> {
+        self.report.lock().unwrap_or_else(|p| p.into_inner()).bases[i].take()
+    }
+
+    /// Takes the fault the worker reported, if any.
+    pub fn take_fault(&self) -> Option<String> {
+        self.report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .fault
+            .take()
+    }
+
+    /// Forgets what the worker reported (a new frontend connection starts clean).
+    pub fn clear_report(&self) {
+        *self.report.lock().unwrap_or_else(|p| p.into_inner()) = VhostReport::default();
+    }
+
+    fn report(&self, f: impl FnOnce(&mut VhostReport)) {
+        f(&mut self.report.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+/// A running ring.
+struct Vq {
+    queue: Queue,
+    kick: Arc<OwnedFd>,
+    call: Option<Arc<OwnedFd>>,
+    /// The guest is owed an interrupt for used entries added since the last one.
+    owed: bool,
+}
+
+/// A frontend broke the rules.
+#[derive(Debug)]
+struct Fault(String);
+
+impl<E: std::fmt::Display> From<(&'static str, E)> for Fault {
+    fn from((what, e): (&'static str, E)) -> Fault {
+        Fault(format!("{what}: {e}"))
+    }
+}
+
+/// A vhost-user port as its worker serves it.
+pub struct VhostUserPort {
+    name: String,
+    shared: Arc<VhostShared>,
+    seen: u64,
+    mem: Option<Arc<GuestMem>>,
+    mrg: bool,
+    q: [Option<Vq>; QUEUES],
+    /// The 8-byte targets of the kick reads and of the notify read, boxed so they stay put.
+    kick_buf: [Box<u64>; QUEUES],
+    kick_fd: [Option<Arc<OwnedFd>>; QUEUES],
+    kick_pending: [bool; QUEUES],
+    notify_buf: Box<u64>,
+    notify_pending: bool,
+    /// Stopped by a fault until the frontend sets the device up again.
+    faulted: bool,
+}
+
+impl VhostUserPort {
+    pub fn new(name: &str, shared: Arc<VhostShared>) -> VhostUserPort {
+        VhostUserPort {
+            name: name.to_string(),
+            shared,
+            seen: 0,
+            mem: None,
+            mrg: false,
+            q: [None, None],
+            kick_buf: [Box::new(0), Box::new(0)],
+            kick_fd: [None, None],
+            kick_pending: [false; QUEUES],
+            notify_buf: Box::new(0),
+            notify_pending: false,
+            faulted: false,
+        }
+    }
+
+    /// Picks up the control side's latest configuration.
+    fn apply(&mut self, cx: &mut Cx<'_>, gen: u64) {
+        let shared = self.shared.clone();
+        let conf = shared.conf.lock().unwrap_or_else(|p| p.into_inner());
+        let mem_changed = match (&self.mem, &conf.mem) {
+            (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+            (None, None) => false,
+            _ => true,
+        };
+        let features = conf.features;
+        for i in 0..QUEUES {
+            let want = &conf.vrings[i];
+            let keep = match &self.q[i] {
+                Some(q) => {
+                    !mem_changed
+                        && want.runs()
+                        && q.queue.desc_table() == want.desc
+                        && q.queue.avail_ring() == want.avail
+                        && q.queue.used_ring() == want.used
+                        && q.queue.size() == want.size
+                }
+                None => false,
+            };
+            if keep {
+                let q = self.q[i].as_mut().expect("kept");
+                q.call = want.call.clone();
+                if let Some(k) = &want.kick {
+                    q.kick = k.clone();
+                }
+                continue;
+            }
+            if let Some(q) = self.q[i].take() {
+                let next = q.queue.next_avail();
+                shared.report(|r| r.bases[i] = Some(next));
+            }
+        }
+        self.mem = conf.mem.clone();
+        self.mrg = features & F_MRG_RXBUF != 0;
+        if mem_changed || conf.vrings.iter().any(|v| !v.started) {
+            // A new memory table or a stopped ring: the device is being set up again.
+            self.faulted = false;
+        }
+        let mut fault = None;
+        if !self.faulted {
+            if let Some(mem) = &self.mem {
+                for i in 0..QUEUES {
+                    let want = &conf.vrings[i];
+                    if self.q[i].is_some() || !want.runs() {
+                        continue;
+                    }
+                    let Some(kick) = want.kick.clone() else {
+                        continue;
+                    };
+                    match make_queue(mem, want, features) {
+                        Ok(queue) => {
+                            self.q[i] = Some(Vq {
+                                queue,
+                                kick,
+                                call: want.call.clone(),
+                                owed: false,
+                            })
+                        }
+                        Err(e) => {
+                            fault = Some(e);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        drop(conf);
+        if let Some(f) = fault {
+            self.fault(cx, f);
+        }
+        self.seen = gen;
+        shared.applied.store(gen, Ordering::Release);
+    }
+
+    /// Stops serving the device after a frontend fault: counted, reported to the control
+    /// side (which resets the connection), and forgotten when the frontend sets it up again.
+    fn fault(&mut self, cx: &mut Cx<'_>, f: Fault) {
+        cx.counters.count_drop(DropReason::FrontendFault);
+        self.faulted = true;
+        for i in 0..QUEUES {
+            if let Some(q) = self.q[i].take() {
+                let next = q.queue.next_avail();
+                self.shared.report(|r| r.bases[i] = Some(next));
+            }
+        }
+        let msg = format!("vhost-user port {}: {}", self.name, f.0);
+        self.shared.report(|r| r.fault = Some(msg));
+    }
+
+    /// Keeps a read armed on each running ring's kick eventfd, and on the notify eventfd.
+    fn arm_reads(&mut self, cx: &mut Cx<'_>) -> io::Result<()> {
+        if !self.notify_pending {
+            let target: *mut u64 = &mut *self.notify_buf;
+            let tag = cx.tag(OP_NOTIFY, 0);
+            // SAFETY: `notify_buf` is a heap cell of this port, read by nothing else; only
+            // one read targets it at a time (`notify_pending`), and the port lives until its
+            // reads are reaped (the worker drains `in_flight` before dropping it).
+            unsafe {
+                cx.ring
+                    .push_read_u64(self.shared.notify.as_raw_fd(), target, tag)?
+            };
+            self.notify_pending = true;
+        }
+        for i in 0..QUEUES {
+            let Some(q) = &self.q[i] else { continue };
+            if self.kick_pending[i] {
+                if let Some(old) = &self.kick_fd[i] {
+                    if !Arc::ptr_eq(old, &q.kick) {
+                        // The kick descriptor changed: cancel the read on the old one; the
+                        // next one is armed once that completes.
+                        cx.ring
+                            .push_cancel(cx.tag(OP_KICK, i as u32), cx.cancel_tag())?;
+                        self.kick_fd[i] = None;
+                    }
+                }
+                continue;
+            }
+            let target: *mut u64 = &mut *self.kick_buf[i];
+            let tag = cx.tag(OP_KICK, i as u32);
+            // SAFETY: as for the notify read: one read at a time per boxed cell
+            // (`kick_pending`), the port outlives it.
+            unsafe { cx.ring.push_read_u64(q.kick.as_raw_fd(), target, tag)? };
+            self.kick_pending[i] = true;
+            self.kick_fd[i] = Some(q.kick.clone());
+        }
+        Ok(())
+    }
+
+    /// Takes frames the guest transmitted, up to the budget.
+    fn take_transmitted(&mut self, cx: &mut Cx<'_>) -> Result<(), Fault> {
+        let (Some(mem), Some(q)) = (self.mem.clone(), self.q[TXQ].as_mut()) else {
+            return Ok(());
+        };
+        let mem: &GuestMem = &mem;
+        let mut taken = 0;
+        while taken < TX_BUDGET {
+            let Some(chain) = q.queue.pop_descriptor_chain(mem) else {
+                if q.queue.event_idx_enabled() {
+                    // Ask for a kick at the next entry, then look once more: an entry added
+                    // in between would otherwise wait for the next one.
+                    if q.queue
+                        .enable_notification(mem)
+                        .map_err(|e| ("tx ring", e))?
+                    {
+                        continue;
+                    }
+                }
+                break;
+            };
+            taken += 1;
+            let head = chain.head_index();
+            receive_chain(cx, mem, chain)?;
+            q.queue
+                .add_used(mem, head, 0)
+                .map_err(|e| ("tx used ring", e))?;
+            q.owed = true;
+        }
+        if q.owed {
+            signal(q, mem)?;
+        }
+        Ok(())
+    }
+
+    /// Writes one frame into the guest's receive queue; false if the guest has no room.
+    fn write_received(&mut self, cx: &mut Cx<'_>, f: &Frame) -> Result<bool, Fault> {
+        let (Some(mem), Some(q)) = (self.mem.as_deref(), self.q[RXQ].as_mut()) else {
+            return Ok(false);
+        };
+        let pool = cx.ring.pool();
+        let mut hdr = [0u8; Offload::WIRE_LEN];
+        if f.has_offload() {
+            pool.offload(f.buf).emit(&mut hdr);
+        } else {
+            Offload::NONE.emit(&mut hdr);
+        }
+        let frame = &pool.buf(f.buf)[f.off as usize..f.off as usize + f.len as usize];
+        let total = Offload::WIRE_LEN + frame.len();
+        // Gather chains until they hold the frame (one chain without mergeable buffers).
+        let mut chains: [Option<DescriptorChain<&GuestMem>>; MAX_CHAINS] =
+            [const { None }; MAX_CHAINS];
+        let mut n = 0;
+        let mut room = 0usize;
+        while room < total {
+            if n == MAX_CHAINS || (n == 1 && !self.mrg) {
+                break;
+            }
+            let Some(chain) = q.queue.pop_descriptor_chain(mem) else {
+                break;
+            };
+            room += chain
+                .clone()
+                .filter(Descriptor::is_write_only)
+                .map(|d| d.len() as usize)
+                .sum::<usize>();
+            chains[n] = Some(chain);
+            n += 1;
+        }
+        if room < total {
+            // Not enough room: hand the chains back (the guest refills its queue) and drop.
+            for _ in 0..n {
+                q.queue.go_to_previous_position();
+            }
+            if n == 0 && q.queue.event_idx_enabled() {
+                // Be told when the guest adds buffers.
+                let _ = q.queue.enable_notification(mem);
+            }
+            return Ok(false);
+        }
+        if self.mrg {
+            hdr[10..12].copy_from_slice(&(n as u16).to_le_bytes());
+        }
+        let mut src: [&[u8]; 2] = [&hdr, frame];
+        let mut s = 0;
+        for chain in chains.iter_mut().take(n) {
+            let chain = chain.take().expect("gathered");
+            let head = chain.head_index();
+            let mut written = 0u32;
+            for d in chain.filter(Descriptor::is_write_only) {
+                let mut at = 0usize;
+                let len = d.len() as usize;
+                while at < len && s < 2 {
+                    let k = (len - at).min(src[s].len());
+                    mem.write_slice(&src[s][..k], GuestAddress(d.addr().0 + at as u64))
+                        .map_err(|e| ("rx buffer", e))?;
+                    at += k;
+                    written += k as u32;
+                    src[s] = &src[s][k..];
+                    if src[s].is_empty() {
+                        s += 1;
+                    }
+                }
+                if s == 2 {
+                    break;
+                }
+            }
+            q.queue
+                .add_used(mem, head, written)
+                .map_err(|e| ("rx used ring", e))?;
+        }
+        q.owed = true;
+        Ok(true)
+    }
+}
+
+/// Sets a queue up as the frontend described it, and checks it lies in guest memory.
+fn make_queue(mem: &GuestMem, v: &VringConf, features: u64) -> Result<Queue, Fault> {
+    let mut q = Queue::new(v.size.max(1)).map_err(|e| ("queue", e))?;
+    q.set_size(v.size);
+    q.set_desc_table_address(Some(v.desc as u32), Some((v.desc >> 32) as u32));
+    q.set_avail_ring_address(Some(v.avail as u32), Some((v.avail >> 32) as u32));
+    q.set_used_ring_address(Some(v.used as u32), Some((v.used >> 32) as u32));
+    q.set_event_idx(features & F_EVENT_IDX != 0);
+    q.set_next_avail(v.base);
+    q.set_next_used(v.base);
+    q.set_ready(true);
+    if !q.is_valid(mem) {
+        return Err(Fault(format!(
+            "a ring of size {} at desc {:#x} avail {:#x} used {:#x} is not in guest memory",
+            v.size, v.desc, v.avail, v.used
+        )));
+    }
+    Ok(q)
+}
+
+/// Copies one transmitted chain (virtio-net header, then the frame) into a pool buffer and
+/// hands it to the engine. Bad frames are dropped and counted; bad memory is a fault.
+fn receive_chain(
+    cx: &mut Cx<'_>,
+    mem: &GuestMem,
+    chain: DescriptorChain<&GuestMem>,
+) -> Result<(), Fault> {
+    let mut total = 0usize;
+    for d in chain.clone() {
+        if d.is_write_only() {
+            return Err(Fault("a transmit chain has a write-only descriptor".into()));
+        }
+        total += d.len() as usize;
+    }
+    if total < Offload::WIRE_LEN + 14 {
+        cx.counters.count_rx_drop(total, DropReason::Runt);
+        return Ok(());
+    }
+    let frame_len = total - Offload::WIRE_LEN;
+    if frame_len > cx.env.max_frame {
+        cx.counters.count_rx_drop(frame_len, DropReason::Oversize);
+        return Ok(());
+    }
+    let start = HEADROOM - Offload::WIRE_LEN;
+    let pool = cx.ring.pool_mut();
+    let small = frame_len + HEADROOM <= pool.buf_size();
+    let buf = if small {
+        pool.alloc()
+    } else {
+        pool.alloc_large()
+    };
+    let Some(buf) = buf else {
+        cx.counters.count_rx_drop(frame_len, DropReason::NoBuffer);
+        return Ok(());
+    };
+    if start + total > pool.size_of(buf) {
+        pool.release(buf);
+        cx.counters.count_rx_drop(frame_len, DropReason::Oversize);
+        return Ok(());
+    }
+    let mut at = start;
+    let data = pool.buf_mut(buf);
+    for d in chain {
+        let len = d.len() as usize;
+        if let Err(e) = mem.read_slice(&mut data[at..at + len], d.addr()) {
+            cx.ring.pool_mut().release(buf);
+            return Err(("tx buffer", e).into());
+        }
+        at += len;
+    }
+    let mut h = [0u8; Offload::WIRE_LEN];
+    h.copy_from_slice(&data[start..HEADROOM]);
+    let o = Offload::parse(&h);
+    if !o.fits(frame_len) {
+        cx.counters.count_rx_drop(frame_len, DropReason::BadOffload);
+        cx.release(buf);
+        return Ok(());
+    }
+    let flags = if o.is_plain() {
+        0
+    } else {
+        cx.ring.pool_mut().set_offload(buf, o);
+        Frame::OFFLOAD
+    };
+    cx.deliver_with(buf, HEADROOM, frame_len, flags);
+    Ok(())
+}
+
+/// Interrupts the guest for the used entries it is owed, if it wants an interrupt.
+fn signal(q: &mut Vq, mem: &GuestMem) -> Result<(), Fault> {
+    q.owed = false;
+    if q.queue
+        .needs_notification(mem)
+        .map_err(|e| ("used ring", e))?
+    {
+        if let Some(call) = &q.call {
+            crate::sys::fd::kick(&**call);
+        }
+    }
+    Ok(())
+}
+
+impl Port for VhostUserPort {
+    fn attach(&mut self, cx: &mut Cx<'_>) -> io::Result<()> {
+        let g = self.shared.gen.load(Ordering::Acquire);
+        self.apply(cx, g);
+        self.arm_reads(cx)
+    }
+
+    #[inline]
+    fn arm(&mut self, cx: &mut Cx<'_>) -> io::Result<()> {
+        let g = self.shared.gen.load(Ordering::Acquire);
+        if g != self.seen {
+            self.apply(cx, g);
+        }
+        if let Err(f) = self.take_transmitted(cx) {
+            self.fault(cx, f);
+        }
+        self.arm_reads(cx)
+    }
+
+    fn complete(&mut self, _cx: &mut Cx<'_>, tag: Tag, _c: Completion) -> Result<(), Closed> {
+        match tag.op {
+            OP_NOTIFY => self.notify_pending = false,
+            OP_KICK => {
+                if let Some(p) = self.kick_pending.get_mut(tag.aux as usize) {
+                    *p = false;
+                }
+            }
+            _ => {}
+        }
+        // The work itself (the guest's frames, a new configuration) is picked up by `arm`,
+        // which the worker calls after every batch of completions.
+        Ok(())
+    }
+
+    fn send(&mut self, cx: &mut Cx<'_>, frames: &[Frame]) -> io::Result<usize> {
+        for f in frames {
+            match self.write_received(cx, f) {
+                Ok(true) => cx.counters.count_tx(1, f.len as u64),
+                Ok(false) => cx.counters.count_drop(DropReason::QueueFull),
+                Err(e) => {
+                    cx.counters.count_drop(DropReason::QueueFull);
+                    self.fault(cx, e);
+                }
+            }
+            cx.release(f.buf);
+        }
+        if let (Some(mem), Some(q)) = (self.mem.clone(), self.q[RXQ].as_mut()) {
+            if q.owed {
+                if let Err(e) = signal(q, &mem) {
+                    self.fault(cx, e);
+                }
+            }
+        }
+        Ok(frames.len())
+    }
+
+    fn cancel(&mut self, cx: &mut Cx<'_>) -> io::Result<()> {
+        if self.notify_pending {
+            cx.ring.push_cancel(cx.tag(OP_NOTIFY, 0), cx.cancel_tag())?;
+        }
+        for i in 0..QUEUES {
+            if self.kick_pending[i] {
+                cx.ring
+                    .push_cancel(cx.tag(OP_KICK, i as u32), cx.cancel_tag())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn in_flight(&self) -> InFlight {
+        InFlight {
+            reads: self.notify_pending as u32
+                + self.kick_pending.iter().filter(|p| **p).count() as u32,
+            writes: 0,
+        }
+    }
+
+    fn detach(&mut self, _cx: &mut Cx<'_>) {
+        for i in 0..QUEUES {
+            if let Some(q) = self.q[i].take() {
+                let next = q.queue.next_avail();
+                self.shared.report(|r| r.bases[i] = Some(next));
+            }
+        }
+        self.mem = None;
+    }
+
+    fn caps(&self) -> Caps {
+        Caps {
+            rx: RxMode::Reads,
+            coalesce: false,
+            offloads: true,
+        }
+    }
+
+    fn rx_buffers(&self, _ring: &Ring) -> usize {
+        0
+    }
+}
