@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use ringswitch_backends::netdev::split_keyval;
-use ringswitch_backends::{parse_netdev, NetdevKind, NetdevSpec};
+use ringswitch_backends::{parse_chardev, parse_netdev, Chardev, NetdevKind, NetdevSpec};
 use ringswitch_switch::{PollMode, TapRx};
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -31,9 +31,17 @@ struct Raw {
     /// dstport=), ipv6=on, cookie64=on, txcookie= with rxcookie=, counter=on, pincounter=on,
     /// offset=.
     ///
-    /// bridge: br=BRIDGE. hubport: hubid=N,netdev=ID. Every type also takes macaddr=MAC.
+    /// bridge: br=BRIDGE. hubport: hubid=N,netdev=ID. vhost-user: chardev=ID (a -chardev
+    /// socket), queues=1. Every type also takes macaddr=MAC.
     #[arg(long = "netdev", value_name = "SPEC")]
     netdev: Vec<String>,
+
+    /// A socket for vhost-user ports, in QEMU's -chardev syntax:
+    /// socket,id=ID,path=PATH[,server=on|off][,wait=on|off][,reconnect=SECS]. server=on: the
+    /// switch listens (QEMU connects with -chardev socket,path=PATH); off: the switch connects
+    /// to a QEMU that listens. `-chardev` is accepted as well.
+    #[arg(long = "chardev", value_name = "SPEC")]
+    chardev: Vec<String>,
 
     /// Pin the worker thread to this CPU.
     #[arg(long, value_name = "CPU")]
@@ -185,6 +193,7 @@ fn legacy_qmp_flags(s: &str) -> String {
 #[derive(Debug)]
 pub struct Args {
     pub netdevs: Vec<NetdevSpec>,
+    pub chardevs: Vec<Chardev>,
     pub worker_cpu: Option<usize>,
     pub mac_ageing: u32,
     pub mac_table_size: usize,
@@ -217,7 +226,12 @@ fn normalise(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
         .map(|a| match a.to_str() {
             Some("-netdev") => OsString::from("--netdev"),
             Some("-qmp") => OsString::from("--qmp"),
-            Some(s) if s.starts_with("-netdev=") || s.starts_with("-qmp=") => {
+            Some("-chardev") => OsString::from("--chardev"),
+            Some(s)
+                if s.starts_with("-netdev=")
+                    || s.starts_with("-qmp=")
+                    || s.starts_with("-chardev=") =>
+            {
                 OsString::from(format!("-{s}"))
             }
             _ => a,
@@ -235,6 +249,17 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, CliExit> 
     let mut qmp = Vec::with_capacity(raw.qmp.len());
     for q in &raw.qmp {
         qmp.push(parse_qmp(&legacy_qmp_flags(q)).map_err(CliExit::Invalid)?);
+    }
+    let mut chardevs: Vec<Chardev> = Vec::with_capacity(raw.chardev.len());
+    for s in &raw.chardev {
+        let c = parse_chardev(s).map_err(|e| CliExit::Invalid(e.to_string()))?;
+        if chardevs.iter().any(|d| d.id == c.id) {
+            return Err(CliExit::Invalid(format!(
+                "-chardev '{s}': Duplicate ID '{}' for chardev",
+                c.id
+            )));
+        }
+        chardevs.push(c);
     }
     let mut netdevs: Vec<NetdevSpec> = Vec::with_capacity(raw.netdev.len());
     for s in &raw.netdev {
@@ -256,6 +281,13 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, CliExit> 
             return Err(CliExit::Invalid(format!(
                 "-netdev '{s}': script=/downscript= run a program as this user; pass --allow-scripts to allow it, or use script=no,downscript=no"
             )));
+        }
+        if let NetdevKind::VhostUser { chardev, .. } = &spec.kind {
+            if !chardevs.iter().any(|c| &c.id == chardev) {
+                return Err(CliExit::Invalid(format!(
+                    "-netdev '{s}': chardev \"{chardev}\" not found (give -chardev socket,id={chardev},path=…)"
+                )));
+            }
         }
         netdevs.push(spec);
     }
@@ -280,6 +312,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, CliExit> 
     }
     Ok(Args {
         netdevs,
+        chardevs,
         worker_cpu: raw.worker_cpu,
         mac_ageing: raw.mac_ageing,
         mac_table_size: raw.mac_table_size as usize,

@@ -96,6 +96,11 @@ fn run(args: cli::Args) -> anyhow::Result<()> {
         },
     );
     let mut failure = None;
+    for c in &args.chardevs {
+        if let Err(e) = ctl.chardev_add(c.clone()) {
+            failure = Some(anyhow!("{}", e.desc));
+        }
+    }
     for spec in &args.netdevs {
         if let Err(e) = ctl.netdev_add(spec.clone()) {
             failure = Some(anyhow!("{}", e.desc));

@@ -379,6 +379,22 @@ pub(crate) fn bridge(o: &mut Opts) -> Result<String, NetdevError> {
     Ok(br)
 }
 
+/// `vhost-user`: `chardev=ID` (required) and `queues=N` (queue pairs; this build serves one).
+pub(crate) fn vhost_user(o: &mut Opts) -> Result<(String, u16), NetdevError> {
+    let chardev = o
+        .str("chardev")
+        .ok_or(NetdevError::Missing("chardev".into()))?;
+    NetdevId::new(&chardev).map_err(|_| bad("chardev", "a chardev id", chardev.clone()))?;
+    let queues = o.int("queues").unwrap_or(1);
+    if queues != 1 {
+        return Err(NetdevError::Invalid(format!(
+            "Parameter 'queues': this ringswitch serves one queue pair per vhost-user port (multiqueue comes with several workers), got {queues}"
+        )));
+    }
+    let _ = o.bool("vhostforce");
+    Ok((chardev, 1))
+}
+
 /// `hubport`: `hubid=N` places the netdev named by `netdev=` in bridge domain N.
 pub(crate) fn hubport(o: &mut Opts) -> Result<(u16, Option<NetdevId>), NetdevError> {
     let hubid = o.int("hubid").ok_or(NetdevError::Missing("hubid".into()))?;

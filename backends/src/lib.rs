@@ -4,12 +4,15 @@
 
 pub mod addr;
 pub mod bridge;
+pub mod chardev;
 pub mod kinds;
 pub mod netdev;
 pub mod open;
 pub mod socket;
 pub mod tap;
+pub mod vhost_user;
 
+pub use chardev::{chardev_from_qmp, parse_chardev, Chardev, ChardevSocket};
 pub use netdev::{
     netdev_from_qmp, parse_netdev, NetdevError, NetdevId, NetdevKind, NetdevSpec, Script,
     TapOptions,

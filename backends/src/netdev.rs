@@ -72,6 +72,12 @@ pub enum NetdevKind {
         hubid: u16,
         netdev: Option<NetdevId>,
     },
+    /// A QEMU guest's virtio-net device served over shared memory (ringswitch is the
+    /// vhost-user backend), through the socket of chardev `chardev`.
+    VhostUser {
+        chardev: String,
+        queues: u16,
+    },
 }
 
 impl NetdevKind {
@@ -84,6 +90,7 @@ impl NetdevKind {
             NetdevKind::L2tpv3(_) => "l2tpv3",
             NetdevKind::Bridge { .. } => "bridge",
             NetdevKind::HubPort { .. } => "hubport",
+            NetdevKind::VhostUser { .. } => "vhost-user",
         }
     }
 }
@@ -123,7 +130,10 @@ impl NetdevSpec {
                 | SocketMode::UnixDgram { .. }
                 | SocketMode::Mcast { .. } => None,
             },
-            NetdevKind::L2tpv3(_) | NetdevKind::Bridge { .. } | NetdevKind::HubPort { .. } => None,
+            NetdevKind::L2tpv3(_)
+            | NetdevKind::Bridge { .. }
+            | NetdevKind::HubPort { .. }
+            | NetdevKind::VhostUser { .. } => None,
         }
     }
 }
@@ -244,6 +254,10 @@ fn build(
         "hubport" => {
             let (hubid, netdev) = kinds::hubport(&mut o)?;
             NetdevKind::HubPort { hubid, netdev }
+        }
+        "vhost-user" => {
+            let (chardev, queues) = kinds::vhost_user(&mut o)?;
+            NetdevKind::VhostUser { chardev, queues }
         }
         other => unreachable!("kind {other} has a schema but no builder"),
     };

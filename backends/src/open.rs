@@ -6,6 +6,7 @@
 //! disconnect; a connecting port tries again every `reconnect` seconds.
 
 use crate::addr::SockAddr;
+use crate::chardev::Chardev;
 use crate::kinds::{L2tpv3Options, SocketMode};
 use crate::netdev::{NetdevKind, NetdevSpec, Script};
 use crate::socket;
@@ -15,6 +16,7 @@ use ringswitch_switch::port::l2tpv3::codec::L2tpv3Codec;
 use ringswitch_switch::port::l2tpv3::L2tpv3Port;
 use ringswitch_switch::port::stream::StreamPort;
 use ringswitch_switch::port::tap::TapPort;
+use ringswitch_switch::port::vhost_user::VhostUserPort;
 use ringswitch_switch::AnyPort;
 use std::io;
 use std::net::SocketAddr;
@@ -55,6 +57,16 @@ pub enum OpenError {
     },
     #[error("a hubport places another netdev in a hub; it is not a port to open")]
     NotAPort,
+    #[error(
+        "chardev '{0}' not found (give -chardev socket,id={0},path=… or chardev-add it first)"
+    )]
+    NoChardev(String),
+    #[error("vhost-user on '{path}': {source}")]
+    VhostUser {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot attach tap '{tap}' to bridge '{br}': {why}")]
     Bridge {
         tap: String,
@@ -128,6 +140,8 @@ pub struct OpenedPort {
     pub offloads: u32,
     downscript: Script,
     carrier: bool,
+    /// A vhost-user port's protocol thread (stops when the port goes).
+    pub vhost: Option<crate::vhost_user::Service>,
 }
 
 fn run_script(path: &str, ifname: &str) -> Result<(), OpenError> {
@@ -169,6 +183,7 @@ fn fixed(fd: OwnedFd, tx_fd: Option<OwnedFd>, make: MakePort, peer: Option<Strin
         offloads: 0,
         downscript: Script::None,
         carrier: false,
+        vhost: None,
     }
 }
 
@@ -188,6 +203,7 @@ fn open_socket(mode: &SocketMode) -> Result<OpenedPort, OpenError> {
                 offloads: 0,
                 downscript: Script::None,
                 carrier: false,
+                vhost: None,
             })
         }
         SocketMode::Connect { addr, reconnect } => {
@@ -203,6 +219,7 @@ fn open_socket(mode: &SocketMode) -> Result<OpenedPort, OpenError> {
                 offloads: 0,
                 downscript: Script::None,
                 carrier: false,
+                vhost: None,
             };
             // A first attempt at once; without a peer yet the port waits and retries (unless
             // reconnect=0, where the peer must be there, as in QEMU 7.2).
@@ -295,7 +312,13 @@ fn open_l2tpv3(o: &L2tpv3Options) -> Result<OpenedPort, OpenError> {
 }
 
 /// Opens the port `spec` describes. Scripts run only when `allow_scripts` is set.
-pub fn open(spec: &NetdevSpec, allow_scripts: bool) -> Result<OpenedPort, OpenError> {
+/// Opens the port `spec` describes. A vhost-user port needs its chardev (`chardev`, looked up
+/// by the caller from `-chardev` and `chardev-add`).
+pub fn open(
+    spec: &NetdevSpec,
+    allow_scripts: bool,
+    chardev: Option<&Chardev>,
+) -> Result<OpenedPort, OpenError> {
     if spec.wants_scripts() && !allow_scripts {
         return Err(OpenError::ScriptsNotAllowed);
     }
@@ -335,7 +358,44 @@ pub fn open(spec: &NetdevSpec, allow_scripts: bool) -> Result<OpenedPort, OpenEr
         NetdevKind::Socket(m) | NetdevKind::Stream(m) | NetdevKind::Dgram(m) => open_socket(m),
         NetdevKind::L2tpv3(o) => open_l2tpv3(o),
         NetdevKind::HubPort { .. } => Err(OpenError::NotAPort),
+        NetdevKind::VhostUser { chardev: id, .. } => {
+            let Some(c) = chardev.filter(|c| &c.id == id) else {
+                return Err(OpenError::NoChardev(id.clone()));
+            };
+            open_vhost_user(spec.id.as_str(), c)
+        }
     }
+}
+
+/// A vhost-user port: its protocol thread on the chardev's socket, and the data plane's port
+/// over the configuration that thread publishes.
+fn open_vhost_user(name: &str, c: &Chardev) -> Result<OpenedPort, OpenError> {
+    let service = crate::vhost_user::Service::start(name, &c.socket).map_err(|source| {
+        OpenError::VhostUser {
+            path: c.socket.path().display().to_string(),
+            source,
+        }
+    })?;
+    let shared = service.shared.clone();
+    let make: MakePort =
+        Box::new(move |_, _, name| VhostUserPort::new(name, shared.clone()).into());
+    // The data plane's port reaches the guest through shared memory, not a descriptor of the
+    // connection; the connection slot holds a placeholder (the null device) so the port is
+    // served from the start and stays served across frontend reconnections.
+    let placeholder: OwnedFd = std::fs::File::open("/dev/null")
+        .map_err(|source| OpenError::VhostUser {
+            path: "/dev/null".into(),
+            source,
+        })?
+        .into();
+    let mut p = fixed(
+        placeholder,
+        None,
+        make,
+        Some(c.socket.path().display().to_string()),
+    );
+    p.vhost = Some(service);
+    Ok(p)
 }
 
 impl OpenedPort {

@@ -4,7 +4,7 @@
 use crate::announce::AnnounceParams;
 use crate::controller::Controller;
 use crate::qmp::{version, Args, QmpError, Request};
-use ringswitch_backends::netdev_from_qmp;
+use ringswitch_backends::{chardev_from_qmp, netdev_from_qmp};
 use serde_json::{json, Map, Value};
 
 /// Every command the server knows, as `query-commands` lists them: net.json's, QMP's own,
@@ -16,6 +16,8 @@ pub const COMMANDS: &[&str] = &[
     "quit",
     "netdev_add",
     "netdev_del",
+    "chardev-add",
+    "chardev-remove",
     "set_link",
     "query-rx-filter",
     "announce-self",
@@ -42,6 +44,21 @@ pub fn dispatch(ctl: &mut Controller, req: &Request) -> Result<Value, QmpError> 
             let spec = netdev_from_qmp(map.unwrap_or(&empty))
                 .map_err(|e| QmpError::generic(e.to_string()))?;
             ctl.netdev_add(spec)?;
+            Ok(json!({}))
+        }
+        "chardev-add" => {
+            let empty = Map::new();
+            let c = chardev_from_qmp(map.unwrap_or(&empty))
+                .map_err(|e| QmpError::generic(e.to_string()))?;
+            ctl.chardev_add(c)?;
+            // QEMU answers with the pty path for pty backends; a socket has none.
+            Ok(json!({}))
+        }
+        "chardev-remove" => {
+            let mut a = Args::new(map);
+            let id = a.str("id")?;
+            a.finish()?;
+            ctl.chardev_remove(id)?;
             Ok(json!({}))
         }
         "netdev_del" => {

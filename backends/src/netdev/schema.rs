@@ -7,7 +7,14 @@ use super::NetdevError;
 
 /// Netdev kinds this build of ringswitch can open.
 pub const SUPPORTED_KINDS: &[&str] = &[
-    "tap", "socket", "stream", "dgram", "l2tpv3", "bridge", "hubport",
+    "tap",
+    "socket",
+    "stream",
+    "dgram",
+    "l2tpv3",
+    "bridge",
+    "hubport",
+    "vhost-user",
 ];
 
 /// Kinds QEMU's schema has that this build does not (yet) serve.
@@ -16,7 +23,6 @@ const QEMU_ONLY_KINDS: &[&str] = &[
     "vde",
     "netmap",
     "af-xdp",
-    "vhost-user",
     "vhost-vdpa",
     "vmnet-host",
     "vmnet-shared",
@@ -139,6 +145,14 @@ const BRIDGE_UNSUPPORTED: &[(&str, &str)] = &[(
 
 const HUBPORT_OPTIONS: &[(&str, Ty)] = &[("hubid", Ty::Int), ("netdev", Ty::Str)];
 
+/// QEMU's `NetdevVhostUserOptions`: the chardev the frontend talks over, and how many queue
+/// pairs. `vhostforce` is accepted (it is deprecated in QEMU and means nothing here).
+const VHOST_USER_OPTIONS: &[(&str, Ty)] = &[
+    ("chardev", Ty::Str),
+    ("queues", Ty::Int),
+    ("vhostforce", Ty::Bool),
+];
+
 /// One kind's schema.
 pub(crate) struct Schema {
     /// The kind's name, as `type=` gives it.
@@ -160,6 +174,7 @@ impl Schema {
             "l2tpv3" => ("l2tpv3", L2TPV3_OPTIONS, &[]),
             "bridge" => ("bridge", BRIDGE_OPTIONS, BRIDGE_UNSUPPORTED),
             "hubport" => ("hubport", HUBPORT_OPTIONS, &[]),
+            "vhost-user" => ("vhost-user", VHOST_USER_OPTIONS, &[]),
             other if QEMU_ONLY_KINDS.contains(&other) => {
                 return Err(NetdevError::UnsupportedType(other.to_string()))
             }

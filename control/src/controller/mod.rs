@@ -12,7 +12,7 @@ mod connections;
 
 use crate::announce::AnnounceTimer;
 use crate::qmp::{event, QmpError};
-use ringswitch_backends::{open, NetdevId, NetdevKind, NetdevSpec, OpenedPort};
+use ringswitch_backends::{open, Chardev, NetdevId, NetdevKind, NetdevSpec, OpenedPort};
 use ringswitch_switch::mactable::MacEntry;
 use ringswitch_switch::uring::RingFeatures;
 use ringswitch_switch::{
@@ -179,6 +179,8 @@ pub struct Controller {
     timers: Vec<AnnounceTimer>,
     events: Vec<Value>,
     quit: bool,
+    /// Chardevs (`-chardev`, `chardev-add`): the sockets vhost-user ports speak over.
+    chardevs: std::collections::BTreeMap<String, Chardev>,
 }
 
 fn port_error(spec: &NetdevSpec, e: impl std::fmt::Display) -> QmpError {
@@ -198,6 +200,7 @@ impl Controller {
             timers: Vec::new(),
             events: Vec::new(),
             quit: false,
+            chardevs: std::collections::BTreeMap::new(),
         }
     }
 
@@ -301,7 +304,25 @@ impl Controller {
                 ));
             }
         }
-        let opened = open(&spec, self.config.allow_scripts).map_err(|e| port_error(&spec, e))?;
+        let chardev =
+            match &spec.kind {
+                NetdevKind::VhostUser { chardev, .. } => {
+                    if let Some(other) = self.ports.iter().find(|p| {
+                    matches!(&p.spec.kind, NetdevKind::VhostUser { chardev: c, .. } if c == chardev)
+                }) {
+                    return Err(port_error(
+                        &spec,
+                        format!("Chardev '{chardev}' is busy (netdev '{}' uses it)", other.id()),
+                    ));
+                }
+                    Some(self.chardevs.get(chardev).ok_or_else(|| {
+                        port_error(&spec, format!("chardev \"{chardev}\" not found"))
+                    })?)
+                }
+                _ => None,
+            };
+        let opened =
+            open(&spec, self.config.allow_scripts, chardev).map_err(|e| port_error(&spec, e))?;
         let worker = self.least_loaded();
         let mut port = Port {
             spec,
@@ -333,6 +354,34 @@ impl Controller {
 
     /// `netdev_del`: stops forwarding on the port and waits until the worker released it,
     /// then runs its downscript (while the interface still exists, as QEMU does) and closes it.
+    /// `-chardev` / `chardev-add`: a socket for vhost-user ports to use.
+    pub fn chardev_add(&mut self, c: Chardev) -> Result<(), QmpError> {
+        if self.chardevs.contains_key(&c.id) {
+            return Err(QmpError::generic(format!(
+                "attempt to add duplicate property '{}' to object (type 'container')",
+                c.id
+            )));
+        }
+        self.chardevs.insert(c.id.clone(), c);
+        Ok(())
+    }
+
+    /// `chardev-remove`: refused while a netdev uses it, as in QEMU.
+    pub fn chardev_remove(&mut self, id: &str) -> Result<(), QmpError> {
+        if !self.chardevs.contains_key(id) {
+            return Err(QmpError::generic(format!("Chardev '{id}' not found")));
+        }
+        if self
+            .ports
+            .iter()
+            .any(|p| matches!(&p.spec.kind, NetdevKind::VhostUser { chardev, .. } if chardev == id))
+        {
+            return Err(QmpError::generic(format!("Chardev '{id}' is busy")));
+        }
+        self.chardevs.remove(id);
+        Ok(())
+    }
+
     pub fn netdev_del(&mut self, id: &str) -> Result<(), QmpError> {
         if let Some(h) = self.hubports.iter().position(|h| h.id.as_str() == id) {
             let hp = self.hubports.remove(h);

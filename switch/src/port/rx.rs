@@ -55,6 +55,9 @@ pub enum RxMode {
     PolledPoll,
     /// Reads into a stream's reassembly buffer.
     Stream,
+    /// Descriptor chains taken from a guest's rings in shared memory each loop, a read of
+    /// its kick eventfd while idle (vhost-user).
+    SharedRings,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -109,6 +109,10 @@ pub struct VhostShared {
     report: Mutex<VhostReport>,
     /// Written by the control side after each change, read by the port through the ring.
     notify: OwnedFd,
+    /// Messages the control side refused (a bogus memory table, ring addresses outside it,
+    /// bad sizes), each of which ended the frontend's connection; the port counts them as
+    /// `frontend_fault` (its counters have one writer, the worker).
+    protocol_faults: AtomicU64,
 }
 
 impl VhostShared {
@@ -119,6 +123,7 @@ impl VhostShared {
             conf: Mutex::new(VhostConf::default()),
             report: Mutex::new(VhostReport::default()),
             notify: crate::sys::fd::eventfd()?,
+            protocol_faults: AtomicU64::new(0),
         }))
     }
 
@@ -166,6 +171,12 @@ impl VhostShared {
             .take()
     }
 
+    /// The control side refused a frontend's message and dropped its connection: counted by
+    /// the port at the next change it applies.
+    pub fn protocol_fault(&self) {
+        self.protocol_faults.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Forgets what the worker reported (a new frontend connection starts clean).
     pub fn clear_report(&self) {
         *self.report.lock().unwrap_or_else(|p| p.into_inner()) = VhostReport::default();
@@ -200,6 +211,7 @@ pub struct VhostUserPort {
     name: String,
     shared: Arc<VhostShared>,
     seen: u64,
+    faults_seen: u64,
     mem: Option<Arc<GuestMem>>,
     mrg: bool,
     q: [Option<Vq>; QUEUES],
@@ -219,6 +231,7 @@ impl VhostUserPort {
             name: name.to_string(),
             shared,
             seen: 0,
+            faults_seen: 0,
             mem: None,
             mrg: false,
             q: [None, None],
@@ -234,6 +247,12 @@ impl VhostUserPort {
     /// Picks up the control side's latest configuration.
     fn apply(&mut self, cx: &mut Cx<'_>, gen: u64) {
         let shared = self.shared.clone();
+        let faults = shared.protocol_faults.load(Ordering::Acquire);
+        if faults > self.faults_seen {
+            cx.counters
+                .count_drops(DropReason::FrontendFault, faults - self.faults_seen);
+            self.faults_seen = faults;
+        }
         let conf = shared.conf.lock().unwrap_or_else(|p| p.into_inner());
         let mem_changed = match (&self.mem, &conf.mem) {
             (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
@@ -443,9 +462,8 @@ impl VhostUserPort {
             }
             return Ok(false);
         }
-        if self.mrg {
-            hdr[10..12].copy_from_slice(&(n as u16).to_le_bytes());
-        }
+        // The chains the frame spans (1 without mergeable buffers, where drivers ignore it).
+        hdr[10..12].copy_from_slice(&(n as u16).to_le_bytes());
         let mut src: [&[u8]; 2] = [&hdr, frame];
         let mut s = 0;
         for chain in chains.iter_mut().take(n) {
@@ -670,9 +688,13 @@ impl Port for VhostUserPort {
 
     fn caps(&self) -> Caps {
         Caps {
-            rx: RxMode::Reads,
+            rx: RxMode::SharedRings,
             coalesce: false,
-            offloads: true,
+            // Segments and partial checksums toward the guest are cut and completed by the
+            // engine for now: whether the guest takes them (GUEST_TSO4/6, GUEST_CSUM) is
+            // negotiated after the port joined the engine, whose offload choice is made at
+            // attach. Segments *from* the guest travel as offload records either way.
+            offloads: false,
         }
     }
 
