@@ -255,19 +255,22 @@ impl Engine {
                 self.stats.mac_evicted.inc()
             }
         }
-        let out = if dst.is_unicast() {
-            self.table.lookup(domain, dst, now)
-        } else {
-            None
-        };
         if f.has_offload() {
+            let out = if dst.is_unicast() {
+                self.table.lookup(domain, dst, now)
+            } else {
+                None
+            };
             self.forward_offload(pool, f, domain, out, tx);
             return;
         }
-        match out {
-            Some(out) => self.unicast(pool, out, f, tx),
-            None => self.flood(pool, domain, f, tx),
+        if dst.is_unicast() {
+            if let Some(out) = self.table.lookup(domain, dst, now) {
+                self.unicast(pool, out, f, tx);
+                return;
+            }
         }
+        self.flood(pool, domain, f, tx);
     }
 
     #[inline]
