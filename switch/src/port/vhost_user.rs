@@ -27,7 +27,7 @@ use crate::pool::HEADROOM;
 use crate::sys::uring::{Completion, Ring};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use virtio_queue::desc::split::Descriptor;
@@ -113,6 +113,9 @@ pub struct VhostShared {
     /// bad sizes), each of which ended the frontend's connection; the port counts them as
     /// `frontend_fault` (its counters have one writer, the worker).
     protocol_faults: AtomicU64,
+    /// A worker serves the port (between its attach and detach): only then is there anyone
+    /// to wait for.
+    served: AtomicBool,
 }
 
 impl VhostShared {
@@ -124,6 +127,7 @@ impl VhostShared {
             report: Mutex::new(VhostReport::default()),
             notify: crate::sys::fd::eventfd()?,
             protocol_faults: AtomicU64::new(0),
+            served: AtomicBool::new(false),
         }))
     }
 
@@ -149,6 +153,9 @@ impl VhostShared {
         loop {
             if self.applied.load(Ordering::Acquire) >= g {
                 return true;
+            }
+            if !self.served.load(Ordering::Acquire) {
+                return false;
             }
             if Instant::now() >= end {
                 return false;
@@ -430,71 +437,91 @@ impl VhostUserPort {
             Offload::NONE.emit(&mut hdr);
         }
         let frame = &pool.buf(f.buf)[f.off as usize..f.off as usize + f.len as usize];
-        let total = Offload::WIRE_LEN + frame.len();
-        // Gather chains until they hold the frame (one chain without mergeable buffers).
-        let mut chains: [Option<DescriptorChain<&GuestMem>>; MAX_CHAINS] =
-            [const { None }; MAX_CHAINS];
-        let mut n = 0;
-        let mut room = 0usize;
-        while room < total {
-            if n == MAX_CHAINS || (n == 1 && !self.mrg) {
-                break;
-            }
-            let Some(chain) = q.queue.pop_descriptor_chain(mem) else {
-                break;
-            };
-            room += chain
-                .clone()
-                .filter(Descriptor::is_write_only)
-                .map(|d| d.len() as usize)
-                .sum::<usize>();
-            chains[n] = Some(chain);
-            n += 1;
-        }
-        if room < total {
-            // Not enough room: hand the chains back (the guest refills its queue) and drop.
-            for _ in 0..n {
-                q.queue.go_to_previous_position();
-            }
-            if n == 0 && q.queue.event_idx_enabled() {
-                // Be told when the guest adds buffers.
-                let _ = q.queue.enable_notification(mem);
-            }
-            return Ok(false);
-        }
-        // The chains the frame spans (1 without mergeable buffers, where drivers ignore it).
-        hdr[10..12].copy_from_slice(&(n as u16).to_le_bytes());
-        let mut src: [&[u8]; 2] = [&hdr, frame];
-        let mut s = 0;
-        for chain in chains.iter_mut().take(n) {
-            let chain = chain.take().expect("gathered");
-            let head = chain.head_index();
-            let mut written = 0u32;
-            for d in chain.filter(Descriptor::is_write_only) {
-                let mut at = 0usize;
-                let len = d.len() as usize;
-                while at < len && s < 2 {
-                    let k = (len - at).min(src[s].len());
-                    mem.write_slice(&src[s][..k], GuestAddress(d.addr().0 + at as u64))
-                        .map_err(|e| ("rx buffer", e))?;
-                    at += k;
-                    written += k as u32;
-                    src[s] = &src[s][k..];
-                    if src[s].is_empty() {
-                        s += 1;
-                    }
-                }
-                if s == 2 {
-                    break;
-                }
-            }
-            q.queue
-                .add_used(mem, head, written)
-                .map_err(|e| ("rx used ring", e))?;
-        }
-        q.owed = true;
-        Ok(true)
+        let wrote = write_frame(&mut q.queue, mem, self.mrg, hdr, frame)?;
+        q.owed |= wrote;
+        Ok(wrote)
     }
+}
+
+/// Writes `hdr` and `frame` into the receive chains of `queue` (several with mergeable
+/// buffers, `num_buffers` set), and returns them used; false (nothing taken) if the guest has
+/// not posted room enough.
+fn write_frame(
+    queue: &mut Queue,
+    mem: &GuestMem,
+    mrg: bool,
+    mut hdr: [u8; Offload::WIRE_LEN],
+    frame: &[u8],
+) -> Result<bool, Fault> {
+    let total = Offload::WIRE_LEN + frame.len();
+    // Gather chains until they hold the frame (one chain without mergeable buffers).
+    let mut chains: [Option<DescriptorChain<&GuestMem>>; MAX_CHAINS] = [const { None }; MAX_CHAINS];
+    let mut n = 0;
+    let mut room = 0usize;
+    while room < total {
+        if n == MAX_CHAINS || (n == 1 && !mrg) {
+            break;
+        }
+        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            break;
+        };
+        room += chain
+            .clone()
+            .filter(Descriptor::is_write_only)
+            .map(|d| d.len() as usize)
+            .sum::<usize>();
+        chains[n] = Some(chain);
+        n += 1;
+    }
+    if room < total {
+        // Not enough room: hand the chains back (the guest refills its queue) and drop.
+        for _ in 0..n {
+            queue.go_to_previous_position();
+        }
+        if n == 0 && queue.event_idx_enabled() {
+            // Be told when the guest adds buffers.
+            let _ = queue.enable_notification(mem);
+        }
+        return Ok(false);
+    }
+    // The chains the frame spans (1 without mergeable buffers, where drivers ignore it).
+    hdr[10..12].copy_from_slice(&(n as u16).to_le_bytes());
+    let mut src: [&[u8]; 2] = [&hdr, frame];
+    let mut s = 0;
+    for chain in chains.iter_mut().take(n) {
+        let chain = chain.take().expect("gathered");
+        let head = chain.head_index();
+        let mut written = 0u32;
+        // (The guest may change its descriptors meanwhile: what is written is bounded by the
+        // frame, whatever they say now.)
+        for d in chain.filter(Descriptor::is_write_only) {
+            let mut at = 0usize;
+            let len = d.len() as usize;
+            while at < len && s < 2 {
+                let k = (len - at).min(src[s].len());
+                let addr = d
+                    .addr()
+                    .0
+                    .checked_add(at as u64)
+                    .ok_or_else(|| Fault("an rx buffer address wraps around".into()))?;
+                mem.write_slice(&src[s][..k], GuestAddress(addr))
+                    .map_err(|e| ("rx buffer", e))?;
+                at += k;
+                written += k as u32;
+                src[s] = &src[s][k..];
+                if src[s].is_empty() {
+                    s += 1;
+                }
+            }
+            if s == 2 {
+                break;
+            }
+        }
+        queue
+            .add_used(mem, head, written)
+            .map_err(|e| ("rx used ring", e))?;
+    }
+    Ok(true)
 }
 
 /// Sets a queue up as the frontend described it, and checks it lies in guest memory.
@@ -557,15 +584,11 @@ fn receive_chain(
         cx.counters.count_rx_drop(frame_len, DropReason::Oversize);
         return Ok(());
     }
-    let mut at = start;
     let data = pool.buf_mut(buf);
-    for d in chain {
-        let len = d.len() as usize;
-        if let Err(e) = mem.read_slice(&mut data[at..at + len], d.addr()) {
-            cx.ring.pool_mut().release(buf);
-            return Err(("tx buffer", e).into());
-        }
-        at += len;
+    let copied = copy_chain(mem, chain, &mut data[start..start + total]);
+    if let Err(f) = copied {
+        cx.ring.pool_mut().release(buf);
+        return Err(f);
     }
     let mut h = [0u8; Offload::WIRE_LEN];
     h.copy_from_slice(&data[start..HEADROOM]);
@@ -585,6 +608,74 @@ fn receive_chain(
     Ok(())
 }
 
+/// Copies the readable descriptors of `chain` into `dst`, which the first walk sized. The
+/// guest may have changed its descriptors since: a chain that no longer fits is a fault.
+fn copy_chain(
+    mem: &GuestMem,
+    chain: DescriptorChain<&GuestMem>,
+    dst: &mut [u8],
+) -> Result<usize, Fault> {
+    let mut at = 0usize;
+    for d in chain {
+        let len = d.len() as usize;
+        let Some(to) = dst.get_mut(at..at + len) else {
+            return Err(Fault("a transmit chain grew while it was read".into()));
+        };
+        mem.read_slice(to, d.addr()).map_err(|e| ("tx buffer", e))?;
+        at += len;
+    }
+    Ok(at)
+}
+
+/// For the fuzz target: sets up ring `TXQ` and `RXQ` as `conf` describes them over `mem`, as
+/// the worker does, then takes up to 16 transmit chains (each copied into `buf`, as a frame
+/// is) and writes `frame` into the receive ring up to 16 times. Returns the chains taken and
+/// frames written, or the fault the worker would count. Never panics, whatever `mem` holds.
+#[doc(hidden)]
+pub fn walk_rings(
+    mem: &GuestMem,
+    conf: &VhostConf,
+    buf: &mut [u8],
+    frame: &[u8],
+) -> Result<(usize, usize), String> {
+    let mut taken = 0;
+    let mut written = 0;
+    let mrg = conf.features & F_MRG_RXBUF != 0;
+    if conf.vrings[TXQ].size > 0 {
+        let mut q = make_queue(mem, &conf.vrings[TXQ], conf.features).map_err(|f| f.0)?;
+        while taken < 16 {
+            let Some(chain) = q.pop_descriptor_chain(mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            let mut total = 0usize;
+            for d in chain.clone() {
+                if d.is_write_only() {
+                    return Err("a transmit chain has a write-only descriptor".into());
+                }
+                total += d.len() as usize;
+            }
+            if total <= buf.len() {
+                copy_chain(mem, chain, &mut buf[..total]).map_err(|f| f.0)?;
+            }
+            q.add_used(mem, head, 0).map_err(|e| e.to_string())?;
+            taken += 1;
+        }
+        let _ = q.needs_notification(mem);
+    }
+    if conf.vrings[RXQ].size > 0 {
+        let mut q = make_queue(mem, &conf.vrings[RXQ], conf.features).map_err(|f| f.0)?;
+        while written < 16 {
+            if !write_frame(&mut q, mem, mrg, [0; Offload::WIRE_LEN], frame).map_err(|f| f.0)? {
+                break;
+            }
+            written += 1;
+        }
+        let _ = q.needs_notification(mem);
+    }
+    Ok((taken, written))
+}
+
 /// Interrupts the guest for the used entries it is owed, if it wants an interrupt.
 fn signal(q: &mut Vq, mem: &GuestMem) -> Result<(), Fault> {
     q.owed = false;
@@ -601,6 +692,7 @@ fn signal(q: &mut Vq, mem: &GuestMem) -> Result<(), Fault> {
 
 impl Port for VhostUserPort {
     fn attach(&mut self, cx: &mut Cx<'_>) -> io::Result<()> {
+        self.shared.served.store(true, Ordering::Release);
         let g = self.shared.gen.load(Ordering::Acquire);
         self.apply(cx, g);
         self.arm_reads(cx)
@@ -677,6 +769,7 @@ impl Port for VhostUserPort {
     }
 
     fn detach(&mut self, _cx: &mut Cx<'_>) {
+        self.shared.served.store(false, Ordering::Release);
         for i in 0..QUEUES {
             if let Some(q) = self.q[i].take() {
                 let next = q.queue.next_avail();
