@@ -5,7 +5,9 @@
 //! port of the same switch is the other station. No privileges needed.
 //!
 //! Checked: frames both ways; GET_VRING_BASE answers where the switch stopped; a frontend that
-//! goes away and comes back (a guest reboot or a QEMU restart) is served again; a frontend
+//! goes away and comes back (a guest reboot or a QEMU restart) is served again, 100 times,
+//! reported `connected` in `query-ports` only while it runs, with no descriptor or mapping
+//! left behind; a frontend
 //! that puts a ring outside its memory is disconnected and counted (`frontend_fault`) while
 //! the other port keeps forwarding; refusals of bad `-chardev`/`-netdev` spellings.
 
@@ -226,6 +228,10 @@ impl Drop for Setup {
 }
 
 fn setup() -> Setup {
+    setup_with(&[])
+}
+
+fn setup_with(extra: &[&str]) -> Setup {
     let dir = std::env::temp_dir().join(unique_name("rs-vhu"));
     std::fs::create_dir_all(&dir).unwrap();
     let vhu = dir.join("vhu.sock");
@@ -239,14 +245,16 @@ fn setup() -> Setup {
         sw_end.display(),
         peer_end.display()
     );
-    let switch = Switch::start(&[
+    let mut args = vec![
         "-chardev",
         &chardev,
         "-netdev",
         "vhost-user,id=v0,chardev=c0",
         "-netdev",
         &dgram,
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let switch = Switch::start(&args);
     Setup {
         dir,
         vhu,
@@ -285,13 +293,92 @@ fn a_frontend_exchanges_frames_with_a_datagram_port() {
     assert_eq!(g.fe.get_vring_base(TXQ).unwrap(), 1);
 }
 
+/// A QMP connection to the switch under test (greeting read, capabilities negotiated).
+struct Qmp(std::io::BufReader<std::os::unix::net::UnixStream>);
+
+impl Qmp {
+    fn connect(path: &Path) -> Qmp {
+        let end = Instant::now() + Duration::from_secs(10);
+        let s = loop {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() < end => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("QMP at {}: {e}", path.display()),
+            }
+        };
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut q = Qmp(std::io::BufReader::new(s));
+        q.line();
+        q.execute("qmp_capabilities");
+        q
+    }
+
+    fn line(&mut self) -> serde_json::Value {
+        use std::io::BufRead;
+        let mut l = String::new();
+        self.0.read_line(&mut l).expect("a QMP line");
+        serde_json::from_str(&l).expect("QMP JSON")
+    }
+
+    fn execute(&mut self, cmd: &str) -> serde_json::Value {
+        use std::io::Write;
+        writeln!(self.0.get_mut(), "{{\"execute\": \"{cmd}\"}}").unwrap();
+        loop {
+            let v = self.line();
+            if v.get("event").is_none() {
+                return v["return"].clone();
+            }
+        }
+    }
+
+    /// `connected` of port `id` in `query-ports`.
+    fn connected(&mut self, id: &str) -> bool {
+        let ports = self.execute("query-ports");
+        let p = ports
+            .as_array()
+            .expect("a list of ports")
+            .iter()
+            .find(|p| p["id"] == id)
+            .expect("the port");
+        p["connected"].as_bool().expect("connected")
+    }
+}
+
+/// Descriptors the process holds, and its memory mappings of guest memory (the test's memfd).
+fn held(pid: u32) -> (usize, usize) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    (
+        fds,
+        maps.lines().filter(|l| l.contains("rs-test-guest")).count(),
+    )
+}
+
 #[test]
 fn a_frontend_that_goes_away_and_comes_back_is_served_again() {
-    let s = setup();
+    let dir = std::env::temp_dir().join(unique_name("rs-vq"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let qmp_path = dir.join("qmp.sock");
+    let mut s = setup_with(&[
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", qmp_path.display()),
+    ]);
+    let mut qmp = Qmp::connect(&qmp_path);
+    let pid = s.switch.as_ref().unwrap().pid().expect("running");
+    assert!(!qmp.connected("v0"), "connected before any frontend came");
     let sw_end = s.dir.join("sw.sock");
     let mut buf = vec![0u8; 70000];
-    for round in 0..20u8 {
+    let mut after_first = (0, 0);
+    // A guest reboot or a QEMU restart, 100 times: each frontend is served, reported
+    // connected while it runs and down when it has gone, and leaves nothing behind.
+    for round in 0..100u8 {
         let mut g = Guest::connect(&s.vhu, VIRTIO_RING_F_EVENT_IDX);
+        wait_for("connected", || qmp.connected("v0"));
         let f = frame([0xff; 6], round, 100 + round as usize);
         g.transmit(0, &f);
         let n = s.peer.recv(&mut buf).expect("the guest's frame");
@@ -302,7 +389,22 @@ fn a_frontend_that_goes_away_and_comes_back_is_served_again() {
         s.peer.send_to(&back, &sw_end).unwrap();
         wait_for("the rx used entry", || g.used_idx(RXQ) == 1);
         drop(g);
+        wait_for("down once the frontend went", || !qmp.connected("v0"));
+        // Memory is unmapped once the worker has let go of it (soon after).
+        wait_for("guest memory unmapped", || held(pid).1 == 0);
+        let now = held(pid);
+        if round == 0 {
+            after_first = now;
+        }
     }
+    let end = held(pid);
+    assert_eq!(
+        end, after_first,
+        "descriptors or mappings grew over 100 frontends"
+    );
+    drop(qmp);
+    s.switch.take();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

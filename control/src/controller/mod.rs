@@ -85,8 +85,13 @@ impl Port {
 
     /// Whether the data plane serves the port now (a connection port has a peer, and the
     /// port did not fail).
+    /// A vhost-user port is connected while a frontend has the device running (a guest
+    /// whose driver is loaded): down while QEMU is away, rebooting or before the driver starts.
     pub fn connected(&self) -> bool {
-        self.entry.is_some() && !self.failed
+        let frontend = self.opened.vhost.as_ref().is_none_or(|v| {
+            v.state.connected.load(std::sync::atomic::Ordering::Acquire) && v.shared.running()
+        });
+        self.entry.is_some() && !self.failed && frontend
     }
 
     /// The peer of a connection or datagram port, if known.

@@ -146,6 +146,12 @@ impl VhostShared {
         f(&self.conf.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// Whether a frontend has the device running: its memory table given and both rings of
+    /// the queue pair enabled and started (what `query-ports` reports as `connected`).
+    pub fn running(&self) -> bool {
+        self.with_conf(|c| c.mem.is_some() && c.vrings.iter().all(VringConf::runs))
+    }
+
     /// Waits until the worker has applied generation `g`, at most `timeout`. False if it has
     /// not (no worker serves the port yet, or it is stuck).
     pub fn wait_applied(&self, g: u64, timeout: Duration) -> bool {
