@@ -36,6 +36,8 @@ const TX_BUFS: u64 = 0x20_0000;
 
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
+const VIRTIO_NET_F_GUEST_CSUM: u64 = 1 << 1;
+const VIRTIO_NET_F_GUEST_TSO4: u64 = 1 << 7;
 const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 
@@ -334,16 +336,21 @@ impl Qmp {
         }
     }
 
-    /// `connected` of port `id` in `query-ports`.
-    fn connected(&mut self, id: &str) -> bool {
+    /// Port `id` as `query-ports` shows it.
+    fn port(&mut self, id: &str) -> serde_json::Value {
         let ports = self.execute("query-ports");
-        let p = ports
+        ports
             .as_array()
             .expect("a list of ports")
             .iter()
             .find(|p| p["id"] == id)
-            .expect("the port");
-        p["connected"].as_bool().expect("connected")
+            .expect("the port")
+            .clone()
+    }
+
+    /// `connected` of port `id` in `query-ports`.
+    fn connected(&mut self, id: &str) -> bool {
+        self.port(id)["connected"].as_bool().expect("connected")
     }
 }
 
@@ -373,12 +380,26 @@ fn a_frontend_that_goes_away_and_comes_back_is_served_again() {
     assert!(!qmp.connected("v0"), "connected before any frontend came");
     let sw_end = s.dir.join("sw.sock");
     let mut buf = vec![0u8; 70000];
-    let mut after_first = (0, 0);
+    let before = held(pid);
     // A guest reboot or a QEMU restart, 100 times: each frontend is served, reported
     // connected while it runs and down when it has gone, and leaves nothing behind.
     for round in 0..100u8 {
-        let mut g = Guest::connect(&s.vhu, VIRTIO_RING_F_EVENT_IDX);
+        // Every other guest's driver takes partial checksums and TSO4, and the port shows it.
+        let offloads = round % 2 == 0;
+        let features = VIRTIO_RING_F_EVENT_IDX
+            | if offloads {
+                VIRTIO_NET_F_GUEST_CSUM | VIRTIO_NET_F_GUEST_TSO4
+            } else {
+                0
+            };
+        let mut g = Guest::connect(&s.vhu, features);
         wait_for("connected", || qmp.connected("v0"));
+        let shown = qmp.port("v0")["offloads"].clone();
+        if offloads {
+            assert_eq!(shown, serde_json::json!(["csum", "tso4"]), "round {round}");
+        } else {
+            assert!(shown.is_null(), "round {round}: {shown}");
+        }
         let f = frame([0xff; 6], round, 100 + round as usize);
         g.transmit(0, &f);
         let n = s.peer.recv(&mut buf).expect("the guest's frame");
@@ -392,15 +413,24 @@ fn a_frontend_that_goes_away_and_comes_back_is_served_again() {
         wait_for("down once the frontend went", || !qmp.connected("v0"));
         // Memory is unmapped once the worker has let go of it (soon after).
         wait_for("guest memory unmapped", || held(pid).1 == 0);
-        let now = held(pid);
-        if round == 0 {
-            after_first = now;
+    }
+    // Everything a frontend brought (its memory's file, its eventfds, its connection) is
+    // let go once the protocol thread and the worker are done with it: the switch comes back
+    // to what it held before the first one.
+    let end = Instant::now() + Duration::from_secs(10);
+    while held(pid) != before && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if held(pid) != before {
+        for e in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+            let e = e.unwrap();
+            eprintln!("{:?} -> {:?}", e.file_name(), std::fs::read_link(e.path()));
         }
     }
-    let end = held(pid);
     assert_eq!(
-        end, after_first,
-        "descriptors or mappings grew over 100 frontends"
+        held(pid),
+        before,
+        "descriptors or mappings left behind by 100 frontends"
     );
     drop(qmp);
     s.switch.take();

@@ -221,8 +221,7 @@ fn query_ports(ctl: &Controller, name: Option<&str>) -> Result<Value, QmpError> 
             "tx-frames": s.tx_frames,
             "tx-bytes": s.tx_bytes,
             "drops": s.drops.qmp(),
-            "offloads": (p.opened.offloads != 0)
-                .then(|| ringswitch_backends::tap::offload_names(p.opened.offloads)),
+            "offloads": p.offload_names(),
             "io": p.caps().map(|c| json!({
                 "rx": c.rx,
                 "coalesce": c.coalesce,

@@ -34,6 +34,69 @@ pub struct Offload {
     pub csum_offset: u16,
 }
 
+/// Which frames with offload metadata a port takes as they are: a `vnet_hdr` tap takes them
+/// all, a vhost-user guest what its driver negotiated (`VIRTIO_NET_F_GUEST_*`); for the rest
+/// the engine completes checksums and cuts segments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OffloadSet(pub u8);
+
+impl OffloadSet {
+    pub const NONE: OffloadSet = OffloadSet(0);
+    /// Partial checksums (NEEDS_CSUM) and DATA_VALID.
+    pub const CSUM: OffloadSet = OffloadSet(1);
+    pub const TSO4: OffloadSet = OffloadSet(2);
+    pub const TSO6: OffloadSet = OffloadSet(4);
+    /// TSO segments with the ECN bit.
+    pub const ECN: OffloadSet = OffloadSet(8);
+    pub const UFO: OffloadSet = OffloadSet(16);
+    pub const USO: OffloadSet = OffloadSet(32);
+    pub const ALL: OffloadSet = OffloadSet(63);
+
+    #[inline]
+    pub fn contains(self, o: OffloadSet) -> bool {
+        self.0 & o.0 == o.0
+    }
+
+    #[inline]
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// What a port must take to be handed `o` unchanged.
+    #[inline]
+    pub fn needed(o: &Offload) -> OffloadSet {
+        let mut n = 0;
+        if o.flags & Offload::F_NEEDS_CSUM != 0 {
+            n |= OffloadSet::CSUM.0;
+        }
+        let gso = o.gso_type & !Offload::GSO_ECN;
+        n |= match gso {
+            Offload::GSO_NONE => 0,
+            Offload::GSO_TCPV4 => OffloadSet::TSO4.0 | OffloadSet::CSUM.0,
+            Offload::GSO_TCPV6 => OffloadSet::TSO6.0 | OffloadSet::CSUM.0,
+            Offload::GSO_UDP => OffloadSet::UFO.0 | OffloadSet::CSUM.0,
+            _ => OffloadSet::USO.0 | OffloadSet::CSUM.0,
+        };
+        if gso != Offload::GSO_NONE && o.gso_type & Offload::GSO_ECN != 0 {
+            n |= OffloadSet::ECN.0;
+        }
+        OffloadSet(n)
+    }
+
+    /// Whether a port with these offloads takes `o` unchanged.
+    #[inline]
+    pub fn takes(self, o: &Offload) -> bool {
+        self.contains(OffloadSet::needed(o))
+    }
+}
+
+impl std::ops::BitOr for OffloadSet {
+    type Output = OffloadSet;
+    fn bitor(self, o: OffloadSet) -> OffloadSet {
+        OffloadSet(self.0 | o.0)
+    }
+}
+
 impl Offload {
     /// A plain frame: no segmentation, no checksum to complete.
     pub const NONE: Offload = Offload {
@@ -165,6 +228,34 @@ impl Frame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_port_takes_a_frame_whole_only_with_every_offload_it_needs() {
+        let o = |flags, gso_type| Offload {
+            flags,
+            gso_type,
+            ..Offload::NONE
+        };
+        let tso4 = OffloadSet::CSUM | OffloadSet::TSO4;
+        assert!(OffloadSet::NONE.takes(&Offload::NONE));
+        assert!(OffloadSet::NONE.takes(&o(Offload::F_DATA_VALID, 0)));
+        assert!(!OffloadSet::NONE.takes(&o(Offload::F_NEEDS_CSUM, 0)));
+        assert!(OffloadSet::CSUM.takes(&o(Offload::F_NEEDS_CSUM, 0)));
+        assert!(!OffloadSet::CSUM.takes(&o(Offload::F_NEEDS_CSUM, Offload::GSO_TCPV4)));
+        assert!(tso4.takes(&o(Offload::F_NEEDS_CSUM, Offload::GSO_TCPV4)));
+        assert!(!tso4.takes(&o(Offload::F_NEEDS_CSUM, Offload::GSO_TCPV6)));
+        assert!(!tso4.takes(&o(
+            Offload::F_NEEDS_CSUM,
+            Offload::GSO_TCPV4 | Offload::GSO_ECN
+        )));
+        assert!((tso4 | OffloadSet::ECN).takes(&o(
+            Offload::F_NEEDS_CSUM,
+            Offload::GSO_TCPV4 | Offload::GSO_ECN
+        )));
+        assert!(!tso4.takes(&o(0, Offload::GSO_UDP)));
+        assert!(!tso4.takes(&o(0, Offload::GSO_UDP_L4)));
+        assert!(OffloadSet::ALL.takes(&o(Offload::F_NEEDS_CSUM, Offload::GSO_UDP_L4)));
+    }
 
     #[test]
     fn the_virtio_header_round_trips_little_endian() {

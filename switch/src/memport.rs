@@ -37,7 +37,7 @@ impl MemSwitch {
                     PortConf {
                         domain: DomainId(0),
                         link_up: true,
-                        offloads: false,
+                        offloads: crate::frame::OffloadSet::NONE,
                     },
                     c.clone(),
                 )

@@ -431,3 +431,177 @@ fn a_frontend_fault_is_counted_and_the_port_serves_again_when_set_up_anew() {
     assert_eq!(recv(&s.peer, Duration::from_secs(5)).unwrap(), f);
     s.worker.stop_and_join().unwrap();
 }
+
+/// An Ethernet + IPv4 + TCP frame with `payload` bytes and the partial checksum a TSO sender
+/// leaves (the pseudo-header sum), with the virtio-net header that describes it as a segment
+/// of `mss`-byte pieces.
+fn tso_frame(payload: usize, mss: u16) -> ([u8; 12], Vec<u8>) {
+    use ringswitch_switch::gso::checksum::pseudo_header_v4;
+    use ringswitch_switch::gso::wire::{Ipv4Repr, TcpRepr};
+    let mut f = vec![2, 0, 0, 0, 0, 0x22, 2, 0, 0, 0, 0, 0x11, 0x08, 0x00];
+    let mut hdr = [0u8; 60];
+    let n = Ipv4Repr {
+        dscp_ecn: 0,
+        total_len: (20 + 20 + payload) as u16,
+        ident: 7,
+        dont_frag: true,
+        more_frags: false,
+        frag_offset: 0,
+        ttl: 64,
+        protocol: 6,
+        src: [10, 0, 0, 1],
+        dst: [10, 0, 0, 2],
+        options: [0; 40],
+        options_len: 0,
+    }
+    .emit(&mut hdr);
+    f.extend_from_slice(&hdr[..n]);
+    let n = TcpRepr {
+        src_port: 1000,
+        dst_port: 2000,
+        seq: 1,
+        ack: 1,
+        flags: 0x018,
+        window: 512,
+        checksum: 0,
+        urgent: 0,
+        options: [0; 40],
+        options_len: 0,
+    }
+    .emit(&mut hdr);
+    f.extend_from_slice(&hdr[..n]);
+    f.extend((0..payload).map(|i| (i * 13) as u8));
+    let seed = pseudo_header_v4([10, 0, 0, 1], [10, 0, 0, 2], 6, (20 + payload) as u32);
+    f[50..52].copy_from_slice(&seed.fold().to_be_bytes());
+    let mut h = [0u8; 12];
+    h[0] = 1; // NEEDS_CSUM
+    h[1] = 1; // GSO_TCPV4
+    h[2..4].copy_from_slice(&54u16.to_le_bytes());
+    h[4..6].copy_from_slice(&mss.to_le_bytes());
+    h[6..8].copy_from_slice(&34u16.to_le_bytes());
+    h[8..10].copy_from_slice(&16u16.to_le_bytes());
+    (h, f)
+}
+
+#[test]
+fn segments_reach_a_guest_whole_only_if_it_negotiated_them() {
+    use ringswitch_switch::port::vhost_user::{F_GUEST_CSUM, F_GUEST_TSO4};
+    let (control, wlink) = link(Snapshot::default()).unwrap();
+    let worker = Worker::spawn(
+        WorkerConfig {
+            max_ports: 4,
+            ..WorkerConfig::default()
+        },
+        wlink,
+    )
+    .unwrap();
+    let (sw, peer) = pair();
+    let shared = [VhostShared::new().unwrap(), VhostShared::new().unwrap()];
+    let counters: Vec<Arc<PortCounters>> =
+        (0..3).map(|_| Arc::new(PortCounters::default())).collect();
+    let entry = |i: usize, name: &str, port: Arc<PortCell>| {
+        Some(Arc::new(PortEntry {
+            id: PortId(i as u16),
+            name: name.into(),
+            port,
+            worker: WorkerId(0),
+            domain: DomainId(0),
+            link_up: true,
+            counters: counters[i].clone(),
+            conn_fd: -1,
+        }))
+    };
+    let table = vec![
+        entry(
+            0,
+            "a",
+            PortCell::new(VhostUserPort::new("a", shared[0].clone())),
+        ),
+        entry(
+            1,
+            "b",
+            PortCell::new(VhostUserPort::new("b", shared[1].clone())),
+        ),
+        entry(
+            2,
+            "dg",
+            PortCell::new(DatagramPort::new(sw, None, false, "dg")),
+        ),
+    ];
+    let g = control.publish(table);
+    control.wait_applied(g, Duration::from_secs(5)).unwrap();
+    let setup = |sh: &Arc<VhostShared>, guest: &Guest, features: u64| {
+        let g = sh.update(|c| {
+            c.mem = Some(guest.mem.clone());
+            c.features = features;
+            c.vrings = [guest.conf(RXQ), guest.conf(TXQ)];
+        });
+        assert!(sh.wait_applied(g, Duration::from_secs(5)));
+    };
+    let mut a = Guest::new();
+    let mut b = Guest::new();
+    setup(&shared[0], &a, F_MRG_RXBUF);
+    let (h, f) = tso_frame(3000, 1000);
+    a.mem.write_slice(&h, GuestAddress(TX_BUFS)).unwrap();
+    a.mem.write_slice(&f, GuestAddress(TX_BUFS + 12)).unwrap();
+    let mut sent = 0u16;
+    let mut transmit = |a: &mut Guest| {
+        a.add_chain(TXQ, &[(TX_BUFS, 12 + f.len() as u32, false)]);
+        eventfd_write(&a.tx_kick);
+        sent += 1;
+        wait_for("the segment taken", || a.used_idx(TXQ) == sent);
+    };
+
+    // B negotiated partial checksums and TSO4: the segment arrives whole, with its header;
+    // the datagram port (no offloads) gets it cut into three pieces.
+    setup(&shared[1], &b, F_MRG_RXBUF | F_GUEST_CSUM | F_GUEST_TSO4);
+    for k in 0..4u64 {
+        b.add_chain(RXQ, &[(RX_BUFS + k * 0x2000, 4096, true)]);
+    }
+    eventfd_write(&b.rx_kick);
+    transmit(&mut a);
+    wait_for("B's used entry", || b.used_idx(RXQ) == 1);
+    let (_, len) = b.used(RXQ, 0);
+    assert_eq!(len as usize, 12 + f.len(), "the whole segment");
+    let got = b.read(RX_BUFS, len as usize);
+    assert_eq!(&got[..10], &h[..10], "its virtio-net header");
+    assert_eq!(&got[12..], &f[..]);
+    let mut pieces = Vec::new();
+    while let Some(p) = recv(&peer, Duration::from_millis(500)) {
+        pieces.push(p.len());
+    }
+    assert_eq!(
+        pieces,
+        [54 + 1000, 54 + 1000, 54 + 1000],
+        "cut for the datagram port"
+    );
+
+    // B's driver comes back without offloads: the same segment now reaches it cut, behind
+    // plain headers, with its checksums complete.
+    setup(&shared[1], &b, F_MRG_RXBUF);
+    transmit(&mut a);
+    wait_for("B's three pieces", || b.used_idx(RXQ) == 4);
+    for k in 1..4u16 {
+        let (head, len) = b.used(RXQ, k);
+        assert_eq!(
+            (head, len as usize),
+            (k as u32, 12 + 54 + 1000),
+            "piece {k}"
+        );
+        let got = b.read(RX_BUFS + k as u64 * 0x2000, len as usize);
+        assert_eq!(&got[..10], &[0u8; 10], "piece {k}: a plain header");
+        // The TCP checksum is complete: the ones' complement sum over the pseudo-header
+        // and the segment is 0xffff.
+        let tcp = &got[12 + 34..];
+        let mut sum: u32 = 0x0a00 + 0x0001 + 0x0a00 + 0x0002 + 6 + tcp.len() as u32;
+        for c in tcp.chunks(2) {
+            sum += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        assert_eq!(sum, 0xffff, "piece {k}: TCP checksum");
+    }
+    assert_eq!(counters[1].snapshot().drops.get(DropReason::BadOffload), 0);
+    worker.stop_and_join().unwrap();
+}

@@ -94,6 +94,31 @@ impl Port {
         self.entry.is_some() && !self.failed && frontend
     }
 
+    /// The offloads in force: a `vnet_hdr` tap's (TUNSETOFFLOAD), or what a vhost-user
+    /// guest's driver negotiated to take (GUEST_CSUM, GUEST_TSO4/6, GUEST_ECN, GUEST_UFO).
+    pub fn offload_names(&self) -> Option<Vec<&'static str>> {
+        use ringswitch_switch::frame::OffloadSet;
+        if let Some(v) = &self.opened.vhost {
+            let set = ringswitch_switch::port::vhost_user::guest_offloads(
+                v.shared.with_conf(|c| c.features),
+            );
+            let names: Vec<&'static str> = [
+                (OffloadSet::CSUM, "csum"),
+                (OffloadSet::TSO4, "tso4"),
+                (OffloadSet::TSO6, "tso6"),
+                (OffloadSet::ECN, "tso-ecn"),
+                (OffloadSet::UFO, "ufo"),
+            ]
+            .into_iter()
+            .filter(|(o, _)| set.contains(*o))
+            .map(|(_, n)| n)
+            .collect();
+            return (!names.is_empty()).then_some(names);
+        }
+        (self.opened.offloads != 0)
+            .then(|| ringswitch_backends::tap::offload_names(self.opened.offloads))
+    }
+
     /// The peer of a connection or datagram port, if known.
     pub fn peer(&self) -> Option<&str> {
         self.opened.conn().and_then(|c| c.peer.as_deref())

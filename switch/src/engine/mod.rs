@@ -34,9 +34,9 @@ mod offload;
 pub struct PortConf {
     pub domain: DomainId,
     pub link_up: bool,
-    /// The port takes frames with offload metadata as they are (a vnet_hdr tap); others get
-    /// them segmented and checksummed.
-    pub offloads: bool,
+    /// The frames with offload metadata the port takes as they are (a vnet_hdr tap: all; a
+    /// vhost-user guest: what it negotiated); others get them segmented and checksummed.
+    pub offloads: crate::frame::OffloadSet,
 }
 
 struct PortSlot {
@@ -138,6 +138,17 @@ impl Engine {
     pub fn set_link(&mut self, id: PortId, up: bool) -> Result<(), EngineError> {
         self.port_mut(id)?.conf.link_up = up;
         self.rebuild_flood();
+        Ok(())
+    }
+
+    /// What port `id` takes of offloaded frames now (a vhost-user guest negotiates it, and
+    /// again after each reset).
+    pub fn set_offloads(
+        &mut self,
+        id: PortId,
+        offloads: crate::frame::OffloadSet,
+    ) -> Result<(), EngineError> {
+        self.port_mut(id)?.conf.offloads = offloads;
         Ok(())
     }
 
@@ -367,7 +378,7 @@ mod tests {
                         PortConf {
                             domain: DomainId(*d),
                             link_up: true,
-                            offloads: false,
+                            offloads: crate::frame::OffloadSet::NONE,
                         },
                         c.clone(),
                     )

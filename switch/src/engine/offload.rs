@@ -111,7 +111,7 @@ impl Engine {
             .scratch
             .targets
             .iter()
-            .any(|&p| !self.takes_offloads(p));
+            .any(|&p| !self.takes_offloads(p, &o));
         if plain_wanted && !gso && o.flags & Offload::F_NEEDS_CSUM != 0 {
             // Complete the checksum for everyone: the frame becomes plain.
             let at = f.off as usize;
@@ -134,7 +134,7 @@ impl Engine {
         let (mut whole, mut cut) = (0u16, 0u16);
         for i in 0..self.scratch.targets.len() {
             let p = self.scratch.targets[i];
-            if !gso || self.takes_offloads(p) {
+            if !gso || self.takes_offloads(p, &o) {
                 if tx.push(p, *f) {
                     whole += 1;
                 }
@@ -176,8 +176,8 @@ impl Engine {
         }
     }
 
-    fn takes_offloads(&self, p: PortId) -> bool {
-        matches!(&self.ports[p.index()], Some(s) if s.conf.offloads)
+    fn takes_offloads(&self, p: PortId, o: &Offload) -> bool {
+        matches!(&self.ports[p.index()], Some(s) if s.conf.offloads.takes(o))
     }
 
     /// Cuts `f` into plain frames in buffers of their own (one reference each), into

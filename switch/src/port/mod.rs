@@ -83,7 +83,10 @@ pub struct Caps {
     /// encapsulation), or one multishot receive brings many frames per wake-up. Frames from
     /// such ports let the worker's wait coalesce (`--rx-coalesce-us`); taps never do.
     pub coalesce: bool,
-    /// It carries virtio-net offload metadata (GSO segments, partial checksums).
+    /// It takes every kind of frame with virtio-net offload metadata as it is (GSO
+    /// segments, partial checksums: a `vnet_hdr` tap). A port whose offloads are negotiated
+    /// at run time (a vhost-user guest) says false here and tells the worker through
+    /// `Cx::offloads`.
     pub offloads: bool,
 }
 
@@ -151,6 +154,9 @@ pub struct Cx<'a> {
     /// The port still takes part in forwarding (it is neither draining nor failed); a port
     /// that is not live only accounts for what completes and releases its buffers.
     pub live: bool,
+    /// Set by a port whose offloads changed (a vhost-user guest negotiated its features):
+    /// the worker tells the engine after the call.
+    pub offloads: Option<crate::frame::OffloadSet>,
 }
 
 impl Cx<'_> {

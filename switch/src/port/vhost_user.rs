@@ -14,7 +14,10 @@
 //! Queue 0 is the guest's receive queue (the switch writes frames into it), queue 1 its
 //! transmit queue. Every chain starts with the 12-byte `virtio_net_hdr_v1` (VERSION_1), the
 //! same header a `vnet_hdr` tap carries, so a guest's segments travel through the engine as
-//! offload records and are cut for ports without offloads. Descriptor chains are walked with
+//! offload records and are cut for ports without offloads; toward the guest, segments and
+//! partial checksums from `vnet_hdr` taps and other guests pass whole where its driver
+//! negotiated them (`VIRTIO_NET_F_GUEST_*`, told to the engine whenever they change) and are
+//! cut or completed for it otherwise. Descriptor chains are walked with
 //! `virtio-queue` (its chains stop at the queue size and at indirect tables that loop) and
 //! guest memory is reached through `vm-memory` (every access checked against the regions);
 //! a frontend that hands the switch anything outside that gets its port stopped and counted
@@ -22,7 +25,7 @@
 
 use super::{Caps, Closed, Cx, InFlight, Port, RxMode, Tag};
 use crate::counters::DropReason;
-use crate::frame::{Frame, Offload};
+use crate::frame::{Frame, Offload, OffloadSet};
 use crate::pool::HEADROOM;
 use crate::sys::uring::{Completion, Ring};
 use std::io;
@@ -48,6 +51,32 @@ pub const QUEUES: usize = 2;
 pub const F_EVENT_IDX: u64 = 1 << 29;
 /// `VIRTIO_NET_F_MRG_RXBUF`.
 pub const F_MRG_RXBUF: u64 = 1 << 15;
+/// `VIRTIO_NET_F_GUEST_*`: what the guest's driver takes (partial checksums, TSO, ECN, UFO).
+pub const F_GUEST_CSUM: u64 = 1 << 1;
+pub const F_GUEST_TSO4: u64 = 1 << 7;
+pub const F_GUEST_TSO6: u64 = 1 << 8;
+pub const F_GUEST_ECN: u64 = 1 << 9;
+pub const F_GUEST_UFO: u64 = 1 << 10;
+
+/// What a guest with acked `features` takes of offloaded frames as they are. Segments need
+/// GUEST_CSUM as well (the spec makes it a condition of the TSO features).
+pub fn guest_offloads(features: u64) -> OffloadSet {
+    if features & F_GUEST_CSUM == 0 {
+        return OffloadSet::NONE;
+    }
+    let mut s = OffloadSet::CSUM;
+    for (bit, o) in [
+        (F_GUEST_TSO4, OffloadSet::TSO4),
+        (F_GUEST_TSO6, OffloadSet::TSO6),
+        (F_GUEST_ECN, OffloadSet::ECN),
+        (F_GUEST_UFO, OffloadSet::UFO),
+    ] {
+        if features & bit != 0 {
+            s = s | o;
+        }
+    }
+    s
+}
 
 /// Chains taken from the guest's transmit queue per loop pass, so one busy guest cannot hold
 /// the worker.
@@ -236,6 +265,8 @@ pub struct VhostUserPort {
     notify_pending: bool,
     /// Stopped by a fault until the frontend sets the device up again.
     faulted: bool,
+    /// What the guest takes of offloaded frames, as the engine was last told.
+    offloads: OffloadSet,
 }
 
 impl VhostUserPort {
@@ -254,6 +285,7 @@ impl VhostUserPort {
             notify_buf: Box::new(0),
             notify_pending: false,
             faulted: false,
+            offloads: OffloadSet::NONE,
         }
     }
 
@@ -301,6 +333,12 @@ impl VhostUserPort {
         }
         self.mem = conf.mem.clone();
         self.mrg = features & F_MRG_RXBUF != 0;
+        let offloads = guest_offloads(features);
+        if offloads != self.offloads {
+            // The engine hands the guest whole segments from now on, or cuts them for it.
+            self.offloads = offloads;
+            cx.offloads = Some(offloads);
+        }
         if mem_changed || conf.vrings.iter().any(|v| !v.started) {
             // A new memory table or a stopped ring: the device is being set up again.
             self.faulted = false;
@@ -371,12 +409,13 @@ impl VhostUserPort {
             self.notify_pending = true;
         }
         for i in 0..QUEUES {
-            let Some(q) = &self.q[i] else { continue };
             if self.kick_pending[i] {
                 if let Some(old) = &self.kick_fd[i] {
-                    if !Arc::ptr_eq(old, &q.kick) {
-                        // The kick descriptor changed: cancel the read on the old one; the
-                        // next one is armed once that completes.
+                    let same = matches!(&self.q[i], Some(q) if Arc::ptr_eq(old, &q.kick));
+                    if !same {
+                        // The kick descriptor changed or the ring stopped (its frontend
+                        // went): cancel the read on the old one, so that its eventfd is let
+                        // go; the next one is armed once that completes.
                         cx.ring
                             .push_cancel(cx.tag(OP_KICK, i as u32), cx.cancel_tag())?;
                         self.kick_fd[i] = None;
@@ -384,6 +423,7 @@ impl VhostUserPort {
                 }
                 continue;
             }
+            let Some(q) = &self.q[i] else { continue };
             let target: *mut u64 = &mut *self.kick_buf[i];
             let tag = cx.tag(OP_KICK, i as u32);
             // SAFETY: as for the notify read: one read at a time per boxed cell
@@ -437,9 +477,12 @@ impl VhostUserPort {
         };
         let pool = cx.ring.pool();
         let mut hdr = [0u8; Offload::WIRE_LEN];
-        if f.has_offload() {
+        if f.has_offload() && self.offloads.contains(OffloadSet::CSUM) {
+            // What the engine left whole is what the guest negotiated.
             pool.offload(f.buf).emit(&mut hdr);
         } else {
+            // Checksums completed and segments cut for this guest: nothing to say (not even
+            // DATA_VALID, which a guest without GUEST_CSUM did not ask for).
             Offload::NONE.emit(&mut hdr);
         }
         let frame = &pool.buf(f.buf)[f.off as usize..f.off as usize + f.len as usize];
@@ -789,10 +832,9 @@ impl Port for VhostUserPort {
         Caps {
             rx: RxMode::SharedRings,
             coalesce: false,
-            // Segments and partial checksums toward the guest are cut and completed by the
-            // engine for now: whether the guest takes them (GUEST_TSO4/6, GUEST_CSUM) is
-            // negotiated after the port joined the engine, whose offload choice is made at
-            // attach. Segments *from* the guest travel as offload records either way.
+            // Not "takes everything" as a vnet_hdr tap: what the guest takes is negotiated
+            // and changes with each frontend (`Cx::offloads`, from `apply`). Segments *from*
+            // the guest travel as offload records either way.
             offloads: false,
         }
     }

@@ -205,8 +205,13 @@ impl Worker {
             worker: &self.counters,
             env: &self.env,
             live: !st.failed && !st.draining,
+            offloads: None,
         };
-        Some(f(&mut st.port, &mut cx))
+        let r = f(&mut st.port, &mut cx);
+        if let Some(o) = cx.offloads {
+            let _ = self.engine.set_offloads(st.entry.id, o);
+        }
+        Some(r)
     }
 
     /// Keeps every live port's receives armed.
@@ -255,6 +260,7 @@ impl Worker {
             worker: &self.counters,
             env: &self.env,
             live: !st.failed && !st.draining,
+            offloads: None,
         };
         st.port
             .send(&mut cx, self.tx.queue(id))

@@ -5,6 +5,7 @@
 use super::{Worker, WorkerError};
 use crate::config::{PortEntry, WorkerEvent};
 use crate::engine::PortConf;
+use crate::frame::OffloadSet;
 use crate::ids::Slot;
 use crate::port::{AnyPort, Closed, Cx, Port};
 use std::sync::atomic::Ordering;
@@ -108,14 +109,20 @@ impl Worker {
             worker: &self.counters,
             env: &self.env,
             live: true,
+            offloads: None,
         };
         port.attach(&mut cx).map_err(WorkerError::Ring)?;
+        let cx_offloads = cx.offloads;
         let caps = port.caps();
         entry.port.set_caps(caps);
         let conf = PortConf {
             domain: entry.domain,
             link_up: entry.link_up,
-            offloads: caps.offloads,
+            offloads: if caps.offloads {
+                OffloadSet::ALL
+            } else {
+                cx_offloads.unwrap_or(OffloadSet::NONE)
+            },
         };
         self.engine
             .add_port(entry.id, conf, entry.counters.clone())
