@@ -497,6 +497,80 @@ fn a_ring_outside_guest_memory_resets_that_frontend_and_nothing_else() {
     );
 }
 
+/// One vhost-user message on `c`: header (request, flags, body size) and body; with
+/// `reply`, reads the answer's header and body (a u64).
+fn raw_request(
+    c: &mut std::os::unix::net::UnixStream,
+    req: u32,
+    flags: u32,
+    body: &[u8],
+    reply: bool,
+) -> Option<(u32, u32, u64)> {
+    use std::io::{Read, Write};
+    let mut m = Vec::new();
+    for w in [req, flags, body.len() as u32] {
+        m.extend_from_slice(&w.to_le_bytes());
+    }
+    m.extend_from_slice(body);
+    c.write_all(&m).unwrap();
+    if !reply {
+        return None;
+    }
+    let mut r = [0u8; 20];
+    c.read_exact(&mut r).expect("an answer");
+    let w = |i: usize| u32::from_le_bytes(r[i * 4..i * 4 + 4].try_into().unwrap());
+    assert_eq!((w(0), w(2)), (req, 8), "answer to request {req}");
+    Some((
+        w(0),
+        w(1),
+        u64::from_le_bytes(r[12..20].try_into().unwrap()),
+    ))
+}
+
+#[test]
+fn an_enable_before_set_features_is_taken_as_qemu_7_2_sends_it() {
+    // QEMU 7.2 enables queue pair 0 right after reading the features and protocol features,
+    // before SET_FEATURES (virtio-net's peer_attach at realize and at every reconnection).
+    // Refused, it would end every QEMU connection there, with the guest's link down.
+    let s = setup();
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut c = loop {
+        match std::os::unix::net::UnixStream::connect(&s.vhu) {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(Instant::now() < end, "connecting: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    const GET_FEATURES: u32 = 1;
+    const GET_PROTOCOL_FEATURES: u32 = 15;
+    const SET_PROTOCOL_FEATURES: u32 = 16;
+    const SET_VRING_ENABLE: u32 = 18;
+    let (_, _, offered) = raw_request(&mut c, GET_FEATURES, 1, &[], true).unwrap();
+    assert!(offered & VHOST_USER_F_PROTOCOL_FEATURES != 0);
+    raw_request(&mut c, GET_PROTOCOL_FEATURES, 1, &[], true);
+    let proto = (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK).bits();
+    raw_request(
+        &mut c,
+        SET_PROTOCOL_FEATURES,
+        1,
+        &proto.to_le_bytes(),
+        false,
+    );
+    // As QEMU sends it (no reply asked), then asking for a reply (REPLY_ACK): success, 0.
+    let mut enable = [0u8; 8];
+    enable[4..].copy_from_slice(&1u32.to_le_bytes());
+    raw_request(&mut c, SET_VRING_ENABLE, 1, &enable, false);
+    enable[..4].copy_from_slice(&1u32.to_le_bytes());
+    let (_, flags, status) = raw_request(&mut c, SET_VRING_ENABLE, 1 | 8, &enable, true).unwrap();
+    assert_eq!((flags, status), (1 | 4, 0));
+    // The connection goes on.
+    let (_, _, again) = raw_request(&mut c, GET_FEATURES, 1, &[], true).unwrap();
+    assert_eq!(again, offered);
+}
+
 #[test]
 fn bad_spellings_are_refused_by_name() {
     for (args, want) in [

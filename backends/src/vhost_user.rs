@@ -198,6 +198,10 @@ impl Device {
     fn protocol_on(&self) -> bool {
         self.features & VHOST_USER_F_PROTOCOL_FEATURES != 0
     }
+
+    fn reply_ack_on(&self) -> bool {
+        self.protocol & VhostUserProtocolFeatures::REPLY_ACK.bits() != 0
+    }
 }
 
 impl VhostUserBackendReqHandlerMut for Device {
@@ -585,7 +589,7 @@ impl Runner {
         self.shared.clear_report();
         let fd = stream.as_raw_fd();
         let device = Arc::new(Mutex::new(Device::new(self.shared.clone())));
-        let mut handler = BackendReqHandler::from_stream(stream, device);
+        let mut handler = BackendReqHandler::from_stream(stream, device.clone());
         self.state.connected.store(true, Ordering::Release);
         self.state.connections.fetch_add(1, Ordering::Relaxed);
         let why = loop {
@@ -600,6 +604,11 @@ impl Runner {
                 Ok(false) => continue,
                 Ok(true) => {}
                 Err(e) => break format!("polling the socket: {e}"),
+            }
+            match early_vring_enable(fd, &device) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => break format!("answering an early SET_VRING_ENABLE: {e}"),
             }
             if let Err(e) = handler.handle_request() {
                 break match e {
@@ -617,6 +626,9 @@ impl Runner {
         drop(handler);
         *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.state.connected.store(false, Ordering::Release);
+        // Said as a stream port says a lost peer: the operator's only view of why a guest's
+        // network went away.
+        eprintln!("ringswitch: netdev '{}': {why}", self.name);
         self.note(format!("vhost-user port {}: {why}", self.name));
         // The device is gone with its connection: rings stopped, memory released once the
         // worker lets go of it.
@@ -627,6 +639,69 @@ impl Runner {
         }
         self.shared.clear_report();
     }
+}
+
+/// `VHOST_USER_SET_VRING_ENABLE`.
+const SET_VRING_ENABLE: u32 = 18;
+/// Header flags: protocol version 1, a reply, a reply wanted.
+const FLAG_VERSION_1: u32 = 0x1;
+const FLAG_REPLY: u32 = 0x4;
+const FLAG_NEED_REPLY: u32 = 0x8;
+
+/// Takes a `SET_VRING_ENABLE` that arrives before `SET_FEATURES` acked
+/// `VHOST_USER_F_PROTOCOL_FEATURES`, if that is the next message on `fd`; true if it did.
+///
+/// QEMU 7.2 sends one for queue pair 0 as soon as it has read the backend's features
+/// (`virtio_net` `peer_attach` at device realize and at every reconnection), long before
+/// `SET_FEATURES`: it checks the feature the backend *offered*. The `vhost` crate refuses the
+/// message until the feature is *acked* (`InactiveFeature`), which would end every QEMU
+/// connection at its 18th message with the guest's link down. The message is taken here
+/// instead, as DPDK's vhost library takes it: the ring's enable state is recorded (and
+/// acknowledged if the frontend asked for that).
+fn early_vring_enable(fd: i32, device: &Mutex<Device>) -> io::Result<bool> {
+    // The header (request, flags, size) and a `VhostUserVringState` (index, num).
+    let mut msg = [0u8; 20];
+    let n = recv(fd, &mut msg, libc::MSG_PEEK | libc::MSG_DONTWAIT)?;
+    let [request, flags, size, index, num] =
+        std::array::from_fn(|i| u32::from_le_bytes(msg[i * 4..i * 4 + 4].try_into().expect("4")));
+    if n < msg.len() || request != SET_VRING_ENABLE || size != 8 {
+        return Ok(false);
+    }
+    let mut dev = device.lock().unwrap_or_else(|p| p.into_inner());
+    if dev.protocol_on() || index as usize >= QUEUES || num > 1 {
+        // Acked, or bad: the crate's rules apply.
+        return Ok(false);
+    }
+    recv(fd, &mut msg, libc::MSG_DONTWAIT)?;
+    dev.vrings[index as usize].enabled = num == 1;
+    dev.publish(None);
+    if flags & FLAG_NEED_REPLY != 0 && dev.reply_ack_on() {
+        let mut reply = [0u8; 20];
+        reply[0..4].copy_from_slice(&SET_VRING_ENABLE.to_le_bytes());
+        reply[4..8].copy_from_slice(&(FLAG_VERSION_1 | FLAG_REPLY).to_le_bytes());
+        reply[8..12].copy_from_slice(&8u32.to_le_bytes());
+        // (bytes 12..20: the u64 0, success)
+        // SAFETY: `reply` is valid for reads of its length for the duration of the call.
+        let r = unsafe { libc::send(fd, reply.as_ptr().cast(), reply.len(), libc::MSG_NOSIGNAL) };
+        if r != reply.len() as isize {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(true)
+}
+
+/// `recv(2)` into `buf`; the bytes received.
+fn recv(fd: i32, buf: &mut [u8], flags: i32) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length for the duration of the call.
+    let r = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::WouldBlock {
+            return Ok(0);
+        }
+        return Err(e);
+    }
+    Ok(r as usize)
 }
 
 /// Whether `fd` has something to read within `wait`.
