@@ -126,13 +126,16 @@ pub fn udp(local: SocketAddr, remote: SocketAddr) -> io::Result<OwnedFd> {
     Ok(s.into())
 }
 
-/// A unix datagram socket bound to `local` and connected to `remote`.
+/// A unix datagram socket bound to `local` and connected to `remote`. A peer that has not
+/// bound its socket yet (or has none there now) is not an error, as in QEMU: the port is
+/// connected once it appears (`redial_unix_dgram`), and frames sent before are dropped.
 pub fn unix_dgram(local: &Path, remote: &Path) -> io::Result<OwnedFd> {
     clear_stale_socket(local)?;
     let s = Socket::new(Domain::UNIX, Type::DGRAM.cloexec(), None)?;
     s.bind(&Sa::unix(local)?)?;
-    s.connect(&Sa::unix(remote)?)?;
-    Ok(s.into())
+    let fd: OwnedFd = s.into();
+    redial_unix_dgram(&fd, remote)?;
+    Ok(fd)
 }
 
 /// Connects a unix datagram port's socket to the socket now bound at its peer's path. The

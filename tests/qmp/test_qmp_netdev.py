@@ -154,3 +154,38 @@ def test_netdev_add_takes_vnet_hdr_as_qemu_spells_it(qmp, lan):
     assert cls == "GenericError" and "vnet_hdr" in desc, desc
     qmp.cmd("netdev_del", id="v")
     qmp.cmd("netdev_del", id="p")
+
+
+def test_netdev_add_of_a_unix_dgram_port_whose_peer_is_not_there_yet(qmp, lan, cleanup, tmp_path):
+    """QEMU 7.2 accepts a unix `dgram` netdev whose remote socket does not exist yet and
+    delivers once the peer binds; so does ringswitch, over QMP as on the command line."""
+    import socket
+    import time
+
+    local, remote = str(tmp_path / "sw.sock"), str(tmp_path / "peer.sock")
+    assert qmp.cmd("netdev_add", type="dgram", id="d",
+                   local={"type": "unix", "path": local},
+                   remote={"type": "unix", "path": remote}) == {}
+    peer = cleanup.add(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
+    peer.bind(remote)
+    peer.settimeout(0.2)
+    # Broadcasts from a tap host reach the peer once the switch has connected to it (it
+    # tries again every 100 ms).
+    rx = cleanup.add(lan["a"].packet_socket())
+    got = None
+    deadline = time.monotonic() + 5
+    while got is None and time.monotonic() < deadline:
+        f = frame(lan["a"].mac)
+        rx.send(f)
+        try:
+            data = peer.recv(65536)
+            if data[14:26] == f[14:26]:
+                got = data
+        except socket.timeout:
+            pass
+    assert got is not None, "no frame reached the peer that bound after netdev_add"
+    # And the peer's frames reach the taps.
+    rx_b = cleanup.add(lan["b"].packet_socket())
+    g = frame(mac(0x3ff))
+    peer.sendto(g, local)
+    assert rx_b.wait_for(has_tag(g[14:26]), 2), "the peer's frame did not reach tap b"
