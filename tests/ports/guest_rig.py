@@ -57,10 +57,11 @@ class Guest:
 
     `server`: QEMU listens on `sock` (ringswitch's port connects); otherwise QEMU connects,
     retrying every `reconnect` seconds when given (so it finds the port again after a
-    `netdev_del`/`netdev_add`). `offloads=False` switches the device's offloads off."""
+    `netdev_del`/`netdev_add`). `offloads=False` switches the device's offloads off; `msix=True`
+    leaves the device its MSI-X vectors (QEMU 7.2 under TCG crashes then: see above)."""
 
     def __init__(self, name: str, sock: Path, addr: str, mac: str, *, server: bool = False,
-                 reconnect: int | None = None, offloads: bool = True):  # fmt: skip
+                 reconnect: int | None = None, offloads: bool = True, msix: bool = False):  # fmt: skip
         self.name = name
         kernel, initrd = guest_image()
         chardev = f"socket,id=c0,path={sock}"
@@ -68,7 +69,7 @@ class Guest:
             chardev += ",server=on,wait=off"
         elif reconnect:
             chardev += f",reconnect={reconnect}"
-        device = f"virtio-net-pci,netdev=n0,mac={mac},vectors=0"
+        device = f"virtio-net-pci,netdev=n0,mac={mac}" + ("" if msix else ",vectors=0")
         if not offloads:
             device += "," + NO_OFFLOADS
         self.argv = [
