@@ -13,7 +13,7 @@ use std::path::PathBuf;
 #[command(name = "ringswitch", version, about, long_about = None)]
 struct Raw {
     /// A port, in QEMU's -netdev syntax: TYPE,id=ID[,OPTION=VALUE...], TYPE one of tap, socket,
-    /// stream, dgram, l2tpv3, bridge, hubport (e.g. tap,id=a,ifname=tap0). Repeat for each
+    /// stream, dgram, l2tpv3, bridge, hubport, vhost-user, vde (e.g. tap,id=a,ifname=tap0). Repeat for each
     /// port. `-netdev` is accepted as well as `--netdev`.
     ///
     /// tap: ifname=NAME or fd=N; script=PATH|no, downscript=PATH|no; vnet_hdr=on|off.
@@ -32,7 +32,8 @@ struct Raw {
     /// offset=.
     ///
     /// bridge: br=BRIDGE. hubport: hubid=N,netdev=ID. vhost-user: chardev=ID (a -chardev
-    /// socket), queues=1. Every type also takes macaddr=MAC.
+    /// socket), queues=1. vde: sock=DIR (a vde_switch's directory), port=N, group=NAME,
+    /// mode=OCTAL. Every type also takes macaddr=MAC.
     #[arg(long = "netdev", value_name = "SPEC")]
     netdev: Vec<String>,
 

@@ -395,6 +395,33 @@ pub(crate) fn vhost_user(o: &mut Opts) -> Result<(String, u16), NetdevError> {
     Ok((chardev, 1))
 }
 
+/// `vde`: `sock=DIR`, `port=N` (0 to 65535), `group=NAME`, `mode=OCTAL` (default 0700).
+pub(crate) fn vde(o: &mut Opts) -> Result<crate::vde::VdeOptions, NetdevError> {
+    let sock = o.str("sock").map(std::path::PathBuf::from);
+    let port = match o.uint("port") {
+        Some(p) => u16::try_from(p)
+            .map_err(|_| bad("port", "a port number from 0 to 65535", p.to_string()))?,
+        None => 0,
+    };
+    let mode = match o.uint("mode") {
+        Some(m) if m <= 0o7777 => m as u32,
+        Some(m) => {
+            return Err(bad(
+                "mode",
+                "permissions from 0 to 07777",
+                format!("{m:#o}"),
+            ))
+        }
+        None => 0o700,
+    };
+    Ok(crate::vde::VdeOptions {
+        sock,
+        port,
+        group: o.str("group"),
+        mode,
+    })
+}
+
 /// `hubport`: `hubid=N` places the netdev named by `netdev=` in bridge domain N.
 pub(crate) fn hubport(o: &mut Opts) -> Result<(u16, Option<NetdevId>), NetdevError> {
     let hubid = o.int("hubid").ok_or(NetdevError::Missing("hubid".into()))?;
@@ -540,5 +567,23 @@ mod tests {
         );
         assert!(o.udp && o.counter && o.cookie64 && !o.pincounter);
         assert_eq!((o.srcport, o.dstport, o.offset), (1701, 1702, 4));
+    }
+
+    #[test]
+    fn vde_options_as_qemu_spells_them() {
+        let NetdevKind::Vde(o) = kind("vde,id=a,sock=/run/sw,port=3,group=kvm,mode=0770") else {
+            panic!()
+        };
+        assert_eq!(o.sock.as_deref(), Some(std::path::Path::new("/run/sw")));
+        assert_eq!(
+            (o.port, o.group.as_deref(), o.mode),
+            (3, Some("kvm"), 0o770)
+        );
+        let NetdevKind::Vde(o) = kind("vde,id=a") else {
+            panic!()
+        };
+        assert_eq!((o.sock, o.port, o.group, o.mode), (None, 0, None, 0o700));
+        assert!(err("vde,id=a,port=65536").contains("'port'"));
+        assert!(err("vde,id=a,mode=010000").contains("'mode'"));
     }
 }

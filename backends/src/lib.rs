@@ -10,6 +10,7 @@ pub mod netdev;
 pub mod open;
 pub mod socket;
 pub mod tap;
+pub mod vde;
 pub mod vhost_user;
 
 pub use chardev::{chardev_from_qmp, parse_chardev, Chardev, ChardevSocket};

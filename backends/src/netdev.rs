@@ -78,6 +78,8 @@ pub enum NetdevKind {
         chardev: String,
         queues: u16,
     },
+    /// A port of a running vde_switch (ringswitch plugs in as libvdeplug does).
+    Vde(crate::vde::VdeOptions),
 }
 
 impl NetdevKind {
@@ -91,6 +93,7 @@ impl NetdevKind {
             NetdevKind::Bridge { .. } => "bridge",
             NetdevKind::HubPort { .. } => "hubport",
             NetdevKind::VhostUser { .. } => "vhost-user",
+            NetdevKind::Vde(_) => "vde",
         }
     }
 }
@@ -133,7 +136,8 @@ impl NetdevSpec {
             NetdevKind::L2tpv3(_)
             | NetdevKind::Bridge { .. }
             | NetdevKind::HubPort { .. }
-            | NetdevKind::VhostUser { .. } => None,
+            | NetdevKind::VhostUser { .. }
+            | NetdevKind::Vde(_) => None,
         }
     }
 }
@@ -259,6 +263,7 @@ fn build(
             let (chardev, queues) = kinds::vhost_user(&mut o)?;
             NetdevKind::VhostUser { chardev, queues }
         }
+        "vde" => NetdevKind::Vde(kinds::vde(&mut o)?),
         other => unreachable!("kind {other} has a schema but no builder"),
     };
     Ok(NetdevSpec {
@@ -324,7 +329,7 @@ mod tests {
             ("id=a", NetdevError::MissingType),
             ("type=,id=a", NetdevError::MissingType),
             ("bogus,id=a", NetdevError::UnknownType("bogus".into())),
-            ("vde,id=a", NetdevError::UnsupportedType("vde".into())),
+            ("user,id=a", NetdevError::UnsupportedType("user".into())),
             ("tap", NetdevError::MissingId),
             ("tap,id=1a", NetdevError::BadId("1a".into())),
             ("tap,id=a b", NetdevError::BadId("a b".into())),

@@ -67,6 +67,8 @@ pub enum OpenError {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    Vde(#[from] crate::vde::VdeError),
     #[error("cannot attach tap '{tap}' to bridge '{br}': {why}")]
     Bridge {
         tap: String,
@@ -108,7 +110,27 @@ enum Peer {
         remote: PathBuf,
         next: Instant,
     },
+    /// A port of a vde_switch: its control connection is looked at every `VDE_CHECK_EVERY`;
+    /// once the switch has gone (closed it), the port plugs in again every
+    /// `VDE_CHECK_EVERY` until it is back, on the same data socket.
+    Vde(Box<VdeState>),
 }
+
+/// What a vde port keeps to stay plugged in.
+#[derive(Debug)]
+struct VdeState {
+    opts: crate::vde::VdeOptions,
+    data: crate::vde::DataSocket,
+    link: Option<crate::vde::VdeLink>,
+    descr: String,
+    next: Instant,
+    /// Times the switch went away, and handshakes tried since the last one.
+    losses: u64,
+    tries: u64,
+}
+
+/// How often a vde port looks at its switch.
+const VDE_CHECK_EVERY: Duration = Duration::from_millis(200);
 
 /// How often a unix datagram port connects to its peer's path again.
 const REDIAL_EVERY: Duration = Duration::from_millis(100);
@@ -358,11 +380,70 @@ pub fn open(
         NetdevKind::Socket(m) | NetdevKind::Stream(m) | NetdevKind::Dgram(m) => open_socket(m),
         NetdevKind::L2tpv3(o) => open_l2tpv3(o),
         NetdevKind::HubPort { .. } => Err(OpenError::NotAPort),
+        NetdevKind::Vde(o) => open_vde(spec.id.as_str(), o),
         NetdevKind::VhostUser { chardev: id, .. } => {
             let Some(c) = chardev.filter(|c| &c.id == id) else {
                 return Err(OpenError::NoChardev(id.clone()));
             };
             open_vhost_user(spec.id.as_str(), c)
+        }
+    }
+}
+
+/// A vde port: plugged into the switch, its data socket served as a `dgram` port's.
+fn open_vde(name: &str, opts: &crate::vde::VdeOptions) -> Result<OpenedPort, OpenError> {
+    let descr = format!("ringswitch netdev={name} PID={}", std::process::id());
+    let (data, link) = crate::vde::open(opts, &descr)?;
+    let fd = data
+        .fd
+        .try_clone()
+        .map_err(sock_err(format!("vde data socket {}", data.path.display())))?;
+    let mut p = fixed(
+        fd,
+        None,
+        datagram_port(false),
+        Some(link.switch_data.display().to_string()),
+    );
+    p.peer = Peer::Vde(Box::new(VdeState {
+        opts: opts.clone(),
+        data,
+        link: Some(link),
+        descr,
+        next: Instant::now() + VDE_CHECK_EVERY,
+        losses: 0,
+        tries: 0,
+    }));
+    Ok(p)
+}
+
+impl VdeState {
+    /// Notices a switch that went away, and plugs in again once it is back.
+    fn check(&mut self) {
+        if let Some(l) = &self.link {
+            if l.alive() {
+                return;
+            }
+            self.losses += 1;
+            self.tries = 0;
+            eprintln!(
+                "ringswitch: vde_switch at {} went away; plugging in again every {} ms",
+                l.ctl_path.display(),
+                VDE_CHECK_EVERY.as_millis()
+            );
+            self.link = None;
+        }
+        self.tries += 1;
+        match crate::vde::plug(&self.opts, &self.data, &self.descr) {
+            Ok(l) => {
+                eprintln!(
+                    "ringswitch: plugged into the vde_switch at {} again after {} tries",
+                    l.ctl_path.display(),
+                    self.tries
+                );
+                self.link = Some(l);
+            }
+            Err(e) if self.tries == 1 => eprintln!("ringswitch: {e}"),
+            Err(_) => {}
         }
     }
 }
@@ -444,6 +525,7 @@ impl OpenedPort {
         match (&self.conn, &self.peer) {
             (None, Peer::Connect { next, .. }) => *next,
             (Some(_), Peer::Redial { next, .. }) => Some(*next),
+            (Some(_), Peer::Vde(v)) => Some(v.next),
             _ => None,
         }
     }
@@ -459,11 +541,19 @@ impl OpenedPort {
             }
             return false;
         }
+        if let (Some(_), Peer::Vde(v)) = (&self.conn, &mut self.peer) {
+            if v.next <= now {
+                v.next = now + VDE_CHECK_EVERY;
+                v.check();
+            }
+            // The same socket either way: nothing to publish.
+            return false;
+        }
         if self.conn.is_some() {
             return false;
         }
         match &mut self.peer {
-            Peer::Fixed | Peer::Redial { .. } => false,
+            Peer::Fixed | Peer::Redial { .. } | Peer::Vde(_) => false,
             Peer::Listen { listener, .. } => match socket::accept(listener) {
                 Ok(Some((fd, peer))) => {
                     self.conn = Some(Conn {
@@ -499,6 +589,14 @@ impl OpenedPort {
                     }
                 }
             }
+        }
+    }
+
+    /// Whether the far side holds the port: false for a vde port whose switch has gone.
+    pub fn peer_up(&self) -> bool {
+        match &self.peer {
+            Peer::Vde(v) => v.link.as_ref().is_some_and(|l| l.alive()),
+            _ => true,
         }
     }
 

@@ -162,10 +162,12 @@ pub(crate) fn typed(option: &str, ty: Ty, raw: Raw) -> Result<Typed, NetdevError
     }
 }
 
-/// Decimal or 0x-prefixed hexadecimal, as QEMU's option parser takes numbers.
+/// Decimal, 0x-prefixed hexadecimal or 0-prefixed octal, as QEMU's option parser takes
+/// numbers (`strtoull` with base 0: `mode=0700` of a vde netdev is 448).
 fn parse_uint(s: &str) -> Option<u64> {
     match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
         Some(h) => u64::from_str_radix(h, 16).ok(),
+        None if s.len() > 1 && s.starts_with('0') => u64::from_str_radix(&s[1..], 8).ok(),
         None => s.parse().ok(),
     }
 }

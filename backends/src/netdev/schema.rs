@@ -15,12 +15,12 @@ pub const SUPPORTED_KINDS: &[&str] = &[
     "bridge",
     "hubport",
     "vhost-user",
+    "vde",
 ];
 
 /// Kinds QEMU's schema has that this build does not (yet) serve.
 const QEMU_ONLY_KINDS: &[&str] = &[
     "user",
-    "vde",
     "netmap",
     "af-xdp",
     "vhost-vdpa",
@@ -153,6 +153,15 @@ const VHOST_USER_OPTIONS: &[(&str, Ty)] = &[
     ("vhostforce", Ty::Bool),
 ];
 
+/// QEMU's `NetdevVdeOptions`: the vde_switch's directory, the port to plug into, and the
+/// data socket's group and permissions (`mode=0700` is octal, as in QEMU).
+const VDE_OPTIONS: &[(&str, Ty)] = &[
+    ("sock", Ty::Str),
+    ("port", Ty::UInt),
+    ("group", Ty::Str),
+    ("mode", Ty::UInt),
+];
+
 /// One kind's schema.
 pub(crate) struct Schema {
     /// The kind's name, as `type=` gives it.
@@ -175,6 +184,7 @@ impl Schema {
             "bridge" => ("bridge", BRIDGE_OPTIONS, BRIDGE_UNSUPPORTED),
             "hubport" => ("hubport", HUBPORT_OPTIONS, &[]),
             "vhost-user" => ("vhost-user", VHOST_USER_OPTIONS, &[]),
+            "vde" => ("vde", VDE_OPTIONS, &[]),
             other if QEMU_ONLY_KINDS.contains(&other) => {
                 return Err(NetdevError::UnsupportedType(other.to_string()))
             }

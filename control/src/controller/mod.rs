@@ -87,11 +87,12 @@ impl Port {
     /// port did not fail).
     /// A vhost-user port is connected while a frontend has the device running (a guest
     /// whose driver is loaded): down while QEMU is away, rebooting or before the driver starts.
+    /// A vde port while its vde_switch holds it.
     pub fn connected(&self) -> bool {
         let frontend = self.opened.vhost.as_ref().is_none_or(|v| {
             v.state.connected.load(std::sync::atomic::Ordering::Acquire) && v.shared.running()
         });
-        self.entry.is_some() && !self.failed && frontend
+        self.entry.is_some() && !self.failed && frontend && self.opened.peer_up()
     }
 
     /// The offloads in force: a `vnet_hdr` tap's (TUNSETOFFLOAD), or what a vhost-user
