@@ -173,6 +173,15 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// `query-ports`' `connected` for port `id`, over a fresh QMP connection.
 fn connected(qmp: &Path, id: &str) -> bool {
+    let v = execute(
+        qmp,
+        &format!(r#"{{"execute":"query-ports","arguments":{{"name":"{id}"}}}}"#),
+    );
+    v["return"][0]["connected"].as_bool().expect("connected")
+}
+
+/// One QMP command over a fresh connection; its answer.
+fn execute(qmp: &Path, cmd: &str) -> serde_json::Value {
     let s = UnixStream::connect(qmp).expect("QMP");
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut r = std::io::BufReader::new(s.try_clone().unwrap());
@@ -182,15 +191,10 @@ fn connected(qmp: &Path, id: &str) -> bool {
     writeln!(w, r#"{{"execute":"qmp_capabilities"}}"#).unwrap();
     line.clear();
     r.read_line(&mut line).unwrap();
-    writeln!(
-        w,
-        r#"{{"execute":"query-ports","arguments":{{"name":"{id}"}}}}"#
-    )
-    .unwrap();
+    writeln!(w, "{cmd}").unwrap();
     line.clear();
     r.read_line(&mut line).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-    v["return"][0]["connected"].as_bool().expect("connected")
+    serde_json::from_str(&line).unwrap()
 }
 
 struct Setup {
@@ -288,6 +292,17 @@ fn frames_cross_a_vde_switch_and_the_port_survives_its_restart() {
         let mut plug = Plug::start(&s.sw.dir);
         frames_cross(&s, &mut plug, round);
     }
+    // Live, as QEMU's netdev_add takes it: a second port on the same vde_switch, then gone.
+    let add = format!(
+        r#"{{"execute":"netdev_add","arguments":{{"type":"vde","id":"v2","sock":"{}","port":9,"mode":448}}}}"#,
+        s.sw.dir.display()
+    );
+    assert_eq!(execute(&s.qmp, &add)["return"], serde_json::json!({}));
+    assert!(connected(&s.qmp, "v2"));
+    let del = r#"{"execute":"netdev_del","arguments":{"id":"v2"}}"#;
+    assert_eq!(execute(&s.qmp, del)["return"], serde_json::json!({}));
+    // Port 9 is free again: vde_switch gives it to the next client that asks.
+    assert_eq!(execute(&s.qmp, &add)["return"], serde_json::json!({}));
     let stderr = s.switch.as_ref().unwrap().stderr();
     assert!(stderr.contains("went away"), "{stderr}");
     assert!(stderr.contains("plugged into the vde_switch"), "{stderr}");
