@@ -51,8 +51,8 @@ import time
 
 from . import switches
 from .methods import pair_order
-from .system import (PREFIX, BenchError, Topology, cpu_seconds_all, log, wait_quiet,
-                     wait_ready)
+from .system import (DISTURBED, PID, PREFIX, BenchError, Topology, cpu_seconds_all, log,
+                     others_cpu_seconds, wait_quiet, wait_ready)
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import peers  # noqa: E402  (perf/peers.py: installs packages the way peers are installed)
@@ -160,8 +160,8 @@ class Testpmd:
         self.log_path = log_path
         self.out = open(log_path, "w")
         # stdbuf: testpmd's printf output to a file is block-buffered otherwise.
-        self.proc = subprocess.Popen(["stdbuf", "-o0", *cmd], stdin=subprocess.PIPE, stdout=self.out,
-                                     stderr=subprocess.STDOUT, text=True,
+        self.proc = subprocess.Popen(["stdbuf", "-o0", *cmd], stdin=subprocess.PIPE,
+                                     stdout=self.out, stderr=subprocess.STDOUT, text=True,
                                      preexec_fn=peers.child_setup(cpu))
         topo.procs.append(self.proc)
         topo.add_cleanup(self.quit)
@@ -386,6 +386,8 @@ def _one(kind, mem, size, plan, duration, logs, tag):
         gen = generator(topo, mem, socks, size, plan.gen_cpus[0], logs, tag, server)
         gen.wait_for(r"testpmd> ")
         time.sleep(WARMUP)
+        exclude = {PID, gen.proc.pid, *pids, *(p.pid for p in topo.procs)}
+        o0 = others_cpu_seconds(exclude)
         s0 = gen.port_stats()
         c0 = cpu_seconds_all(pids)
         t0 = time.monotonic()
@@ -393,6 +395,7 @@ def _one(kind, mem, size, plan, duration, logs, tag):
         s1 = gen.port_stats()
         window = time.monotonic() - t0
         cpu_s = cpu_seconds_all(pids) - c0
+        others = max(0.0, others_cpu_seconds(exclude) - o0)
         refused = sum(gen.dropped())
         if set(s0) != {0, 1} or set(s1) != {0, 1}:
             raise BenchError(f"testpmd shows ports {sorted(s1)}, not 0 and 1")
@@ -410,7 +413,9 @@ def _one(kind, mem, size, plan, duration, logs, tag):
                 "gbit_s": received * size * 8 / window / 1e9, "cpu_s": cpu_s,
                 "cpu_pct": cpu_s / window * 100,
                 "mpps_per_cpu_s": received / cpu_s / 1e6 if cpu_s else None,
-                "refused": refused, "note": ""}
+                "refused": refused, "others_cpu_s": others,
+                "note": (f"other processes used {others:.2f} CPU-s"
+                         if others > DISTURBED * window else "")}
     finally:
         topo.close()
 
@@ -445,7 +450,7 @@ def measure(plan, sizes, repeat, duration, logs, kinds=None):
                     try:
                         r = _one(kind, mem, size, plan, duration, logs,
                                  f"vhost-{kind}-{size}-{rep}")
-                        r["note"] = busy
+                        r["note"] = "; ".join(x for x in (busy, r["note"]) if x)
                         log(f"  {r['mpps']:.3f} Mpps received ({r['a_to_b_mpps']:.3f} + "
                             f"{r['b_to_a_mpps']:.3f} sent), loss {r['loss_pct']:.2f}%, "
                             f"switch CPU {r['cpu_pct']:.0f}%")
@@ -476,7 +481,10 @@ def summarize(runs):
         mpps = [r["mpps"] for r in ok]
         notes = [f"{len(rs) - len(ok)} of {len(rs)} runs failed: {rs[-1]['note']}"
                  ] if len(ok) < len(rs) else []
-        notes += sorted({r["note"] for r in ok if r.get("note")})
+        disturbed = [r for r in ok if r.get("note")]
+        if disturbed:
+            notes.append(f"{len(disturbed)} of {len(rs)} runs shared the machine: "
+                         + "; ".join(r["note"] for r in disturbed))
         out.append({"switch": kind, "size": size, "runs": len(ok), "mpps": med("mpps"),
                     "min_mpps": min(mpps), "max_mpps": max(mpps),
                     "sent_mpps": med("sent_mpps"), "a_to_b_mpps": med("a_to_b_mpps"),
@@ -531,7 +539,7 @@ CSV_KEYS = ["switch", "size", "runs", "mpps", "min_mpps", "max_mpps", "sent_mpps
             "note"]
 RUN_KEYS = ["switch", "size", "run", "seconds", "sent", "received", "lost", "loss_pct",
             "sent_mpps", "mpps", "a_to_b_mpps", "b_to_a_mpps", "gbit_s", "cpu_s", "cpu_pct",
-            "mpps_per_cpu_s", "refused", "note"]
+            "mpps_per_cpu_s", "refused", "others_cpu_s", "note"]
 
 
 def write_csvs(out, rows, runs):
