@@ -96,7 +96,7 @@ fn segmenting_allocates_nothing() {
     ];
     let mut out = vec![0u8; 65_536];
     let mut whole = tso.clone();
-    let before = common::allocations();
+    let before = common::thread_allocations();
     let mut pieces = 0;
     for (f, o) in &cases {
         if let Ok(s) = Segmenter::new(f, o, 1518) {
@@ -111,7 +111,7 @@ fn segmenting_allocates_nothing() {
         ..offload(GSO_NONE, true, 0)
     };
     complete_checksum(&mut whole, &plain).unwrap();
-    let after = common::allocations();
+    let after = common::thread_allocations();
     assert_eq!(after - before, 0, "software GSO allocated");
     assert_eq!(pieces, 45 + 640 + 21 + 21);
 }

@@ -53,12 +53,12 @@ fn steady_state_forwarding_allocates_nothing() {
     for _ in 0..10 {
         round(&mut sw, &mut delivered);
     }
-    let before = common::allocations();
+    let before = common::thread_allocations();
     for t in 0..20_000 {
         sw.set_time(t / 1000);
         round(&mut sw, &mut delivered);
     }
-    let allocs = common::allocations() - before;
+    let allocs = common::thread_allocations() - before;
     assert_eq!(
         allocs,
         0,

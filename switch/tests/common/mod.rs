@@ -1,5 +1,8 @@
 //! What the switch crate's allocation tests share: a global allocator that counts every
-//! allocation of the process (each test binary installs it with `#[global_allocator]`).
+//! allocation of the process, and of each thread (each test binary installs it with
+//! `#[global_allocator]`). A test whose work runs on its own thread counts that thread's: the
+//! test harness's other threads allocate now and then (reporting, output capture), which a
+//! process-wide count would charge to the code under test.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +12,25 @@ pub struct Counting;
 
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
 
+thread_local! {
+    /// This thread's allocations (const-initialised, no destructor: safe to touch from the
+    /// allocator itself, at any point of a thread's life).
+    static THREAD_ALLOCS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+fn count() {
+    ALLOCS.fetch_add(1, Ordering::Relaxed);
+    let _ = THREAD_ALLOCS.try_with(|c| c.set(c.get() + 1));
+}
+
+/// Allocations made on the calling thread so far.
+#[allow(dead_code)]
+pub fn thread_allocations() -> u64 {
+    THREAD_ALLOCS.with(|c| c.get())
+}
+
 /// Allocations made in this process so far.
+#[allow(dead_code)]
 pub fn allocations() -> u64 {
     ALLOCS.load(Ordering::Relaxed)
 }
@@ -17,7 +38,7 @@ pub fn allocations() -> u64 {
 // SAFETY: defers every operation to the system allocator unchanged; only counts calls.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        count();
         // SAFETY: same layout contract as our caller's.
         unsafe { System.alloc(l) }
     }
@@ -26,7 +47,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        count();
         // SAFETY: `p` came from `System.alloc` with layout `l`.
         unsafe { System.realloc(p, l, n) }
     }
