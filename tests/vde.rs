@@ -209,6 +209,8 @@ struct Setup {
 impl Drop for Setup {
     fn drop(&mut self) {
         drop(self.switch.take());
+        // Before the directory goes: the vde_switch's pid file is in it.
+        self.sw.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
