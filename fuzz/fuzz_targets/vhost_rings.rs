@@ -52,8 +52,10 @@ fn ring(r: &Ring) -> VringConf {
 }
 
 fuzz_target!(|input: Input| {
-    let mem = GuestMem::from_ranges(&[(GuestAddress(0), LOW), (GuestAddress(HIGH_AT), HIGH)])
-        .expect("guest memory");
+    let mem = std::sync::Arc::new(
+        GuestMem::from_ranges(&[(GuestAddress(0), LOW), (GuestAddress(HIGH_AT), HIGH)])
+            .expect("guest memory"),
+    );
     let n = input.low.len().min(LOW);
     mem.write_slice(&input.low[..n], GuestAddress(0)).unwrap();
     let n = input.high.len().min(HIGH);

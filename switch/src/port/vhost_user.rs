@@ -23,6 +23,7 @@
 //! a frontend that hands the switch anything outside that gets its port stopped and counted
 //! (`frontend_fault`), never a crash.
 
+use super::vring::{HostMem, RingError, SplitRing};
 use super::{Caps, Closed, Cx, InFlight, Port, RxMode, Tag};
 use crate::counters::DropReason;
 use crate::frame::{Frame, Offload, OffloadSet};
@@ -33,9 +34,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
 /// Guest memory as the switch maps it: the frontend's regions, shared.
 pub type GuestMem = GuestMemoryMmap<()>;
@@ -84,6 +83,8 @@ const TX_BUDGET: usize = 256;
 /// The most receive chains one frame may spread over (mergeable buffers): 64 KiB segments in
 /// buffers of about 1.5 KiB take 44.
 const MAX_CHAINS: usize = 64;
+/// The most receive buffers (descriptors) one frame may spread over.
+const MAX_PIECES: usize = 256;
 
 const OP_KICK: u8 = 1;
 const OP_NOTIFY: u8 = 2;
@@ -231,21 +232,27 @@ impl VhostShared {
 
 /// A running ring.
 struct Vq {
-    queue: Queue,
+    ring: SplitRing,
     kick: Arc<OwnedFd>,
     call: Option<Arc<OwnedFd>>,
-    /// The guest is owed an interrupt for used entries added since the last one.
-    owed: bool,
 }
 
 /// A frontend broke the rules.
 #[derive(Debug)]
 struct Fault(String);
 
-impl<E: std::fmt::Display> From<(&'static str, E)> for Fault {
-    fn from((what, e): (&'static str, E)) -> Fault {
-        Fault(format!("{what}: {e}"))
+impl From<RingError> for Fault {
+    fn from(e: RingError) -> Fault {
+        Fault(e.0)
     }
+}
+
+/// Where one frame goes in a guest's receive queue: the chains it takes and their buffers.
+struct RxScratch {
+    /// Each chain's head and how many of `pieces` are its.
+    chains: [(u16, u16); MAX_CHAINS],
+    /// Guest-physical address and length of each writable buffer.
+    pieces: [(u64, u32); MAX_PIECES],
 }
 
 /// A vhost-user port as its worker serves it.
@@ -254,8 +261,9 @@ pub struct VhostUserPort {
     shared: Arc<VhostShared>,
     seen: u64,
     faults_seen: u64,
-    mem: Option<Arc<GuestMem>>,
+    mem: Option<HostMem>,
     mrg: bool,
+    scratch: Box<RxScratch>,
     q: [Option<Vq>; QUEUES],
     /// The 8-byte targets of the kick reads and of the notify read, boxed so they stay put.
     kick_buf: [Box<u64>; QUEUES],
@@ -278,6 +286,10 @@ impl VhostUserPort {
             faults_seen: 0,
             mem: None,
             mrg: false,
+            scratch: Box::new(RxScratch {
+                chains: [(0, 0); MAX_CHAINS],
+                pieces: [(0, 0); MAX_PIECES],
+            }),
             q: [None, None],
             kick_buf: [Box::new(0), Box::new(0)],
             kick_fd: [None, None],
@@ -300,7 +312,7 @@ impl VhostUserPort {
         }
         let conf = shared.conf.lock().unwrap_or_else(|p| p.into_inner());
         let mem_changed = match (&self.mem, &conf.mem) {
-            (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+            (Some(a), Some(b)) => !Arc::ptr_eq(a.guest(), b),
             (None, None) => false,
             _ => true,
         };
@@ -308,14 +320,7 @@ impl VhostUserPort {
         for i in 0..QUEUES {
             let want = &conf.vrings[i];
             let keep = match &self.q[i] {
-                Some(q) => {
-                    !mem_changed
-                        && want.runs()
-                        && q.queue.desc_table() == want.desc
-                        && q.queue.avail_ring() == want.avail
-                        && q.queue.used_ring() == want.used
-                        && q.queue.size() == want.size
-                }
+                Some(q) => !mem_changed && want.runs() && q.ring.is(want),
                 None => false,
             };
             if keep {
@@ -327,11 +332,14 @@ impl VhostUserPort {
                 continue;
             }
             if let Some(q) = self.q[i].take() {
-                let next = q.queue.next_avail();
+                let next = q.ring.next_avail();
                 shared.report(|r| r.bases[i] = Some(next));
             }
         }
-        self.mem = conf.mem.clone();
+        if mem_changed {
+            // (Rings were dropped above: none points into the old memory.)
+            self.mem = conf.mem.clone().map(HostMem::new);
+        }
         self.mrg = features & F_MRG_RXBUF != 0;
         let offloads = guest_offloads(features);
         if offloads != self.offloads {
@@ -354,17 +362,16 @@ impl VhostUserPort {
                     let Some(kick) = want.kick.clone() else {
                         continue;
                     };
-                    match make_queue(mem, want, features) {
-                        Ok(queue) => {
+                    match SplitRing::new(mem, want, features & F_EVENT_IDX != 0) {
+                        Ok(ring) => {
                             self.q[i] = Some(Vq {
-                                queue,
+                                ring,
                                 kick,
                                 call: want.call.clone(),
-                                owed: false,
                             })
                         }
                         Err(e) => {
-                            fault = Some(e);
+                            fault = Some(e.into());
                             break;
                         }
                     }
@@ -386,7 +393,7 @@ impl VhostUserPort {
         self.faulted = true;
         for i in 0..QUEUES {
             if let Some(q) = self.q[i].take() {
-                let next = q.queue.next_avail();
+                let next = q.ring.next_avail();
                 self.shared.report(|r| r.bases[i] = Some(next));
             }
         }
@@ -437,42 +444,31 @@ impl VhostUserPort {
 
     /// Takes frames the guest transmitted, up to the budget.
     fn take_transmitted(&mut self, cx: &mut Cx<'_>) -> Result<(), Fault> {
-        let (Some(mem), Some(q)) = (self.mem.clone(), self.q[TXQ].as_mut()) else {
+        let (Some(mem), Some(q)) = (self.mem.as_ref(), self.q[TXQ].as_mut()) else {
             return Ok(());
         };
-        let mem: &GuestMem = &mem;
         let mut taken = 0;
         while taken < TX_BUDGET {
-            let Some(chain) = q.queue.pop_descriptor_chain(mem) else {
-                if q.queue.event_idx_enabled() {
-                    // Ask for a kick at the next entry, then look once more: an entry added
-                    // in between would otherwise wait for the next one.
-                    if q.queue
-                        .enable_notification(mem)
-                        .map_err(|e| ("tx ring", e))?
-                    {
-                        continue;
-                    }
+            let Some(head) = q.ring.pop()? else {
+                // Ask for a kick at the next entry, then look once more: an entry added in
+                // between would otherwise wait for the next one.
+                if q.ring.event_idx() && q.ring.enable_notification() {
+                    continue;
                 }
                 break;
             };
             taken += 1;
-            let head = chain.head_index();
-            receive_chain(cx, mem, chain)?;
-            q.queue
-                .add_used(mem, head, 0)
-                .map_err(|e| ("tx used ring", e))?;
-            q.owed = true;
+            receive_chain(cx, mem, &q.ring, head)?;
+            q.ring.push_used(head, 0);
         }
-        if q.owed {
-            signal(q, mem)?;
-        }
+        signal(q);
         Ok(())
     }
 
-    /// Writes one frame into the guest's receive queue; false if the guest has no room.
+    /// Writes one frame into the guest's receive queue (published by `signal`); false if the
+    /// guest has no room.
     fn write_received(&mut self, cx: &mut Cx<'_>, f: &Frame) -> Result<bool, Fault> {
-        let (Some(mem), Some(q)) = (self.mem.as_deref(), self.q[RXQ].as_mut()) else {
+        let (Some(mem), Some(q)) = (self.mem.as_ref(), self.q[RXQ].as_mut()) else {
             return Ok(false);
         };
         let pool = cx.ring.pool();
@@ -486,50 +482,52 @@ impl VhostUserPort {
             Offload::NONE.emit(&mut hdr);
         }
         let frame = &pool.buf(f.buf)[f.off as usize..f.off as usize + f.len as usize];
-        let wrote = write_frame(&mut q.queue, mem, self.mrg, hdr, frame)?;
-        q.owed |= wrote;
-        Ok(wrote)
+        write_frame(&mut q.ring, mem, &mut self.scratch, self.mrg, hdr, frame)
     }
 }
 
-/// Writes `hdr` and `frame` into the receive chains of `queue` (several with mergeable
-/// buffers, `num_buffers` set), and returns them used; false (nothing taken) if the guest has
+/// Writes `hdr` and `frame` into the receive chains of `ring` (several with mergeable
+/// buffers, `num_buffers` set), and adds them used; false (nothing taken) if the guest has
 /// not posted room enough.
 fn write_frame(
-    queue: &mut Queue,
-    mem: &GuestMem,
+    ring: &mut SplitRing,
+    mem: &HostMem,
+    sc: &mut RxScratch,
     mrg: bool,
     mut hdr: [u8; Offload::WIRE_LEN],
     frame: &[u8],
 ) -> Result<bool, Fault> {
     let total = Offload::WIRE_LEN + frame.len();
     // Gather chains until they hold the frame (one chain without mergeable buffers).
-    let mut chains: [Option<DescriptorChain<&GuestMem>>; MAX_CHAINS] = [const { None }; MAX_CHAINS];
     let mut n = 0;
+    let mut pieces = 0;
     let mut room = 0usize;
     while room < total {
-        if n == MAX_CHAINS || (n == 1 && !mrg) {
+        if n == MAX_CHAINS || (n == 1 && !mrg) || pieces == MAX_PIECES {
             break;
         }
-        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+        let Some(head) = ring.pop()? else {
             break;
         };
-        room += chain
-            .clone()
-            .filter(Descriptor::is_write_only)
-            .map(|d| d.len() as usize)
-            .sum::<usize>();
-        chains[n] = Some(chain);
+        let first = pieces;
+        ring.walk(mem, head, |d| {
+            // (Readable descriptors in a receive chain are skipped.)
+            if d.write_only() && d.len > 0 {
+                sc.pieces[pieces] = (d.addr, d.len);
+                pieces += 1;
+                room += d.len as usize;
+            }
+            Ok(room < total && pieces < MAX_PIECES)
+        })?;
+        sc.chains[n] = (head, (pieces - first) as u16);
         n += 1;
     }
     if room < total {
         // Not enough room: hand the chains back (the guest refills its queue) and drop.
-        for _ in 0..n {
-            queue.go_to_previous_position();
-        }
-        if n == 0 && queue.event_idx_enabled() {
+        ring.unpop(n as u16);
+        if n == 0 && ring.event_idx() {
             // Be told when the guest adds buffers.
-            let _ = queue.enable_notification(mem);
+            ring.enable_notification();
         }
         return Ok(false);
     }
@@ -537,24 +535,15 @@ fn write_frame(
     hdr[10..12].copy_from_slice(&(n as u16).to_le_bytes());
     let mut src: [&[u8]; 2] = [&hdr, frame];
     let mut s = 0;
-    for chain in chains.iter_mut().take(n) {
-        let chain = chain.take().expect("gathered");
-        let head = chain.head_index();
+    let mut p = 0;
+    for &(head, count) in &sc.chains[..n] {
         let mut written = 0u32;
-        // (The guest may change its descriptors meanwhile: what is written is bounded by the
-        // frame, whatever they say now.)
-        for d in chain.filter(Descriptor::is_write_only) {
+        for &(addr, len) in &sc.pieces[p..p + usize::from(count)] {
             let mut at = 0usize;
-            let len = d.len() as usize;
+            let len = len as usize;
             while at < len && s < 2 {
                 let k = (len - at).min(src[s].len());
-                let addr = d
-                    .addr()
-                    .0
-                    .checked_add(at as u64)
-                    .ok_or_else(|| Fault("an rx buffer address wraps around".into()))?;
-                mem.write_slice(&src[s][..k], GuestAddress(addr))
-                    .map_err(|e| ("rx buffer", e))?;
+                mem.write(addr.wrapping_add(at as u64), &src[s][..k])?;
                 at += k;
                 written += k as u32;
                 src[s] = &src[s][k..];
@@ -562,83 +551,78 @@ fn write_frame(
                     s += 1;
                 }
             }
-            if s == 2 {
-                break;
-            }
         }
-        queue
-            .add_used(mem, head, written)
-            .map_err(|e| ("rx used ring", e))?;
+        p += usize::from(count);
+        ring.push_used(head, written);
     }
     Ok(true)
 }
 
-/// Sets a queue up as the frontend described it, and checks it lies in guest memory.
-fn make_queue(mem: &GuestMem, v: &VringConf, features: u64) -> Result<Queue, Fault> {
-    let mut q = Queue::new(v.size.max(1)).map_err(|e| ("queue", e))?;
-    q.set_size(v.size);
-    q.set_desc_table_address(Some(v.desc as u32), Some((v.desc >> 32) as u32));
-    q.set_avail_ring_address(Some(v.avail as u32), Some((v.avail >> 32) as u32));
-    q.set_used_ring_address(Some(v.used as u32), Some((v.used >> 32) as u32));
-    q.set_event_idx(features & F_EVENT_IDX != 0);
-    q.set_next_avail(v.base);
-    q.set_next_used(v.base);
-    q.set_ready(true);
-    if !q.is_valid(mem) {
-        return Err(Fault(format!(
-            "a ring of size {} at desc {:#x} avail {:#x} used {:#x} is not in guest memory",
-            v.size, v.desc, v.avail, v.used
-        )));
-    }
-    Ok(q)
-}
-
-/// Copies one transmitted chain (virtio-net header, then the frame) into a pool buffer and
+/// Copies the chain at `head` (virtio-net header, then the frame) into a pool buffer and
 /// hands it to the engine. Bad frames are dropped and counted; bad memory is a fault.
-fn receive_chain(
-    cx: &mut Cx<'_>,
-    mem: &GuestMem,
-    chain: DescriptorChain<&GuestMem>,
-) -> Result<(), Fault> {
+fn receive_chain(cx: &mut Cx<'_>, mem: &HostMem, ring: &SplitRing, head: u16) -> Result<(), Fault> {
+    let start = HEADROOM - Offload::WIRE_LEN;
+    let pool = cx.ring.pool_mut();
+    let Some(mut buf) = pool.alloc() else {
+        // (The chain is still walked, for its faults.)
+        let total = chain_len(mem, ring, head)?;
+        cx.counters.count_rx_drop(
+            total.saturating_sub(Offload::WIRE_LEN),
+            DropReason::NoBuffer,
+        );
+        return Ok(());
+    };
+    // Most frames fit a small buffer: copy while walking, once.
     let mut total = 0usize;
-    for d in chain.clone() {
-        if d.is_write_only() {
-            return Err(Fault("a transmit chain has a write-only descriptor".into()));
+    let data = &mut pool.buf_mut(buf)[start..];
+    let copied = ring.walk(mem, head, |d| {
+        if d.write_only() {
+            return Err(RingError(
+                "a transmit chain has a write-only descriptor".into(),
+            ));
         }
-        total += d.len() as usize;
+        let len = d.len as usize;
+        if let Some(to) = data.get_mut(total..total + len) {
+            mem.read(d.addr, to)?;
+        }
+        total += len;
+        Ok(true)
+    });
+    if let Err(e) = copied {
+        pool.release(buf);
+        return Err(e.into());
     }
     if total < Offload::WIRE_LEN + 14 {
+        pool.release(buf);
         cx.counters.count_rx_drop(total, DropReason::Runt);
         return Ok(());
     }
     let frame_len = total - Offload::WIRE_LEN;
     if frame_len > cx.env.max_frame {
-        cx.counters.count_rx_drop(frame_len, DropReason::Oversize);
-        return Ok(());
-    }
-    let start = HEADROOM - Offload::WIRE_LEN;
-    let pool = cx.ring.pool_mut();
-    let small = frame_len + HEADROOM <= pool.buf_size();
-    let buf = if small {
-        pool.alloc()
-    } else {
-        pool.alloc_large()
-    };
-    let Some(buf) = buf else {
-        cx.counters.count_rx_drop(frame_len, DropReason::NoBuffer);
-        return Ok(());
-    };
-    if start + total > pool.size_of(buf) {
         pool.release(buf);
         cx.counters.count_rx_drop(frame_len, DropReason::Oversize);
         return Ok(());
     }
-    let data = pool.buf_mut(buf);
-    let copied = copy_chain(mem, chain, &mut data[start..start + total]);
-    if let Err(f) = copied {
-        cx.ring.pool_mut().release(buf);
-        return Err(f);
+    if start + total > pool.size_of(buf) {
+        // A large frame (a guest's segment): again into a large buffer.
+        pool.release(buf);
+        let Some(large) = pool.alloc_large() else {
+            cx.counters.count_rx_drop(frame_len, DropReason::NoBuffer);
+            return Ok(());
+        };
+        buf = large;
+        if start + total > pool.size_of(buf) {
+            pool.release(buf);
+            cx.counters.count_rx_drop(frame_len, DropReason::Oversize);
+            return Ok(());
+        }
+        let data = &mut pool.buf_mut(buf)[start..start + total];
+        if let Err(e) = copy_chain(mem, ring, head, data) {
+            pool.release(buf);
+            return Err(e);
+        }
     }
+    let data = pool.buf_mut(buf);
     let mut h = [0u8; Offload::WIRE_LEN];
     h.copy_from_slice(&data[start..HEADROOM]);
     let o = Offload::parse(&h);
@@ -657,22 +641,39 @@ fn receive_chain(
     Ok(())
 }
 
-/// Copies the readable descriptors of `chain` into `dst`, which the first walk sized. The
-/// guest may have changed its descriptors since: a chain that no longer fits is a fault.
-fn copy_chain(
-    mem: &GuestMem,
-    chain: DescriptorChain<&GuestMem>,
-    dst: &mut [u8],
-) -> Result<usize, Fault> {
+/// The bytes of the readable chain at `head`.
+fn chain_len(mem: &HostMem, ring: &SplitRing, head: u16) -> Result<usize, Fault> {
+    let mut total = 0usize;
+    ring.walk(mem, head, |d| {
+        if d.write_only() {
+            return Err(RingError(
+                "a transmit chain has a write-only descriptor".into(),
+            ));
+        }
+        total += d.len as usize;
+        Ok(true)
+    })?;
+    Ok(total)
+}
+
+/// Copies the readable chain at `head` into `dst`, which an earlier walk sized. The guest may
+/// have changed its descriptors since: a chain that no longer fits is a fault.
+fn copy_chain(mem: &HostMem, ring: &SplitRing, head: u16, dst: &mut [u8]) -> Result<usize, Fault> {
     let mut at = 0usize;
-    for d in chain {
-        let len = d.len() as usize;
+    ring.walk(mem, head, |d| {
+        if d.write_only() {
+            return Err(RingError(
+                "a transmit chain has a write-only descriptor".into(),
+            ));
+        }
+        let len = d.len as usize;
         let Some(to) = dst.get_mut(at..at + len) else {
-            return Err(Fault("a transmit chain grew while it was read".into()));
+            return Err(RingError("a transmit chain grew while it was read".into()));
         };
-        mem.read_slice(to, d.addr()).map_err(|e| ("tx buffer", e))?;
+        mem.read(d.addr, to)?;
         at += len;
-    }
+        Ok(true)
+    })?;
     Ok(at)
 }
 
@@ -682,61 +683,60 @@ fn copy_chain(
 /// frames written, or the fault the worker would count. Never panics, whatever `mem` holds.
 #[doc(hidden)]
 pub fn walk_rings(
-    mem: &GuestMem,
+    mem: &Arc<GuestMem>,
     conf: &VhostConf,
     buf: &mut [u8],
     frame: &[u8],
 ) -> Result<(usize, usize), String> {
+    let mem = HostMem::new(mem.clone());
     let mut taken = 0;
     let mut written = 0;
     let mrg = conf.features & F_MRG_RXBUF != 0;
+    let event_idx = conf.features & F_EVENT_IDX != 0;
     if conf.vrings[TXQ].size > 0 {
-        let mut q = make_queue(mem, &conf.vrings[TXQ], conf.features).map_err(|f| f.0)?;
+        let mut ring = SplitRing::new(&mem, &conf.vrings[TXQ], event_idx).map_err(|e| e.0)?;
         while taken < 16 {
-            let Some(chain) = q.pop_descriptor_chain(mem) else {
+            let Some(head) = ring.pop().map_err(|e| e.0)? else {
+                ring.enable_notification();
                 break;
             };
-            let head = chain.head_index();
-            let mut total = 0usize;
-            for d in chain.clone() {
-                if d.is_write_only() {
-                    return Err("a transmit chain has a write-only descriptor".into());
-                }
-                total += d.len() as usize;
-            }
+            let total = chain_len(&mem, &ring, head).map_err(|f| f.0)?;
             if total <= buf.len() {
-                copy_chain(mem, chain, &mut buf[..total]).map_err(|f| f.0)?;
+                copy_chain(&mem, &ring, head, &mut buf[..total]).map_err(|f| f.0)?;
             }
-            q.add_used(mem, head, 0).map_err(|e| e.to_string())?;
+            ring.push_used(head, 0);
             taken += 1;
         }
-        let _ = q.needs_notification(mem);
+        let _ = ring.publish();
     }
     if conf.vrings[RXQ].size > 0 {
-        let mut q = make_queue(mem, &conf.vrings[RXQ], conf.features).map_err(|f| f.0)?;
+        let mut ring = SplitRing::new(&mem, &conf.vrings[RXQ], event_idx).map_err(|e| e.0)?;
+        let mut sc = Box::new(RxScratch {
+            chains: [(0, 0); MAX_CHAINS],
+            pieces: [(0, 0); MAX_PIECES],
+        });
         while written < 16 {
-            if !write_frame(&mut q, mem, mrg, [0; Offload::WIRE_LEN], frame).map_err(|f| f.0)? {
+            if !write_frame(&mut ring, &mem, &mut sc, mrg, [0; Offload::WIRE_LEN], frame)
+                .map_err(|f| f.0)?
+            {
                 break;
             }
             written += 1;
         }
-        let _ = q.needs_notification(mem);
+        let _ = ring.publish();
     }
     Ok((taken, written))
 }
 
-/// Interrupts the guest for the used entries it is owed, if it wants an interrupt.
-fn signal(q: &mut Vq, mem: &GuestMem) -> Result<(), Fault> {
-    q.owed = false;
-    if q.queue
-        .needs_notification(mem)
-        .map_err(|e| ("used ring", e))?
-    {
+/// Publishes the used entries added since the last call and interrupts the guest if it wants
+/// that.
+#[inline]
+fn signal(q: &mut Vq) {
+    if q.ring.publish() {
         if let Some(call) = &q.call {
             crate::sys::fd::kick(&**call);
         }
     }
-    Ok(())
 }
 
 impl Port for VhostUserPort {
@@ -786,12 +786,9 @@ impl Port for VhostUserPort {
             }
             cx.release(f.buf);
         }
-        if let (Some(mem), Some(q)) = (self.mem.clone(), self.q[RXQ].as_mut()) {
-            if q.owed {
-                if let Err(e) = signal(q, &mem) {
-                    self.fault(cx, e);
-                }
-            }
+        // The used entries of the whole batch go to the guest at once, with one interrupt.
+        if let Some(q) = self.q[RXQ].as_mut() {
+            signal(q);
         }
         Ok(frames.len())
     }
@@ -821,7 +818,7 @@ impl Port for VhostUserPort {
         self.shared.served.store(false, Ordering::Release);
         for i in 0..QUEUES {
             if let Some(q) = self.q[i].take() {
-                let next = q.queue.next_avail();
+                let next = q.ring.next_avail();
                 self.shared.report(|r| r.bases[i] = Some(next));
             }
         }
