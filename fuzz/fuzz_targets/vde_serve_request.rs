@@ -36,7 +36,11 @@ fuzz_target!(|data: &[u8]| {
     }
     let port = u16::from_ne_bytes([data[0], data[1]]);
     let text = String::from_utf8_lossy(&data[2..]);
-    let (p, d) = text.split_at(text.len() / 2);
+    let mid = text
+        .char_indices()
+        .nth(text.chars().count() / 2)
+        .map_or(text.len(), |(i, _)| i);
+    let (p, d) = text.split_at(mid);
     let path = format!("/{}", p.replace('\0', ""));
     let descr: String = d.chars().filter(|c| (' '..='~').contains(c)).collect();
     if let Ok(req) = encode_request(port, std::path::Path::new(&path), &descr) {
