@@ -7,7 +7,8 @@
 //! Checked: frames both ways through vde_switch; the vde_switch killed and started again — the
 //! port reports itself down (`query-ports` `connected`) and plugs in again by itself; a
 //! switch that refuses the port or answers nonsense is a clear error naming its socket; `mode`
-//! and `port` as QEMU spells them.
+//! and `port` as QEMU spells them; `--vde-serve` options refused by name, and a directory a
+//! vde_switch already serves refused at start.
 
 mod common;
 
@@ -288,5 +289,31 @@ fn a_switch_that_refuses_or_talks_nonsense_is_a_clear_error() {
         assert!(!out.status.success(), "{spec}");
         assert!(err.contains(what), "{spec}: {err}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn vde_serve_refuses_bad_options_and_a_directory_another_switch_serves() {
+    for (spec, what) in [
+        ("/tmp/x,bogus=1", "'bogus'"),
+        ("/tmp/x,mode=999", "mode"),
+        ("/tmp/x,id=9lives", "id"),
+    ] {
+        let out = run_cli(&["--vde-serve", spec]);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(2), "{spec}: {err}");
+        assert!(err.contains(what), "{spec}: {err}");
+    }
+    if !require_vde("vde_serve_refuses_bad_options_and_a_directory_another_switch_serves") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(unique_name("rs-vds"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sw = VdeSwitch::start(&dir.join("sw"));
+    let out = run_cli(&["--vde-serve", &sw.dir.display().to_string()]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success());
+    assert!(err.contains("a switch already serves it"), "{err}");
+    drop(sw);
     let _ = std::fs::remove_dir_all(&dir);
 }
