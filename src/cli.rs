@@ -3,6 +3,7 @@
 
 use clap::Parser;
 use ringswitch_backends::netdev::split_keyval;
+use ringswitch_backends::vde_serve::ServeOptions;
 use ringswitch_backends::{parse_chardev, parse_netdev, Chardev, NetdevKind, NetdevSpec};
 use ringswitch_switch::{PollMode, TapRx};
 use std::ffi::OsString;
@@ -43,6 +44,15 @@ struct Raw {
     /// to a QEMU that listens. `-chardev` is accepted as well.
     #[arg(long = "chardev", value_name = "SPEC")]
     chardev: Vec<String>,
+
+    /// Be a vde switch too: serve vde2's control protocol at DIR (DIR/ctl), so vde_plug,
+    /// vde_plug2tap, slirpvde and QEMU's -netdev vde,sock=DIR plug into ringswitch. Each
+    /// client becomes a port named NAME.N (N its vde port number; NAME from id=, default
+    /// vde) for as long as its control connection stays open. SPEC:
+    /// DIR[,id=NAME][,mode=OCTAL][,group=GROUP] (mode of the sockets, default 0600, as
+    /// vde_switch's -m; group as its -g). Repeatable, one directory each.
+    #[arg(long = "vde-serve", value_name = "SPEC")]
+    vde_serve: Vec<String>,
 
     /// Pin the worker thread to this CPU.
     #[arg(long, value_name = "CPU")]
@@ -195,6 +205,7 @@ fn legacy_qmp_flags(s: &str) -> String {
 pub struct Args {
     pub netdevs: Vec<NetdevSpec>,
     pub chardevs: Vec<Chardev>,
+    pub vde_serve: Vec<ServeOptions>,
     pub worker_cpu: Option<usize>,
     pub mac_ageing: u32,
     pub mac_table_size: usize,
@@ -242,10 +253,21 @@ fn normalise(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
 
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, CliExit> {
     let raw = Raw::try_parse_from(normalise(args)).map_err(CliExit::Clap)?;
-    if raw.netdev.is_empty() && raw.qmp.is_empty() {
+    if raw.netdev.is_empty() && raw.qmp.is_empty() && raw.vde_serve.is_empty() {
         return Err(CliExit::Invalid(
-            "no ports: give -netdev ports (e.g. -netdev tap,id=a,ifname=tap0), or -qmp to add them at run time".into(),
+            "no ports: give -netdev ports (e.g. -netdev tap,id=a,ifname=tap0), --vde-serve DIR for vde clients, or -qmp to add them at run time".into(),
         ));
+    }
+    let mut vde_serve: Vec<ServeOptions> = Vec::with_capacity(raw.vde_serve.len());
+    for s in &raw.vde_serve {
+        let o = ServeOptions::parse(s).map_err(CliExit::Invalid)?;
+        if vde_serve.iter().any(|v| v.dir == o.dir || v.name == o.name) {
+            return Err(CliExit::Invalid(format!(
+                "--vde-serve '{s}': another --vde-serve has the same directory or id '{}'; give each an id= of its own",
+                o.name
+            )));
+        }
+        vde_serve.push(o);
     }
     let mut qmp = Vec::with_capacity(raw.qmp.len());
     for q in &raw.qmp {
@@ -314,6 +336,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, CliExit> 
     Ok(Args {
         netdevs,
         chardevs,
+        vde_serve,
         worker_cpu: raw.worker_cpu,
         mac_ageing: raw.mac_ageing,
         mac_table_size: raw.mac_table_size as usize,

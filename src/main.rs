@@ -107,6 +107,19 @@ fn run(args: cli::Args) -> anyhow::Result<()> {
             break;
         }
     }
+    for v in &args.vde_serve {
+        if failure.is_some() {
+            break;
+        }
+        match ctl.vde_serve(v.clone()) {
+            Ok(()) => eprintln!(
+                "ringswitch: serving vde at {} (ports {}.N)",
+                v.dir.join("ctl").display(),
+                v.name
+            ),
+            Err(e) => failure = Some(anyhow!("{}", e.desc)),
+        }
+    }
     if failure.is_none() {
         eprintln!(
             "ringswitch: {} port(s); poll={}; io_uring: defer_taskrun={} registered buffers={} files={} socket rx={} tap rx={} batch wait={}; huge pages={}",

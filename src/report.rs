@@ -17,7 +17,7 @@ fn total(ctl: &Controller) -> WorkerStats {
 
 pub fn print_table(ctl: &Controller) {
     println!(
-        "{:<12} {:<7} {:<15} {:>12} {:>14} {:>12} {:>14} {:>10}  drops by reason",
+        "{:<12} {:<10} {:<15} {:>12} {:>14} {:>12} {:>14} {:>10}  drops by reason",
         "port", "kind", "ifname", "rx frames", "rx bytes", "tx frames", "tx bytes", "drops"
     );
     for p in ctl.ports() {
@@ -29,7 +29,7 @@ pub fn print_table(ctl: &Controller) {
             .map(|(r, n)| format!("{}={n}", r.name()))
             .collect();
         println!(
-            "{:<12} {:<7} {:<15} {:>12} {:>14} {:>12} {:>14} {:>10}  {}",
+            "{:<12} {:<10} {:<15} {:>12} {:>14} {:>12} {:>14} {:>10}  {}",
             p.id(),
             p.spec.kind.name(),
             p.opened.ifname.as_deref().unwrap_or("-"),

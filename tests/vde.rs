@@ -7,107 +7,17 @@
 //! Checked: frames both ways through vde_switch; the vde_switch killed and started again — the
 //! port reports itself down (`query-ports` `connected`) and plugs in again by itself; a
 //! switch that refuses the port or answers nonsense is a clear error naming its socket; `mode`
-//! and `port` as QEMU spells them.
+//! and `port` as QEMU spells them; `--vde-serve` options refused by name, and a directory a
+//! vde_switch already serves refused at start.
 
 mod common;
 
-use common::{run_cli, unique_name, Switch};
+use common::{require_vde, run_cli, unique_name, Switch, VdeSwitch};
 use std::io::{BufRead, Read, Write};
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Whether vde2's tools are here; under CI=true their absence fails the test.
-fn require_vde(test: &str) -> bool {
-    let have = |t: &str| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {t}")])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    };
-    if have("vde_switch") && have("vde_plug") {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: vde_switch and vde_plug (Debian's vde2, vdeplug) are needed (CI=true)");
-    }
-    eprintln!(
-        "skipping {test}: vde_switch or vde_plug is not installed (apt install vde2 vdeplug)"
-    );
-    false
-}
-
-/// A vde_switch serving `dir`, killed when dropped.
-struct VdeSwitch {
-    dir: PathBuf,
-    pidfile: PathBuf,
-}
-
-impl VdeSwitch {
-    fn start(dir: &Path) -> VdeSwitch {
-        let pidfile = dir.with_extension("pid");
-        let _ = std::fs::remove_file(&pidfile);
-        let st = Command::new("vde_switch")
-            .arg("-s")
-            .arg(dir)
-            .arg("-d")
-            .arg("-p")
-            .arg(&pidfile)
-            .stdin(Stdio::null())
-            .status()
-            .expect("vde_switch");
-        assert!(st.success(), "vde_switch -s {} failed", dir.display());
-        wait_for("vde_switch's control socket", || dir.join("ctl").exists());
-        VdeSwitch {
-            dir: dir.to_path_buf(),
-            pidfile,
-        }
-    }
-
-    /// Starts the switch again in the same directory (after `kill`).
-    fn restart(&mut self) {
-        let again = VdeSwitch::start(&self.dir);
-        // The new one is ours now; the old value must not kill it or remove its directory.
-        std::mem::forget(std::mem::replace(self, again));
-    }
-
-    fn pid(&self) -> Option<i32> {
-        let end = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(p) = std::fs::read_to_string(&self.pidfile)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-            {
-                return Some(p);
-            }
-            if Instant::now() > end {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(pid) = self.pid() {
-            // SAFETY: kill takes no pointers.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            let end = Instant::now() + Duration::from_secs(5);
-            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < end {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        let _ = std::fs::remove_file(&self.pidfile);
-    }
-}
-
-impl Drop for VdeSwitch {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// `vde_plug DIR`: a station on the vde_switch, frames through its stdin and stdout.
 struct Plug {
@@ -379,5 +289,31 @@ fn a_switch_that_refuses_or_talks_nonsense_is_a_clear_error() {
         assert!(!out.status.success(), "{spec}");
         assert!(err.contains(what), "{spec}: {err}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn vde_serve_refuses_bad_options_and_a_directory_another_switch_serves() {
+    for (spec, what) in [
+        ("/tmp/x,bogus=1", "'bogus'"),
+        ("/tmp/x,mode=999", "mode"),
+        ("/tmp/x,id=9lives", "id"),
+    ] {
+        let out = run_cli(&["--vde-serve", spec]);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(2), "{spec}: {err}");
+        assert!(err.contains(what), "{spec}: {err}");
+    }
+    if !require_vde("vde_serve_refuses_bad_options_and_a_directory_another_switch_serves") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(unique_name("rs-vds"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sw = VdeSwitch::start(&dir.join("sw"));
+    let out = run_cli(&["--vde-serve", &sw.dir.display().to_string()]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success());
+    assert!(err.contains("a switch already serves it"), "{err}");
+    drop(sw);
     let _ = std::fs::remove_dir_all(&dir);
 }

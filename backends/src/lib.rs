@@ -11,6 +11,7 @@ pub mod open;
 pub mod socket;
 pub mod tap;
 pub mod vde;
+pub mod vde_serve;
 pub mod vhost_user;
 
 pub use chardev::{chardev_from_qmp, parse_chardev, Chardev, ChardevSocket};
@@ -18,5 +19,5 @@ pub use netdev::{
     netdev_from_qmp, parse_netdev, NetdevError, NetdevId, NetdevKind, NetdevSpec, Script,
     TapOptions,
 };
-pub use open::{open, set_carrier, Conn, OpenError, OpenedPort};
+pub use open::{open, served_vde, set_carrier, Conn, OpenError, OpenedPort};
 pub use tap::{Tap, TapError};

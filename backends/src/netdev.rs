@@ -80,6 +80,12 @@ pub enum NetdevKind {
     },
     /// A port of a running vde_switch (ringswitch plugs in as libvdeplug does).
     Vde(crate::vde::VdeOptions),
+    /// A vde client plugged into ringswitch's own vde service (`--vde-serve DIR`) as port
+    /// `port` of `dir`. Made by the service, never parsed from a spec.
+    VdeServed {
+        dir: std::path::PathBuf,
+        port: u32,
+    },
 }
 
 impl NetdevKind {
@@ -94,6 +100,7 @@ impl NetdevKind {
             NetdevKind::HubPort { .. } => "hubport",
             NetdevKind::VhostUser { .. } => "vhost-user",
             NetdevKind::Vde(_) => "vde",
+            NetdevKind::VdeServed { .. } => "vde-served",
         }
     }
 }
@@ -137,7 +144,8 @@ impl NetdevSpec {
             | NetdevKind::Bridge { .. }
             | NetdevKind::HubPort { .. }
             | NetdevKind::VhostUser { .. }
-            | NetdevKind::Vde(_) => None,
+            | NetdevKind::Vde(_)
+            | NetdevKind::VdeServed { .. } => None,
         }
     }
 }

@@ -114,6 +114,13 @@ enum Peer {
     /// once the switch has gone (closed it), the port plugs in again every
     /// `VDE_CHECK_EVERY` until it is back, on the same data socket.
     Vde(Box<VdeState>),
+    /// A client plugged into ringswitch's vde service: the port lives while the client's
+    /// control connection is open; the switch's data socket (removed with the port) is the
+    /// connection the data plane serves.
+    Served {
+        ctl: std::os::unix::net::UnixStream,
+        _data: crate::vde::DataSocket,
+    },
 }
 
 /// What a vde port keeps to stay plugged in.
@@ -381,6 +388,7 @@ pub fn open(
         NetdevKind::L2tpv3(o) => open_l2tpv3(o),
         NetdevKind::HubPort { .. } => Err(OpenError::NotAPort),
         NetdevKind::Vde(o) => open_vde(spec.id.as_str(), o),
+        NetdevKind::VdeServed { .. } => Err(OpenError::NotAPort),
         NetdevKind::VhostUser { chardev: id, .. } => {
             let Some(c) = chardev.filter(|c| &c.id == id) else {
                 return Err(OpenError::NoChardev(id.clone()));
@@ -388,6 +396,26 @@ pub fn open(
             open_vhost_user(spec.id.as_str(), c)
         }
     }
+}
+
+/// A client of ringswitch's own vde service (`crate::vde_serve`), served as a `dgram` port on
+/// the data socket the service made for it.
+pub fn served_vde(c: crate::vde_serve::ServedClient) -> Result<OpenedPort, OpenError> {
+    let fd = c.data.fd.try_clone().map_err(sock_err(format!(
+        "vde data socket {}",
+        c.data.path.display()
+    )))?;
+    let peer = if c.descr.is_empty() {
+        format!("vde client on port {}", c.port)
+    } else {
+        c.descr
+    };
+    let mut p = fixed(fd, None, datagram_port(false), Some(peer));
+    p.peer = Peer::Served {
+        ctl: c.ctl,
+        _data: c.data,
+    };
+    Ok(p)
 }
 
 /// A vde port: plugged into the switch, its data socket served as a `dgram` port's.
@@ -553,7 +581,7 @@ impl OpenedPort {
             return false;
         }
         match &mut self.peer {
-            Peer::Fixed | Peer::Redial { .. } | Peer::Vde(_) => false,
+            Peer::Fixed | Peer::Redial { .. } | Peer::Vde(_) | Peer::Served { .. } => false,
             Peer::Listen { listener, .. } => match socket::accept(listener) {
                 Ok(Some((fd, peer))) => {
                     self.conn = Some(Conn {
@@ -597,6 +625,15 @@ impl OpenedPort {
         match &self.peer {
             Peer::Vde(v) => v.link.as_ref().is_some_and(|l| l.alive()),
             _ => true,
+        }
+    }
+
+    /// Whether a port served to a vde client lost its client (its control connection
+    /// closed): the port should go. Never blocks; false for every other port.
+    pub fn client_gone(&self) -> bool {
+        match &self.peer {
+            Peer::Served { ctl, .. } => crate::vde_serve::hung_up(ctl),
+            _ => false,
         }
     }
 

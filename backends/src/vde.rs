@@ -34,7 +34,7 @@ use std::time::Duration;
 use socket2::{Domain, SockAddr, Socket, Type};
 
 /// `SWITCH_MAGIC`.
-const MAGIC: u32 = 0xfeed_face;
+pub(crate) const MAGIC: u32 = 0xfeed_face;
 /// The request version this module speaks.
 const VERSION: u32 = 3;
 /// `REQ_NEW_CONTROL`.
@@ -42,7 +42,7 @@ const REQ_NEW_CONTROL: u32 = 0;
 /// Bytes of `struct sockaddr_un` on Linux.
 pub const SOCKADDR_UN_LEN: usize = 110;
 /// Longest description (`MAXDESCR`).
-const MAX_DESCR: usize = 128;
+pub(crate) const MAX_DESCR: usize = 128;
 /// How long the handshake may take before the switch counts as not answering.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -93,7 +93,7 @@ pub fn encode_request(port: u16, data: &Path, descr: &str) -> io::Result<Vec<u8>
 }
 
 /// A `struct sockaddr_un` for `path`, as the switch reads it.
-fn encode_sockaddr(path: &Path) -> io::Result<[u8; SOCKADDR_UN_LEN]> {
+pub(crate) fn encode_sockaddr(path: &Path) -> io::Result<[u8; SOCKADDR_UN_LEN]> {
     use std::os::unix::ffi::OsStrExt;
     let p = path.as_os_str().as_bytes();
     if p.len() >= SOCKADDR_UN_LEN - 2 {
@@ -260,7 +260,7 @@ fn set_owner(path: &Path, opts: &VdeOptions) -> io::Result<()> {
 }
 
 /// A group's id, by name or number.
-fn group_id(g: &str) -> io::Result<u32> {
+pub(crate) fn group_id(g: &str) -> io::Result<u32> {
     if let Ok(n) = g.parse::<u32>() {
         return Ok(n);
     }

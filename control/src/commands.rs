@@ -25,6 +25,7 @@ pub const COMMANDS: &[&str] = &[
     "query-mac-table",
     "clear-mac-table",
     "query-workers",
+    "query-vde-serve",
 ];
 
 /// Runs `req` (not a session command) against the controller.
@@ -130,6 +131,10 @@ pub fn dispatch(ctl: &mut Controller, req: &Request) -> Result<Value, QmpError> 
             a.finish()?;
             let removed = ctl.clear_mac_table(port)?;
             Ok(json!({"removed": removed}))
+        }
+        "query-vde-serve" => {
+            Args::new(map).finish()?;
+            Ok(ctl.query_vde_serve())
         }
         "query-workers" => {
             Args::new(map).finish()?;

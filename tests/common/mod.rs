@@ -13,6 +13,7 @@ mod netns;
 mod packet;
 mod switch;
 mod tap;
+mod vde;
 
 pub use lan::{Host, Lan};
 pub use netns::{LinkStats, Netns};
@@ -21,6 +22,7 @@ pub use packet::{
 };
 pub use switch::{run_cli, PortStats, Stats, Stopped, Switch};
 pub use tap::{open_tap, PersistentTap};
+pub use vde::{require_vde, require_vde_tools, Plug2Tap, VdeSwitch};
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -58,10 +58,12 @@ class Guest:
     `server`: QEMU listens on `sock` (ringswitch's port connects); otherwise QEMU connects,
     retrying every `reconnect` seconds when given (so it finds the port again after a
     `netdev_del`/`netdev_add`). `offloads=False` switches the device's offloads off; `msix=True`
-    leaves the device its MSI-X vectors (QEMU 7.2 under TCG crashes then: see above)."""
+    leaves the device its MSI-X vectors (QEMU 7.2 under TCG crashes then: see above).
+    `vde=DIR`: the NIC is QEMU's `-netdev vde,sock=DIR` instead (libvdeplug; `sock` unused)."""
 
-    def __init__(self, name: str, sock: Path, addr: str, mac: str, *, server: bool = False,
-                 reconnect: int | None = None, offloads: bool = True, msix: bool = False):  # fmt: skip
+    def __init__(self, name: str, sock: Path | None, addr: str, mac: str, *, server: bool = False,
+                 reconnect: int | None = None, offloads: bool = True, msix: bool = False,
+                 vde: Path | None = None):  # fmt: skip
         self.name = name
         kernel, initrd = guest_image()
         chardev = f"socket,id=c0,path={sock}"
@@ -78,8 +80,12 @@ class Guest:
             "-kernel", str(kernel), "-initrd", str(initrd),
             "-append", f"console=ttyS0 quiet panic=-1 rs.ip={addr}",
             "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none", "-serial", "stdio",
-            "-chardev", chardev, "-netdev", "vhost-user,id=n0,chardev=c0", "-device", device,
+            "-device", device,
         ]  # fmt: skip
+        if vde is None:
+            self.argv += ["-chardev", chardev, "-netdev", "vhost-user,id=n0,chardev=c0"]
+        else:
+            self.argv += ["-netdev", f"vde,id=n0,sock={vde}"]
         self.lines: list[str] = []
         self.err: list[str] = []
         self._cond = threading.Condition()

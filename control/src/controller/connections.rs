@@ -39,6 +39,7 @@ impl Controller {
             changed = true;
             self.connection_event(i, false);
         }
+        self.service_vde(now);
         for i in 0..self.ports.len() {
             let p = &mut self.ports[i];
             if p.opened.poll(now) && p.refresh_entry().is_ok() {

@@ -9,6 +9,7 @@
 
 mod announcing;
 mod connections;
+mod vde_serve;
 
 use crate::announce::AnnounceTimer;
 use crate::qmp::{event, QmpError};
@@ -212,6 +213,8 @@ pub struct Controller {
     quit: bool,
     /// Chardevs (`-chardev`, `chardev-add`): the sockets vhost-user ports speak over.
     chardevs: std::collections::BTreeMap<String, Chardev>,
+    /// Directories where ringswitch serves vde2's control protocol (`--vde-serve`).
+    vde_servers: Vec<ringswitch_backends::vde_serve::VdeServer>,
 }
 
 fn port_error(spec: &NetdevSpec, e: impl std::fmt::Display) -> QmpError {
@@ -232,6 +235,7 @@ impl Controller {
             events: Vec::new(),
             quit: false,
             chardevs: std::collections::BTreeMap::new(),
+            vde_servers: Vec::new(),
         }
     }
 
@@ -354,6 +358,16 @@ impl Controller {
             };
         let opened =
             open(&spec, self.config.allow_scripts, chardev).map_err(|e| port_error(&spec, e))?;
+        self.insert(spec, index, opened)
+    }
+
+    /// Starts forwarding on an opened port at `index` (free, from `free_index`).
+    fn insert(
+        &mut self,
+        spec: NetdevSpec,
+        index: PortId,
+        opened: OpenedPort,
+    ) -> Result<(), QmpError> {
         let worker = self.least_loaded();
         let mut port = Port {
             spec,
@@ -626,6 +640,7 @@ impl Controller {
                 eprintln!("ringswitch: netdev '{}': {e}", p.id());
             }
         }
+        self.vde_servers.clear();
     }
 }
 
