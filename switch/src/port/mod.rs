@@ -19,7 +19,7 @@ mod rx;
 pub mod stream;
 pub mod tap;
 pub mod vhost_user;
-mod vring;
+pub mod vring;
 mod writes;
 
 use crate::counters::{DropReason, PortCounters, WorkerCounters};
