@@ -19,7 +19,7 @@ pub use tapopts::{Script, TapOptions};
 pub(crate) use keyval::{Opts, Source};
 
 use crate::kinds::{self, L2tpv3Options, SocketMode};
-use keyval::{flatten, typed, Raw};
+use keyval::{flatten, split_keyval_with, typed, Raw, Ty, Typed};
 use ringswitch_switch::MacAddr;
 use schema::{Schema, COMMON_OPTIONS};
 use serde_json::{Map, Value};
@@ -80,6 +80,8 @@ pub enum NetdevKind {
     },
     /// A port of a running vde_switch (ringswitch plugs in as libvdeplug does).
     Vde(crate::vde::VdeOptions),
+    /// A virtual router with DHCP, DNS forwarding and NAT to the host (libslirp).
+    User(Box<crate::user::UserOptions>),
 }
 
 impl NetdevKind {
@@ -94,6 +96,7 @@ impl NetdevKind {
             NetdevKind::HubPort { .. } => "hubport",
             NetdevKind::VhostUser { .. } => "vhost-user",
             NetdevKind::Vde(_) => "vde",
+            NetdevKind::User(_) => "user",
         }
     }
 }
@@ -137,7 +140,8 @@ impl NetdevSpec {
             | NetdevKind::Bridge { .. }
             | NetdevKind::HubPort { .. }
             | NetdevKind::VhostUser { .. }
-            | NetdevKind::Vde(_) => None,
+            | NetdevKind::Vde(_)
+            | NetdevKind::User(_) => None,
         }
     }
 }
@@ -241,6 +245,16 @@ fn build(
             });
         };
         let v = typed(&k, t, raw)?;
+        // A list option given more than once on the command line: one list, in order.
+        if let Typed::List(more) = &v {
+            if let Some((_, Typed::List(l))) = kind_opts.iter_mut().find(|(n, _)| *n == k) {
+                l.extend(more.iter().cloned());
+                if let Some((_, shown_v)) = shown.iter_mut().find(|(n, _)| *n == k) {
+                    *shown_v = l.join(" ");
+                }
+                continue;
+            }
+        }
         shown.push((k.clone(), v.clone().into_string()));
         kind_opts.push((k, v));
     }
@@ -264,6 +278,7 @@ fn build(
             NetdevKind::VhostUser { chardev, queues }
         }
         "vde" => NetdevKind::Vde(kinds::vde(&mut o)?),
+        "user" => NetdevKind::User(Box::new(crate::user::UserOptions::build(&mut o)?)),
         other => unreachable!("kind {other} has a schema but no builder"),
     };
     Ok(NetdevSpec {
@@ -279,7 +294,20 @@ pub fn parse_netdev(s: &str) -> Result<NetdevSpec, NetdevError> {
     if s.trim().is_empty() {
         return Err(NetdevError::Empty);
     }
-    let mut opts = split_keyval(s, "type")?;
+    // List options (`hostfwd=` of a user port) may repeat; any other key may not.
+    let mut opts = split_keyval_with(s, "type", |_| true)?;
+    let kind = opts
+        .iter()
+        .find(|(k, _)| k == "type")
+        .and_then(|(_, t)| Schema::of(t).ok());
+    for (i, (k, _)) in opts.iter().enumerate() {
+        let list = kind
+            .as_ref()
+            .is_some_and(|sc| sc.ty(k) == Some(Ty::StrList));
+        if !list && opts[..i].iter().any(|(o, _)| o == k) {
+            return Err(NetdevError::Duplicate(k.clone()));
+        }
+    }
     let ty = match opts.iter().position(|(k, _)| k == "type") {
         Some(i) => opts.remove(i).1,
         None => return Err(NetdevError::MissingType),
@@ -329,7 +357,7 @@ mod tests {
             ("id=a", NetdevError::MissingType),
             ("type=,id=a", NetdevError::MissingType),
             ("bogus,id=a", NetdevError::UnknownType("bogus".into())),
-            ("user,id=a", NetdevError::UnsupportedType("user".into())),
+            ("netmap,id=a", NetdevError::UnsupportedType("netmap".into())),
             ("tap", NetdevError::MissingId),
             ("tap,id=1a", NetdevError::BadId("1a".into())),
             ("tap,id=a b", NetdevError::BadId("a b".into())),
