@@ -25,6 +25,9 @@ pub const COMMANDS: &[&str] = &[
     "query-mac-table",
     "clear-mac-table",
     "query-workers",
+    "hostfwd-add",
+    "hostfwd-remove",
+    "query-usernet",
 ];
 
 /// Runs `req` (not a session command) against the controller.
@@ -130,6 +133,59 @@ pub fn dispatch(ctl: &mut Controller, req: &Request) -> Result<Value, QmpError> 
             a.finish()?;
             let removed = ctl.clear_mac_table(port)?;
             Ok(json!({"removed": removed}))
+        }
+        "hostfwd-add" => {
+            let mut a = Args::new(map);
+            let netdev = a.opt_str("netdev")?;
+            let rule = a.str("rule")?;
+            a.finish()?;
+            ctl.user_port(netdev)?
+                .hostfwd_add(rule)
+                .map_err(QmpError::generic)?;
+            Ok(json!({}))
+        }
+        "hostfwd-remove" => {
+            let mut a = Args::new(map);
+            let netdev = a.opt_str("netdev")?;
+            let rule = a.str("rule")?;
+            a.finish()?;
+            match ctl.user_port(netdev)?.hostfwd_remove(rule) {
+                Ok(true) => Ok(json!({})),
+                Ok(false) => Err(QmpError::generic(format!(
+                    "host forwarding rule for {rule} not found"
+                ))),
+                Err(e) => Err(QmpError::generic(e)),
+            }
+        }
+        "query-usernet" => {
+            let mut a = Args::new(map);
+            let netdev = a.opt_str("netdev")?;
+            a.finish()?;
+            let mut out = Vec::new();
+            for p in ctl.ports() {
+                let Some(u) = &p.opened.user else { continue };
+                if netdev.is_some_and(|n| n != p.id()) {
+                    continue;
+                }
+                let c = &u.counters;
+                let load =
+                    |v: &std::sync::atomic::AtomicU64| v.load(std::sync::atomic::Ordering::Relaxed);
+                out.push(json!({
+                    "netdev": p.id(),
+                    "hub": p.domain().0,
+                    "connections": u.info(),
+                    "to-slirp": load(&c.to_slirp),
+                    "from-slirp": load(&c.from_slirp),
+                    "from-slirp-dropped": load(&c.from_slirp_dropped),
+                    "guest-errors": load(&c.guest_errors),
+                }));
+            }
+            if let Some(n) = netdev {
+                if out.is_empty() {
+                    ctl.user_port(Some(n))?;
+                }
+            }
+            Ok(Value::Array(out))
         }
         "query-workers" => {
             Args::new(map).finish()?;
