@@ -245,15 +245,16 @@ fn build(
             });
         };
         let v = typed(&k, t, raw)?;
-        // A list option given more than once on the command line: one list, in order.
+        // A list option: shown once per element (as the command line repeats it), and one
+        // list, in order, however often it was given.
         if let Typed::List(more) = &v {
+            shown.extend(more.iter().map(|e| (k.clone(), e.clone())));
             if let Some((_, Typed::List(l))) = kind_opts.iter_mut().find(|(n, _)| *n == k) {
                 l.extend(more.iter().cloned());
-                if let Some((_, shown_v)) = shown.iter_mut().find(|(n, _)| *n == k) {
-                    *shown_v = l.join(" ");
-                }
                 continue;
             }
+            kind_opts.push((k, v));
+            continue;
         }
         shown.push((k.clone(), v.clone().into_string()));
         kind_opts.push((k, v));

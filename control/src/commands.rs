@@ -254,12 +254,18 @@ fn query_ports(ctl: &Controller, name: Option<&str>) -> Result<Value, QmpError> 
             continue;
         }
         let s = p.counters().snapshot();
-        let options: Map<String, Value> = p
-            .spec
-            .options
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect();
+        // A repeated option (a user port's hostfwd=) lists its values in order.
+        let mut options: Map<String, Value> = Map::new();
+        for (k, v) in &p.spec.options {
+            let v = Value::String(v.clone());
+            match options.get_mut(k) {
+                Some(Value::Array(a)) => a.push(v),
+                Some(first) => *first = Value::Array(vec![first.take(), v]),
+                None => {
+                    options.insert(k.clone(), v);
+                }
+            }
+        }
         out.push(without_nulls(json!({
             "id": p.id(),
             "type": p.spec.kind.name(),

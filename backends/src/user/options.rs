@@ -48,9 +48,8 @@ fn classful_mask(addr: u32) -> u32 {
         0xff00_0000
     } else if addr & 0xfff0_0000 == 0xac10_0000 {
         0xfff0_0000
-    } else if addr & 0xc000_0000 == 0x8000_0000 {
-        0xffff_0000
-    } else if addr & 0xffff_0000 == 0xc0a8_0000 {
+    } else if addr & 0xc000_0000 == 0x8000_0000 || addr & 0xffff_0000 == 0xc0a8_0000 {
+        // Class B, and the private 192.168.0.0/16.
         0xffff_0000
     } else if addr & 0xffff_0000 == 0xc612_0000 {
         0xfffe_0000
