@@ -219,7 +219,7 @@ mod tests {
         assert!(r.udp);
         assert_eq!(r.host, "127.0.0.1:80".parse().unwrap());
         assert_eq!(r.guest, "10.0.2.15:8".parse().unwrap());
-        assert_eq!(HostFwd::parse(":127.0.0.1:2284-:22").unwrap().udp, false);
+        assert!(!HostFwd::parse(":127.0.0.1:2284-:22").unwrap().udp);
         assert_eq!(HostFwd::parse("tcp::-:22").unwrap().host.port(), 0);
         assert_eq!(HostFwd::parse("tcp:: 2282-: 22").unwrap().guest.port(), 22);
         assert_eq!(HostFwd::parse("tcp::+2287-:22").unwrap().host.port(), 2287);

@@ -355,10 +355,8 @@ mod tests {
         f.extend([0, 0, 0, 0, 0, 0, 10, 0, 2, 2]);
         f.resize(60, 0);
         // SAFETY: `f` is f.len() readable bytes; `fd` is the open worker end of the pair.
-        assert_eq!(
-            unsafe { libc::send(fd.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) },
-            60
-        );
+        let sent = unsafe { libc::send(fd.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
+        assert_eq!(sent, 60);
         let mut pfd = libc::pollfd {
             fd: fd.as_raw_fd(),
             events: libc::POLLIN,
