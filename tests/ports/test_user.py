@@ -56,14 +56,14 @@ def station(cleanup, sw: Netns, spec: str, tmp_path):
     return s, cl, lease
 
 
-def serve_once(ns: Netns, host: str, port: int, reply_digest: bool = True):
+def serve_once(ns: Netns, host: str, port: int, reply_digest: bool = True, accept_timeout: float = 15):
     """A TCP server in `ns` that takes one connection, reads until EOF and answers with the
     SHA-256 of what it read. Returns (thread, result dict with 'peer' and 'digest')."""
     srv = ns.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind((host, port))
     srv.listen(1)
-    srv.settimeout(15)
+    srv.settimeout(accept_timeout)
     result = {}
 
     def body():
@@ -211,9 +211,9 @@ def test_restrict_on_cuts_the_station_off_but_keeps_dhcp_and_hostfwd(cleanup, tm
     sw = cleanup.add(Netns())
     s, cl, lease = station(cleanup, sw, "user,id=u,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22", tmp_path)
     assert lease.startswith("lease 10.0.2.15/"), lease
-    t, r = serve_once(sw, "127.0.0.1", 8000)
+    t, r = serve_once(sw, "127.0.0.1", 8000, accept_timeout=4)
     assert connect_fails(cl, "10.0.2.2", 8000)
-    t.join(20)
+    t.join(10)
     assert "peer" not in r, f"restrict=on let a connection through: {r}"
     t, r = serve_once(cl, "0.0.0.0", 22)
     send_and_check(sw, "127.0.0.1", 2222)
