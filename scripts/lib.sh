@@ -3,7 +3,7 @@
 # Installs only what is missing, so a second run touches nothing and needs no network.
 
 # Debian packages the build, the tests and the demo need.
-RS_PACKAGES=(iproute2 iputils-ping clang libelf-dev zlib1g-dev pkg-config build-essential python3-venv qemu-system-x86 iperf3 ethtool busybox-static linux-image-amd64 vde2 vdeplug)
+RS_PACKAGES=(iproute2 iputils-ping clang libelf-dev zlib1g-dev pkg-config libslirp-dev build-essential python3-venv qemu-system-x86 iperf3 ethtool busybox-static linux-image-amd64 vde2 vdeplug)
 
 rs_log() { printf '==> %s\n' "$*"; }
 rs_warn() { printf 'warning: %s\n' "$*" >&2; }

@@ -10,6 +10,7 @@ pub mod netdev;
 pub mod open;
 pub mod socket;
 pub mod tap;
+pub mod user;
 pub mod vde;
 pub mod vde_serve;
 pub mod vhost_user;

@@ -19,7 +19,7 @@ pub use tapopts::{Script, TapOptions};
 pub(crate) use keyval::{Opts, Source};
 
 use crate::kinds::{self, L2tpv3Options, SocketMode};
-use keyval::{flatten, typed, Raw};
+use keyval::{flatten, split_keyval_with, typed, Raw, Ty, Typed};
 use ringswitch_switch::MacAddr;
 use schema::{Schema, COMMON_OPTIONS};
 use serde_json::{Map, Value};
@@ -86,6 +86,8 @@ pub enum NetdevKind {
         dir: std::path::PathBuf,
         port: u32,
     },
+    /// A virtual router with DHCP, DNS forwarding and NAT to the host (libslirp).
+    User(Box<crate::user::UserOptions>),
 }
 
 impl NetdevKind {
@@ -101,6 +103,7 @@ impl NetdevKind {
             NetdevKind::VhostUser { .. } => "vhost-user",
             NetdevKind::Vde(_) => "vde",
             NetdevKind::VdeServed { .. } => "vde-served",
+            NetdevKind::User(_) => "user",
         }
     }
 }
@@ -146,6 +149,7 @@ impl NetdevSpec {
             | NetdevKind::VhostUser { .. }
             | NetdevKind::Vde(_)
             | NetdevKind::VdeServed { .. } => None,
+            NetdevKind::User(_) => None,
         }
     }
 }
@@ -249,6 +253,17 @@ fn build(
             });
         };
         let v = typed(&k, t, raw)?;
+        // A list option: shown once per element (as the command line repeats it), and one
+        // list, in order, however often it was given.
+        if let Typed::List(more) = &v {
+            shown.extend(more.iter().map(|e| (k.clone(), e.clone())));
+            if let Some((_, Typed::List(l))) = kind_opts.iter_mut().find(|(n, _)| *n == k) {
+                l.extend(more.iter().cloned());
+                continue;
+            }
+            kind_opts.push((k, v));
+            continue;
+        }
         shown.push((k.clone(), v.clone().into_string()));
         kind_opts.push((k, v));
     }
@@ -272,6 +287,7 @@ fn build(
             NetdevKind::VhostUser { chardev, queues }
         }
         "vde" => NetdevKind::Vde(kinds::vde(&mut o)?),
+        "user" => NetdevKind::User(Box::new(crate::user::UserOptions::build(&mut o)?)),
         other => unreachable!("kind {other} has a schema but no builder"),
     };
     Ok(NetdevSpec {
@@ -287,7 +303,20 @@ pub fn parse_netdev(s: &str) -> Result<NetdevSpec, NetdevError> {
     if s.trim().is_empty() {
         return Err(NetdevError::Empty);
     }
-    let mut opts = split_keyval(s, "type")?;
+    // List options (`hostfwd=` of a user port) may repeat; any other key may not.
+    let mut opts = split_keyval_with(s, "type", |_| true)?;
+    let kind = opts
+        .iter()
+        .find(|(k, _)| k == "type")
+        .and_then(|(_, t)| Schema::of(t).ok());
+    for (i, (k, _)) in opts.iter().enumerate() {
+        let list = kind
+            .as_ref()
+            .is_some_and(|sc| sc.ty(k) == Some(Ty::StrList));
+        if !list && opts[..i].iter().any(|(o, _)| o == k) {
+            return Err(NetdevError::Duplicate(k.clone()));
+        }
+    }
     let ty = match opts.iter().position(|(k, _)| k == "type") {
         Some(i) => opts.remove(i).1,
         None => return Err(NetdevError::MissingType),
@@ -337,7 +366,7 @@ mod tests {
             ("id=a", NetdevError::MissingType),
             ("type=,id=a", NetdevError::MissingType),
             ("bogus,id=a", NetdevError::UnknownType("bogus".into())),
-            ("user,id=a", NetdevError::UnsupportedType("user".into())),
+            ("netmap,id=a", NetdevError::UnsupportedType("netmap".into())),
             ("tap", NetdevError::MissingId),
             ("tap,id=1a", NetdevError::BadId("1a".into())),
             ("tap,id=a b", NetdevError::BadId("a b".into())),

@@ -69,6 +69,9 @@ pub enum OpenError {
     },
     #[error(transparent)]
     Vde(#[from] crate::vde::VdeError),
+    /// A user port libslirp could not set up (QEMU's text).
+    #[error("{0}")]
+    User(String),
     #[error("cannot attach tap '{tap}' to bridge '{br}': {why}")]
     Bridge {
         tap: String,
@@ -171,6 +174,8 @@ pub struct OpenedPort {
     carrier: bool,
     /// A vhost-user port's protocol thread (stops when the port goes).
     pub vhost: Option<crate::vhost_user::Service>,
+    /// A user port's libslirp thread (stops, and frees libslirp, when the port goes).
+    pub user: Option<crate::user::Service>,
 }
 
 fn run_script(path: &str, ifname: &str) -> Result<(), OpenError> {
@@ -213,6 +218,7 @@ fn fixed(fd: OwnedFd, tx_fd: Option<OwnedFd>, make: MakePort, peer: Option<Strin
         downscript: Script::None,
         carrier: false,
         vhost: None,
+        user: None,
     }
 }
 
@@ -233,6 +239,7 @@ fn open_socket(mode: &SocketMode) -> Result<OpenedPort, OpenError> {
                 downscript: Script::None,
                 carrier: false,
                 vhost: None,
+                user: None,
             })
         }
         SocketMode::Connect { addr, reconnect } => {
@@ -249,6 +256,7 @@ fn open_socket(mode: &SocketMode) -> Result<OpenedPort, OpenError> {
                 downscript: Script::None,
                 carrier: false,
                 vhost: None,
+                user: None,
             };
             // A first attempt at once; without a peer yet the port waits and retries (unless
             // reconnect=0, where the peer must be there, as in QEMU 7.2).
@@ -389,6 +397,7 @@ pub fn open(
         NetdevKind::HubPort { .. } => Err(OpenError::NotAPort),
         NetdevKind::Vde(o) => open_vde(spec.id.as_str(), o),
         NetdevKind::VdeServed { .. } => Err(OpenError::NotAPort),
+        NetdevKind::User(o) => open_user(spec.id.as_str(), o),
         NetdevKind::VhostUser { chardev: id, .. } => {
             let Some(c) = chardev.filter(|c| &c.id == id) else {
                 return Err(OpenError::NoChardev(id.clone()));
@@ -415,6 +424,20 @@ pub fn served_vde(c: crate::vde_serve::ServedClient) -> Result<OpenedPort, OpenE
         ctl: c.ctl,
         _data: c.data,
     };
+    Ok(p)
+}
+
+/// A user port: libslirp on its thread, and the worker's end of the socket pair served as a
+/// unix `dgram` port's socket.
+fn open_user(name: &str, o: &crate::user::UserOptions) -> Result<OpenedPort, OpenError> {
+    let (service, fd) = crate::user::Service::start(name, o).map_err(OpenError::User)?;
+    let mut p = fixed(
+        fd,
+        None,
+        datagram_port(false),
+        Some(format!("slirp {}", o.host)),
+    );
+    p.user = Some(service);
     Ok(p)
 }
 

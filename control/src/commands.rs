@@ -26,6 +26,9 @@ pub const COMMANDS: &[&str] = &[
     "clear-mac-table",
     "query-workers",
     "query-vde-serve",
+    "hostfwd-add",
+    "hostfwd-remove",
+    "query-usernet",
 ];
 
 /// Runs `req` (not a session command) against the controller.
@@ -136,6 +139,59 @@ pub fn dispatch(ctl: &mut Controller, req: &Request) -> Result<Value, QmpError> 
             Args::new(map).finish()?;
             Ok(ctl.query_vde_serve())
         }
+        "hostfwd-add" => {
+            let mut a = Args::new(map);
+            let netdev = a.opt_str("netdev")?;
+            let rule = a.str("rule")?;
+            a.finish()?;
+            ctl.user_port(netdev)?
+                .hostfwd_add(rule)
+                .map_err(QmpError::generic)?;
+            Ok(json!({}))
+        }
+        "hostfwd-remove" => {
+            let mut a = Args::new(map);
+            let netdev = a.opt_str("netdev")?;
+            let rule = a.str("rule")?;
+            a.finish()?;
+            match ctl.user_port(netdev)?.hostfwd_remove(rule) {
+                Ok(true) => Ok(json!({})),
+                Ok(false) => Err(QmpError::generic(format!(
+                    "host forwarding rule for {rule} not found"
+                ))),
+                Err(e) => Err(QmpError::generic(e)),
+            }
+        }
+        "query-usernet" => {
+            let mut a = Args::new(map);
+            let netdev = a.opt_str("netdev")?;
+            a.finish()?;
+            let mut out = Vec::new();
+            for p in ctl.ports() {
+                let Some(u) = &p.opened.user else { continue };
+                if netdev.is_some_and(|n| n != p.id()) {
+                    continue;
+                }
+                let c = &u.counters;
+                let load =
+                    |v: &std::sync::atomic::AtomicU64| v.load(std::sync::atomic::Ordering::Relaxed);
+                out.push(json!({
+                    "netdev": p.id(),
+                    "hub": p.domain().0,
+                    "connections": u.info(),
+                    "to-slirp": load(&c.to_slirp),
+                    "from-slirp": load(&c.from_slirp),
+                    "from-slirp-dropped": load(&c.from_slirp_dropped),
+                    "guest-errors": load(&c.guest_errors),
+                }));
+            }
+            if let Some(n) = netdev {
+                if out.is_empty() {
+                    ctl.user_port(Some(n))?;
+                }
+            }
+            Ok(Value::Array(out))
+        }
         "query-workers" => {
             Args::new(map).finish()?;
             let mut out = Vec::new();
@@ -203,12 +259,18 @@ fn query_ports(ctl: &Controller, name: Option<&str>) -> Result<Value, QmpError> 
             continue;
         }
         let s = p.counters().snapshot();
-        let options: Map<String, Value> = p
-            .spec
-            .options
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect();
+        // A repeated option (a user port's hostfwd=) lists its values in order.
+        let mut options: Map<String, Value> = Map::new();
+        for (k, v) in &p.spec.options {
+            let v = Value::String(v.clone());
+            match options.get_mut(k) {
+                Some(Value::Array(a)) => a.push(v),
+                Some(first) => *first = Value::Array(vec![first.take(), v]),
+                None => {
+                    options.insert(k.clone(), v);
+                }
+            }
+        }
         out.push(without_nulls(json!({
             "id": p.id(),
             "type": p.spec.kind.name(),

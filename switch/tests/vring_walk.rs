@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use ringswitch_switch::port::vhost_user::{GuestMem, VringConf};
 use ringswitch_switch::port::vring::{HostMem, SplitRing};
 use std::sync::Arc;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 const DESC: u64 = 0x1000;
@@ -153,7 +153,10 @@ fn reference(mem: &Arc<GuestMem>, c: &Case) -> Vec<Seen> {
     out
 }
 
-fn ours(mem: &Arc<GuestMem>, c: &Case) -> (Vec<Result<Vec<(u64, u32, bool)>, String>>, bool) {
+/// Each chain ours took (or why it refused it), and whether it popped every head.
+type Ours = (Vec<Result<Vec<(u64, u32, bool)>, String>>, bool);
+
+fn ours(mem: &Arc<GuestMem>, c: &Case) -> Ours {
     let host = HostMem::new(mem.clone());
     let mut ring = SplitRing::new(&host, &conf(c.size), false).unwrap();
     let mut out = Vec::new();

@@ -14,6 +14,9 @@ pub(crate) enum Ty {
     Int,
     /// uint64 (l2tpv3's cookies, sessions and offset).
     UInt,
+    /// A list of QAPI `String`s (`['String']`: user's `hostfwd`, `guestfwd`, `dnssearch`):
+    /// the option repeated on the command line, `[{"str": …}, …]` over QMP.
+    StrList,
 }
 
 impl Ty {
@@ -22,6 +25,7 @@ impl Ty {
             Ty::Str => "string",
             Ty::Bool => "boolean",
             Ty::Int | Ty::UInt => "integer",
+            Ty::StrList => "array of String",
         }
     }
 }
@@ -36,6 +40,16 @@ pub(crate) enum Source {
 /// Splits QEMU keyval text into (key, value) pairs; `,,` stands for a literal comma. The first
 /// element may be a bare value, which is the implied key `implied`.
 pub fn split_keyval(s: &str, implied: &str) -> Result<Vec<(String, String)>, NetdevError> {
+    split_keyval_with(s, implied, |_| false)
+}
+
+/// `split_keyval`, letting the keys for which `repeats` holds appear more than once (list
+/// options, which QEMU's legacy option parser collects in order).
+pub(crate) fn split_keyval_with(
+    s: &str,
+    implied: &str,
+    repeats: impl Fn(&str) -> bool,
+) -> Result<Vec<(String, String)>, NetdevError> {
     let mut elems: Vec<String> = vec![String::new()];
     let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {
@@ -57,7 +71,7 @@ pub fn split_keyval(s: &str, implied: &str) -> Result<Vec<(String, String)>, Net
             None if i == 0 => (implied.to_string(), e),
             None => return Err(NetdevError::ExpectedEquals(e)),
         };
-        if out.iter().any(|(ok, _)| *ok == k) {
+        if !repeats(&k) && out.iter().any(|(ok, _)| *ok == k) {
             return Err(NetdevError::Duplicate(k));
         }
         out.push((k, v));
@@ -105,6 +119,7 @@ pub(crate) enum Typed {
     Bool(bool),
     Int(i64),
     UInt(u64),
+    List(Vec<String>),
 }
 
 impl Typed {
@@ -115,6 +130,7 @@ impl Typed {
             Typed::Bool(b) => if b { "on" } else { "off" }.into(),
             Typed::Int(i) => i.to_string(),
             Typed::UInt(i) => i.to_string(),
+            Typed::List(l) => l.join(" "),
         }
     }
 }
@@ -154,6 +170,18 @@ pub(crate) fn typed(option: &str, ty: Ty, raw: Raw) -> Result<Typed, NetdevError
                     value: s,
                 })
         }
+        (Ty::StrList, Raw::Text(s)) => Ok(Typed::List(vec![s])),
+        (Ty::StrList, Raw::Json(Value::Array(items))) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::Object(mut m) if m.len() == 1 => match m.remove("str") {
+                    Some(Value::String(s)) => Ok(s),
+                    _ => Err(wrong()),
+                },
+                _ => Err(wrong()),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Typed::List),
         (Ty::Str, Raw::Json(Value::String(s))) => Ok(Typed::Str(s)),
         (Ty::Bool, Raw::Json(Value::Bool(b))) => Ok(Typed::Bool(b)),
         (Ty::Int, Raw::Json(Value::Number(n))) => n.as_i64().map(Typed::Int).ok_or_else(wrong),
@@ -202,6 +230,15 @@ impl Opts {
         match self.take(k)? {
             Typed::Int(i) => Some(i),
             other => unreachable!("{k} declared integer, got {other:?}"),
+        }
+    }
+
+    /// A list option: every occurrence, in order (empty when absent).
+    pub(crate) fn list(&mut self, k: &str) -> Vec<String> {
+        match self.take(k) {
+            None => Vec::new(),
+            Some(Typed::List(l)) => l,
+            Some(other) => unreachable!("{k} declared a list, got {other:?}"),
         }
     }
 

@@ -16,11 +16,11 @@ pub const SUPPORTED_KINDS: &[&str] = &[
     "hubport",
     "vhost-user",
     "vde",
+    "user",
 ];
 
 /// Kinds QEMU's schema has that this build does not (yet) serve.
 const QEMU_ONLY_KINDS: &[&str] = &[
-    "user",
     "netmap",
     "af-xdp",
     "vhost-vdpa",
@@ -162,6 +162,40 @@ const VDE_OPTIONS: &[(&str, Ty)] = &[
     ("mode", Ty::UInt),
 ];
 
+/// QEMU's `NetdevUserOptions` (libslirp), all but Samba's.
+const USER_OPTIONS: &[(&str, Ty)] = &[
+    ("hostname", Ty::Str),
+    ("restrict", Ty::Bool),
+    ("ipv4", Ty::Bool),
+    ("ipv6", Ty::Bool),
+    ("ip", Ty::Str),
+    ("net", Ty::Str),
+    ("host", Ty::Str),
+    ("tftp", Ty::Str),
+    ("bootfile", Ty::Str),
+    ("dhcpstart", Ty::Str),
+    ("dns", Ty::Str),
+    ("dnssearch", Ty::StrList),
+    ("domainname", Ty::Str),
+    ("ipv6-prefix", Ty::Str),
+    ("ipv6-prefixlen", Ty::Int),
+    ("ipv6-host", Ty::Str),
+    ("ipv6-dns", Ty::Str),
+    ("hostfwd", Ty::StrList),
+    ("guestfwd", Ty::StrList),
+    ("tftp-server-name", Ty::Str),
+];
+const USER_UNSUPPORTED: &[(&str, &str)] = &[
+    (
+        "smb",
+        "the SMB share needs Samba's smbd, which ringswitch does not run",
+    ),
+    (
+        "smbserver",
+        "the SMB share needs Samba's smbd, which ringswitch does not run",
+    ),
+];
+
 /// One kind's schema.
 pub(crate) struct Schema {
     /// The kind's name, as `type=` gives it.
@@ -185,6 +219,7 @@ impl Schema {
             "hubport" => ("hubport", HUBPORT_OPTIONS, &[]),
             "vhost-user" => ("vhost-user", VHOST_USER_OPTIONS, &[]),
             "vde" => ("vde", VDE_OPTIONS, &[]),
+            "user" => ("user", USER_OPTIONS, USER_UNSUPPORTED),
             other if QEMU_ONLY_KINDS.contains(&other) => {
                 return Err(NetdevError::UnsupportedType(other.to_string()))
             }

@@ -602,6 +602,31 @@ impl Controller {
     }
 
     /// The port a MAC table entry points at, by id.
+    /// The libslirp service of user port `id`, or of the first user port when `id` is None
+    /// (as QEMU's HMP `hostfwd_add` picks one); errors in HMP's words.
+    pub fn user_port(
+        &self,
+        id: Option<&str>,
+    ) -> Result<&ringswitch_backends::user::Service, QmpError> {
+        match id {
+            Some(id) => {
+                let p =
+                    self.ports.iter().find(|p| p.id() == id).ok_or_else(|| {
+                        QmpError::generic(format!("unrecognized netdev id '{id}'"))
+                    })?;
+                p.opened
+                    .user
+                    .as_ref()
+                    .ok_or_else(|| QmpError::generic("invalid device specified"))
+            }
+            None => self
+                .ports
+                .iter()
+                .find_map(|p| p.opened.user.as_ref())
+                .ok_or_else(|| QmpError::generic("user mode network stack not in use")),
+        }
+    }
+
     pub fn port_name(&self, index: PortId) -> Option<&str> {
         self.ports.iter().find(|p| p.index == index).map(Port::id)
     }
