@@ -30,7 +30,8 @@ const MEM: usize = 4 << 20;
 const QSIZE: u16 = 16;
 const RXQ: usize = 0;
 const TXQ: usize = 1;
-const RINGS: [u64; 2] = [0x1000, 0x4000];
+/// Where each ring's descriptor table is (two queue pairs at most).
+const RINGS: [u64; 4] = [0x1000, 0x4000, 0x7000, 0xa000];
 const RX_BUFS: u64 = 0x10_0000;
 const TX_BUFS: u64 = 0x20_0000;
 
@@ -58,9 +59,9 @@ struct Guest {
     mem: GuestMemoryMmap,
     _file: File,
     fe: Frontend,
-    kick: [EventFd; 2],
-    call: [EventFd; 2],
-    next_desc: [u16; 2],
+    kick: Vec<EventFd>,
+    call: Vec<EventFd>,
+    next_desc: Vec<u16>,
 }
 
 fn ring(i: usize) -> (u64, u64, u64) {
@@ -73,9 +74,15 @@ fn ring(i: usize) -> (u64, u64, u64) {
 impl Guest {
     /// Connects to `path` and sets the device up as QEMU does, with `features`.
     fn connect(path: &Path, features: u64) -> Guest {
+        Guest::connect_pairs(path, features, 1)
+    }
+
+    /// As `connect`, with `pairs` queue pairs (multiqueue).
+    fn connect_pairs(path: &Path, features: u64, pairs: usize) -> Guest {
+        let rings = 2 * pairs;
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut fe = loop {
-            match Frontend::connect(path, 2) {
+            match Frontend::connect(path, rings as u64) {
                 Ok(fe) => break fe,
                 Err(e) => {
                     assert!(Instant::now() < deadline, "connecting to {path:?}: {e}");
@@ -113,12 +120,11 @@ impl Guest {
             mmap_handle: file.as_raw_fd(),
         }])
         .unwrap();
-        let kick = [EventFd::new(0).unwrap(), EventFd::new(0).unwrap()];
-        let call = [
-            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-        ];
-        for q in 0..2 {
+        let kick: Vec<EventFd> = (0..rings).map(|_| EventFd::new(0).unwrap()).collect();
+        let call: Vec<EventFd> = (0..rings)
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
+            .collect();
+        for q in 0..rings {
             let (d, a, u) = ring(q);
             fe.set_vring_num(q, QSIZE).unwrap();
             fe.set_vring_addr(
@@ -145,7 +151,7 @@ impl Guest {
             fe,
             kick,
             call,
-            next_desc: [0, 0],
+            next_desc: vec![0; rings],
         }
     }
 
@@ -184,6 +190,12 @@ impl Guest {
             .unwrap()
     }
 
+    fn used_head(&self, i: usize, k: u16) -> u32 {
+        self.mem
+            .read_obj::<u32>(GuestAddress(ring(i).2 + 4 + 8 * (k % QSIZE) as u64))
+            .unwrap()
+    }
+
     fn used_len(&self, i: usize, k: u16) -> u32 {
         self.mem
             .read_obj::<u32>(GuestAddress(ring(i).2 + 4 + 8 * (k % QSIZE) as u64 + 4))
@@ -192,10 +204,15 @@ impl Guest {
 
     /// Transmits one frame (header and frame in one descriptor) from buffer slot `k`.
     fn transmit(&mut self, k: u64, frame: &[u8]) {
+        self.transmit_on(TXQ, k, frame)
+    }
+
+    /// As `transmit`, on transmit ring `q`.
+    fn transmit_on(&mut self, q: usize, k: u64, frame: &[u8]) {
         let at = TX_BUFS + k * 0x1000;
         self.mem.write_slice(&[0u8; 12], GuestAddress(at)).unwrap();
         self.mem.write_slice(frame, GuestAddress(at + 12)).unwrap();
-        self.add_chain(TXQ, &[(at, 12 + frame.len() as u32, false)]);
+        self.add_chain(q, &[(at, 12 + frame.len() as u32, false)]);
     }
 }
 
@@ -234,6 +251,10 @@ fn setup() -> Setup {
 }
 
 fn setup_with(extra: &[&str]) -> Setup {
+    setup_port("vhost-user,id=v0,chardev=c0", extra)
+}
+
+fn setup_port(vhost_user: &str, extra: &[&str]) -> Setup {
     let dir = std::env::temp_dir().join(unique_name("rs-vhu"));
     std::fs::create_dir_all(&dir).unwrap();
     let vhu = dir.join("vhu.sock");
@@ -248,12 +269,7 @@ fn setup_with(extra: &[&str]) -> Setup {
         peer_end.display()
     );
     let mut args = vec![
-        "-chardev",
-        &chardev,
-        "-netdev",
-        "vhost-user,id=v0,chardev=c0",
-        "-netdev",
-        &dgram,
+        "-chardev", &chardev, "-netdev", vhost_user, "-netdev", &dgram,
     ];
     args.extend_from_slice(extra);
     let switch = Switch::start(&args);
@@ -293,6 +309,104 @@ fn a_frontend_exchanges_frames_with_a_datagram_port() {
     wait_for("the rx interrupt", || g.call[RXQ].read().is_ok());
     // Stopping the transmit ring answers where the switch stopped.
     assert_eq!(g.fe.get_vring_base(TXQ).unwrap(), 1);
+}
+
+/// A UDP/IPv4 frame to the guest's MAC of flow `flow` (its source port), carrying `seq`.
+fn udp_frame(flow: u16, seq: u16) -> Vec<u8> {
+    let mut f = vec![0u8; 60];
+    f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&46u16.to_be_bytes());
+    f[22] = 64;
+    f[23] = 17;
+    f[26..30].copy_from_slice(&[10, 0, 0, 9]);
+    f[30..34].copy_from_slice(&[10, 0, 0, 1]);
+    f[34..36].copy_from_slice(&(1000 + flow).to_be_bytes());
+    f[36..38].copy_from_slice(&7u16.to_be_bytes());
+    f[38..40].copy_from_slice(&26u16.to_be_bytes());
+    f[42..44].copy_from_slice(&seq.to_be_bytes());
+    f
+}
+
+#[test]
+fn a_multiqueue_frontend_is_served_on_every_queue_pair_with_each_flow_on_one_ring() {
+    let s = setup_port("vhost-user,id=v0,chardev=c0,queues=2", &[]);
+    // GET_QUEUE_NUM (17) answers the pairs offered, as QEMU reads it (after GET_FEATURES,
+    // SET_FEATURES, GET_PROTOCOL_FEATURES and SET_PROTOCOL_FEATURES with MQ).
+    {
+        let mut c = std::os::unix::net::UnixStream::connect(&s.vhu).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let features = VIRTIO_F_VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES;
+        raw_request(&mut c, 1, 1, &[], true);
+        raw_request(&mut c, 2, 1, &features.to_le_bytes(), false);
+        raw_request(&mut c, 15, 1, &[], true);
+        let proto = VhostUserProtocolFeatures::MQ.bits();
+        raw_request(&mut c, 16, 1, &proto.to_le_bytes(), false);
+        let (_, _, pairs) = raw_request(&mut c, 17, 1, &[], true).unwrap();
+        assert_eq!(pairs, 2);
+    }
+    let mut g = Guest::connect_pairs(&s.vhu, VIRTIO_NET_F_MRG_RXBUF | VIRTIO_RING_F_EVENT_IDX, 2);
+    // Learn the guest's MAC (and check the second pair's transmit ring) first.
+    let mut buf = vec![0u8; 70000];
+    for (k, q) in [(0u64, TXQ), (1, 3)] {
+        let f = frame([0xff; 6], 1, 100 + k as usize);
+        g.transmit_on(q, k, &f);
+        let n = s
+            .peer
+            .recv(&mut buf)
+            .expect("the guest's frame at the peer");
+        assert_eq!(&buf[..n], &f[..], "from transmit ring {q}");
+    }
+    wait_for("both transmit rings' used entries", || {
+        g.used_idx(TXQ) == 1 && g.used_idx(3) == 1
+    });
+    // Room on both receive rings (for every frame, wherever they go), then 8 flows of 2
+    // frames each from the peer.
+    for q in [RXQ, 2] {
+        for k in 0..16u64 {
+            g.add_chain(q, &[(RX_BUFS + (q as u64 * 16 + k) * 0x1000, 2048, true)]);
+        }
+    }
+    let sw_end = s.dir.join("sw.sock");
+    for seq in 0..2 {
+        for flow in 0..8 {
+            s.peer.send_to(&udp_frame(flow, seq), &sw_end).unwrap();
+        }
+    }
+    wait_for("16 frames on the receive rings", || {
+        g.used_idx(RXQ) + g.used_idx(2) == 16
+    });
+    let mut ring_of = std::collections::HashMap::new();
+    for q in [RXQ, 2] {
+        let mut last = std::collections::HashMap::new();
+        for k in 0..g.used_idx(q) {
+            let (head, len) = (g.used_head(q, k), g.used_len(q, k));
+            assert_eq!(len, 12 + 60);
+            let mut got = vec![0u8; 72];
+            let at = RX_BUFS + (q as u64 * 16 + u64::from(head)) * 0x1000;
+            g.mem.read_slice(&mut got, GuestAddress(at)).unwrap();
+            let flow = u16::from_be_bytes([got[12 + 34], got[12 + 35]]) - 1000;
+            let seq = u16::from_be_bytes([got[12 + 42], got[12 + 43]]);
+            assert_eq!(
+                *ring_of.entry(flow).or_insert(q),
+                q,
+                "flow {flow} on two rings"
+            );
+            let prev = last.insert(flow, seq);
+            assert_eq!(
+                prev.map_or(0, |p| p + 1),
+                seq,
+                "flow {flow} out of order on ring {q}"
+            );
+        }
+    }
+    assert_eq!(ring_of.len(), 8);
+    assert!(
+        ring_of.values().any(|q| *q == RXQ) && ring_of.values().any(|q| *q == 2),
+        "8 flows all on one ring: {ring_of:?}"
+    );
 }
 
 /// A QMP connection to the switch under test (greeting read, capabilities negotiated).
@@ -592,9 +706,9 @@ fn bad_spellings_are_refused_by_name() {
                 "-chardev",
                 "socket,id=c0,path=/tmp/x",
                 "-netdev",
-                "vhost-user,id=v0,chardev=c0,queues=4",
+                "vhost-user,id=v0,chardev=c0,queues=17",
             ],
-            "one queue pair",
+            "vhost-user number of queues must be in range [1, 16]",
         ),
         (vec!["-netdev", "vhost-user,id=v0"], "'chardev' is missing"),
     ] {

@@ -379,20 +379,22 @@ pub(crate) fn bridge(o: &mut Opts) -> Result<String, NetdevError> {
     Ok(br)
 }
 
-/// `vhost-user`: `chardev=ID` (required) and `queues=N` (queue pairs; this build serves one).
+/// `vhost-user`: `chardev=ID` (required) and `queues=N` (queue pairs, 1 to
+/// `MAX_PAIRS`; QEMU allows 1024, and says so in the same words).
 pub(crate) fn vhost_user(o: &mut Opts) -> Result<(String, u16), NetdevError> {
     let chardev = o
         .str("chardev")
         .ok_or(NetdevError::Missing("chardev".into()))?;
     NetdevId::new(&chardev).map_err(|_| bad("chardev", "a chardev id", chardev.clone()))?;
     let queues = o.int("queues").unwrap_or(1);
-    if queues != 1 {
+    let max = ringswitch_switch::port::vhost_user::MAX_PAIRS;
+    if queues < 1 || queues > max as i64 {
         return Err(NetdevError::Invalid(format!(
-            "Parameter 'queues': this ringswitch serves one queue pair per vhost-user port (multiqueue comes with several workers), got {queues}"
+            "vhost-user number of queues must be in range [1, {max}]"
         )));
     }
     let _ = o.bool("vhostforce");
-    Ok((chardev, 1))
+    Ok((chardev, queues as u16))
 }
 
 /// `vde`: `sock=DIR`, `port=N` (0 to 65535), `group=NAME`, `mode=OCTAL` (default 0700).

@@ -398,11 +398,14 @@ pub fn open(
         NetdevKind::Vde(o) => open_vde(spec.id.as_str(), o),
         NetdevKind::VdeServed { .. } => Err(OpenError::NotAPort),
         NetdevKind::User(o) => open_user(spec.id.as_str(), o),
-        NetdevKind::VhostUser { chardev: id, .. } => {
+        NetdevKind::VhostUser {
+            chardev: id,
+            queues,
+        } => {
             let Some(c) = chardev.filter(|c| &c.id == id) else {
                 return Err(OpenError::NoChardev(id.clone()));
             };
-            open_vhost_user(spec.id.as_str(), c)
+            open_vhost_user(spec.id.as_str(), c, usize::from(*queues))
         }
     }
 }
@@ -501,8 +504,8 @@ impl VdeState {
 
 /// A vhost-user port: its protocol thread on the chardev's socket, and the data plane's port
 /// over the configuration that thread publishes.
-fn open_vhost_user(name: &str, c: &Chardev) -> Result<OpenedPort, OpenError> {
-    let service = crate::vhost_user::Service::start(name, &c.socket).map_err(|source| {
+fn open_vhost_user(name: &str, c: &Chardev, pairs: usize) -> Result<OpenedPort, OpenError> {
+    let service = crate::vhost_user::Service::start(name, &c.socket, pairs).map_err(|source| {
         OpenError::VhostUser {
             path: c.socket.path().display().to_string(),
             source,

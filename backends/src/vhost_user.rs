@@ -49,6 +49,9 @@ const VIRTIO_NET_F_GUEST_ECN: u64 = 1 << 9;
 const VIRTIO_NET_F_HOST_TSO4: u64 = 1 << 11;
 const VIRTIO_NET_F_HOST_TSO6: u64 = 1 << 12;
 const VIRTIO_NET_F_HOST_ECN: u64 = 1 << 13;
+/// Several queue pairs: offered only by a port of `queues=N` above 1 (QEMU keeps it from the
+/// guest unless the backend offers it).
+const VIRTIO_NET_F_MQ: u64 = 1 << 22;
 const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
 const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -68,8 +71,6 @@ pub const FEATURES: u64 = VIRTIO_F_VERSION_1
     | VIRTIO_NET_F_GUEST_ECN
     | VHOST_USER_F_PROTOCOL_FEATURES;
 
-/// Queue pairs served (one worker serves them all until the multi-core issue).
-const QUEUE_PAIRS: u64 = 1;
 /// Memory slots accepted with CONFIGURE_MEM_SLOTS (QEMU uses up to 8 for a plain guest).
 const MAX_MEM_SLOTS: u64 = 32;
 /// The longest the protocol thread waits for the worker to stop a ring.
@@ -85,6 +86,9 @@ struct Region {
     qva: u64,
     mmap_offset: u64,
     file: Arc<File>,
+    /// How many times the frontend added it: QEMU adds every region once per queue pair
+    /// (each pair is a device of its own to it) and removes it as often.
+    adds: u32,
 }
 
 /// The device state one frontend connection builds.
@@ -106,13 +110,13 @@ impl Device {
             protocol: 0,
             regions: Vec::new(),
             vrings: Default::default(),
-            qva: [None, None],
+            qva: [None; QUEUES],
         }
     }
 
     fn ring(&self, index: u32) -> VuResult<usize> {
         let i = index as usize;
-        if i < QUEUES {
+        if i < 2 * self.shared.pairs() {
             Ok(i)
         } else {
             Err(VuError::InvalidParam)
@@ -191,8 +195,18 @@ impl Device {
             qva: r.user_addr,
             mmap_offset: r.mmap_offset,
             file: Arc::new(file),
+            adds: 1,
         });
         Ok(())
+    }
+
+    /// The virtio features offered: `FEATURES`, and `MQ` with several queue pairs.
+    fn offered(&self) -> u64 {
+        if self.shared.pairs() > 1 {
+            FEATURES | VIRTIO_NET_F_MQ
+        } else {
+            FEATURES
+        }
     }
 
     fn protocol_on(&self) -> bool {
@@ -215,18 +229,18 @@ impl VhostUserBackendReqHandlerMut for Device {
 
     fn reset_device(&mut self) -> VuResult<()> {
         self.vrings = Default::default();
-        self.qva = [None, None];
+        self.qva = [None; QUEUES];
         self.features = 0;
         self.publish(None);
         Ok(())
     }
 
     fn get_features(&mut self) -> VuResult<u64> {
-        Ok(FEATURES)
+        Ok(self.offered())
     }
 
     fn set_features(&mut self, features: u64) -> VuResult<()> {
-        if features & !FEATURES != 0 {
+        if features & !self.offered() != 0 {
             return Err(VuError::InvalidParam);
         }
         self.features = features;
@@ -342,7 +356,7 @@ impl VhostUserBackendReqHandlerMut for Device {
     }
 
     fn get_queue_num(&mut self) -> VuResult<u64> {
-        Ok(QUEUE_PAIRS)
+        Ok(self.shared.pairs() as u64)
     }
 
     fn set_vring_enable(&mut self, index: u32, enable: bool) -> VuResult<()> {
@@ -399,6 +413,19 @@ impl VhostUserBackendReqHandlerMut for Device {
         fd: File,
         _postcopy_listening: Option<bool>,
     ) -> VuResult<Option<VhostUserMemoryRegionBase>> {
+        if let Some(r) = self.regions.iter_mut().find(|r| {
+            (r.gpa, r.size, r.qva, r.mmap_offset)
+                == (
+                    region.guest_phys_addr,
+                    region.memory_size,
+                    region.user_addr,
+                    region.mmap_offset,
+                )
+        }) {
+            // The same region again (another queue pair's device): counted, not mapped twice.
+            r.adds += 1;
+            return Ok(None);
+        }
         self.add_region(region, fd)?;
         if let Err(e) = self.set_regions() {
             self.regions.pop();
@@ -408,12 +435,18 @@ impl VhostUserBackendReqHandlerMut for Device {
     }
 
     fn remove_mem_region(&mut self, region: &VhostUserSingleMemoryRegion) -> VuResult<()> {
-        let before = self.regions.len();
-        self.regions
-            .retain(|r| !(r.gpa == region.guest_phys_addr && r.size == region.memory_size));
-        if self.regions.len() == before {
+        let Some(at) = self
+            .regions
+            .iter()
+            .position(|r| r.gpa == region.guest_phys_addr && r.size == region.memory_size)
+        else {
             return Err(VuError::InvalidParam);
+        };
+        self.regions[at].adds -= 1;
+        if self.regions[at].adds > 0 {
+            return Ok(());
         }
+        self.regions.remove(at);
         self.set_regions()
     }
 
@@ -468,8 +501,8 @@ pub struct Service {
 impl Service {
     /// Starts serving `socket` for the port `name`. A listening socket is bound here, so an
     /// error (path in use, no such directory) reaches `netdev_add`.
-    pub fn start(name: &str, socket: &ChardevSocket) -> io::Result<Service> {
-        let shared = VhostShared::new()?;
+    pub fn start(name: &str, socket: &ChardevSocket, pairs: usize) -> io::Result<Service> {
+        let shared = VhostShared::with_pairs(pairs)?;
         let listener = match socket {
             ChardevSocket::Listen(p) => {
                 let _ = std::fs::remove_file(p);
@@ -610,6 +643,12 @@ impl Runner {
                 Ok(false) => {}
                 Err(e) => break format!("answering an early SET_VRING_ENABLE: {e}"),
             }
+            // The request's code, to name it if it is refused.
+            let mut head = [0u8; 4];
+            let request = match recv(fd, &mut head, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+                Ok(4) => u32::from_le_bytes(head),
+                _ => 0,
+            };
             if let Err(e) = handler.handle_request() {
                 break match e {
                     VuError::Disconnected | VuError::PartialMessage => {
@@ -618,7 +657,7 @@ impl Runner {
                     e => {
                         self.state.faults.fetch_add(1, Ordering::Relaxed);
                         self.shared.protocol_fault();
-                        format!("frontend message refused: {e}")
+                        format!("frontend message (request {request}) refused: {e}")
                     }
                 };
             }
@@ -668,7 +707,7 @@ fn early_vring_enable(fd: i32, device: &Mutex<Device>) -> io::Result<bool> {
         return Ok(false);
     }
     let mut dev = device.lock().unwrap_or_else(|p| p.into_inner());
-    if dev.protocol_on() || index as usize >= QUEUES || num > 1 {
+    if dev.protocol_on() || index as usize >= 2 * dev.shared.pairs() || num > 1 {
         // Acked, or bad: the crate's rules apply.
         return Ok(false);
     }

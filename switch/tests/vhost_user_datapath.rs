@@ -284,7 +284,7 @@ fn start(s: &Setup, guest: &Guest, features: u64) {
     let g = s.shared.update(|c| {
         c.mem = Some(guest.mem.clone());
         c.features = features;
-        c.vrings = [guest.conf(RXQ), guest.conf(TXQ)];
+        (c.vrings[RXQ], c.vrings[TXQ]) = (guest.conf(RXQ), guest.conf(TXQ));
     });
     assert!(s.shared.wait_applied(g, Duration::from_secs(5)));
 }
@@ -387,7 +387,7 @@ fn a_frontend_fault_is_counted_and_the_port_serves_again_when_set_up_anew() {
     // A ring outside guest memory.
     let g = s.shared.update(|c| {
         c.mem = Some(guest.mem.clone());
-        c.vrings = [guest.conf(RXQ), guest.conf(TXQ)];
+        (c.vrings[RXQ], c.vrings[TXQ]) = (guest.conf(RXQ), guest.conf(TXQ));
         c.vrings[TXQ].desc = (MEM as u64) + 0x1000;
     });
     assert!(s.shared.wait_applied(g, Duration::from_secs(5)));
@@ -534,7 +534,7 @@ fn segments_reach_a_guest_whole_only_if_it_negotiated_them() {
         let g = sh.update(|c| {
             c.mem = Some(guest.mem.clone());
             c.features = features;
-            c.vrings = [guest.conf(RXQ), guest.conf(TXQ)];
+            (c.vrings[RXQ], c.vrings[TXQ]) = (guest.conf(RXQ), guest.conf(TXQ));
         });
         assert!(sh.wait_applied(g, Duration::from_secs(5)));
     };

@@ -63,7 +63,7 @@ class Guest:
 
     def __init__(self, name: str, sock: Path | None, addr: str, mac: str, *, server: bool = False,
                  reconnect: int | None = None, offloads: bool = True, msix: bool = False,
-                 vde: Path | None = None):  # fmt: skip
+                 vde: Path | None = None, queues: int = 1):  # fmt: skip
         self.name = name
         kernel, initrd = guest_image()
         chardev = f"socket,id=c0,path={sock}"
@@ -72,10 +72,12 @@ class Guest:
         elif reconnect:
             chardev += f",reconnect={reconnect}"
         device = f"virtio-net-pci,netdev=n0,mac={mac}" + ("" if msix else ",vectors=0")
+        if queues > 1:
+            device += ",mq=on"
         if not offloads:
             device += "," + NO_OFFLOADS
         self.argv = [
-            QEMU, "-accel", "tcg", "-m", str(MEM_MB), "-smp", "1",
+            QEMU, "-accel", "tcg", "-m", str(MEM_MB), "-smp", str(queues),
             "-object", f"memory-backend-memfd,id=mem,size={MEM_MB}M,share=on", "-numa", "node,memdev=mem",
             "-kernel", str(kernel), "-initrd", str(initrd),
             "-append", f"console=ttyS0 quiet panic=-1 rs.ip={addr}",
@@ -83,7 +85,7 @@ class Guest:
             "-device", device,
         ]  # fmt: skip
         if vde is None:
-            self.argv += ["-chardev", chardev, "-netdev", "vhost-user,id=n0,chardev=c0"]
+            self.argv += ["-chardev", chardev, "-netdev", f"vhost-user,id=n0,chardev=c0,queues={queues}"]
         else:
             self.argv += ["-netdev", f"vde,id=n0,sock={vde}"]
         self.lines: list[str] = []

@@ -61,6 +61,35 @@ def test_two_guests_ping_each_other(cleanup):
         assert p["drops"]["frontend-fault"] == 0, p["drops"]
 
 
+def test_multiqueue_guests_use_both_queue_pairs(cleanup):
+    """Two 2-vCPU guests with `queues=2` (`mq=on`): QEMU negotiates two queue pairs with the
+    port (GET_QUEUE_NUM, four rings), the guests' drivers bring both up, and they ping each
+    other with small and full-size frames."""
+    require_qemu()
+    d = cleanup.add(SockDir())
+    sw = cleanup.add(
+        Switch(
+            ["vhost-user,id=a,chardev=ca,queues=2", "vhost-user,id=b,chardev=cb,queues=2"],
+            extra=["-chardev", f"socket,id=ca,path={d / 'a.sock'},server=on",
+                   "-chardev", f"socket,id=cb,path={d / 'b.sock'},server=on"],
+        )
+    )  # fmt: skip
+    ga = cleanup.add(Guest("a", d / "a.sock", "10.9.2.1/24", "02:52:09:02:00:01", queues=2))
+    gb = cleanup.add(Guest("b", d / "b.sock", "10.9.2.2/24", "02:52:09:02:00:02", queues=2))
+    timings_note("boot a (2 vCPUs)", ga.wait_ready())
+    timings_note("boot b (2 vCPUs)", gb.wait_ready())
+    for g in (ga, gb):
+        queues = g.check("ls /sys/class/net/eth0/queues")
+        assert "rx-1" in queues and "tx-1" in queues, queues
+    ga.reach("10.9.2.2")
+    gb.reach("10.9.2.1")
+    ga.check("ping -c 3 -i 0.2 -s 1472 -W 2 10.9.2.2")
+    for port in ("a", "b"):
+        p = sw.port(port)
+        assert p["connected"] and p["rx-frames"] >= 6 and p["tx-frames"] >= 6, p
+        assert p["drops"]["frontend-fault"] == 0, p["drops"]
+
+
 @pytest.mark.parametrize("offloads", [True, False], ids=["offloads-on", "offloads-off"])
 def test_guest_and_tap_namespace_exchange_files(offloads, cleanup):
     require_qemu()

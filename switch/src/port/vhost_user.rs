@@ -39,12 +39,16 @@ use vm_memory::GuestMemoryMmap;
 /// Guest memory as the switch maps it: the frontend's regions, shared.
 pub type GuestMem = GuestMemoryMmap<()>;
 
-/// The guest's receive queue (frames from the switch).
+/// The guest's receive queue (frames from the switch) of its first queue pair; that of pair
+/// `k` is `2k`.
 pub const RXQ: usize = 0;
-/// The guest's transmit queue (frames to the switch).
+/// The guest's transmit queue (frames to the switch) of its first queue pair; that of pair
+/// `k` is `2k + 1`.
 pub const TXQ: usize = 1;
-/// Queues of one queue pair.
-pub const QUEUES: usize = 2;
+/// The most queue pairs a port serves (`queues=N`, multiqueue).
+pub const MAX_PAIRS: usize = 16;
+/// Rings of that many queue pairs.
+pub const QUEUES: usize = 2 * MAX_PAIRS;
 
 /// `VIRTIO_RING_F_EVENT_IDX`.
 pub const F_EVENT_IDX: u64 = 1 << 29;
@@ -146,11 +150,19 @@ pub struct VhostShared {
     /// A worker serves the port (between its attach and detach): only then is there anyone
     /// to wait for.
     served: AtomicBool,
+    /// Queue pairs offered (`GET_QUEUE_NUM`).
+    pairs: usize,
 }
 
 impl VhostShared {
     pub fn new() -> io::Result<Arc<VhostShared>> {
+        VhostShared::with_pairs(1)
+    }
+
+    /// For a port of `pairs` queue pairs (1 to `MAX_PAIRS`).
+    pub fn with_pairs(pairs: usize) -> io::Result<Arc<VhostShared>> {
         Ok(Arc::new(VhostShared {
+            pairs: pairs.clamp(1, MAX_PAIRS),
             gen: AtomicU64::new(0),
             applied: AtomicU64::new(0),
             conf: Mutex::new(VhostConf::default()),
@@ -177,9 +189,14 @@ impl VhostShared {
     }
 
     /// Whether a frontend has the device running: its memory table given and both rings of
-    /// the queue pair enabled and started (what `query-ports` reports as `connected`).
+    /// the first queue pair enabled and started (what `query-ports` reports as `connected`).
     pub fn running(&self) -> bool {
-        self.with_conf(|c| c.mem.is_some() && c.vrings.iter().all(VringConf::runs))
+        self.with_conf(|c| c.mem.is_some() && c.vrings[..2].iter().all(VringConf::runs))
+    }
+
+    /// The queue pairs the port offers (`queues=N`).
+    pub fn pairs(&self) -> usize {
+        self.pairs
     }
 
     /// Waits until the worker has applied generation `g`, at most `timeout`. False if it has
@@ -264,10 +281,10 @@ pub struct VhostUserPort {
     mem: Option<HostMem>,
     mrg: bool,
     scratch: Box<RxScratch>,
-    q: [Option<Vq>; QUEUES],
+    q: Box<[Option<Vq>; QUEUES]>,
     /// The 8-byte targets of the kick reads and of the notify read, boxed so they stay put.
-    kick_buf: [Box<u64>; QUEUES],
-    kick_fd: [Option<Arc<OwnedFd>>; QUEUES],
+    kick_buf: Box<[u64; QUEUES]>,
+    kick_fd: Box<[Option<Arc<OwnedFd>>; QUEUES]>,
     kick_pending: [bool; QUEUES],
     notify_buf: Box<u64>,
     notify_pending: bool,
@@ -275,6 +292,9 @@ pub struct VhostUserPort {
     faulted: bool,
     /// What the guest takes of offloaded frames, as the engine was last told.
     offloads: OffloadSet,
+    /// The receive rings that run (frames are spread over them by flow), and how many.
+    rx_rings: [u8; MAX_PAIRS],
+    n_rx: usize,
 }
 
 impl VhostUserPort {
@@ -290,10 +310,12 @@ impl VhostUserPort {
                 chains: [(0, 0); MAX_CHAINS],
                 pieces: [(0, 0); MAX_PIECES],
             }),
-            q: [None, None],
-            kick_buf: [Box::new(0), Box::new(0)],
-            kick_fd: [None, None],
+            q: Box::new(std::array::from_fn(|_| None)),
+            kick_buf: Box::new([0; QUEUES]),
+            kick_fd: Box::new(std::array::from_fn(|_| None)),
             kick_pending: [false; QUEUES],
+            rx_rings: [0; MAX_PAIRS],
+            n_rx: 0,
             notify_buf: Box::new(0),
             notify_pending: false,
             faulted: false,
@@ -347,7 +369,8 @@ impl VhostUserPort {
             self.offloads = offloads;
             cx.offloads = Some(offloads);
         }
-        if mem_changed || conf.vrings.iter().any(|v| !v.started) {
+        let offered = 2 * shared.pairs;
+        if mem_changed || conf.vrings[..offered].iter().any(|v| !v.started) {
             // A new memory table or a stopped ring: the device is being set up again.
             self.faulted = false;
         }
@@ -382,8 +405,20 @@ impl VhostUserPort {
         if let Some(f) = fault {
             self.fault(cx, f);
         }
+        self.list_rx_rings();
         self.seen = gen;
         shared.applied.store(gen, Ordering::Release);
+    }
+
+    /// Notes which receive rings run, for spreading frames over them.
+    fn list_rx_rings(&mut self) {
+        self.n_rx = 0;
+        for i in (RXQ..QUEUES).step_by(2) {
+            if self.q[i].is_some() {
+                self.rx_rings[self.n_rx] = i as u8;
+                self.n_rx += 1;
+            }
+        }
     }
 
     /// Stops serving the device after a frontend fault: counted, reported to the control
@@ -397,6 +432,7 @@ impl VhostUserPort {
                 self.shared.report(|r| r.bases[i] = Some(next));
             }
         }
+        self.n_rx = 0;
         let msg = format!("vhost-user port {}: {}", self.name, f.0);
         self.shared.report(|r| r.fault = Some(msg));
     }
@@ -431,7 +467,7 @@ impl VhostUserPort {
                 continue;
             }
             let Some(q) = &self.q[i] else { continue };
-            let target: *mut u64 = &mut *self.kick_buf[i];
+            let target: *mut u64 = &mut self.kick_buf[i];
             let tag = cx.tag(OP_KICK, i as u32);
             // SAFETY: as for the notify read: one read at a time per boxed cell
             // (`kick_pending`), the port outlives it.
@@ -444,7 +480,16 @@ impl VhostUserPort {
 
     /// Takes frames the guest transmitted, up to the budget.
     fn take_transmitted(&mut self, cx: &mut Cx<'_>) -> Result<(), Fault> {
-        let (Some(mem), Some(q)) = (self.mem.as_ref(), self.q[TXQ].as_mut()) else {
+        for i in (TXQ..QUEUES).step_by(2) {
+            self.take_transmitted_from(cx, i)?;
+        }
+        Ok(())
+    }
+
+    /// Takes frames the guest transmitted on ring `i`, up to the budget.
+    #[inline]
+    fn take_transmitted_from(&mut self, cx: &mut Cx<'_>, i: usize) -> Result<(), Fault> {
+        let (Some(mem), Some(q)) = (self.mem.as_ref(), self.q[i].as_mut()) else {
             return Ok(());
         };
         let mut taken = 0;
@@ -468,10 +513,17 @@ impl VhostUserPort {
     /// Writes one frame into the guest's receive queue (published by `signal`); false if the
     /// guest has no room.
     fn write_received(&mut self, cx: &mut Cx<'_>, f: &Frame) -> Result<bool, Fault> {
-        let (Some(mem), Some(q)) = (self.mem.as_ref(), self.q[RXQ].as_mut()) else {
+        let pool = cx.ring.pool();
+        let frame = &pool.buf(f.buf)[f.off as usize..f.off as usize + f.len as usize];
+        // One ring per flow, so that a flow's frames stay in order (multiqueue).
+        let ring = match self.n_rx {
+            0 => return Ok(false),
+            1 => self.rx_rings[0],
+            n => self.rx_rings[flow_hash(frame) as usize % n],
+        };
+        let (Some(mem), Some(q)) = (self.mem.as_ref(), self.q[usize::from(ring)].as_mut()) else {
             return Ok(false);
         };
-        let pool = cx.ring.pool();
         let mut hdr = [0u8; Offload::WIRE_LEN];
         if f.has_offload() && self.offloads.contains(OffloadSet::CSUM) {
             // What the engine left whole is what the guest negotiated.
@@ -481,7 +533,6 @@ impl VhostUserPort {
             // DATA_VALID, which a guest without GUEST_CSUM did not ask for).
             Offload::NONE.emit(&mut hdr);
         }
-        let frame = &pool.buf(f.buf)[f.off as usize..f.off as usize + f.len as usize];
         write_frame(&mut q.ring, mem, &mut self.scratch, self.mrg, hdr, frame)
     }
 }
@@ -728,6 +779,43 @@ pub fn walk_rings(
     Ok((taken, written))
 }
 
+/// A hash of a frame's flow: addresses and ports of IPv4 and IPv6 TCP and UDP (not
+/// fragments), the MAC addresses otherwise.
+#[inline]
+fn flow_hash(f: &[u8]) -> u32 {
+    let word = |at: usize| -> u32 {
+        f.get(at..at + 4)
+            .map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let mix = |h: u32, w: u32| (h ^ w).wrapping_mul(0x9e37_79b1).rotate_left(13);
+    let ethertype = f
+        .get(12..14)
+        .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+    let mut h = 0x5bd1_e995;
+    match ethertype {
+        0x0800 if f.len() >= 34 => {
+            let ihl = usize::from(f[14] & 0x0f) * 4;
+            h = mix(mix(h, word(26)), word(30));
+            let fragment = u16::from_be_bytes([f[20], f[21]]) & 0x3fff != 0;
+            if matches!(f[23], 6 | 17) && !fragment {
+                h = mix(h, word(14 + ihl));
+            }
+        }
+        0x86dd if f.len() >= 54 => {
+            for at in (22..54).step_by(4) {
+                h = mix(h, word(at));
+            }
+            if matches!(f[20], 6 | 17) {
+                h = mix(h, word(54));
+            }
+        }
+        _ => {
+            h = mix(mix(mix(h, word(0)), word(4)), word(8));
+        }
+    }
+    h ^ (h >> 16)
+}
+
 /// Publishes the used entries added since the last call and interrupts the guest if it wants
 /// that.
 #[inline]
@@ -786,9 +874,12 @@ impl Port for VhostUserPort {
             }
             cx.release(f.buf);
         }
-        // The used entries of the whole batch go to the guest at once, with one interrupt.
-        if let Some(q) = self.q[RXQ].as_mut() {
-            signal(q);
+        // The used entries of the whole batch go to the guest at once, with one interrupt
+        // per ring.
+        for k in 0..self.n_rx {
+            if let Some(q) = self.q[usize::from(self.rx_rings[k])].as_mut() {
+                signal(q);
+            }
         }
         Ok(frames.len())
     }
