@@ -9,7 +9,9 @@
 //! reported `connected` in `query-ports` only while it runs, with no descriptor or mapping
 //! left behind; a frontend
 //! that puts a ring outside its memory is disconnected and counted (`frontend_fault`) while
-//! the other port keeps forwarding; refusals of bad `-chardev`/`-netdev` spellings.
+//! the other port keeps forwarding; refusals of bad `-chardev`/`-netdev` spellings; a
+//! two-queue-pair frontend served on both pairs with each flow on one receive ring; SEND_RARP
+//! announcing the guest's MAC from its port.
 
 mod common;
 
@@ -639,6 +641,58 @@ fn raw_request(
         w(1),
         u64::from_le_bytes(r[12..20].try_into().unwrap()),
     ))
+}
+
+#[test]
+fn send_rarp_announces_the_guest_from_its_port() {
+    // QEMU sends SEND_RARP (19) after a migration, or on its own announce-self, for a guest
+    // without GUEST_ANNOUNCE: the switch sends QEMU's RARP frame for the MAC as if the guest
+    // had, so it is learned on the vhost-user port and flooded.
+    let qmp_path = std::env::temp_dir().join(unique_name("rs-ra"));
+    let s = setup_with(&[
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", qmp_path.display()),
+    ]);
+    let mut qmp = Qmp::connect(&qmp_path);
+    let mut c = std::os::unix::net::UnixStream::connect(&s.vhu).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let features = VIRTIO_F_VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES;
+    raw_request(&mut c, 1, 1, &[], true);
+    raw_request(&mut c, 2, 1, &features.to_le_bytes(), false);
+    let (_, _, offered) = raw_request(&mut c, 15, 1, &[], true).unwrap();
+    let rarp = VhostUserProtocolFeatures::RARP.bits();
+    assert!(offered & rarp != 0, "RARP not offered: {offered:#x}");
+    let proto = rarp | VhostUserProtocolFeatures::REPLY_ACK.bits();
+    raw_request(&mut c, 16, 1, &proto.to_le_bytes(), false);
+    let mac = [0x52, 0x54, 0x00, 0xab, 0xcd, 0xef];
+    let mut body = [0u8; 8];
+    body[..6].copy_from_slice(&mac);
+    let (_, flags, status) = raw_request(&mut c, 19, 1 | 8, &body, true).unwrap();
+    assert_eq!((flags, status), (1 | 4, 0), "SEND_RARP acknowledged");
+    let mut buf = [0u8; 2048];
+    let n = s.peer.recv(&mut buf).expect("the RARP frame at the peer");
+    let f = &buf[..n];
+    assert_eq!(n, 60);
+    assert_eq!(&f[..6], &[0xff; 6]);
+    assert_eq!(&f[6..12], &mac);
+    assert_eq!(&f[12..14], &0x8035u16.to_be_bytes());
+    assert_eq!(&f[20..22], &3u16.to_be_bytes(), "a reverse request");
+    assert_eq!(&f[22..28], &mac);
+    let table = qmp.execute("query-mac-table");
+    let learned = table
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["mac"] == "52:54:00:ab:cd:ef")
+        .cloned();
+    assert_eq!(
+        learned.as_ref().map(|e| e["port"].clone()),
+        Some(serde_json::json!("v0")),
+        "{table}"
+    );
+    // The connection goes on.
+    raw_request(&mut c, 1, 1, &[], true);
+    let _ = std::fs::remove_file(&qmp_path);
 }
 
 #[test]

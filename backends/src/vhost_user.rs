@@ -346,6 +346,7 @@ impl VhostUserBackendReqHandlerMut for Device {
 
     fn get_protocol_features(&mut self) -> VuResult<VhostUserProtocolFeatures> {
         Ok(VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::RARP
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS)
     }
@@ -643,6 +644,11 @@ impl Runner {
                 Ok(false) => {}
                 Err(e) => break format!("answering an early SET_VRING_ENABLE: {e}"),
             }
+            match send_rarp(fd, &device) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => break format!("taking SEND_RARP: {e}"),
+            }
             // The request's code, to name it if it is refused.
             let mut head = [0u8; 4];
             let request = match recv(fd, &mut head, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
@@ -715,18 +721,53 @@ fn early_vring_enable(fd: i32, device: &Mutex<Device>) -> io::Result<bool> {
     dev.vrings[index as usize].enabled = num == 1;
     dev.publish(None);
     if flags & FLAG_NEED_REPLY != 0 && dev.reply_ack_on() {
-        let mut reply = [0u8; 20];
-        reply[0..4].copy_from_slice(&SET_VRING_ENABLE.to_le_bytes());
-        reply[4..8].copy_from_slice(&(FLAG_VERSION_1 | FLAG_REPLY).to_le_bytes());
-        reply[8..12].copy_from_slice(&8u32.to_le_bytes());
-        // (bytes 12..20: the u64 0, success)
-        // SAFETY: `reply` is valid for reads of its length for the duration of the call.
-        let r = unsafe { libc::send(fd, reply.as_ptr().cast(), reply.len(), libc::MSG_NOSIGNAL) };
-        if r != reply.len() as isize {
-            return Err(io::Error::last_os_error());
-        }
+        ack(fd, SET_VRING_ENABLE)?;
     }
     Ok(true)
+}
+
+/// `VHOST_USER_SEND_RARP`.
+const SEND_RARP: u32 = 19;
+
+/// Takes a `SEND_RARP` if that is the next message on `fd` (the `vhost` crate's handler has
+/// no method for it); true if it did. QEMU sends it after a migration (or on its own
+/// `announce-self`) for a guest without `VIRTIO_NET_F_GUEST_ANNOUNCE`, with the guest's MAC
+/// in the first 6 bytes of a u64: the port announces that MAC as the guest (`VhostConf::rarp`).
+fn send_rarp(fd: i32, device: &Mutex<Device>) -> io::Result<bool> {
+    let mut msg = [0u8; 20];
+    let n = recv(fd, &mut msg, libc::MSG_PEEK | libc::MSG_DONTWAIT)?;
+    let [request, flags, size] =
+        std::array::from_fn(|i| u32::from_le_bytes(msg[i * 4..i * 4 + 4].try_into().expect("4")));
+    if n < msg.len() || request != SEND_RARP || size != 8 {
+        // (Anything else, a short or bad one included, goes to the crate, which refuses it.)
+        return Ok(false);
+    }
+    let dev = device.lock().unwrap_or_else(|p| p.into_inner());
+    if dev.protocol & VhostUserProtocolFeatures::RARP.bits() == 0 {
+        return Ok(false);
+    }
+    recv(fd, &mut msg, libc::MSG_DONTWAIT)?;
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&msg[12..18]);
+    dev.shared.update(|c| c.rarp = Some(mac));
+    if flags & FLAG_NEED_REPLY != 0 && dev.reply_ack_on() {
+        ack(fd, SEND_RARP)?;
+    }
+    Ok(true)
+}
+
+/// Answers `request` with REPLY_ACK's success (a u64 0).
+fn ack(fd: i32, request: u32) -> io::Result<()> {
+    let mut reply = [0u8; 20];
+    reply[0..4].copy_from_slice(&request.to_le_bytes());
+    reply[4..8].copy_from_slice(&(FLAG_VERSION_1 | FLAG_REPLY).to_le_bytes());
+    reply[8..12].copy_from_slice(&8u32.to_le_bytes());
+    // SAFETY: `reply` is valid for reads of its length for the duration of the call.
+    let r = unsafe { libc::send(fd, reply.as_ptr().cast(), reply.len(), libc::MSG_NOSIGNAL) };
+    if r != reply.len() as isize {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// `recv(2)` into `buf`; the bytes received.

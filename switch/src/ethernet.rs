@@ -25,6 +25,30 @@ pub mod ethertype {
     pub const VLAN: u16 = 0x8100;
 }
 
+/// Length of the frame QEMU sends (60 bytes: the Ethernet minimum without FCS).
+pub const RARP_FRAME_LEN: usize = 60;
+
+/// QEMU's gratuitous RARP announcement (`announce-self`, and what a vhost-user backend sends
+/// for a guest on `VHOST_USER_SEND_RARP`): broadcast, EtherType 0x8035, a "reverse request"
+/// whose sender and target hardware addresses are the announced MAC, padded to 60 bytes.
+pub fn rarp_frame(mac: MacAddr) -> [u8; RARP_FRAME_LEN] {
+    let mut f = [0u8; RARP_FRAME_LEN];
+    EthernetRepr {
+        dst: MacAddr::BROADCAST,
+        src: mac,
+        ethertype: ethertype::RARP,
+    }
+    .emit(&mut f);
+    f[14..16].copy_from_slice(&1u16.to_be_bytes()); // hardware type: Ethernet
+    f[16..18].copy_from_slice(&ethertype::IPV4.to_be_bytes()); // protocol type: IPv4
+    f[18] = 6; // hardware address length
+    f[19] = 4; // protocol address length
+    f[20..22].copy_from_slice(&3u16.to_be_bytes()); // opcode: reverse request
+    f[22..28].copy_from_slice(&mac.0); // sender hardware address; sender IP stays 0
+    f[32..38].copy_from_slice(&mac.0); // target hardware address; target IP stays 0
+    f
+}
+
 /// Why a buffer is not an Ethernet frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("frame of {0} bytes is shorter than the 14-byte Ethernet header")]

@@ -123,6 +123,9 @@ pub struct VhostConf {
     /// Acked virtio features.
     pub features: u64,
     pub vrings: [VringConf; QUEUES],
+    /// A MAC to announce for the guest (`VHOST_USER_SEND_RARP`: QEMU asks after a migration
+    /// when the guest cannot announce itself), taken by the worker.
+    pub rarp: Option<[u8; 6]>,
 }
 
 /// What the worker says back.
@@ -332,7 +335,8 @@ impl VhostUserPort {
                 .count_drops(DropReason::FrontendFault, faults - self.faults_seen);
             self.faults_seen = faults;
         }
-        let conf = shared.conf.lock().unwrap_or_else(|p| p.into_inner());
+        let mut conf = shared.conf.lock().unwrap_or_else(|p| p.into_inner());
+        let rarp = conf.rarp.take();
         let mem_changed = match (&self.mem, &conf.mem) {
             (Some(a), Some(b)) => !Arc::ptr_eq(a.guest(), b),
             (None, None) => false,
@@ -406,6 +410,9 @@ impl VhostUserPort {
             self.fault(cx, f);
         }
         self.list_rx_rings();
+        if let Some(mac) = rarp {
+            announce(cx, mac);
+        }
         self.seen = gen;
         shared.applied.store(gen, Ordering::Release);
     }
@@ -535,6 +542,19 @@ impl VhostUserPort {
         }
         write_frame(&mut q.ring, mem, &mut self.scratch, self.mrg, hdr, frame)
     }
+}
+
+/// Sends QEMU's RARP announcement for `mac` as if the guest had: the switch learns the MAC
+/// on this port (a migrated guest is found at once) and floods the frame.
+fn announce(cx: &mut Cx<'_>, mac: [u8; 6]) {
+    let frame = crate::ethernet::rarp_frame(crate::MacAddr(mac));
+    let pool = cx.ring.pool_mut();
+    let Some(buf) = pool.alloc() else {
+        cx.counters.count_rx_drop(frame.len(), DropReason::NoBuffer);
+        return;
+    };
+    pool.buf_mut(buf)[HEADROOM..HEADROOM + frame.len()].copy_from_slice(&frame);
+    cx.deliver_with(buf, HEADROOM, frame.len(), 0);
 }
 
 /// Writes `hdr` and `frame` into the receive chains of `ring` (several with mergeable
