@@ -298,10 +298,13 @@ pub struct VhostUserPort {
     /// The receive rings that run (frames are spread over them by flow), and how many.
     rx_rings: [u8; MAX_PAIRS],
     n_rx: usize,
+    /// Rings of the queue pairs offered (`2 * queues`): the loops of every pass stop there.
+    rings: usize,
 }
 
 impl VhostUserPort {
     pub fn new(name: &str, shared: Arc<VhostShared>) -> VhostUserPort {
+        let rings = 2 * shared.pairs;
         VhostUserPort {
             name: name.to_string(),
             shared,
@@ -319,6 +322,7 @@ impl VhostUserPort {
             kick_pending: [false; QUEUES],
             rx_rings: [0; MAX_PAIRS],
             n_rx: 0,
+            rings,
             notify_buf: Box::new(0),
             notify_pending: false,
             faulted: false,
@@ -420,7 +424,7 @@ impl VhostUserPort {
     /// Notes which receive rings run, for spreading frames over them.
     fn list_rx_rings(&mut self) {
         self.n_rx = 0;
-        for i in (RXQ..QUEUES).step_by(2) {
+        for i in (RXQ..self.rings).step_by(2) {
             if self.q[i].is_some() {
                 self.rx_rings[self.n_rx] = i as u8;
                 self.n_rx += 1;
@@ -458,7 +462,7 @@ impl VhostUserPort {
             };
             self.notify_pending = true;
         }
-        for i in 0..QUEUES {
+        for i in 0..self.rings {
             if self.kick_pending[i] {
                 if let Some(old) = &self.kick_fd[i] {
                     let same = matches!(&self.q[i], Some(q) if Arc::ptr_eq(old, &q.kick));
@@ -487,7 +491,7 @@ impl VhostUserPort {
 
     /// Takes frames the guest transmitted, up to the budget.
     fn take_transmitted(&mut self, cx: &mut Cx<'_>) -> Result<(), Fault> {
-        for i in (TXQ..QUEUES).step_by(2) {
+        for i in (TXQ..self.rings).step_by(2) {
             self.take_transmitted_from(cx, i)?;
         }
         Ok(())

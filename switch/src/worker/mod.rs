@@ -93,6 +93,9 @@ pub struct Worker {
     /// MAC table dumps under way, walked a slice per pass.
     dumps: std::collections::VecDeque<requests::Dump>,
     epoch: Instant,
+    /// Seconds since `epoch` when the current loop pass began (the MAC table's clock, read
+    /// once per pass rather than once per batch).
+    pass_secs: u32,
 }
 
 impl Worker {
@@ -148,6 +151,7 @@ impl Worker {
             poller: poll::Poller::new(cfg.poll, cfg.poll_max),
             dumps: std::collections::VecDeque::new(),
             epoch: Instant::now(),
+            pass_secs: 0,
         })
     }
 
@@ -321,9 +325,8 @@ impl Worker {
         let n = self.rx.len() as u64;
         self.counters.rx_frames.add(n);
         self.counters.max_batch.max(n);
-        let now = self.now();
         self.engine
-            .forward(self.ring.pool_mut(), &self.rx, &mut self.tx, now);
+            .forward(self.ring.pool_mut(), &self.rx, &mut self.tx, self.pass_secs);
         self.engine.fold_egress(&mut self.tx);
         self.rx.clear();
     }
@@ -370,6 +373,7 @@ impl Worker {
             } else {
                 start = now;
             }
+            self.pass_secs = start.saturating_duration_since(self.epoch).as_secs() as u32;
         }
         self.shutdown()
     }
