@@ -65,7 +65,8 @@ import time
 
 PERF_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(PERF_DIR)
-RELEASE = os.path.join(ROOT, "target", "release")
+RELEASE = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"),
+                       "release")  # as cargo reads it
 PID = os.getpid()
 MARK = f"rsp{PID}"  # every tap, temporary directory and self-test namespace starts with this
 

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import time
 
-from . import switches
+from . import switches, vde
 from .system import ROOT, BenchError, Topology, apt_install, log, rx_packets
 from .traffic import FCS, flow_args, gen_cmd, teach
 
@@ -91,25 +91,38 @@ def _stat_table(text, frames):
     return table
 
 
-def _hot_symbols(data):
+def _hot_symbols(data, by_process=False):
+    """The hottest symbols of a perf.data file as a Markdown table, and the kernel's and
+    userspace's shares of the samples; `by_process` adds the thread's name (comm) as the
+    first key, for a switch made of several processes."""
+    sort = "comm,dso,sym" if by_process else "dso,sym"
     p = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort",
-                        "dso,sym", "--percent-limit", "0", "-g", "none"],
+                        sort, "--percent-limit", "0", "-g", "none"],
                        capture_output=True, text=True, timeout=300)
-    rows, kernel, user = [], 0.0, 0.0
+    rows, kernel, user, procs = [], 0.0, 0.0, {}
+    comm = r"(\S+)\s+" if by_process else "()"
     for line in p.stdout.splitlines():
-        m = re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[([k.])\]\s+(.*)$", line)
+        m = re.match(rf"\s*([\d.]+)%\s+{comm}(\S+)\s+\[([k.])\]\s+(.*)$", line)
         if not m:
             continue
-        pct, dso, where, sym = float(m.group(1)), m.group(2), m.group(3), m.group(4).strip()
+        pct, who, dso, where = float(m.group(1)), m.group(2), m.group(3), m.group(4)
+        sym = m.group(5).strip()
         if pct >= 1.5:
-            rows.append(f"| {pct:.1f}% | {'kernel' if where == 'k' else 'user'} | {dso} | "
-                        f"`{sym}` |")
+            rows.append(f"| {pct:.1f}% | " + (f"{who} | " if by_process else "") +
+                        f"{'kernel' if where == 'k' else 'user'} | {dso} | `{sym}` |")
         if where == "k":
             kernel += pct
         else:
             user += pct
-    head = "| share | where | object | symbol |\n|---|---|---|---|\n"
-    return head + "\n".join(rows[:20]), kernel, user
+        procs[who] = procs.get(who, 0.0) + pct
+    head = ("| share | " + ("thread | " if by_process else "") + "where | object | symbol |\n|"
+            + "---|" * (5 if by_process else 4) + "\n")
+    table = head + "\n".join(rows[:20])
+    if by_process:
+        table = ("Samples per thread: " + ", ".join(
+            f"{k} {v:.0f}%" for k, v in sorted(procs.items(), key=lambda x: -x[1])) +
+                 ".\n\n" + table)
+    return table, kernel, user
 
 
 def profile(args, out):
@@ -122,10 +135,10 @@ def profile(args, out):
     kinds = args.switches or ["ringswitch"]
     sections, files = [], []
     for kind in kinds:
-        why = switches.availability(kind)
+        why = vde.availability(kind) if kind in vde.ALL else switches.availability(kind)
         if why:
             log(f"{kind}: skipped: {why}")
-            sections.append(f"## perf/bench profile: {switches.label(kind)}: not measured: "
+            sections.append(f"## perf/bench profile: {_label(kind)}: not measured: "
                             f"{why}\n")
             continue
         suffix = f"-{kind}" if len(kinds) > 1 else ""
@@ -141,13 +154,18 @@ def profile(args, out):
     return 0
 
 
+def _label(kind):
+    return vde.label(kind) if kind in vde.ALL else switches.label(kind)
+
+
 def _profile_one(kind, args, out, suffix):
     """perf stat and perf record of one switch; returns (its Markdown section, the names
     of the files written)."""
     topo = Topology()
     logs = os.path.join(out, "logs")
     try:
-        st = switches.start(kind, topo, args.switch_cpu, logs, kind)
+        st = (vde.start if kind in vde.ALL else switches.start)(kind, topo, args.switch_cpu,
+                                                                logs, kind)
         if not st.pids:
             raise SystemExit(f"perf/bench profile: {kind} runs in the kernel; nothing to attach to")
         teach(st)
@@ -162,7 +180,7 @@ def _profile_one(kind, args, out, suffix):
                                                  "-o", data, "-p", pids, "--", "sleep", str(secs)])
     finally:
         topo.close()
-    hot, kernel, user = _hot_symbols(data)
+    hot, kernel, user = _hot_symbols(data, by_process=len(st.pids) > 1)
     flame = None
     inferno = ensure_inferno()
     if inferno:
@@ -173,11 +191,11 @@ def _profile_one(kind, args, out, suffix):
         flame = os.path.join(out, f"flamegraph{suffix}.svg")
         with open(flame, "wb") as f:
             f.write(subprocess.run([inferno[1], "--title",
-                                    f"{switches.label(kind)} forwarding 64-byte frames"],
+                                    f"{_label(kind)} forwarding 64-byte frames"],
                                    input=folded.stdout, capture_output=True,
                                    timeout=600).stdout)
     text = "\n".join([
-        f"## perf/bench profile: {switches.label(kind)}, 64-byte frames as fast as the "
+        f"## perf/bench profile: {_label(kind)}, 64-byte frames as fast as the "
         f"generator can, {secs:g} s per tool", "",
         f"perf stat window: {stat_frames:,} frames delivered ({stat_frames / secs / 1e6:.3f} Mpps).",
         "", _stat_table(stat_err, stat_frames), "",

@@ -14,7 +14,10 @@ import time
 
 PERF_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.dirname(PERF_DIR)
-RELEASE = os.path.join(ROOT, "target", "release")
+# Where cargo puts the release build: $CARGO_TARGET_DIR when set (as cargo itself reads it,
+# so `perf/bench` builds and runs the same binaries), else the checkout's target/.
+RELEASE = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"),
+                       "release")
 PID = os.getpid()
 PREFIX = f"rsb{PID}"  # namespaces and root-namespace interfaces all start with this
 
