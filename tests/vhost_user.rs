@@ -411,6 +411,32 @@ fn a_multiqueue_frontend_is_served_on_every_queue_pair_with_each_flow_on_one_rin
     );
 }
 
+#[test]
+fn a_busy_polling_switch_tells_the_guest_not_to_kick_and_still_serves_it() {
+    let s = setup_with(&["--poll", "busy"]);
+    // Without EVENT_IDX: VRING_USED_F_NO_NOTIFY in each ring's used flags.
+    let mut g = Guest::connect(&s.vhu, VIRTIO_NET_F_MRG_RXBUF);
+    wait_for("no-notify on both rings", || {
+        [RXQ, TXQ]
+            .iter()
+            .all(|&q| g.mem.read_obj::<u16>(GuestAddress(ring(q).2)).unwrap() & 1 == 1)
+    });
+    let mut buf = vec![0u8; 70000];
+    for k in 0..3u64 {
+        let f = frame([0xff; 6], 1, 100 + k as usize);
+        g.transmit(k, &f);
+        let n = s
+            .peer
+            .recv(&mut buf)
+            .expect("the guest's frame at the peer");
+        assert_eq!(&buf[..n], &f[..]);
+    }
+    g.add_chain(RXQ, &[(RX_BUFS, 2048, true)]);
+    let back = frame([2, 0, 0, 0, 0, 1], 2, 300);
+    s.peer.send_to(&back, s.dir.join("sw.sock")).unwrap();
+    wait_for("the rx used entry", || g.used_idx(RXQ) == 1);
+}
+
 /// A QMP connection to the switch under test (greeting read, capabilities negotiated).
 struct Qmp(std::io::BufReader<std::os::unix::net::UnixStream>);
 

@@ -62,6 +62,9 @@ pub struct PortEnv {
     /// Frames may be longer than a small buffer holds (`max_frame` beyond it): ports
     /// receive into large buffers.
     pub rx_large: bool,
+    /// The worker busy-polls (`--poll busy`): it looks at shared rings every pass, so ports
+    /// whose peers can be told not to notify (vhost-user guests) tell them so.
+    pub busy_poll: bool,
 }
 
 impl PortEnv {

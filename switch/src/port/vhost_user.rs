@@ -17,11 +17,13 @@
 //! offload records and are cut for ports without offloads; toward the guest, segments and
 //! partial checksums from `vnet_hdr` taps and other guests pass whole where its driver
 //! negotiated them (`VIRTIO_NET_F_GUEST_*`, told to the engine whenever they change) and are
-//! cut or completed for it otherwise. Descriptor chains are walked with
-//! `virtio-queue` (its chains stop at the queue size and at indirect tables that loop) and
-//! guest memory is reached through `vm-memory` (every access checked against the regions);
-//! a frontend that hands the switch anything outside that gets its port stopped and counted
-//! (`frontend_fault`), never a crash.
+//! cut or completed for it otherwise. Rings and descriptor chains are walked by `vring` (our
+//! own split-ring code, checked against rust-vmm's `virtio-queue` in
+//! `switch/tests/vring_walk.rs`): guest memory resolved once per memory table, every index,
+//! chain and buffer bounded; a frontend that hands the switch anything outside that gets its
+//! port stopped and counted (`frontend_fault`), never a crash. With `queues=N` the port serves
+//! every ring of its N queue pairs (`2k` receive, `2k + 1` transmit), and spreads frames to
+//! the guest over its running receive rings by flow.
 
 use super::vring::{HostMem, RingError, SplitRing};
 use super::{Caps, Closed, Cx, InFlight, Port, RxMode, Tag};
@@ -89,6 +91,9 @@ const TX_BUDGET: usize = 256;
 const MAX_CHAINS: usize = 64;
 /// The most receive buffers (descriptors) one frame may spread over.
 const MAX_PIECES: usize = 256;
+
+/// Chains whose descriptors are fetched ahead of a walk.
+const PREFETCH: u16 = 32;
 
 const OP_KICK: u8 = 1;
 const OP_NOTIFY: u8 = 2;
@@ -394,7 +399,11 @@ impl VhostUserPort {
                         continue;
                     };
                     match SplitRing::new(mem, want, features & F_EVENT_IDX != 0) {
-                        Ok(ring) => {
+                        Ok(mut ring) => {
+                            if cx.env.busy_poll {
+                                // Looked at every pass: the guest need not kick.
+                                ring.no_kicks();
+                            }
                             self.q[i] = Some(Vq {
                                 ring,
                                 kick,
@@ -503,12 +512,15 @@ impl VhostUserPort {
         let (Some(mem), Some(q)) = (self.mem.as_ref(), self.q[i].as_mut()) else {
             return Ok(());
         };
+        q.ring.prefetch(PREFETCH);
         let mut taken = 0;
         while taken < TX_BUDGET {
             let Some(head) = q.ring.pop()? else {
                 // Ask for a kick at the next entry, then look once more: an entry added in
                 // between would otherwise wait for the next one.
-                if q.ring.event_idx() && q.ring.enable_notification() {
+                // (A busy-polling worker looks again at its next pass: no kicks wanted, so
+                // the guest spends no system call on them.)
+                if !cx.env.busy_poll && q.ring.event_idx() && q.ring.enable_notification() {
                     continue;
                 }
                 break;
@@ -544,7 +556,16 @@ impl VhostUserPort {
             // DATA_VALID, which a guest without GUEST_CSUM did not ask for).
             Offload::NONE.emit(&mut hdr);
         }
-        write_frame(&mut q.ring, mem, &mut self.scratch, self.mrg, hdr, frame)
+        let want_kicks = !cx.env.busy_poll;
+        write_frame(
+            &mut q.ring,
+            mem,
+            &mut self.scratch,
+            self.mrg,
+            want_kicks,
+            hdr,
+            frame,
+        )
     }
 }
 
@@ -569,6 +590,7 @@ fn write_frame(
     mem: &HostMem,
     sc: &mut RxScratch,
     mrg: bool,
+    want_kicks: bool,
     mut hdr: [u8; Offload::WIRE_LEN],
     frame: &[u8],
 ) -> Result<bool, Fault> {
@@ -600,7 +622,7 @@ fn write_frame(
     if room < total {
         // Not enough room: hand the chains back (the guest refills its queue) and drop.
         ring.unpop(n as u16);
-        if n == 0 && ring.event_idx() {
+        if n == 0 && want_kicks && ring.event_idx() {
             // Be told when the guest adds buffers.
             ring.enable_notification();
         }
@@ -791,8 +813,16 @@ pub fn walk_rings(
             pieces: [(0, 0); MAX_PIECES],
         });
         while written < 16 {
-            if !write_frame(&mut ring, &mem, &mut sc, mrg, [0; Offload::WIRE_LEN], frame)
-                .map_err(|f| f.0)?
+            if !write_frame(
+                &mut ring,
+                &mem,
+                &mut sc,
+                mrg,
+                true,
+                [0; Offload::WIRE_LEN],
+                frame,
+            )
+            .map_err(|f| f.0)?
             {
                 break;
             }
@@ -887,6 +917,12 @@ impl Port for VhostUserPort {
     }
 
     fn send(&mut self, cx: &mut Cx<'_>, frames: &[Frame]) -> io::Result<usize> {
+        for k in 0..self.n_rx {
+            if let Some(q) = &self.q[usize::from(self.rx_rings[k])] {
+                q.ring
+                    .prefetch(frames.len().min(usize::from(PREFETCH)) as u16);
+            }
+        }
         for f in frames {
             match self.write_received(cx, f) {
                 Ok(true) => cx.counters.count_tx(1, f.len as u64),

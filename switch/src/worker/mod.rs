@@ -142,6 +142,7 @@ impl Worker {
                 tap_rx: cfg.tap_rx,
                 rx_multishot: cfg.rx_multishot,
                 rx_large: cfg.max_frame + HEADROOM >= buf_size,
+                busy_poll: cfg.poll == PollMode::Busy,
             },
             rx_coalesce: cfg.rx_coalesce,
             last_batch: 0,
