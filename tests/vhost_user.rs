@@ -11,7 +11,10 @@
 //! that puts a ring outside its memory is disconnected and counted (`frontend_fault`) while
 //! the other port keeps forwarding; refusals of bad `-chardev`/`-netdev` spellings; a
 //! two-queue-pair frontend served on both pairs with each flow on one receive ring; SEND_RARP
-//! announcing the guest's MAC from its port.
+//! announcing the guest's MAC from its port; malformed messages (short, huge, unknown, bad
+//! version, a bogus memory table, garbage) and chains (a loop, a write-only transmit
+//! descriptor) each reset the frontend while two datagram ports keep forwarding; a busy-polling
+//! switch telling the guest not to kick.
 
 mod common;
 
@@ -637,6 +640,132 @@ fn a_ring_outside_guest_memory_resets_that_frontend_and_nothing_else() {
         "{:?}",
         stats.port("v0")
     );
+}
+
+#[test]
+fn malformed_messages_and_chains_reset_the_frontend_while_other_ports_forward() {
+    // A second datagram port: frames between the two peers must keep flowing whatever the
+    // vhost-user frontend does.
+    let dir2 = std::env::temp_dir().join(unique_name("rs-vm"));
+    std::fs::create_dir_all(&dir2).unwrap();
+    let (sw2, peer2_end) = (dir2.join("sw2.sock"), dir2.join("peer2.sock"));
+    let peer2 = UnixDatagram::bind(&peer2_end).unwrap();
+    peer2
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let d1 = format!(
+        "dgram,id=d1,local.type=unix,local.path={},remote.type=unix,remote.path={}",
+        sw2.display(),
+        peer2_end.display()
+    );
+    let mut s = setup_with(&["-netdev", &d1]);
+    let sw_end = s.dir.join("sw.sock");
+    let mut seq = 0u8;
+    let mut forwards = |what: &str| {
+        seq = seq.wrapping_add(1);
+        let f = frame([0xff; 6], seq, 90);
+        s.peer.send_to(&f, &sw_end).unwrap();
+        let mut buf = [0u8; 2048];
+        let n = peer2
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("after {what}: {e}"));
+        assert_eq!(&buf[..n], &f[..], "after {what}");
+    };
+    forwards("start");
+    let raw = |bytes: &[u8]| {
+        use std::io::{Read, Write};
+        let mut c = std::os::unix::net::UnixStream::connect(&s.vhu).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(bytes).unwrap();
+        // The switch closes the connection (or answers nothing it should not).
+        let mut sink = [0u8; 64];
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            match c.read(&mut sink) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if Instant::now() < end => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("the switch kept a connection that sent {bytes:02x?}: {e}"),
+            }
+        }
+    };
+    let msg = |req: u32, flags: u32, size: u32, body: &[u8]| -> Vec<u8> {
+        let mut m = Vec::new();
+        for w in [req, flags, size] {
+            m.extend_from_slice(&w.to_le_bytes());
+        }
+        m.extend_from_slice(body);
+        m
+    };
+    // SET_VRING_NUM (8) whose size says 4 bytes; a body size far past any message; a request
+    // code no protocol has; a header of version 0; SET_MEM_TABLE (5) with one region of size
+    // 0 and no descriptor; bytes that are no header at all.
+    let cases: [(&str, Vec<u8>); 6] = [
+        ("a short SET_VRING_NUM", msg(8, 1, 4, &[0; 4])),
+        ("a huge body size", msg(1, 1, u32::MAX, &[])),
+        ("an unknown request", msg(9999, 1, 0, &[])),
+        ("a header of version 0", msg(1, 0, 0, &[])),
+        (
+            "a bogus memory table",
+            msg(5, 1, 8 + 32, &{
+                let mut b = vec![0u8; 40];
+                b[0] = 1;
+                b
+            }),
+        ),
+        ("garbage", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+    ];
+    for (what, bytes) in &cases {
+        raw(bytes);
+        forwards(what);
+    }
+    // Chains that break the rules, from a frontend that set the device up properly: a
+    // transmit chain that loops on itself, and one with a write-only descriptor.
+    for what in ["a looping chain", "a write-only transmit descriptor"] {
+        let mut g = Guest::connect(&s.vhu, 0);
+        let at = TX_BUFS;
+        g.mem.write_slice(&[0u8; 12], GuestAddress(at)).unwrap();
+        if what == "a looping chain" {
+            // Two descriptors, the second pointing back at the first, then published.
+            let (dt, avail, _) = ring(TXQ);
+            for (i, (addr, len, next)) in [(at, 12u32, 1u16), (at + 12, 64, 0)].iter().enumerate() {
+                let d = dt + 16 * i as u64;
+                g.mem.write_obj(*addr, GuestAddress(d)).unwrap();
+                g.mem.write_obj(*len, GuestAddress(d + 8)).unwrap();
+                g.mem.write_obj(1u16, GuestAddress(d + 12)).unwrap();
+                g.mem.write_obj(*next, GuestAddress(d + 14)).unwrap();
+            }
+            g.mem.write_obj(0u16, GuestAddress(avail + 4)).unwrap();
+            std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+            g.mem.write_obj(1u16, GuestAddress(avail + 2)).unwrap();
+            g.kick[TXQ].write(1).unwrap();
+        } else {
+            g.add_chain(TXQ, &[(at, 12, false), (at + 12, 64, true)]);
+        }
+        wait_for(what, || g.fe.get_features().is_err());
+        drop(g);
+        forwards(what);
+    }
+    // A well-behaved frontend is served afterwards.
+    let mut g = Guest::connect(&s.vhu, 0);
+    let f = frame([0xff; 6], 77, 70);
+    g.transmit(0, &f);
+    let mut buf = vec![0u8; 2048];
+    let n = s.peer.recv(&mut buf).expect("the good guest's frame");
+    assert_eq!(&buf[..n], &f[..]);
+    drop(g);
+    let stopped = s.switch.take().unwrap().stop();
+    assert_eq!(stopped.status.code(), Some(0), "{}", stopped.stderr);
+    let faults = stopped
+        .stats
+        .expect("stats")
+        .port("v0")
+        .drop_count("frontend_fault");
+    assert!(faults >= 4, "frontend_fault {faults}: {}", stopped.stderr);
+    let _ = std::fs::remove_dir_all(&dir2);
 }
 
 /// One vhost-user message on `c`: header (request, flags, body size) and body; with
