@@ -355,6 +355,8 @@ impl Worker {
             self.ring.pool_mut().reclaim();
             // 3. Arm receives, hand the queues to the ports.
             self.arm_ports()?;
+            // (Ports on shared rings, vhost-user, take frames while arming: work too.)
+            let work = work || !self.rx.is_empty();
             self.flush_tx()?;
             let now = Instant::now();
             let spent = now.saturating_duration_since(start).as_nanos() as u64;
