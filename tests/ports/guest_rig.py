@@ -59,11 +59,13 @@ class Guest:
     retrying every `reconnect` seconds when given (so it finds the port again after a
     `netdev_del`/`netdev_add`). `offloads=False` switches the device's offloads off; `msix=True`
     leaves the device its MSI-X vectors (QEMU 7.2 under TCG crashes then: see above).
-    `vde=DIR`: the NIC is QEMU's `-netdev vde,sock=DIR` instead (libvdeplug; `sock` unused)."""
+    `vde=DIR`: the NIC is QEMU's `-netdev vde,sock=DIR` instead (libvdeplug; `sock` unused).
+    `netdev=SPEC`: the NIC is QEMU's `-netdev SPEC` instead (e.g. `stream,…`; its id must be
+    n0; `sock` unused). `addr=""` leaves eth0 without an address (up only)."""
 
     def __init__(self, name: str, sock: Path | None, addr: str, mac: str, *, server: bool = False,
                  reconnect: int | None = None, offloads: bool = True, msix: bool = False,
-                 vde: Path | None = None, queues: int = 1):  # fmt: skip
+                 vde: Path | None = None, queues: int = 1, netdev: str | None = None):  # fmt: skip
         self.name = name
         kernel, initrd = guest_image()
         chardev = f"socket,id=c0,path={sock}"
@@ -84,7 +86,9 @@ class Guest:
             "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none", "-serial", "stdio",
             "-device", device,
         ]  # fmt: skip
-        if vde is None:
+        if netdev is not None:
+            self.argv += ["-netdev", netdev]
+        elif vde is None:
             self.argv += ["-chardev", chardev, "-netdev", f"vhost-user,id=n0,chardev=c0,queues={queues}"]
         else:
             self.argv += ["-netdev", f"vde,id=n0,sock={vde}"]
