@@ -6,6 +6,7 @@
 //! that trades frames with the worker over a unix datagram socket pair (`service`).
 
 mod ffi;
+mod gro;
 pub mod hostfwd;
 mod options;
 mod service;

@@ -7,6 +7,7 @@
 //! Commands (`hostfwd-add`/`-remove`, stop) come over a channel and are answered there.
 //! Dropping the Service stops the thread, which frees libslirp, its sockets and the pair.
 
+use super::gro::Gro;
 use super::hostfwd::{HostFwd, HostFwdKey};
 use super::options::UserOptions;
 use super::slirp::{Stack, StackCounters};
@@ -18,6 +19,8 @@ use std::thread::JoinHandle;
 
 /// Most frames taken from the switch in one round before libslirp's sockets get a turn.
 const RX_BUDGET: usize = 256;
+/// Most frames taken from the switch with one `recvmmsg`.
+const RX_BATCH: usize = 32;
 /// Socket buffer asked for on both ends of the pair (needs CAP_NET_ADMIN past wmem_max).
 const PAIR_BUFFER: libc::c_int = 4 << 20;
 /// The longest the thread sleeps without libslirp asking for less.
@@ -212,7 +215,8 @@ fn run(
         return;
     }
     let _ = ready.send(Ok(()));
-    let mut buf = vec![0u8; MAX_FRAME];
+    let mut rx_buf = vec![0u8; RX_BATCH * MAX_FRAME];
+    let mut gro = Gro::default();
     let mut fds: Vec<libc::pollfd> = Vec::with_capacity(64);
     loop {
         fds.clear();
@@ -266,24 +270,60 @@ fn run(
             }
         }
         if fds[1].revents != 0 {
-            for _ in 0..RX_BUDGET {
-                // SAFETY: `buf` has buf.len() writable bytes; the socket is non-blocking.
-                let r = unsafe {
-                    libc::recv(
-                        data.as_raw_fd(),
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                        libc::MSG_DONTWAIT,
-                    )
-                };
-                if r <= 0 {
-                    break;
-                }
-                stack.input(&buf[..r as usize]);
-            }
+            take_frames(&data, &mut rx_buf, &mut gro, &mut stack);
         }
         stack.poll(&fds, 2, error);
+        stack.flush();
     }
+}
+
+/// Takes what the switch sent (at most RX_BUDGET frames, RX_BATCH per `recvmmsg`), joins runs
+/// of TCP segments (`gro`), hands it all to libslirp and sends what libslirp answered.
+fn take_frames(data: &OwnedFd, buf: &mut [u8], gro: &mut Gro, stack: &mut Stack) {
+    let mut taken = 0;
+    let mut input = |f: &[u8]| stack.input(f);
+    while taken < RX_BUDGET {
+        let base = buf.as_mut_ptr();
+        let mut iov: [libc::iovec; RX_BATCH] = std::array::from_fn(|i| libc::iovec {
+            // SAFETY: `buf` holds RX_BATCH slots of MAX_FRAME bytes; slot i starts in it.
+            iov_base: unsafe { base.add(i * MAX_FRAME) }.cast(),
+            iov_len: MAX_FRAME,
+        });
+        let mut hdrs: [libc::mmsghdr; RX_BATCH] = std::array::from_fn(|i| {
+            // SAFETY: an all-zero mmsghdr is valid (null pointers, zero lengths).
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_iov = &mut iov[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h
+        });
+        // SAFETY: `hdrs` are RX_BATCH valid headers, each with one iovec of a slot of `buf`,
+        // all live for the call; the socket is non-blocking (MSG_DONTWAIT as well).
+        let r = unsafe {
+            libc::recvmmsg(
+                data.as_raw_fd(),
+                hdrs.as_mut_ptr(),
+                RX_BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if r <= 0 {
+            break;
+        }
+        let n = r as usize;
+        for (i, h) in hdrs.iter().enumerate().take(n) {
+            let len = (h.msg_len as usize).min(MAX_FRAME);
+            gro.push(&buf[i * MAX_FRAME..i * MAX_FRAME + len], &mut input);
+        }
+        taken += n;
+        if n < RX_BATCH {
+            break;
+        }
+    }
+    gro.flush(&mut input);
+    let joined = std::mem::take(&mut gro.joined);
+    stack.count_joined(joined);
+    stack.flush();
 }
 
 #[cfg(test)]

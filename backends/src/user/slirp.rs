@@ -1,7 +1,8 @@
 //! `Stack`: one libslirp instance, safely. It owns the `Slirp*`, the callback state libslirp
 //! points back into, and the timers libslirp asked for; it sends the frames libslirp emits
-//! into the data socket it was given (never blocking: a frame the socket cannot take now is
-//! dropped and counted, and TCP inside libslirp sends it again). libslirp is not
+//! into the data socket it was given, gathered and sent together (one `sendmmsg` per
+//! `flush`, or per `OUT_FRAMES` frames) and never blocking: a frame the socket cannot take
+//! now is dropped and counted, and TCP inside libslirp sends it again. libslirp is not
 //! thread-safe: a `Stack` is neither `Send` nor `Sync` (it holds raw pointers), so it lives
 //! and dies on the thread that made it.
 
@@ -20,12 +21,17 @@ use std::time::Instant;
 /// The smallest Ethernet frame without its FCS: libslirp emits shorter ARP replies, which
 /// are padded as QEMU pads them for its NICs.
 const ETH_ZLEN: usize = 60;
+/// Most frames gathered before they are sent (one `sendmmsg`).
+const OUT_FRAMES: usize = 64;
 
 /// What a user port counts beside its switch-port counters.
 #[derive(Debug, Default)]
 pub struct StackCounters {
-    /// Frames from the switch handed to libslirp.
+    /// Frames from the switch handed to libslirp (a run of TCP segments joined as one
+    /// counts once).
     pub to_slirp: AtomicU64,
+    /// TCP segments from the switch that joined the one before them on the way in (`gro`).
+    pub to_slirp_joined: AtomicU64,
     /// Frames libslirp emitted and the data socket took.
     pub from_slirp: AtomicU64,
     /// Frames libslirp emitted that the data socket could not take then (dropped).
@@ -41,9 +47,70 @@ struct Timer {
     expire_ms: Option<i64>,
 }
 
+/// Frames libslirp emitted and not yet sent: their bytes one after another, and where each
+/// ends.
+#[derive(Default)]
+struct Outbox {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Outbox {
+    /// Sends every frame gathered to `fd` without blocking, as few `sendmmsg` calls as the
+    /// socket allows; what it does not take now is dropped. Returns (sent, dropped).
+    fn send(&mut self, fd: RawFd) -> (u64, u64) {
+        let n = self.ends.len();
+        if n == 0 {
+            return (0, 0);
+        }
+        let base = self.bytes.as_mut_ptr();
+        let mut iov: Vec<libc::iovec> = Vec::with_capacity(n);
+        let mut start = 0;
+        for &end in &self.ends {
+            iov.push(libc::iovec {
+                // SAFETY: `start` is within `bytes` (the frames lie end to end in it).
+                iov_base: unsafe { base.add(start) }.cast(),
+                iov_len: end - start,
+            });
+            start = end;
+        }
+        let mut hdrs: Vec<libc::mmsghdr> = iov
+            .iter_mut()
+            .map(|v| {
+                // SAFETY: an all-zero mmsghdr is valid (null pointers, zero lengths).
+                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                h.msg_hdr.msg_iov = v;
+                h.msg_hdr.msg_iovlen = 1;
+                h
+            })
+            .collect();
+        let mut done = 0;
+        while done < n {
+            // SAFETY: `hdrs[done..]` are n - done valid headers whose iovecs point into
+            // `bytes`, all live for the call; `fd` is the open data socket.
+            let r = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    hdrs[done..].as_mut_ptr(),
+                    (n - done) as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if r <= 0 {
+                break;
+            }
+            done += r as usize;
+        }
+        self.bytes.clear();
+        self.ends.clear();
+        (done as u64, (n - done) as u64)
+    }
+}
+
 /// What libslirp's callbacks reach through their `opaque` pointer.
 struct State {
     data: RawFd,
+    out: Outbox,
     epoch: Instant,
     timers: Vec<*mut Timer>,
     notified: bool,
@@ -53,6 +120,18 @@ struct State {
 impl State {
     fn now_ns(&self) -> i64 {
         self.epoch.elapsed().as_nanos() as i64
+    }
+
+    fn flush(&mut self) {
+        let (sent, dropped) = self.out.send(self.data);
+        if sent > 0 {
+            self.counters.from_slirp.fetch_add(sent, Ordering::Relaxed);
+        }
+        if dropped > 0 {
+            self.counters
+                .from_slirp_dropped
+                .fetch_add(dropped, Ordering::Relaxed);
+        }
     }
 }
 
@@ -99,24 +178,19 @@ unsafe fn state<'a>(opaque: *mut c_void) -> &'a mut State {
 unsafe extern "C" fn send_packet(buf: *const c_void, len: usize, opaque: *mut c_void) -> isize {
     // SAFETY: libslirp passes back the opaque of slirp_new, our State.
     let st = unsafe { state(opaque) };
-    let mut padded = [0u8; ETH_ZLEN];
-    let (ptr, n) = if len < ETH_ZLEN {
-        // SAFETY: libslirp's frame is `len` readable bytes, and `len` < ETH_ZLEN fits.
-        unsafe { std::ptr::copy_nonoverlapping(buf.cast::<u8>(), padded.as_mut_ptr(), len) };
-        (padded.as_ptr().cast::<c_void>(), ETH_ZLEN)
-    } else {
-        (buf, len)
-    };
-    // SAFETY: `ptr` points to `n` readable bytes; `data` is the open data socket.
-    let r = unsafe { libc::send(st.data, ptr, n, libc::MSG_DONTWAIT) };
-    if r < 0 {
-        st.counters
-            .from_slirp_dropped
-            .fetch_add(1, Ordering::Relaxed);
-    } else {
-        st.counters.from_slirp.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: libslirp's frame is `len` readable bytes for the call.
+    let frame = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) };
+    st.out.bytes.extend_from_slice(frame);
+    if len < ETH_ZLEN {
+        let padded = st.out.bytes.len() + ETH_ZLEN - len;
+        st.out.bytes.resize(padded, 0);
     }
-    // Dropped or sent, the frame is done with: TCP inside libslirp recovers a drop.
+    st.out.ends.push(st.out.bytes.len());
+    if st.out.ends.len() >= OUT_FRAMES {
+        st.flush();
+    }
+    // Gathered, then sent or dropped, the frame is done with: TCP inside libslirp recovers a
+    // drop.
     len as isize
 }
 
@@ -305,6 +379,7 @@ impl Stack {
         };
         let state = Box::into_raw(Box::new(State {
             data,
+            out: Outbox::default(),
             epoch: Instant::now(),
             timers: Vec::new(),
             notified: false,
@@ -339,6 +414,24 @@ impl Stack {
             .counters
             .to_slirp
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sends the frames libslirp emitted since the last flush (callers flush before they
+    /// wait).
+    pub fn flush(&mut self) {
+        // SAFETY: not inside a libslirp call: no callback holds the State.
+        unsafe { &mut *self.state }.flush();
+    }
+
+    /// Counts TCP segments that joined others before `input`.
+    pub fn count_joined(&mut self, n: u64) {
+        if n > 0 {
+            // SAFETY: not inside a libslirp call: no callback holds the State.
+            unsafe { &*self.state }
+                .counters
+                .to_slirp_joined
+                .fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     /// Appends libslirp's sockets to `fds` (whose first `fds.len()` entries are the
