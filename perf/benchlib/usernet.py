@@ -1,9 +1,10 @@
 """perf/bench usernet: one TCP stream through a `user` port (libslirp NAT), ringswitch
 against QEMU 7.2's own `-netdev user` joined by a guest-less hub to a tap, in the same
-topology:
+topology, in both directions:
 
-    iperf3 -c 10.0.2.2 (namespace C, generator CPU) -> tap -> switch (switch CPU)
-        -> user port (libslirp) -> iperf3 -s on 127.0.0.1 of the switch's namespace H
+    up:   iperf3 -c 10.0.2.2 (namespace C, generator CPU) -> tap -> switch (switch CPU)
+              -> user port (libslirp) -> iperf3 -s on 127.0.0.1 of the switch's namespace H
+    down: the same with iperf3 -R: the server sends, through libslirp, to the station
 
 ringswitch: `-netdev tap -netdev user`. QEMU: `-M none -netdev tap -netdev user` with both
 in hub 0 (`hubport,netdev=`). The station has 10.0.2.15/24 and its default route via
@@ -54,7 +55,7 @@ def _start(kind, topo, ns_h, ns_c, cpu, logs, tag):
     return proc
 
 
-def _one(kind, seconds, gen_cpu, sw_cpu, logs, tag):
+def _one(kind, seconds, gen_cpu, sw_cpu, logs, tag, down=False):
     topo = Topology()
     try:
         ns_h, ns_c = topo.netns("uh"), topo.netns("uc")
@@ -73,7 +74,7 @@ def _one(kind, seconds, gen_cpu, sw_cpu, logs, tag):
         t0 = time.monotonic()
         p = subprocess.run(ns_exec(ns_c, "taskset", "-c", str(gen_cpu), "iperf3", "-c",
                                    "10.0.2.2", "-p", str(PORT), "-t", f"{seconds:g}", "-J",
-                                   "--connect-timeout", "5000"),
+                                   "--connect-timeout", "5000", *(["-R"] if down else [])),
                            capture_output=True, text=True, timeout=seconds + 30,
                            stdin=subprocess.DEVNULL)
         window = time.monotonic() - t0
@@ -85,7 +86,7 @@ def _one(kind, seconds, gen_cpu, sw_cpu, logs, tag):
             raise BenchError(f"iperf3 failed ({p.returncode}): {rep.get('error', '')}")
         recv, sent = rep["end"]["sum_received"], rep["end"]["sum_sent"]
         gb = recv["bytes"] / 1e9
-        return {"switch": kind, "gbit_s": recv["bits_per_second"] / 1e9,
+        return {"switch": kind, "dir": "down" if down else "up", "gbit_s": recv["bits_per_second"] / 1e9,
                 "retransmits": sent.get("retransmits"), "cpu_s": cpu,
                 "cpu_pct": cpu / window * 100, "cpu_s_per_gb": cpu / gb if gb else None,
                 "note": ""}
@@ -102,14 +103,15 @@ def measure(plan, repeat, seconds, logs, builds=("ringswitch",)):
         else:
             kinds.append(k)
     for rep in range(1, repeat + 1):
-        for kind in pair_order(kinds, rep):
+        for kind, down in pair_order([(k, d) for d in (False, True) for k in kinds], rep):
             wait_quiet(plan.wait_idle)
-            log(f"usernet: {kind}, run {rep}")
+            way = "down" if down else "up"
+            log(f"usernet: {kind}, {way}, run {rep}")
             try:
                 r = _one(kind, seconds, plan.gen_cpus[0], plan.switch_cpu, logs,
-                         f"usernet-{kind}-{rep}")
+                         f"usernet-{kind}-{way}-{rep}", down)
             except (BenchError, ValueError, KeyError, subprocess.TimeoutExpired) as e:
-                r = {"switch": kind, "note": str(e)}
+                r = {"switch": kind, "dir": way, "note": str(e)}
             r["run"] = rep
             rows.append(r)
             if "gbit_s" in r:
@@ -121,20 +123,29 @@ def measure(plan, repeat, seconds, logs, builds=("ringswitch",)):
 
 
 def markdown(rows, skipped):
-    """The table: median Gbit/s (range), retransmits, switch CPU per switch."""
+    """The table: median Gbit/s (range), retransmits, switch CPU per switch and direction
+    (up: station to host, down: host to station)."""
     out = ["## usernet: one TCP stream through a user port (libslirp NAT)", "",
-           "| switch | runs | Gbit/s (median) | range | retransmits | switch CPU % | "
-           "CPU s/GB |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    for kind in dict.fromkeys(r["switch"] for r in rows):
-        ok = [r for r in rows if r["switch"] == kind and "gbit_s" in r]
-        if not ok:
-            out.append(f"| {kind} | 0 | — | — | — | — | — |")
-            continue
-        g = [r["gbit_s"] for r in ok]
-        med = lambda k: statistics.median(r[k] for r in ok if r.get(k) is not None)  # noqa: E731
-        out.append(f"| {kind} | {len(ok)} | {statistics.median(g):.3f} | {min(g):.3f}–"
-                   f"{max(g):.3f} | {med('retransmits'):.0f} | {med('cpu_pct'):.0f} | "
-                   f"{med('cpu_s_per_gb'):.2f} |")
+           "| switch | direction | runs | Gbit/s (median) | range | retransmits | "
+           "switch CPU % | CPU s/GB |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for way in ("up", "down"):
+        for kind in dict.fromkeys(r["switch"] for r in rows):
+            out.append(_row(rows, kind, way))
     for k, why in skipped.items():
         out.append(f"\n{k} skipped: {why}")
     return "\n".join(out) + "\n"
+
+
+def _row(rows, kind, way):
+    ok = [r for r in rows if r["switch"] == kind and r.get("dir", "up") == way and "gbit_s" in r]
+    if not ok:
+        return f"| {kind} | {way} | 0 | — | — | — | — | — |"
+    g = [r["gbit_s"] for r in ok]
+
+    def med(k):
+        v = [r[k] for r in ok if r.get(k) is not None]
+        return statistics.median(v) if v else float("nan")
+
+    return (f"| {kind} | {way} | {len(ok)} | {statistics.median(g):.3f} | {min(g):.3f}–"
+            f"{max(g):.3f} | {med('retransmits'):.0f} | {med('cpu_pct'):.0f} | "
+            f"{med('cpu_s_per_gb'):.2f} |")
