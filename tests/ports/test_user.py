@@ -189,6 +189,7 @@ def test_dhcp_nat_hostfwd_guestfwd_and_removal(cleanup, tmp_path):
     assert cl.run(echo) == b"ringswitch guestfwd\n"
     usernet = s.qmp("query-usernet", {"netdev": "u"})[0]
     assert usernet["to-slirp"] > 0 and usernet["from-slirp"] > 0, usernet
+    assert usernet["to-slirp-joined"] >= 0 and usernet["from-slirp-dropped"] >= 0, usernet
     assert "HOST_FORWARD" in usernet["connections"], usernet
 
     # netdev_del stops libslirp's thread and closes its sockets.
