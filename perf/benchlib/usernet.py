@@ -32,7 +32,8 @@ TAP = f"{PREFIX}ut"
 def _start(kind, topo, ns_h, ns_c, cpu, logs, tag):
     err = os.path.join(logs, f"{tag}.stderr")
     if kind in switches.RINGSWITCHES:
-        cmd = ns_exec(ns_h, switches.binary(kind), "-netdev", f"tap,id=t,ifname={TAP}",
+        opts = "".join(f",{o}" for o in switches.variant_netdev_opts(kind))
+        cmd = ns_exec(ns_h, switches.binary(kind), "-netdev", f"tap,id=t,ifname={TAP}{opts}",
                       "-netdev", "user,id=u", "--worker-cpu", str(cpu),
                       *switches.variant_args(kind))
         proc = topo.spawn(cmd, cpu, os.path.join(logs, f"{tag}.stdout"), err)
