@@ -122,6 +122,13 @@ struct Raw {
     #[arg(long)]
     qmp_allow_remote: bool,
 
+    /// Serve the counters as Prometheus/OpenMetrics text on GET /metrics over HTTP:
+    /// tcp:[HOST:]PORT. HOST defaults to 127.0.0.1; a non-loopback address (0.0.0.0, an
+    /// interface's address) is used only when written out here, and the endpoint has no
+    /// authentication. PORT 0 picks a free port (printed at start).
+    #[arg(long, value_name = "SPEC")]
+    metrics: Option<String>,
+
     /// Most ports the switch serves at once (memory for them is reserved at start).
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
     max_ports: u32,
@@ -179,6 +186,25 @@ pub fn parse_qmp(s: &str) -> Result<QmpAddr, String> {
     ))
 }
 
+/// Parses `--metrics tcp:[HOST:]PORT` (HOST defaults to the loopback address).
+pub fn parse_metrics(s: &str) -> Result<std::net::SocketAddr, String> {
+    let Some(rest) = s.strip_prefix("tcp:") else {
+        return Err(format!(
+            "--metrics '{s}': unknown address; valid: tcp:[HOST:]PORT (e.g. tcp:127.0.0.1:9100)"
+        ));
+    };
+    let hp = if rest.contains(':') {
+        rest.to_string()
+    } else {
+        format!("127.0.0.1:{rest}")
+    };
+    use std::net::ToSocketAddrs;
+    hp.to_socket_addrs()
+        .ok()
+        .and_then(|mut it| it.next())
+        .ok_or_else(|| format!("--metrics '{s}': '{rest}' is not [HOST:]PORT"))
+}
+
 /// The interface a tap spec names, if it names one (templates such as `tap%d` excluded).
 fn tap_ifname(spec: &NetdevSpec) -> Option<&str> {
     match &spec.kind {
@@ -220,6 +246,7 @@ pub struct Args {
     pub allow_scripts: bool,
     pub qmp: Vec<QmpAddr>,
     pub qmp_allow_remote: bool,
+    pub metrics: Option<std::net::SocketAddr>,
     pub max_ports: usize,
 }
 
@@ -273,6 +300,12 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, CliExit> 
     for q in &raw.qmp {
         qmp.push(parse_qmp(&legacy_qmp_flags(q)).map_err(CliExit::Invalid)?);
     }
+    let metrics = raw
+        .metrics
+        .as_deref()
+        .map(parse_metrics)
+        .transpose()
+        .map_err(CliExit::Invalid)?;
     let mut chardevs: Vec<Chardev> = Vec::with_capacity(raw.chardev.len());
     for s in &raw.chardev {
         let c = parse_chardev(s).map_err(|e| CliExit::Invalid(e.to_string()))?;
@@ -359,6 +392,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, CliExit> 
         allow_scripts: raw.allow_scripts,
         qmp,
         qmp_allow_remote: raw.qmp_allow_remote,
+        metrics,
         max_ports: raw.max_ports as usize,
     })
 }
@@ -522,6 +556,26 @@ mod tests {
                 Err(CliExit::Clap(e)) => assert_eq!(e.exit_code(), 2, "{bad:?}"),
                 other => panic!("{bad:?}: expected a clap error, got {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn metrics_address_defaults_to_loopback() {
+        let a = p(&["-qmp", "unix:/tmp/q,server=on", "--metrics", "tcp:9100"]).unwrap();
+        assert_eq!(a.metrics, Some("127.0.0.1:9100".parse().unwrap()));
+        let a = p(&[
+            "-qmp",
+            "unix:/tmp/q,server=on",
+            "--metrics",
+            "tcp:0.0.0.0:9100",
+        ])
+        .unwrap();
+        assert_eq!(a.metrics, Some("0.0.0.0:9100".parse().unwrap()));
+        let a = p(&["-qmp", "unix:/tmp/q,server=on"]).unwrap();
+        assert_eq!(a.metrics, None);
+        for bad in ["9100", "tcp:", "tcp:nohost:x", "unix:/tmp/m", "tcp:99999"] {
+            let e = invalid(&["-qmp", "unix:/tmp/q,server=on", "--metrics", bad]);
+            assert!(e.contains(&format!("--metrics '{bad}'")), "{bad}: {e}");
         }
     }
 }

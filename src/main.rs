@@ -8,7 +8,9 @@ mod client;
 mod report;
 
 use anyhow::{anyhow, Context};
-use ringswitch_control::{Controller, ControllerConfig, Listener, Server, WorkerRef};
+use ringswitch_control::{
+    Controller, ControllerConfig, Listener, MetricsServer, Server, WorkerRef,
+};
 use ringswitch_switch::{link, PollMode, Snapshot, TapRx, Worker, WorkerConfig};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -52,6 +54,10 @@ fn run(args: cli::Args) -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
         .context("installing signal handlers")?;
     let mut server = Server::new(listeners(&args)?);
+    let mut metrics = args
+        .metrics
+        .map(|a| MetricsServer::bind(a).with_context(|| format!("--metrics: binding {a}")))
+        .transpose()?;
     let cfg = WorkerConfig {
         max_frame: args.max_frame_size,
         mac_capacity: args.mac_table_size,
@@ -154,8 +160,20 @@ fn run(args: cli::Args) -> anyhow::Result<()> {
         for l in server.listeners() {
             eprintln!("ringswitch: QMP on {}", l.describe());
         }
+        if let Some(m) = &metrics {
+            match m.local_addr() {
+                Ok(a) => eprintln!("ringswitch: metrics on http://{a}/metrics"),
+                Err(e) => eprintln!("ringswitch: metrics: {e}"),
+            }
+        }
         eprintln!("ringswitch: ready");
-        failure = serve(&mut server, &mut ctl, &mut signals, &handle);
+        failure = serve(
+            &mut server,
+            metrics.as_mut(),
+            &mut ctl,
+            &mut signals,
+            &handle,
+        );
     }
     let stopped = handle.stop_and_join();
     report::print_table(&ctl);
@@ -170,10 +188,11 @@ fn run(args: cli::Args) -> anyhow::Result<()> {
     }
 }
 
-/// The control loop: QMP, announcement timers, signals. Returns why it ended if that was a
+/// The control loop: QMP, the metrics endpoint, announcement timers, signals. Returns why it ended if that was a
 /// failure.
 fn serve(
     server: &mut Server,
+    mut metrics: Option<&mut MetricsServer>,
     ctl: &mut Controller,
     signals: &mut signal_hook::iterator::Signals,
     handle: &ringswitch_switch::WorkerHandle,
@@ -198,6 +217,13 @@ fn serve(
         ctl.service_connections(Instant::now());
         let now = Instant::now();
         let mut wait = Duration::from_millis(20);
+        if let Some(m) = metrics.as_deref_mut() {
+            m.service(ctl, now);
+            if m.open_connections() > 0 {
+                // A scrape in progress is answered within a few milliseconds.
+                wait = wait.min(Duration::from_millis(2));
+            }
+        }
         for due in [ctl.next_due(), ctl.next_attempt()].into_iter().flatten() {
             wait = wait.min(due.saturating_duration_since(now));
         }

@@ -5,8 +5,10 @@ pub mod announce;
 pub mod commands;
 pub mod controller;
 pub mod json;
+pub mod metrics;
 pub mod qmp;
 pub mod server;
 
 pub use controller::{Controller, ControllerConfig, Port, WorkerRef};
+pub use metrics::MetricsServer;
 pub use server::{Listener, Server};
