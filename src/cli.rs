@@ -522,6 +522,7 @@ fn validate(raw: Raw, origin: Origin) -> Result<Args, CliExit> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ringswitch_backends::ChardevSocket;
 
     fn p(args: &[&str]) -> Result<Args, CliExit> {
         parse(
@@ -738,6 +739,37 @@ mod tests {
             ids_and_ifnames(&a),
             [("a".into(), Some("t1".into())), ("b".into(), None)]
         );
+        let _ = std::fs::remove_file(&f);
+    }
+
+    #[test]
+    fn config_file_chardevs_are_chardev_add_objects_and_the_command_line_replaces_by_id() {
+        let f = config_file(
+            r#"{"chardevs": [{"id": "c", "backend": {"type": "socket", "data": {
+                   "addr": {"type": "unix", "data": {"path": "/tmp/vu.sock"}}, "server": true}}}],
+                "netdevs": [{"type": "vhost-user", "id": "v", "chardev": "c"}]}"#,
+        );
+        let a = p(&["--config", &f]).unwrap();
+        assert_eq!(a.chardevs.len(), 1);
+        assert_eq!(
+            a.chardevs[0].socket,
+            ChardevSocket::Listen("/tmp/vu.sock".into())
+        );
+        let a = p(&[
+            "--config",
+            &f,
+            "-chardev",
+            "socket,id=c,path=/tmp/other.sock,server=on",
+            "-chardev",
+            "socket,id=d,path=/tmp/d.sock,server=on",
+        ])
+        .unwrap();
+        let shown: Vec<_> = a
+            .chardevs
+            .iter()
+            .map(|c| (c.id.as_str(), c.socket.path().to_str().unwrap()))
+            .collect();
+        assert_eq!(shown, [("c", "/tmp/other.sock"), ("d", "/tmp/d.sock")]);
         let _ = std::fs::remove_file(&f);
     }
 
