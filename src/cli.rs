@@ -1,7 +1,15 @@
 //! Command-line parsing: clap for the options, the backends' parser for each `-netdev`. Every
 //! error is reported before any port is opened and exits with status 2.
+//!
+//! One option table: the clap definition below. A `--config` file's members are looked up in
+//! it by long name and checked by clap exactly as on the command line (config.rs), then merged
+//! into one argument list that the same checks below validate; its netdev and chardev objects
+//! are read by QMP's own `netdev_add`/`chardev-add` readers.
 
-use clap::Parser;
+mod config;
+
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use ringswitch_backends::netdev::split_keyval;
 use ringswitch_backends::vde_serve::ServeOptions;
 use ringswitch_backends::{parse_chardev, parse_netdev, Chardev, NetdevKind, NetdevSpec};
@@ -13,6 +21,17 @@ use std::path::PathBuf;
 #[derive(Parser, Debug)]
 #[command(name = "ringswitch", version, about, long_about = None)]
 struct Raw {
+    /// Read the set-up from FILE, a JSON object: "netdevs" lists the objects QMP's netdev_add
+    /// takes ({"type": "dgram", "id": "a", "local": {...}, "remote": {...}}), "chardevs" those
+    /// chardev-add takes, and every other member is an option below by its long name
+    /// ("mac-ageing": 300, "poll": "busy", "allow-scripts": true, "qmp": [...]; a repeatable
+    /// option takes a list or one string). Options given on the command line override the
+    /// file's: a single-valued option or flag replaces its value, -qmp and --vde-serve replace
+    /// its list, and a -netdev or -chardev replaces the file's entry of the same id (others are
+    /// added). RINGSWITCH_POLL overrides the file's "poll" as well.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
     /// A port, in QEMU's -netdev syntax: TYPE,id=ID[,OPTION=VALUE...], TYPE one of tap, socket,
     /// stream, dgram, l2tpv3, bridge, hubport, vhost-user, vde (e.g. tap,id=a,ifname=tap0). Repeat for each
     /// port. `-netdev` is accepted as well as `--netdev`.
@@ -279,18 +298,81 @@ fn normalise(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
 }
 
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, CliExit> {
-    let raw = Raw::try_parse_from(normalise(args)).map_err(CliExit::Clap)?;
-    if raw.netdev.is_empty() && raw.qmp.is_empty() && raw.vde_serve.is_empty() {
-        return Err(CliExit::Invalid(
-            "no ports: give -netdev ports (e.g. -netdev tap,id=a,ifname=tap0), --vde-serve DIR for vde clients, or -qmp to add them at run time".into(),
-        ));
+    let argv = normalise(args);
+    let cmd = Raw::command();
+    let matches = cmd
+        .clone()
+        .try_get_matches_from(argv.clone())
+        .map_err(CliExit::Clap)?;
+    let raw = Raw::from_arg_matches(&matches).map_err(CliExit::Clap)?;
+    let Some(path) = raw.config.clone() else {
+        return validate(raw, Origin::default());
+    };
+    let file = config::load(&path, &cmd)?;
+    // The file's options go first, as if typed before the command line's; an option the
+    // command line (or the environment) gives is left out, so the command line overrides.
+    let mut merged: Vec<OsString> = argv.iter().take(1).cloned().collect();
+    let mut from_file = Vec::new();
+    for opt in &file.options {
+        let given = matches!(
+            matches.value_source(&opt.id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        );
+        if !given {
+            merged.extend(opt.tokens.iter().map(OsString::from));
+            from_file.push(opt.long.clone());
+        }
     }
+    merged.extend(argv.iter().skip(1).cloned());
+    let raw = Raw::try_parse_from(merged).map_err(CliExit::Clap)?;
+    validate(
+        raw,
+        Origin {
+            file: Some(path),
+            from_file,
+            netdevs: file.netdevs,
+            chardevs: file.chardevs,
+        },
+    )
+}
+
+/// Where the values being validated came from: the command line alone, or a `--config` file
+/// too (its options by long name, and its netdevs and chardevs, already read by QMP's readers).
+#[derive(Default)]
+struct Origin {
+    file: Option<PathBuf>,
+    from_file: Vec<String>,
+    netdevs: Vec<NetdevSpec>,
+    chardevs: Vec<Chardev>,
+}
+
+impl Origin {
+    /// What an error about option `long` starts with: the file and the member when the value
+    /// came from the file, nothing when it came from the command line.
+    fn at(&self, long: &str) -> String {
+        match &self.file {
+            Some(f) if self.from_file.iter().any(|l| l == long) => {
+                format!("{}: member \"{long}\": ", f.display())
+            }
+            _ => String::new(),
+        }
+    }
+
+    fn file_label(&self, member: &str, i: usize, id: &str) -> String {
+        let f = self.file.as_deref().unwrap_or(std::path::Path::new("?"));
+        format!("{}: {member}[{i}] (id '{id}')", f.display())
+    }
+}
+
+/// The checks every set-up passes, whichever way it was given.
+fn validate(raw: Raw, origin: Origin) -> Result<Args, CliExit> {
     let mut vde_serve: Vec<ServeOptions> = Vec::with_capacity(raw.vde_serve.len());
+    let at = origin.at("vde-serve");
     for s in &raw.vde_serve {
-        let o = ServeOptions::parse(s).map_err(CliExit::Invalid)?;
+        let o = ServeOptions::parse(s).map_err(|e| CliExit::Invalid(format!("{at}{e}")))?;
         if vde_serve.iter().any(|v| v.dir == o.dir || v.name == o.name) {
             return Err(CliExit::Invalid(format!(
-                "--vde-serve '{s}': another --vde-serve has the same directory or id '{}'; give each an id= of its own",
+                "{at}--vde-serve '{s}': another --vde-serve has the same directory or id '{}'; give each an id= of its own",
                 o.name
             )));
         }
@@ -298,58 +380,97 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, CliExit> 
     }
     let mut qmp = Vec::with_capacity(raw.qmp.len());
     for q in &raw.qmp {
-        qmp.push(parse_qmp(&legacy_qmp_flags(q)).map_err(CliExit::Invalid)?);
+        qmp.push(
+            parse_qmp(&legacy_qmp_flags(q))
+                .map_err(|e| CliExit::Invalid(format!("{}{e}", origin.at("qmp"))))?,
+        );
     }
     let metrics = raw
         .metrics
         .as_deref()
         .map(parse_metrics)
         .transpose()
-        .map_err(CliExit::Invalid)?;
-    let mut chardevs: Vec<Chardev> = Vec::with_capacity(raw.chardev.len());
+        .map_err(|e| CliExit::Invalid(format!("{}{e}", origin.at("metrics"))))?;
+
+    // Chardevs: the file's, each replaced by a -chardev of the same id; other -chardevs added.
+    let mut chardevs: Vec<Chardev> = origin.chardevs.clone();
+    let mut cli_chardevs: Vec<String> = Vec::new();
     for s in &raw.chardev {
         let c = parse_chardev(s).map_err(|e| CliExit::Invalid(e.to_string()))?;
-        if chardevs.iter().any(|d| d.id == c.id) {
+        if cli_chardevs.contains(&c.id) {
             return Err(CliExit::Invalid(format!(
                 "-chardev '{s}': Duplicate ID '{}' for chardev",
                 c.id
             )));
         }
-        chardevs.push(c);
+        cli_chardevs.push(c.id.clone());
+        match chardevs.iter_mut().find(|d| d.id == c.id) {
+            Some(slot) => *slot = c,
+            None => chardevs.push(c),
+        }
     }
-    let mut netdevs: Vec<NetdevSpec> = Vec::with_capacity(raw.netdev.len());
+
+    // Netdevs likewise, each with how an error names it.
+    let mut netdevs: Vec<(String, NetdevSpec)> = origin
+        .netdevs
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (origin.file_label("netdevs", i, n.id.as_str()), n.clone()))
+        .collect();
+    let mut cli_netdevs: Vec<NetdevSpec> = Vec::new();
     for s in &raw.netdev {
         let spec = parse_netdev(s).map_err(|e| CliExit::Invalid(format!("-netdev '{s}': {e}")))?;
-        if netdevs.iter().any(|n| n.id == spec.id) {
+        if cli_netdevs.iter().any(|n| n.id == spec.id) {
             return Err(CliExit::Invalid(format!(
                 "-netdev '{s}': Duplicate ID '{}' for netdev",
                 spec.id
             )));
         }
-        if let Some(name) = tap_ifname(&spec) {
-            if netdevs.iter().any(|n| tap_ifname(n) == Some(name)) {
+        cli_netdevs.push(spec.clone());
+        let entry = (format!("-netdev '{s}'"), spec);
+        match netdevs.iter_mut().find(|(_, n)| n.id == entry.1.id) {
+            Some(slot) => *slot = entry,
+            None => netdevs.push(entry),
+        }
+    }
+    for (i, (label, spec)) in netdevs.iter().enumerate() {
+        if let Some(name) = tap_ifname(spec) {
+            if netdevs[..i]
+                .iter()
+                .any(|(_, n)| tap_ifname(n) == Some(name))
+            {
                 return Err(CliExit::Invalid(format!(
-                    "-netdev '{s}': ifname '{name}' is already used by another -netdev"
+                    "{label}: ifname '{name}' is already used by another -netdev"
                 )));
             }
         }
         if spec.wants_scripts() && !raw.allow_scripts {
             return Err(CliExit::Invalid(format!(
-                "-netdev '{s}': script=/downscript= run a program as this user; pass --allow-scripts to allow it, or use script=no,downscript=no"
+                "{label}: script=/downscript= run a program as this user; pass --allow-scripts to allow it, or use script=no,downscript=no"
             )));
         }
         if let NetdevKind::VhostUser { chardev, .. } = &spec.kind {
             if !chardevs.iter().any(|c| &c.id == chardev) {
                 return Err(CliExit::Invalid(format!(
-                    "-netdev '{s}': chardev \"{chardev}\" not found (give -chardev socket,id={chardev},path=…)"
+                    "{label}: chardev \"{chardev}\" not found (give -chardev socket,id={chardev},path=…)"
                 )));
             }
         }
-        netdevs.push(spec);
+    }
+    let netdevs: Vec<NetdevSpec> = netdevs.into_iter().map(|(_, n)| n).collect();
+    if netdevs.is_empty() && qmp.is_empty() && vde_serve.is_empty() {
+        let whence = match &origin.file {
+            Some(f) => format!("{}: ", f.display()),
+            None => String::new(),
+        };
+        return Err(CliExit::Invalid(format!(
+            "{whence}no ports: give -netdev ports (e.g. -netdev tap,id=a,ifname=tap0), --vde-serve DIR for vde clients, or -qmp to add them at run time"
+        )));
     }
     if netdevs.len() > raw.max_ports as usize {
         return Err(CliExit::Invalid(format!(
-            "{} ports given but --max-ports is {}",
+            "{}{} ports given but --max-ports is {}",
+            origin.at("max-ports"),
             netdevs.len(),
             raw.max_ports
         )));
@@ -361,7 +482,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, CliExit> 
         let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }.max(1) as usize;
         if cpu >= n {
             return Err(CliExit::Invalid(format!(
-                "--worker-cpu {cpu}: this machine has CPUs 0..{}",
+                "{}--worker-cpu {cpu}: this machine has CPUs 0..{}",
+                origin.at("worker-cpu"),
                 n - 1
             )));
         }
@@ -400,6 +522,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, CliExit> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ringswitch_backends::ChardevSocket;
 
     fn p(args: &[&str]) -> Result<Args, CliExit> {
         parse(
@@ -556,6 +679,142 @@ mod tests {
                 Err(CliExit::Clap(e)) => assert_eq!(e.exit_code(), 2, "{bad:?}"),
                 other => panic!("{bad:?}: expected a clap error, got {other:?}"),
             }
+        }
+    }
+
+    /// Writes `json` to a file of its own; its path.
+    fn config_file(json: &str) -> String {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "rs-cli-config-{}-{}.json",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, json).unwrap();
+        path.to_str().unwrap().to_string()
+    }
+
+    fn ids_and_ifnames(a: &Args) -> Vec<(String, Option<String>)> {
+        a.netdevs
+            .iter()
+            .map(|n| (n.id.as_str().to_string(), tap_ifname(n).map(String::from)))
+            .collect()
+    }
+
+    #[test]
+    fn config_file_options_go_through_the_command_lines_table() {
+        let f = config_file(
+            r#"{"netdevs": [{"type": "tap", "id": "a", "ifname": "t0"}], "mac-ageing": 10,
+                "worker-cpu": 0, "allow-scripts": true, "qmp": "unix:/tmp/q,server=on",
+                "tap-rx": "reads", "max-frame-size": "9018"}"#,
+        );
+        let a = p(&["--config", &f]).unwrap();
+        assert_eq!(
+            (a.mac_ageing, a.worker_cpu, a.max_frame_size),
+            (10, Some(0), 9018)
+        );
+        assert!(a.allow_scripts);
+        assert_eq!(a.tap_rx, TapRx::Reads);
+        assert_eq!(a.qmp, vec![QmpAddr::Unix("/tmp/q".into())]);
+        assert_eq!(ids_and_ifnames(&a), [("a".into(), Some("t0".into()))]);
+
+        // The command line overrides: values, the -qmp list, the netdev of the same id.
+        let a = p(&[
+            "--config",
+            &f,
+            "--mac-ageing",
+            "20",
+            "-netdev",
+            "tap,id=a,ifname=t1",
+            "-netdev",
+            "tap,id=b",
+            "-qmp",
+            "unix:/tmp/r,server=on",
+        ])
+        .unwrap();
+        assert_eq!((a.mac_ageing, a.max_frame_size), (20, 9018));
+        assert_eq!(a.qmp, vec![QmpAddr::Unix("/tmp/r".into())]);
+        assert_eq!(
+            ids_and_ifnames(&a),
+            [("a".into(), Some("t1".into())), ("b".into(), None)]
+        );
+        let _ = std::fs::remove_file(&f);
+    }
+
+    #[test]
+    fn config_file_chardevs_are_chardev_add_objects_and_the_command_line_replaces_by_id() {
+        let f = config_file(
+            r#"{"chardevs": [{"id": "c", "backend": {"type": "socket", "data": {
+                   "addr": {"type": "unix", "data": {"path": "/tmp/vu.sock"}}, "server": true}}}],
+                "netdevs": [{"type": "vhost-user", "id": "v", "chardev": "c"}]}"#,
+        );
+        let a = p(&["--config", &f]).unwrap();
+        assert_eq!(a.chardevs.len(), 1);
+        assert_eq!(
+            a.chardevs[0].socket,
+            ChardevSocket::Listen("/tmp/vu.sock".into())
+        );
+        let a = p(&[
+            "--config",
+            &f,
+            "-chardev",
+            "socket,id=c,path=/tmp/other.sock,server=on",
+            "-chardev",
+            "socket,id=d,path=/tmp/d.sock,server=on",
+        ])
+        .unwrap();
+        let shown: Vec<_> = a
+            .chardevs
+            .iter()
+            .map(|c| (c.id.as_str(), c.socket.path().to_str().unwrap()))
+            .collect();
+        assert_eq!(shown, [("c", "/tmp/other.sock"), ("d", "/tmp/d.sock")]);
+        let _ = std::fs::remove_file(&f);
+    }
+
+    #[test]
+    fn config_file_errors_name_the_file_and_the_member() {
+        let tap = r#""netdevs": [{"type": "tap", "id": "a"}]"#;
+        for (json, wanted) in [
+            (
+                format!("{{{tap}, \"mac-ageing\": \"x\"}}"),
+                "member \"mac-ageing\": invalid value 'x'",
+            ),
+            (
+                format!("{{{tap}, \"worker-cpu\": 4096}}"),
+                "member \"worker-cpu\": --worker-cpu 4096",
+            ),
+            (
+                format!("{{{tap}, \"metrics\": \"udp:1\"}}"),
+                "member \"metrics\": --metrics 'udp:1'",
+            ),
+            (
+                format!("{{{tap}, \"help\": true}}"),
+                "member \"help\": unknown member",
+            ),
+            (
+                format!("{{{tap}, \"config\": \"x\"}}"),
+                "member \"config\": a config file cannot",
+            ),
+            (
+                r#"{"netdevs": [{"type": "tap", "id": "a", "script": "/bin/true"}]}"#.into(),
+                "netdevs[0] (id 'a'): script=/downscript=",
+            ),
+            (
+                r#"{"netdevs": [{"type": "vhost-user", "id": "v", "chardev": "c"}]}"#.into(),
+                "netdevs[0] (id 'v'): chardev \"c\" not found",
+            ),
+            (
+                r#"{"chardevs": [{"id": "c"}], "qmp": "unix:/tmp/q,server=on"}"#.into(),
+                "member \"chardevs\"[0]: Parameter 'backend' is missing",
+            ),
+        ] {
+            let f = config_file(&json);
+            let e = invalid(&["--config", &f]);
+            assert!(e.starts_with(&format!("{f}: ")), "{json}: {e}");
+            assert!(e.contains(wanted), "{json}: wanted {wanted:?} in {e}");
+            let _ = std::fs::remove_file(&f);
         }
     }
 

@@ -19,7 +19,7 @@
 mod common;
 
 use common::unique_name;
-use common::{run_cli, Switch};
+use common::{run_cli, Qmp, Switch};
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::net::UnixDatagram;
@@ -438,65 +438,6 @@ fn a_busy_polling_switch_tells_the_guest_not_to_kick_and_still_serves_it() {
     let back = frame([2, 0, 0, 0, 0, 1], 2, 300);
     s.peer.send_to(&back, s.dir.join("sw.sock")).unwrap();
     wait_for("the rx used entry", || g.used_idx(RXQ) == 1);
-}
-
-/// A QMP connection to the switch under test (greeting read, capabilities negotiated).
-struct Qmp(std::io::BufReader<std::os::unix::net::UnixStream>);
-
-impl Qmp {
-    fn connect(path: &Path) -> Qmp {
-        let end = Instant::now() + Duration::from_secs(10);
-        let s = loop {
-            match std::os::unix::net::UnixStream::connect(path) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() < end => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => panic!("QMP at {}: {e}", path.display()),
-            }
-        };
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut q = Qmp(std::io::BufReader::new(s));
-        q.line();
-        q.execute("qmp_capabilities");
-        q
-    }
-
-    fn line(&mut self) -> serde_json::Value {
-        use std::io::BufRead;
-        let mut l = String::new();
-        self.0.read_line(&mut l).expect("a QMP line");
-        serde_json::from_str(&l).expect("QMP JSON")
-    }
-
-    fn execute(&mut self, cmd: &str) -> serde_json::Value {
-        use std::io::Write;
-        writeln!(self.0.get_mut(), "{{\"execute\": \"{cmd}\"}}").unwrap();
-        loop {
-            let v = self.line();
-            if v.get("event").is_none() {
-                return v["return"].clone();
-            }
-        }
-    }
-
-    /// Port `id` as `query-ports` shows it.
-    fn port(&mut self, id: &str) -> serde_json::Value {
-        let ports = self.execute("query-ports");
-        ports
-            .as_array()
-            .expect("a list of ports")
-            .iter()
-            .find(|p| p["id"] == id)
-            .expect("the port")
-            .clone()
-    }
-
-    /// `connected` of port `id` in `query-ports`.
-    fn connected(&mut self, id: &str) -> bool {
-        self.port(id)["connected"].as_bool().expect("connected")
-    }
 }
 
 /// Descriptors the process holds, and its memory mappings of guest memory (the test's memfd).

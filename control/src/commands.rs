@@ -4,7 +4,7 @@
 use crate::announce::AnnounceParams;
 use crate::controller::Controller;
 use crate::qmp::{version, Args, QmpError, Request};
-use ringswitch_backends::{chardev_from_qmp, netdev_from_qmp};
+use ringswitch_backends::{chardev_from_qmp, netdev_from_qmp, Chardev, NetdevSpec};
 use serde_json::{json, Map, Value};
 
 /// Every command the server knows, as `query-commands` lists them: net.json's, QMP's own,
@@ -31,6 +31,18 @@ pub const COMMANDS: &[&str] = &[
     "query-usernet",
 ];
 
+/// `netdev_add`'s arguments read into a port spec, refused with QMP's error text. The one
+/// reader of netdev objects: QMP's `netdev_add` and the `netdevs` of a `--config` file.
+pub fn netdev_add_args(args: &Map<String, Value>) -> Result<NetdevSpec, QmpError> {
+    netdev_from_qmp(args).map_err(|e| QmpError::generic(e.to_string()))
+}
+
+/// `chardev-add`'s arguments read into a chardev, refused with QMP's error text (QMP's
+/// `chardev-add` and the `chardevs` of a `--config` file).
+pub fn chardev_add_args(args: &Map<String, Value>) -> Result<Chardev, QmpError> {
+    chardev_from_qmp(args).map_err(|e| QmpError::generic(e.to_string()))
+}
+
 /// Runs `req` (not a session command) against the controller.
 pub fn dispatch(ctl: &mut Controller, req: &Request) -> Result<Value, QmpError> {
     let map = req.arguments.as_ref();
@@ -45,15 +57,13 @@ pub fn dispatch(ctl: &mut Controller, req: &Request) -> Result<Value, QmpError> 
         }
         "netdev_add" => {
             let empty = Map::new();
-            let spec = netdev_from_qmp(map.unwrap_or(&empty))
-                .map_err(|e| QmpError::generic(e.to_string()))?;
+            let spec = netdev_add_args(map.unwrap_or(&empty))?;
             ctl.netdev_add(spec)?;
             Ok(json!({}))
         }
         "chardev-add" => {
             let empty = Map::new();
-            let c = chardev_from_qmp(map.unwrap_or(&empty))
-                .map_err(|e| QmpError::generic(e.to_string()))?;
+            let c = chardev_add_args(map.unwrap_or(&empty))?;
             ctl.chardev_add(c)?;
             // QEMU answers with the pty path for pty backends; a socket has none.
             Ok(json!({}))

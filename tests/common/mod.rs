@@ -11,6 +11,7 @@
 mod lan;
 mod netns;
 mod packet;
+mod qmp;
 mod switch;
 mod tap;
 mod vde;
@@ -20,6 +21,7 @@ pub use netns::{LinkStats, Netns};
 pub use packet::{
     carries, ethernet_frame, marked, BurstReport, PacketSocket, ETHERTYPE_IPV4, ETHERTYPE_TEST,
 };
+pub use qmp::Qmp;
 pub use switch::{run_cli, PortStats, Stats, Stopped, Switch};
 pub use tap::{open_tap, PersistentTap};
 pub use vde::{require_vde, require_vde_tools, Plug2Tap, VdeSwitch};
