@@ -1,11 +1,13 @@
 //! The `ringswitch` binary: parses the command line, starts the worker, adds the ports through
 //! the controller (the same path as QMP's `netdev_add`), serves QMP, and on SIGINT/SIGTERM or
 //! QMP `quit` stops cleanly and reports per-port counters. `ringswitch qmp …` is a small QMP
-//! client for scripts.
+//! client for scripts. Under systemd (`NOTIFY_SOCKET`) it reports readiness, the stop and
+//! watchdog pings (`service`), and a stop never takes longer than `service::STOP_BOUND`.
 
 mod cli;
 mod client;
 mod report;
+mod service;
 
 use anyhow::{anyhow, Context};
 use ringswitch_control::{
@@ -20,6 +22,8 @@ fn main() -> ExitCode {
     if argv.get(1).and_then(|a| a.to_str()) == Some("qmp") {
         return client::main(&argv[2..]);
     }
+    // Before any thread starts: it takes the variables out of the environment.
+    let service_env = service::Env::take();
     let args = match cli::parse(argv) {
         Ok(a) => a,
         Err(cli::CliExit::Clap(e)) => e.exit(),
@@ -28,7 +32,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(args) {
+    match run(args, service::Notifier::new(service_env)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ringswitch: {e:#}");
@@ -48,7 +52,7 @@ fn listeners(args: &cli::Args) -> anyhow::Result<Vec<Listener>> {
         .context("setting up QMP")
 }
 
-fn run(args: cli::Args) -> anyhow::Result<()> {
+fn run(args: cli::Args, mut notifier: service::Notifier) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     // The handler only records the signal; the control loop looks at it between polls.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
@@ -167,14 +171,26 @@ fn run(args: cli::Args) -> anyhow::Result<()> {
             }
         }
         eprintln!("ringswitch: ready");
+        // Every port given at start is attached: `netdev_add` returns once the worker has
+        // applied the port table that holds it.
+        notifier.ready(&service::ready_status(
+            ctl.ports().iter().map(|p| (p.id(), p.connected())),
+        ));
         failure = serve(
             &mut server,
             metrics.as_mut(),
             &mut ctl,
             &mut signals,
             &handle,
+            &mut notifier,
         );
     }
+    // From here on the process ends within the bound, whatever hangs.
+    service::bound_stop(service::STOP_BOUND);
+    notifier.stopping(&match &failure {
+        None => "stopping: draining in-flight frames".to_string(),
+        Some(e) => format!("stopping: {e:#}"),
+    });
     let stopped = handle.stop_and_join();
     report::print_table(&ctl);
     if let Some(path) = &args.stats_json {
@@ -196,6 +212,7 @@ fn serve(
     ctl: &mut Controller,
     signals: &mut signal_hook::iterator::Signals,
     handle: &ringswitch_switch::WorkerHandle,
+    notifier: &mut service::Notifier,
 ) -> Option<anyhow::Error> {
     let mut quit_deadline: Option<Instant> = None;
     loop {
@@ -224,7 +241,11 @@ fn serve(
                 wait = wait.min(Duration::from_millis(2));
             }
         }
-        for due in [ctl.next_due(), ctl.next_attempt()].into_iter().flatten() {
+        let ping = notifier.tick(now);
+        for due in [ctl.next_due(), ctl.next_attempt(), ping]
+            .into_iter()
+            .flatten()
+        {
             wait = wait.min(due.saturating_duration_since(now));
         }
         if let Err(e) = server.poll_once(ctl, wait) {

@@ -599,6 +599,21 @@ impl Ring {
         }
     }
 
+    /// Submits everything queued and waits for one completion, at most `timeout` (where the
+    /// kernel takes a timeout with the wait, IORING_FEAT_EXT_ARG, 5.11+; elsewhere without
+    /// bound). Returns 0 when the time ran out.
+    pub fn submit_and_wait_for(&mut self, timeout: Duration) -> io::Result<usize> {
+        if !self.ring.params().is_feature_ext_arg() {
+            return self.submit_and_wait(1);
+        }
+        let ts = types::Timespec::from(timeout);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR)) => Ok(0),
+            r => r,
+        }
+    }
+
     /// Submits everything queued and waits until at least `want` completions are ready.
     pub fn submit_and_wait(&mut self, want: usize) -> io::Result<usize> {
         match self.ring.submit_and_wait(want) {

@@ -110,6 +110,12 @@ pub enum WorkerError {
     Pin(usize, String),
     #[error("cannot start the worker thread: {0}")]
     Thread(#[source] io::Error),
+    #[error("stopped with {writes} write(s) in flight and {queued} frame(s) queued after draining for {after:?} (a port whose peer does not take frames); they are lost")]
+    Undrained {
+        writes: u32,
+        queued: usize,
+        after: Duration,
+    },
 }
 
 /// Wakes a worker out of `io_uring_enter` and asks it to stop.

@@ -61,6 +61,9 @@ const OP_WAKE: u8 = 0xff;
 const COALESCE_BATCH: usize = 32;
 /// Frames in a wake-up from which the next wait coalesces.
 const COALESCE_FROM: usize = 2;
+/// How long a stopping worker waits for its writes in flight (the process as a whole is
+/// bounded by the binary's stop bound, 5 s).
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 
 /// One worker's state; lives on the worker's thread.
 pub struct Worker {
@@ -419,15 +422,16 @@ impl Worker {
         Ok(true)
     }
 
-    /// Cancels every port's operations, forwards what the reads brought, and waits (bounded)
-    /// until every write has completed, so the counters account for every frame read.
+    /// Cancels every port's operations, forwards what the reads brought, and waits (at most
+    /// `SHUTDOWN_DRAIN`) until every write has completed, so the counters account for every
+    /// frame read; `WorkerError::Undrained` when writes were still in flight at the deadline.
     fn shutdown(&mut self) -> Result<(), WorkerError> {
         for i in 0..self.ports.len() {
             if let Some(Err(e)) = self.with_port(Slot(i as u16), |p, cx| p.cancel(cx)) {
                 return Err(WorkerError::Enter(e));
             }
         }
-        let deadline = Instant::now() + Duration::from_secs(2);
+        let deadline = Instant::now() + SHUTDOWN_DRAIN;
         loop {
             let busy = !self.tx.is_empty()
                 || self
@@ -435,16 +439,37 @@ impl Worker {
                     .iter()
                     .flatten()
                     .any(|p| !p.port.in_flight().is_idle());
-            if !busy || Instant::now() >= deadline {
+            let now = Instant::now();
+            if !busy {
+                return Ok(());
+            }
+            if now >= deadline {
                 break;
             }
             self.flush_tx()?;
+            // Bounded: a write that never completes (a peer that stopped reading) must not
+            // hold the stop past the deadline.
             self.ring
-                .submit_and_wait_batch(1, Duration::ZERO)
+                .submit_and_wait_for(deadline - now)
                 .map_err(WorkerError::Enter)?;
             self.reap_and_complete(true)?;
             self.forward_batch();
         }
-        Ok(())
+        let writes: u32 = self
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| p.port.in_flight().writes)
+            .sum();
+        let queued = self.tx.len();
+        if writes == 0 && queued == 0 {
+            // Only receives still winding down: no frame is lost.
+            return Ok(());
+        }
+        Err(WorkerError::Undrained {
+            writes,
+            queued,
+            after: SHUTDOWN_DRAIN,
+        })
     }
 }
