@@ -7,12 +7,12 @@
 
 mod common;
 
+use common::DgramPeer as Peer;
+
 use common::{run_cli, unique_name, Switch};
 use prometheus_parse::{Scrape, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// A free loopback port (the listener is closed again before the switch binds it).
@@ -73,37 +73,6 @@ fn value(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
             Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
             _ => panic!("{metric}: not a plain value"),
         })
-}
-
-struct Peer {
-    sock: UnixDatagram,
-    switch_end: PathBuf,
-}
-
-impl Peer {
-    fn new(dir: &Path, id: &str) -> (Peer, String) {
-        let peer_end = dir.join(format!("{id}-peer.sock"));
-        let switch_end = dir.join(format!("{id}.sock"));
-        let sock = UnixDatagram::bind(&peer_end).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let arg = format!(
-            "dgram,id={id},local.type=unix,local.path={},remote.type=unix,remote.path={}",
-            switch_end.display(),
-            peer_end.display()
-        );
-        (Peer { sock, switch_end }, arg)
-    }
-
-    fn send(&self, f: &[u8]) {
-        self.sock.send_to(f, &self.switch_end).unwrap();
-    }
-
-    fn recv(&self) -> Vec<u8> {
-        let mut buf = vec![0u8; 2048];
-        let n = self.sock.recv(&mut buf).expect("a frame within 2 s");
-        buf.truncate(n);
-        buf
-    }
 }
 
 /// Sends `n` frames of `len` bytes from `from` to `to` one at a time, each received.

@@ -23,6 +23,8 @@
 
 mod common;
 
+use common::DgramPeer as Peer;
+
 use common::unique_name;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -209,38 +211,6 @@ impl Drop for Running {
             let _ = c.kill();
             let _ = c.wait();
         }
-    }
-}
-
-/// A test's end of a unix `dgram` port.
-struct Peer {
-    sock: UnixDatagram,
-    switch_end: PathBuf,
-}
-
-impl Peer {
-    fn new(dir: &Path, id: &str) -> (Peer, String) {
-        let peer_end = dir.join(format!("{id}-peer.sock"));
-        let switch_end = dir.join(format!("{id}.sock"));
-        let sock = UnixDatagram::bind(&peer_end).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-        let arg = format!(
-            "dgram,id={id},local.type=unix,local.path={},remote.type=unix,remote.path={}",
-            switch_end.display(),
-            peer_end.display()
-        );
-        (Peer { sock, switch_end }, arg)
-    }
-
-    fn send(&self, f: &[u8]) {
-        self.sock.send_to(f, &self.switch_end).unwrap();
-    }
-
-    fn recv(&self) -> Vec<u8> {
-        let mut buf = vec![0u8; 2048];
-        let n = self.sock.recv(&mut buf).expect("a frame within 1 s");
-        buf.truncate(n);
-        buf
     }
 }
 

@@ -12,9 +12,11 @@
 
 mod common;
 
+use common::execute_once as execute;
+
 use common::{require_vde, run_cli, unique_name, Switch, VdeSwitch};
-use std::io::{BufRead, Read, Write};
-use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -88,23 +90,6 @@ fn connected(qmp: &Path, id: &str) -> bool {
         &format!(r#"{{"execute":"query-ports","arguments":{{"name":"{id}"}}}}"#),
     );
     v["return"][0]["connected"].as_bool().expect("connected")
-}
-
-/// One QMP command over a fresh connection; its answer.
-fn execute(qmp: &Path, cmd: &str) -> serde_json::Value {
-    let s = UnixStream::connect(qmp).expect("QMP");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
-    let mut w = s;
-    let mut line = String::new();
-    r.read_line(&mut line).unwrap();
-    writeln!(w, r#"{{"execute":"qmp_capabilities"}}"#).unwrap();
-    line.clear();
-    r.read_line(&mut line).unwrap();
-    writeln!(w, "{cmd}").unwrap();
-    line.clear();
-    r.read_line(&mut line).unwrap();
-    serde_json::from_str(&line).unwrap()
 }
 
 struct Setup {

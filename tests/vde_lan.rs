@@ -15,12 +15,14 @@
 
 mod common;
 
+use common::execute_once as execute;
+
 use common::{
     host_mac, require_root, require_vde_tools, unique_name, wait_until, Netns, PersistentTap,
     Plug2Tap, Switch, VdeSwitch,
 };
 use sha2::{Digest, Sha256};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -31,23 +33,6 @@ const A_ADDR: &str = "10.93.0.1";
 const B_ADDR: &str = "10.93.0.2";
 const FILE_BYTES: usize = 4 << 20;
 const CHUNK: usize = 64 << 10;
-
-/// One QMP command over a fresh connection; its answer.
-fn execute(qmp: &Path, cmd: &str) -> serde_json::Value {
-    let s = UnixStream::connect(qmp).expect("QMP");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut r = BufReader::new(s.try_clone().unwrap());
-    let mut w = s;
-    let mut line = String::new();
-    r.read_line(&mut line).unwrap();
-    writeln!(w, r#"{{"execute":"qmp_capabilities"}}"#).unwrap();
-    line.clear();
-    r.read_line(&mut line).unwrap();
-    writeln!(w, "{cmd}").unwrap();
-    line.clear();
-    r.read_line(&mut line).unwrap();
-    serde_json::from_str(&line).unwrap()
-}
 
 /// `query-ports` for one port: None when there is no such port.
 fn port(qmp: &Path, id: &str) -> Option<serde_json::Value> {

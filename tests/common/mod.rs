@@ -8,6 +8,7 @@
 // Each test binary compiles this module separately and uses a different subset of it.
 #![allow(dead_code, unused_imports)]
 
+mod dgram;
 mod lan;
 mod netns;
 mod packet;
@@ -16,12 +17,13 @@ mod switch;
 mod tap;
 mod vde;
 
+pub use dgram::DgramPeer;
 pub use lan::{Host, Lan};
 pub use netns::{LinkStats, Netns};
 pub use packet::{
     carries, ethernet_frame, marked, BurstReport, PacketSocket, ETHERTYPE_IPV4, ETHERTYPE_TEST,
 };
-pub use qmp::Qmp;
+pub use qmp::{execute_once, Qmp};
 pub use switch::{run_cli, PortStats, Stats, Stopped, Switch};
 pub use tap::{open_tap, PersistentTap};
 pub use vde::{require_vde, require_vde_tools, Plug2Tap, VdeSwitch};

@@ -71,3 +71,21 @@ impl Qmp {
         self.port(id)["connected"].as_bool().expect("connected")
     }
 }
+
+/// One raw QMP command line (`{"execute": …}`) over a fresh connection to `path`; the whole
+/// answer (`{"return": …}` or `{"error": …}`).
+pub fn execute_once(path: &Path, cmd: &str) -> serde_json::Value {
+    let s = UnixStream::connect(path).expect("QMP");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    writeln!(w, r#"{{"execute":"qmp_capabilities"}}"#).unwrap();
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    writeln!(w, "{cmd}").unwrap();
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap()
+}
