@@ -15,6 +15,7 @@ pub mod mactable;
 pub mod memport;
 pub mod pool;
 pub mod port;
+pub mod sync;
 mod sys;
 pub mod txqueue;
 pub mod worker;
