@@ -27,6 +27,9 @@ use std::time::{Duration, Instant};
 pub struct PortCell {
     port: Mutex<Option<AnyPort>>,
     caps: OnceLock<Caps>,
+    /// What the port takes of offloaded frames (`OffloadSet`), as its worker last said: other
+    /// workers read it when they forward to the port.
+    offloads: std::sync::atomic::AtomicU8,
 }
 
 impl PortCell {
@@ -34,7 +37,25 @@ impl PortCell {
         Arc::new(PortCell {
             port: Mutex::new(Some(port.into())),
             caps: OnceLock::new(),
+            offloads: std::sync::atomic::AtomicU8::new(0),
         })
+    }
+
+    /// What the port takes of offloaded frames now.
+    #[inline]
+    pub fn offloads(&self) -> crate::frame::OffloadSet {
+        crate::frame::OffloadSet(self.offloads.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn set_offloads(&self, o: crate::frame::OffloadSet) {
+        self.offloads.store(o.0, Ordering::Relaxed);
+    }
+
+    /// Gives the port back (its worker let it go to move it to another worker).
+    pub(crate) fn put_back(&self, port: AnyPort) {
+        if let Ok(mut p) = self.port.lock() {
+            *p = Some(port);
+        }
     }
 
     /// The port, the first time it is asked for.

@@ -308,6 +308,13 @@ pub struct WorkerCounters {
     /// The adaptive poll's current budget: how long the worker polls after its last work
     /// before it sleeps (µs).
     pub poll_budget_us: Counter,
+    /// Frames handed to other workers for their ports, and taken from them for this one's.
+    pub cross_tx: Counter,
+    pub cross_rx: Counter,
+    /// Frames for ports of other workers dropped here (the ring to that worker was full, the
+    /// port's link was down, or its queue here was full): counted on the worker, since each
+    /// port's counters have one writer, its owner.
+    pub cross_drops: Counter,
 }
 
 /// Plain copy of a worker's counters.
@@ -328,6 +335,9 @@ pub struct WorkerStats {
     pub sleep_ns: u64,
     pub sleeps: u64,
     pub poll_budget_us: u64,
+    pub cross_tx: u64,
+    pub cross_rx: u64,
+    pub cross_drops: u64,
 }
 
 impl WorkerStats {
@@ -348,6 +358,9 @@ impl WorkerStats {
         self.sleep_ns += o.sleep_ns;
         self.sleeps += o.sleeps;
         self.poll_budget_us = self.poll_budget_us.max(o.poll_budget_us);
+        self.cross_tx += o.cross_tx;
+        self.cross_rx += o.cross_rx;
+        self.cross_drops += o.cross_drops;
     }
 
     /// Frames per wake-up, for listings.
@@ -378,6 +391,9 @@ impl WorkerCounters {
             sleep_ns: self.sleep_ns.get(),
             sleeps: self.sleeps.get(),
             poll_budget_us: self.poll_budget_us.get(),
+            cross_tx: self.cross_tx.get(),
+            cross_rx: self.cross_rx.get(),
+            cross_drops: self.cross_drops.get(),
         }
     }
 }

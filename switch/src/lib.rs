@@ -7,6 +7,7 @@ pub mod config;
 pub mod counters;
 pub mod engine;
 pub mod ethernet;
+pub mod fabric;
 pub mod frame;
 pub mod gso;
 pub mod ids;

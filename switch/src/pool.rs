@@ -21,9 +21,9 @@
 
 use crate::frame::Offload;
 use crate::ids::{BufIndex, WorkerId};
-use crossbeam_queue::ArrayQueue;
+use crate::sync::spsc::Spsc;
 use memmap2::{MmapMut, MmapOptions};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Size of a large buffer: a 64 KiB segment plus room in front for headers (virtio-net,
 /// encapsulations), a whole number of pages.
@@ -45,6 +45,8 @@ pub enum PoolError {
     BadLargeCount(usize),
     #[error("worker {0} has no return queue in the pool registry")]
     NotRegistered(WorkerId),
+    #[error("worker {0} already has a pool in this registry")]
+    Taken(WorkerId),
     #[error("cannot map {bytes} bytes for the buffer pool: {source}")]
     Map {
         bytes: usize,
@@ -53,30 +55,97 @@ pub enum PoolError {
     },
 }
 
-/// The return queues of every pool, shared by all workers: a buffer reference dropped on a
-/// thread other than its home's travels back through its home's queue.
+/// What every pool shares with the others: the return rings by which references to a
+/// pool's buffers come home, and where each pool's memory is, so a worker can copy a frame out
+/// of a buffer another worker lent it (`remote_frame`).
+///
+/// One return ring per ordered pair of pools (`returns[from * pools + home]`): each has one
+/// producer (the worker `from`) and one consumer (the home), so a give-back is a wait-free
+/// push (`Spsc`). A pool that is dropped leaves its mappings here until the registry itself
+/// goes, so a frame another worker still copies never points at unmapped memory.
 pub struct PoolRegistry {
-    returns: Box<[ArrayQueue<BufIndex>]>,
+    pools: usize,
+    returns: Box<[Spsc<BufIndex>]>,
+    views: Box<[OnceLock<View>]>,
+    keep: Mutex<Vec<Region>>,
+}
+
+/// Where one pool's buffers lie (addresses as integers: the registry is shared, the memory
+/// is read only through `remote_frame`'s contract).
+#[derive(Clone, Copy)]
+struct View {
+    small: usize,
+    small_len: usize,
+    shift: u32,
+    small_count: usize,
+    large: usize,
+    large_len: usize,
 }
 
 impl PoolRegistry {
-    /// Queues for `pools` pools, each holding up to `capacity` references in transit.
+    /// Return rings between `pools` pools, each holding up to `capacity` references in
+    /// transit.
     pub fn new(pools: usize, capacity: usize) -> Arc<PoolRegistry> {
+        let pools = pools.max(1);
         Arc::new(PoolRegistry {
-            returns: (0..pools.max(1))
-                .map(|_| ArrayQueue::new(capacity.max(1)))
+            pools,
+            returns: (0..pools * pools)
+                .map(|_| Spsc::new(capacity.max(2)))
                 .collect(),
+            views: (0..pools).map(|_| OnceLock::new()).collect(),
+            keep: Mutex::new(Vec::new()),
         })
     }
 
-    /// Hands one reference to buffer `b` of `home`'s pool back; false if its queue is full
-    /// (the caller keeps the reference and tries again later).
+    /// How many pools the registry links.
+    pub fn pools(&self) -> usize {
+        self.pools
+    }
+
+    /// Hands one reference to buffer `b` of `home`'s pool back from pool `from`'s thread;
+    /// false if that ring is full (the caller keeps the reference and tries again later).
     #[inline]
-    pub fn give_back(&self, home: WorkerId, b: BufIndex) -> bool {
-        match self.returns.get(home.index()) {
-            Some(q) => q.push(b).is_ok(),
-            None => false,
+    pub fn give_back(&self, from: WorkerId, home: WorkerId, b: BufIndex) -> bool {
+        if from.index() >= self.pools || home.index() >= self.pools {
+            return false;
         }
+        self.returns[from.index() * self.pools + home.index()]
+            .push(b)
+            .is_ok()
+    }
+
+    /// The `len` bytes at `off` in buffer `b` of `home`'s pool, or `None` if that pool is not
+    /// registered or the range lies outside the buffer.
+    ///
+    /// # Safety
+    /// The caller holds a reference to `b` (so its home does not reuse it) that was handed to
+    /// it with release/acquire ordering after the frame was written (a ring between workers),
+    /// and gives it back only after it is done with the slice; the home writes no byte of
+    /// `off..off + len` while references are out (it completes checksums in place only while
+    /// forwarding, before it lends the buffer).
+    #[inline]
+    pub unsafe fn remote_frame(
+        &self,
+        home: WorkerId,
+        b: BufIndex,
+        off: usize,
+        len: usize,
+    ) -> Option<&[u8]> {
+        let v = self.views.get(home.index())?.get()?;
+        let i = b.index();
+        let (base, size, region_end, start) = if i < v.small_count {
+            (v.small, 1usize << v.shift, v.small_len, i << v.shift)
+        } else {
+            let start = (i - v.small_count).checked_mul(LARGE_BUF_SIZE)?;
+            (v.large, LARGE_BUF_SIZE, v.large_len, start)
+        };
+        let end = off.checked_add(len)?;
+        if base == 0 || end > size || start + size > region_end {
+            return None;
+        }
+        // SAFETY: `start + off .. start + end` lies inside one buffer of a mapping that lives
+        // as long as the registry (`keep`); the caller's contract rules out concurrent writes.
+        Some(unsafe { std::slice::from_raw_parts((base + start + off) as *const u8, len) })
     }
 }
 
@@ -154,7 +223,7 @@ impl BufferPool {
         if large > max {
             return Err(PoolError::BadLargeCount(large));
         }
-        if registry.returns.len() <= home.index() {
+        if registry.pools <= home.index() {
             return Err(PoolError::NotRegistered(home));
         }
         let small = map_region(count * buf_size, true)?;
@@ -165,6 +234,17 @@ impl BufferPool {
             None
         };
         let n = count as u32;
+        let view = View {
+            small: small.map.as_ptr() as usize,
+            small_len: small.map.len(),
+            shift: buf_size.trailing_zeros(),
+            small_count: count,
+            large: large_region.as_ref().map_or(0, |l| l.map.as_ptr() as usize),
+            large_len: large_region.as_ref().map_or(0, |l| l.map.len()),
+        };
+        if registry.views[home.index()].set(view).is_err() {
+            return Err(PoolError::Taken(home));
+        }
         // Free stacks popped from the end: hand out low indices first (better locality).
         Ok(BufferPool {
             home,
@@ -290,7 +370,7 @@ impl BufferPool {
 
     #[cold]
     fn release_remote(&mut self, home: WorkerId, b: BufIndex) {
-        if !self.registry.give_back(home, b) {
+        if !self.registry.give_back(self.home, home, b) {
             self.deferred.push((home, b));
         }
     }
@@ -299,15 +379,20 @@ impl BufferPool {
     /// references this pool could not hand back before. Called once per loop by the owner.
     #[inline]
     pub fn reclaim(&mut self) {
-        let home = self.home.index();
-        while let Some(b) = self.registry.returns[home].pop() {
-            self.release(b);
+        let (home, n) = (self.home.index(), self.registry.pools);
+        for from in 0..n {
+            if from == home {
+                continue;
+            }
+            while let Some(b) = self.registry.returns[from * n + home].pop() {
+                self.release(b);
+            }
         }
         if !self.deferred.is_empty() {
             let mut i = 0;
             while i < self.deferred.len() {
                 let (h, b) = self.deferred[i];
-                if self.registry.give_back(h, b) {
+                if self.registry.give_back(self.home, h, b) {
                     self.deferred.swap_remove(i);
                 } else {
                     i += 1;
@@ -450,6 +535,30 @@ impl BufferPool {
     }
 }
 
+impl Drop for BufferPool {
+    /// The mappings stay with the registry (other workers may still be copying frames this
+    /// pool lent them); they go when the registry does.
+    fn drop(&mut self) {
+        if self.registry.pools < 2 {
+            return;
+        }
+        let Ok(placeholder) = MmapMut::map_anon(1) else {
+            return;
+        };
+        let small = std::mem::replace(
+            &mut self.small,
+            Region {
+                map: placeholder,
+                huge: false,
+            },
+        );
+        if let Ok(mut keep) = self.registry.keep.lock() {
+            keep.push(small);
+            keep.extend(self.large.take());
+        }
+    }
+}
+
 /// Two disjoint ranges of one region: `a` to read, `b` to write.
 fn split_pair(region: &mut [u8], a: (usize, usize), b: (usize, usize)) -> (&[u8], &mut [u8]) {
     if a.0 < b.0 {
@@ -545,18 +654,53 @@ mod tests {
 
     #[test]
     fn a_full_return_queue_defers_instead_of_blocking() {
-        let reg = PoolRegistry::new(2, 1);
+        let reg = PoolRegistry::new(2, 2);
         let mut home = BufferPool::with_home(WorkerId(0), 4, 2048, 0, reg.clone()).unwrap();
         let mut other = BufferPool::with_home(WorkerId(1), 4, 2048, 0, reg).unwrap();
-        let (a, b) = (home.alloc().unwrap(), home.alloc().unwrap());
-        other.release_to(WorkerId(0), a);
-        other.release_to(WorkerId(0), b);
-        assert_eq!(other.deferred(), 1);
+        let bufs: Vec<_> = (0..3).map(|_| home.alloc().unwrap()).collect();
+        for b in &bufs {
+            other.release_to(WorkerId(0), *b);
+        }
+        assert_eq!(other.deferred(), 1, "a ring of two holds two");
         home.reclaim();
         other.reclaim();
         assert_eq!(other.deferred(), 0);
         home.reclaim();
         assert_eq!(home.available(), 4);
+    }
+
+    #[test]
+    fn a_lent_buffer_reads_from_another_pool_even_after_its_home_is_gone() {
+        let reg = PoolRegistry::new(2, 16);
+        let mut home = BufferPool::with_home(WorkerId(0), 8, 2048, 2, reg.clone()).unwrap();
+        let b = home.alloc().unwrap();
+        home.buf_mut(b)[64..68].copy_from_slice(b"abcd");
+        let l = home.alloc_large().unwrap();
+        home.buf_mut(l)[60000..60003].copy_from_slice(b"xyz");
+        // SAFETY: the test holds both references and nothing writes the buffers.
+        unsafe {
+            assert_eq!(reg.remote_frame(WorkerId(0), b, 64, 4), Some(&b"abcd"[..]));
+            assert_eq!(
+                reg.remote_frame(WorkerId(0), l, 60000, 3),
+                Some(&b"xyz"[..])
+            );
+            assert_eq!(
+                reg.remote_frame(WorkerId(0), b, 2040, 9),
+                None,
+                "past the buffer"
+            );
+            assert_eq!(reg.remote_frame(WorkerId(1), b, 0, 1), None, "no such pool");
+            assert_eq!(reg.remote_frame(WorkerId(0), BufIndex(99), 0, 1), None);
+        }
+        drop(home);
+        // SAFETY: as above; the mapping outlives the pool.
+        unsafe {
+            assert_eq!(reg.remote_frame(WorkerId(0), b, 64, 4), Some(&b"abcd"[..]));
+        }
+        assert!(matches!(
+            BufferPool::with_home(WorkerId(0), 8, 2048, 0, reg),
+            Err(PoolError::Taken(WorkerId(0)))
+        ));
     }
 
     #[test]

@@ -41,7 +41,21 @@ pub struct PortConf {
 
 struct PortSlot {
     conf: PortConf,
-    counters: Arc<PortCounters>,
+    /// The port's counters where this engine's worker owns the port (their one writer);
+    /// `None` for a port of another worker.
+    counters: Option<Arc<PortCounters>>,
+    /// A port of another worker: what it takes of offloads, as its owner last said.
+    remote: Option<Arc<crate::config::PortCell>>,
+}
+
+impl PortSlot {
+    #[inline]
+    fn offloads(&self) -> crate::frame::OffloadSet {
+        match &self.remote {
+            Some(cell) => cell.offloads(),
+            None => self.conf.offloads,
+        }
+    }
 }
 
 /// Learning-switch forwarding over a port table.
@@ -108,9 +122,56 @@ impl Engine {
         if entry.is_some() {
             return Err(EngineError::InUse(id));
         }
-        *entry = Some(PortSlot { conf, counters });
+        *entry = Some(PortSlot {
+            conf,
+            counters: Some(counters),
+            remote: None,
+        });
         self.rebuild_flood();
         Ok(())
+    }
+
+    /// Adds the port `id` of another worker: frames are forwarded to it (the worker hands
+    /// them over), none are received from it here, and its counters are not touched here.
+    pub fn add_remote_port(
+        &mut self,
+        id: PortId,
+        conf: PortConf,
+        cell: Arc<crate::config::PortCell>,
+    ) -> Result<(), EngineError> {
+        let n = self.ports.len();
+        let entry = self
+            .ports
+            .get_mut(id.index())
+            .ok_or(EngineError::TooMany(id.0, n))?;
+        if entry.is_some() {
+            return Err(EngineError::InUse(id));
+        }
+        *entry = Some(PortSlot {
+            conf,
+            counters: None,
+            remote: Some(cell),
+        });
+        self.rebuild_flood();
+        Ok(())
+    }
+
+    /// Whether port `id` is one of this engine's worker (not of another worker).
+    #[inline]
+    pub fn is_local(&self, id: PortId) -> bool {
+        matches!(self.ports.get(id.index()), Some(Some(p)) if p.remote.is_none())
+    }
+
+    /// Removes a port of another worker; what was learned on it stays (its owner forgets it).
+    pub fn forget_remote_port(&mut self, id: PortId) -> Result<(), EngineError> {
+        match self.ports.get_mut(id.index()) {
+            Some(e @ Some(_)) if e.as_ref().is_some_and(|p| p.remote.is_some()) => {
+                *e = None;
+                self.rebuild_flood();
+                Ok(())
+            }
+            _ => Err(EngineError::NoSuchPort(id)),
+        }
     }
 
     fn port_mut(&mut self, id: PortId) -> Result<&mut PortSlot, EngineError> {
@@ -171,7 +232,7 @@ impl Engine {
     }
 
     pub fn port_counters(&self, id: PortId) -> Option<&Arc<PortCounters>> {
-        self.ports.get(id.index())?.as_ref().map(|s| &s.counters)
+        self.ports.get(id.index())?.as_ref()?.counters.as_ref()
     }
 
     pub fn mac_table(&self) -> &MacTable {
@@ -212,13 +273,17 @@ impl Engine {
         }
     }
 
-    /// Folds the drops charged to egress ports into their counters (once per batch).
+    /// Folds the drops charged to egress ports into their counters (once per batch); drops
+    /// charged to ports of other workers go to this worker's `cross_drops`.
     #[inline]
     pub fn fold_egress(&self, tx: &mut TxQueues) {
-        let ports = &self.ports;
+        let (ports, stats) = (&self.ports, &self.stats);
         tx.fold_drops(|id, reason, n| {
             if let Some(Some(p)) = ports.get(id.index()) {
-                p.counters.count_drops(reason, n);
+                match &p.counters {
+                    Some(c) => c.count_drops(reason, n),
+                    None => stats.cross_drops.add(n),
+                }
             }
         });
     }
@@ -230,7 +295,11 @@ impl Engine {
             pool.release(f.buf);
             return;
         };
-        let c = &*port.counters;
+        let Some(c) = port.counters.as_deref() else {
+            // It moved to another worker while its read was in flight.
+            pool.release(f.buf);
+            return;
+        };
         let len = f.len as usize;
         c.rx_frames.inc();
         c.rx_bytes.add(len as u64);
@@ -340,7 +409,10 @@ impl Engine {
     #[cold]
     fn charge(&self, id: PortId, reason: DropReason) {
         if let Some(Some(p)) = self.ports.get(id.index()) {
-            p.counters.count_drop(reason);
+            match &p.counters {
+                Some(c) => c.count_drop(reason),
+                None => self.stats.cross_drops.inc(),
+            }
         }
     }
 }

@@ -177,7 +177,7 @@ impl Engine {
     }
 
     fn takes_offloads(&self, p: PortId, o: &Offload) -> bool {
-        matches!(&self.ports[p.index()], Some(s) if s.conf.offloads.takes(o))
+        matches!(&self.ports[p.index()], Some(s) if s.offloads().takes(o))
     }
 
     /// Cuts `f` into plain frames in buffers of their own (one reference each), into

@@ -9,10 +9,10 @@ pub mod spsc;
 #[cfg(ringswitch_loom)]
 #[allow(unused_imports)]
 pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
+pub(crate) use std::sync::atomic::Ordering;
 #[cfg(not(ringswitch_loom))]
 #[allow(unused_imports)]
 pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
-pub(crate) use std::sync::atomic::Ordering;
 
 /// A slot written by one thread and read by another, handed over by an atomic index's
 /// release/acquire pair (the ring's head and tail); `T: Copy`, so a read is a copy out.

@@ -52,6 +52,9 @@ pub struct WorkerConfig {
     pub large_buffers: usize,
     /// The return queues shared with the other workers (a registry of its own if none).
     pub registry: Option<Arc<PoolRegistry>>,
+    /// The rings to and from the other workers of the switch (`None`: the only worker). Its
+    /// registry is the one used.
+    pub fabric: Option<Arc<crate::fabric::Fabric>>,
     /// Core to pin the worker thread to.
     pub cpu: Option<usize>,
     /// How the worker waits for completions.
@@ -76,6 +79,7 @@ impl Default for WorkerConfig {
             pool_buffers: None,
             large_buffers: 4096,
             registry: None,
+            fabric: None,
             cpu: None,
             poll: PollMode::Adaptive,
             poll_max: Duration::from_micros(100),

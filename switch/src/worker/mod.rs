@@ -31,6 +31,7 @@
 //! and completed, its buffer ring emptied back into the pool — before the worker drops it (and
 //! its descriptors) and reports the configuration applied.
 
+mod cross;
 mod handle;
 mod poll;
 mod ports;
@@ -99,6 +100,12 @@ pub struct Worker {
     /// Seconds since `epoch` when the current loop pass began (the MAC table's clock, read
     /// once per pass rather than once per batch).
     pass_secs: u32,
+    /// The rings to and from the other workers, when there are others.
+    fabric: Option<Arc<crate::fabric::Fabric>>,
+    /// Ports of other workers this worker forwards to, by port id (`cross.rs`).
+    remote: Vec<Option<Arc<crate::config::PortEntry>>>,
+    /// Workers this pass handed frames to (bit per worker), to wake once after the pass.
+    pushed: u64,
 }
 
 impl Worker {
@@ -109,10 +116,14 @@ impl Worker {
         let buf_size = 2048;
         let default_pool = (cfg.max_ports * cfg.rx_depth as usize * 2).clamp(4096, 65536);
         let count = cfg.pool_buffers.unwrap_or(default_pool).next_power_of_two();
-        let registry = cfg
-            .registry
-            .clone()
-            .unwrap_or_else(|| PoolRegistry::new(cfg.id.index() + 1, 2 * count));
+        let registry = match (&cfg.fabric, &cfg.registry) {
+            (Some(f), _) => f.registry().clone(),
+            (None, Some(r)) => r.clone(),
+            (None, None) => PoolRegistry::new(cfg.id.index() + 1, 2 * count),
+        };
+        if let Some(f) = &cfg.fabric {
+            f.set_wake(cfg.id, link.wake.clone());
+        }
         let pool = BufferPool::with_home(cfg.id, count, buf_size, cfg.large_buffers, registry)?;
         let entries = ((cfg.max_ports as u32) * (cfg.rx_depth + cfg.tx_depth as u32) + 16)
             .next_power_of_two()
@@ -156,6 +167,9 @@ impl Worker {
             dumps: std::collections::VecDeque::new(),
             epoch: Instant::now(),
             pass_secs: 0,
+            fabric: cfg.fabric.clone(),
+            remote: vec![None; cfg.max_ports],
+            pushed: 0,
         })
     }
 
@@ -218,6 +232,7 @@ impl Worker {
         let r = f(&mut st.port, &mut cx);
         if let Some(o) = cx.offloads {
             let _ = self.engine.set_offloads(st.entry.id, o);
+            st.entry.port.set_offloads(o);
         }
         Some(r)
     }
@@ -235,17 +250,25 @@ impl Worker {
         Ok(())
     }
 
-    /// Hands every port with queued frames what it can take of them now.
+    /// Hands every port with queued frames what it can take of them now (frames for ports
+    /// of other workers go to their owners).
     fn flush_tx(&mut self) -> Result<(), WorkerError> {
         let mut i = 0;
         while i < self.tx.pending().len() {
             let id = self.tx.pending()[i];
             let before = self.tx.pending().len();
-            let taken = self.send_queue(id)?;
-            self.tx.consume(id, taken);
+            if self.remote[id.index()].is_some() {
+                self.send_remote(id);
+            } else {
+                let taken = self.send_queue(id)?;
+                self.tx.consume(id, taken);
+            }
             if self.tx.pending().len() == before {
                 i += 1;
             }
+        }
+        if self.pushed != 0 {
+            self.wake_pushed();
         }
         Ok(())
     }
@@ -346,6 +369,7 @@ impl Worker {
             // 1. Take in what the last wait brought.
             let work = self.reap_and_complete(false)? > 0 || !self.dumps.is_empty();
             self.forward_batch();
+            let work = work || (self.fabric.is_some() && self.take_cross() > 0);
             if self.cleanup {
                 self.finish_drains();
             }
@@ -410,9 +434,18 @@ impl Worker {
         } else {
             Duration::ZERO
         };
-        self.ring
-            .submit_and_wait_batch(COALESCE_BATCH, coalesce)
-            .map_err(WorkerError::Enter)?;
+        if let Some(f) = &self.fabric {
+            if !f.prepare_sleep(self.id) {
+                // Another worker handed frames over meanwhile: take them first.
+                self.ring.poll().map_err(WorkerError::Enter)?;
+                return Ok(false);
+            }
+        }
+        let r = self.ring.submit_and_wait_batch(COALESCE_BATCH, coalesce);
+        if let Some(f) = &self.fabric {
+            f.woke(self.id);
+        }
+        r.map_err(WorkerError::Enter)?;
         self.counters.wakeups.inc();
         self.counters.sleeps.inc();
         self.poller.slept();
@@ -426,6 +459,9 @@ impl Worker {
     /// `SHUTDOWN_DRAIN`) until every write has completed, so the counters account for every
     /// frame read; `WorkerError::Undrained` when writes were still in flight at the deadline.
     fn shutdown(&mut self) -> Result<(), WorkerError> {
+        if self.fabric.is_some() {
+            self.take_cross();
+        }
         for i in 0..self.ports.len() {
             if let Some(Err(e)) = self.with_port(Slot(i as u16), |p, cx| p.cancel(cx)) {
                 return Err(WorkerError::Enter(e));

@@ -64,6 +64,8 @@ impl Worker {
                 st.entry = w;
             }
         }
+        // Ports of other workers this one forwards to.
+        self.follow_remote_ports(&snap);
         // New ports.
         for (i, entry) in snap.ports.iter().enumerate() {
             let Some(e) = entry else {
@@ -94,6 +96,12 @@ impl Worker {
 
     fn add_port(&mut self, slot: Slot, entry: Arc<PortEntry>) -> Result<(), WorkerError> {
         let Some(mut port) = entry.port.take() else {
+            if self.fabric.is_some() {
+                // Moving here from another worker, which has not let it go yet: again at
+                // the next reconcile (the configuration is not applied until then).
+                self.retry = true;
+                return Ok(());
+            }
             eprintln!(
                 "ringswitch: port {} was handed to a worker already; ignored",
                 entry.name
@@ -124,6 +132,7 @@ impl Worker {
                 cx_offloads.unwrap_or(OffloadSet::NONE)
             },
         };
+        entry.port.set_offloads(conf.offloads);
         self.engine
             .add_port(entry.id, conf, entry.counters.clone())
             .expect("id free and within max_ports");
@@ -183,8 +192,16 @@ impl Worker {
             let st = self.ports[i].as_mut().expect("checked above");
             st.released = true;
             if st.draining {
-                // Dropping the port closes the worker's descriptors.
-                self.ports[i] = None;
+                let st = self.ports[i].take().expect("checked above");
+                let snap = self.link.snapshot.load();
+                let moved = snap.port(st.entry.id).is_some_and(|e| {
+                    e.worker != self.id && Arc::ptr_eq(&e.port, &st.entry.port) && !st.failed
+                });
+                if moved {
+                    // Moved to another worker: it takes the port from the cell.
+                    st.entry.port.put_back(st.port);
+                }
+                // Otherwise dropping the port closes the worker's descriptors.
             }
         }
         self.cleanup = pending;

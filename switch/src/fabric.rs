@@ -1,0 +1,135 @@
+//! `Fabric`: what the workers of one switch share — the rings that carry frames from the
+//! worker that received them to the worker that owns their egress port, the buffer pools'
+//! return rings (`PoolRegistry`), and each worker's door: whether it sleeps, and the eventfd
+//! that wakes it.
+//!
+//! A frame for a port of another worker is forwarded where it arrived (learning, lookup,
+//! flooding, offload decisions all happen there); then its descriptor (`CrossFrame`: the
+//! egress port, the frame with its home pool and buffer index, its offload record) goes into
+//! the ring from this worker to the owner (`ring(from, to)`, one per ordered pair, so each has
+//! one producer and one consumer: `Spsc`, no compare-and-swap). The owner copies the bytes into
+//! a buffer of its own pool (its io_uring registered its own buffers; ports send from them),
+//! gives the reference back through the return ring to the buffer's home at once, and queues
+//! the copy on the port like any local frame. One copy per frame that crosses, none for frames
+//! that stay; a full ring drops and counts (`WorkerCounters::cross_drops`), it never waits.
+//!
+//! Waking: a worker that is about to sleep in `io_uring_enter` says so (`prepare_sleep`) and
+//! then looks at its incoming rings once more; a worker that pushed frames fences and looks at
+//! the door (`nudge`), kicking the eventfd only if the owner sleeps. With a sequentially
+//! consistent fence on both sides, either the sleeper sees the frames or the pusher sees the
+//! sleeper: no frame waits for an unrelated wake-up, and busy or polling owners cost no system
+//! call.
+
+use crate::frame::{Frame, Offload};
+use crate::ids::{PortId, WorkerId};
+use crate::pool::PoolRegistry;
+use crate::sync::spsc::Spsc;
+use crate::sync::{fence, AtomicBool, Ordering};
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, OnceLock};
+
+/// Frames in transit from one worker to another (per ordered pair).
+pub const CROSS_RING: usize = 1024;
+
+/// A frame on its way to the worker that owns its egress port.
+#[derive(Debug, Clone, Copy)]
+pub struct CrossFrame {
+    pub port: PortId,
+    pub frame: Frame,
+    /// The frame's offload record (meaningful when `frame` has `Frame::OFFLOAD`).
+    pub offload: Offload,
+}
+
+struct Door {
+    sleeping: AtomicBool,
+    wake: OnceLock<Arc<OwnedFd>>,
+}
+
+/// The rings and doors of `workers` workers.
+pub struct Fabric {
+    workers: usize,
+    rings: Box<[Spsc<CrossFrame>]>,
+    doors: Box<[Door]>,
+    registry: Arc<PoolRegistry>,
+}
+
+impl Fabric {
+    /// A fabric for `workers` workers, `ring` frames in transit per ordered pair.
+    pub fn new(workers: usize, ring: usize) -> Arc<Fabric> {
+        let workers = workers.max(1);
+        Arc::new(Fabric {
+            workers,
+            rings: (0..workers * workers).map(|_| Spsc::new(ring)).collect(),
+            doors: (0..workers)
+                .map(|_| Door {
+                    sleeping: AtomicBool::new(false),
+                    wake: OnceLock::new(),
+                })
+                .collect(),
+            // Each crossing frame's reference comes home at once: twice the ring suffices.
+            registry: PoolRegistry::new(workers, 2 * ring),
+        })
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    pub fn registry(&self) -> &Arc<PoolRegistry> {
+        &self.registry
+    }
+
+    /// The ring from `from` to `to`: `from` alone pushes, `to` alone pops.
+    #[inline]
+    pub(crate) fn ring(&self, from: WorkerId, to: WorkerId) -> &Spsc<CrossFrame> {
+        &self.rings[from.index() * self.workers + to.index()]
+    }
+
+    /// Registers the eventfd that wakes worker `w` (once).
+    pub(crate) fn set_wake(&self, w: WorkerId, fd: Arc<OwnedFd>) {
+        if let Some(d) = self.doors.get(w.index()) {
+            let _ = d.wake.set(fd);
+        }
+    }
+
+    /// Whether any worker has frames waiting for `w`.
+    #[inline]
+    pub(crate) fn has_incoming(&self, w: WorkerId) -> bool {
+        (0..self.workers)
+            .any(|from| from != w.index() && !self.ring(WorkerId(from as u8), w).is_empty())
+    }
+
+    /// Worker `w` is about to sleep: marks its door, then looks for frames once more; false
+    /// (and the door unmarked) if there are some — it must not sleep.
+    #[inline]
+    pub(crate) fn prepare_sleep(&self, w: WorkerId) -> bool {
+        let d = &self.doors[w.index()];
+        d.sleeping.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if self.has_incoming(w) {
+            d.sleeping.store(false, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Worker `w` woke (or did not sleep after all).
+    #[inline]
+    pub(crate) fn woke(&self, w: WorkerId) {
+        self.doors[w.index()]
+            .sleeping
+            .store(false, Ordering::Relaxed);
+    }
+
+    /// After pushing frames to `to`: wakes it if it sleeps.
+    #[inline]
+    pub(crate) fn nudge(&self, to: WorkerId) {
+        fence(Ordering::SeqCst);
+        let d = &self.doors[to.index()];
+        if d.sleeping.load(Ordering::Relaxed) && d.sleeping.swap(false, Ordering::Relaxed) {
+            if let Some(fd) = d.wake.get() {
+                crate::sys::fd::kick(fd);
+            }
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Frames between workers (see `fabric.rs`): handing the frames queued for a port of another
+//! worker to its owner, taking in what other workers handed to this one, and following the
+//! configuration's ports of other workers in the engine.
+
+use super::Worker;
+use crate::config::{PortEntry, Snapshot};
+use crate::counters::DropReason;
+use crate::engine::PortConf;
+use crate::fabric::CrossFrame;
+use crate::frame::{Frame, OffloadSet};
+use crate::ids::{PortId, WorkerId};
+use std::sync::Arc;
+
+/// Frames taken from one incoming ring per pass (the rest wait for the next pass, so one busy
+/// neighbour cannot starve this worker's own ports).
+const TAKE_PER_RING: usize = 512;
+
+impl Worker {
+    /// Hands the frames queued on `id`, a port of another worker, to that worker; a full
+    /// ring drops and counts.
+    pub(super) fn send_remote(&mut self, id: PortId) {
+        let (Some(fabric), Some(entry)) = (&self.fabric, &self.remote[id.index()]) else {
+            let pool = self.ring.pool_mut();
+            self.tx.discard(id, |f| pool.release(f.buf));
+            return;
+        };
+        let to = entry.worker;
+        let ring = fabric.ring(self.id, to);
+        let pool = self.ring.pool_mut();
+        let (mut sent, mut dropped) = (0u64, 0u64);
+        self.tx.discard(id, |f| {
+            let offload = if f.has_offload() {
+                *pool.offload(f.buf)
+            } else {
+                crate::frame::Offload::NONE
+            };
+            match ring.push(CrossFrame {
+                port: id,
+                frame: f,
+                offload,
+            }) {
+                Ok(()) => sent += 1,
+                Err(_) => {
+                    dropped += 1;
+                    pool.release(f.buf);
+                }
+            }
+        });
+        if sent > 0 {
+            self.counters.cross_tx.add(sent);
+            self.pushed |= 1 << (to.index() & 63);
+        }
+        if dropped > 0 {
+            self.counters.cross_drops.add(dropped);
+        }
+    }
+
+    /// Wakes the workers this pass handed frames to, if they sleep.
+    pub(super) fn wake_pushed(&mut self) {
+        if let Some(f) = &self.fabric {
+            let mut m = std::mem::take(&mut self.pushed);
+            while m != 0 {
+                let w = m.trailing_zeros();
+                f.nudge(WorkerId(w as u8));
+                m &= m - 1;
+            }
+        }
+    }
+
+    /// Takes in the frames other workers handed to this one: each is copied into a buffer of
+    /// this worker's pool, the lent buffer goes home, and the copy joins its port's queue.
+    /// Returns how many frames came.
+    pub(super) fn take_cross(&mut self) -> usize {
+        let Some(fabric) = self.fabric.clone() else {
+            return 0;
+        };
+        let mut taken = 0;
+        for from in 0..fabric.workers() {
+            if from == self.id.index() {
+                continue;
+            }
+            let ring = fabric.ring(WorkerId(from as u8), self.id);
+            for _ in 0..TAKE_PER_RING {
+                let Some(cf) = ring.pop() else { break };
+                taken += 1;
+                self.take_one(&fabric, cf);
+            }
+        }
+        if taken > 0 {
+            self.counters.cross_rx.add(taken as u64);
+            self.engine.fold_egress(&mut self.tx);
+        }
+        taken
+    }
+
+    #[inline]
+    fn take_one(&mut self, fabric: &crate::fabric::Fabric, cf: CrossFrame) {
+        let src = cf.frame;
+        let id = cf.port;
+        let pool = self.ring.pool_mut();
+        let local = self.by_id.get(id.index()).copied().flatten().and_then(|s| {
+            self.ports[s.index()]
+                .as_ref()
+                .filter(|st| !st.failed && !st.draining)
+        });
+        let Some(st) = local else {
+            // Gone, moved or failed since the sender decided.
+            pool.release_to(src.home, src.buf);
+            self.counters.cross_drops.inc();
+            return;
+        };
+        let counters = st.entry.counters.clone();
+        if !st.entry.link_up {
+            pool.release_to(src.home, src.buf);
+            counters.count_drop(DropReason::LinkDown);
+            return;
+        }
+        let (off, len) = (src.off as usize, src.len as usize);
+        let need = off + len;
+        let b = if need <= pool.buf_size() {
+            pool.alloc()
+        } else {
+            pool.alloc_large().filter(|b| need <= pool.size_of(*b))
+        };
+        let Some(b) = b else {
+            pool.release_to(src.home, src.buf);
+            counters.count_drop(DropReason::NoBuffer);
+            return;
+        };
+        // SAFETY: the sender handed this reference over through the ring (release/acquire),
+        // it is given back only below, after the copy; a lent buffer is not written by its
+        // home (`PoolRegistry::remote_frame`).
+        let bytes = unsafe { fabric.registry().remote_frame(src.home, src.buf, off, len) };
+        match bytes {
+            Some(bytes) => pool.buf_mut(b)[off..need].copy_from_slice(bytes),
+            None => {
+                // A descriptor that names no buffer: a bug elsewhere, never trusted.
+                pool.release(b);
+                pool.release_to(src.home, src.buf);
+                counters.count_drop(DropReason::NoBuffer);
+                return;
+            }
+        }
+        if src.has_offload() {
+            pool.set_offload(b, cf.offload);
+        }
+        pool.release_to(src.home, src.buf);
+        let mut f: Frame = src;
+        f.buf = b;
+        f.home = self.id;
+        if !self.tx.push(id, f) {
+            self.ring.pool_mut().release(b);
+        }
+    }
+
+    /// Makes the engine forward to the ports of other workers that `snap` lists, as they are
+    /// there (added, removed, link and domain).
+    pub(super) fn follow_remote_ports(&mut self, snap: &Snapshot) {
+        let Some(fabric) = &self.fabric else {
+            return;
+        };
+        for i in 0..self.remote.len() {
+            let id = PortId(i as u16);
+            let want: Option<&Arc<PortEntry>> = snap
+                .port(id)
+                .filter(|e| e.worker != self.id && e.worker.index() < fabric.workers());
+            let same = match (&self.remote[i], want) {
+                (Some(old), Some(w)) => Arc::ptr_eq(&old.port, &w.port) && old.worker == w.worker,
+                (None, None) => continue,
+                _ => false,
+            };
+            if same {
+                let (old, w) = (
+                    self.remote[i].clone().expect("matched"),
+                    want.expect("matched"),
+                );
+                if old.domain != w.domain {
+                    let _ = self.engine.set_domain(id, w.domain);
+                }
+                if old.link_up != w.link_up {
+                    let _ = self.engine.set_link(id, w.link_up);
+                }
+                self.remote[i] = Some(w.clone());
+                continue;
+            }
+            if self.remote[i].take().is_some() {
+                let _ = self.engine.forget_remote_port(id);
+                let pool = self.ring.pool_mut();
+                self.tx.discard(id, |f| pool.release(f.buf));
+            }
+            if let Some(w) = want {
+                let conf = PortConf {
+                    domain: w.domain,
+                    link_up: w.link_up,
+                    offloads: OffloadSet::NONE,
+                };
+                if self
+                    .engine
+                    .add_remote_port(id, conf, w.port.clone())
+                    .is_ok()
+                {
+                    self.remote[i] = Some(w.clone());
+                } else {
+                    // Still draining here (it moved away): again at the next reconcile.
+                    self.retry = true;
+                }
+            }
+        }
+    }
+}
