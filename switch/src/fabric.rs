@@ -20,8 +20,10 @@
 //! sleeper: no frame waits for an unrelated wake-up, and busy or polling owners cost no system
 //! call.
 
+use crate::counters::DropReason;
 use crate::frame::{Frame, Offload};
 use crate::ids::{PortId, WorkerId};
+use crate::pool::BufferPool;
 use crate::pool::PoolRegistry;
 use crate::sync::spsc::Spsc;
 use crate::sync::{fence, AtomicBool, Ordering};
@@ -81,7 +83,8 @@ impl Fabric {
 
     /// The ring from `from` to `to`: `from` alone pushes, `to` alone pops.
     #[inline]
-    pub(crate) fn ring(&self, from: WorkerId, to: WorkerId) -> &Spsc<CrossFrame> {
+    #[doc(hidden)]
+    pub fn ring(&self, from: WorkerId, to: WorkerId) -> &Spsc<CrossFrame> {
         &self.rings[from.index() * self.workers + to.index()]
     }
 
@@ -94,7 +97,7 @@ impl Fabric {
 
     /// Whether any worker has frames waiting for `w`.
     #[inline]
-    pub(crate) fn has_incoming(&self, w: WorkerId) -> bool {
+    pub fn has_incoming(&self, w: WorkerId) -> bool {
         (0..self.workers)
             .any(|from| from != w.index() && !self.ring(WorkerId(from as u8), w).is_empty())
     }
@@ -102,7 +105,7 @@ impl Fabric {
     /// Worker `w` is about to sleep: marks its door, then looks for frames once more; false
     /// (and the door unmarked) if there are some — it must not sleep.
     #[inline]
-    pub(crate) fn prepare_sleep(&self, w: WorkerId) -> bool {
+    pub fn prepare_sleep(&self, w: WorkerId) -> bool {
         let d = &self.doors[w.index()];
         d.sleeping.store(true, Ordering::Relaxed);
         fence(Ordering::SeqCst);
@@ -115,21 +118,70 @@ impl Fabric {
 
     /// Worker `w` woke (or did not sleep after all).
     #[inline]
-    pub(crate) fn woke(&self, w: WorkerId) {
+    pub fn woke(&self, w: WorkerId) {
         self.doors[w.index()]
             .sleeping
             .store(false, Ordering::Relaxed);
     }
 
-    /// After pushing frames to `to`: wakes it if it sleeps.
+    /// After pushing frames to `to`: wakes it if it sleeps; returns whether it did.
     #[inline]
-    pub(crate) fn nudge(&self, to: WorkerId) {
+    pub fn nudge(&self, to: WorkerId) -> bool {
         fence(Ordering::SeqCst);
         let d = &self.doors[to.index()];
         if d.sleeping.load(Ordering::Relaxed) && d.sleeping.swap(false, Ordering::Relaxed) {
             if let Some(fd) = d.wake.get() {
                 crate::sys::fd::kick(fd);
             }
+            return true;
         }
+        false
     }
+}
+
+/// Takes a frame another worker handed over into `pool` (the receiving worker's): copies its
+/// bytes and offload record into a buffer of `pool`, gives the lent reference back to its
+/// home, and returns the copy (one reference, home `pool`'s). On failure the lent reference
+/// is given back too, and the reason is returned.
+#[inline]
+pub fn adopt(
+    pool: &mut BufferPool,
+    registry: &PoolRegistry,
+    cf: &CrossFrame,
+) -> Result<Frame, DropReason> {
+    let src = cf.frame;
+    let (off, len) = (src.off as usize, src.len as usize);
+    let need = off + len;
+    let b = if need <= pool.buf_size() {
+        pool.alloc()
+    } else {
+        pool.alloc_large().filter(|b| need <= pool.size_of(*b))
+    };
+    let Some(b) = b else {
+        pool.release_to(src.home, src.buf);
+        return Err(DropReason::NoBuffer);
+    };
+    // SAFETY: the sender handed this reference over through a ring (release/acquire); it is
+    // given back only below, after the copy; a lent buffer is not written by its home
+    // (`PoolRegistry::remote_frame`).
+    let copied = match unsafe { registry.remote_frame(src.home, src.buf, off, len) } {
+        Some(bytes) => {
+            pool.buf_mut(b)[off..need].copy_from_slice(bytes);
+            true
+        }
+        None => false,
+    };
+    pool.release_to(src.home, src.buf);
+    if !copied {
+        // A descriptor that names no buffer: a bug elsewhere, never trusted.
+        pool.release(b);
+        return Err(DropReason::NoBuffer);
+    }
+    if src.has_offload() {
+        pool.set_offload(b, cf.offload);
+    }
+    let mut f = src;
+    f.buf = b;
+    f.home = pool.home();
+    Ok(f)
 }

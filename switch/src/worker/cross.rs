@@ -7,7 +7,7 @@ use crate::config::{PortEntry, Snapshot};
 use crate::counters::DropReason;
 use crate::engine::PortConf;
 use crate::fabric::CrossFrame;
-use crate::frame::{Frame, OffloadSet};
+use crate::frame::OffloadSet;
 use crate::ids::{PortId, WorkerId};
 use std::sync::Arc;
 
@@ -61,7 +61,7 @@ impl Worker {
             let mut m = std::mem::take(&mut self.pushed);
             while m != 0 {
                 let w = m.trailing_zeros();
-                f.nudge(WorkerId(w as u8));
+                let _ = f.nudge(WorkerId(w as u8));
                 m &= m - 1;
             }
         }
@@ -109,47 +109,19 @@ impl Worker {
             self.counters.cross_drops.inc();
             return;
         };
-        let counters = st.entry.counters.clone();
+        let counters = &st.entry.counters;
         if !st.entry.link_up {
             pool.release_to(src.home, src.buf);
             counters.count_drop(DropReason::LinkDown);
             return;
         }
-        let (off, len) = (src.off as usize, src.len as usize);
-        let need = off + len;
-        let b = if need <= pool.buf_size() {
-            pool.alloc()
-        } else {
-            pool.alloc_large().filter(|b| need <= pool.size_of(*b))
-        };
-        let Some(b) = b else {
-            pool.release_to(src.home, src.buf);
-            counters.count_drop(DropReason::NoBuffer);
-            return;
-        };
-        // SAFETY: the sender handed this reference over through the ring (release/acquire),
-        // it is given back only below, after the copy; a lent buffer is not written by its
-        // home (`PoolRegistry::remote_frame`).
-        let bytes = unsafe { fabric.registry().remote_frame(src.home, src.buf, off, len) };
-        match bytes {
-            Some(bytes) => pool.buf_mut(b)[off..need].copy_from_slice(bytes),
-            None => {
-                // A descriptor that names no buffer: a bug elsewhere, never trusted.
-                pool.release(b);
-                pool.release_to(src.home, src.buf);
-                counters.count_drop(DropReason::NoBuffer);
-                return;
+        match crate::fabric::adopt(pool, fabric.registry(), &cf) {
+            Ok(f) => {
+                if !self.tx.push(id, f) {
+                    pool.release(f.buf);
+                }
             }
-        }
-        if src.has_offload() {
-            pool.set_offload(b, cf.offload);
-        }
-        pool.release_to(src.home, src.buf);
-        let mut f: Frame = src;
-        f.buf = b;
-        f.home = self.id;
-        if !self.tx.push(id, f) {
-            self.ring.pool_mut().release(b);
+            Err(reason) => counters.count_drop(reason),
         }
     }
 
