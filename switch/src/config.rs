@@ -98,6 +98,41 @@ pub struct PortEntry {
     /// The control plane's own descriptor of this connection, so it can tell which connection
     /// a `WorkerEvent::PortClosed` is about.
     pub conn_fd: i32,
+    /// The further queues of a multiqueue port (a tap with `queues=N`), each served by its
+    /// own worker; queue 0 is `port`, `worker` and `counters` above. Empty for other ports.
+    pub queues: Vec<QueueEntry>,
+}
+
+/// One further queue of a multiqueue port: its own descriptor (in its cell), the worker
+/// that serves it, and its own counters (each counter keeps one writer; listings add the
+/// queues up).
+#[derive(Debug, Clone)]
+pub struct QueueEntry {
+    pub worker: WorkerId,
+    pub port: Arc<PortCell>,
+    pub counters: Arc<PortCounters>,
+}
+
+impl PortEntry {
+    /// Every queue as (worker, cell, counters), queue 0 first.
+    pub fn all_queues(
+        &self,
+    ) -> impl Iterator<Item = (WorkerId, &Arc<PortCell>, &Arc<PortCounters>)> + '_ {
+        std::iter::once((self.worker, &self.port, &self.counters))
+            .chain(self.queues.iter().map(|q| (q.worker, &q.port, &q.counters)))
+    }
+
+    /// Whether worker `w` serves a queue of this port.
+    pub fn has_queue_on(&self, w: WorkerId) -> bool {
+        self.all_queues().any(|(qw, _, _)| qw == w)
+    }
+
+    /// The worker that serves the queue in `cell`, if `cell` is one of this port's.
+    pub fn worker_of(&self, cell: &Arc<PortCell>) -> Option<WorkerId> {
+        self.all_queues()
+            .find(|(_, c, _)| Arc::ptr_eq(c, cell))
+            .map(|(w, _, _)| w)
+    }
 }
 
 /// The whole configuration, indexed by `PortId`; each worker serves the entries that name it.

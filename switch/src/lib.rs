@@ -24,7 +24,8 @@ pub mod worker;
 pub use sys::{affinity, uring};
 
 pub use config::{
-    link, BufferStats, ControlLink, LinkError, PortCell, PortEntry, Request, Snapshot, WorkerEvent,
+    link, BufferStats, ControlLink, LinkError, PortCell, PortEntry, QueueEntry, Request, Snapshot,
+    WorkerEvent,
     WorkerLink,
 };
 pub use counters::{DropReason, DropStats, PortCounters, PortStats, WorkerCounters, WorkerStats};

@@ -95,6 +95,7 @@ impl UdpPort {
             link_up: true,
             counters: self.counters.clone(),
             conn_fd: -1,
+            queues: Vec::new(),
         })
     }
 

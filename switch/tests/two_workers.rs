@@ -132,6 +132,7 @@ impl Rig {
                         link_up: true,
                         counters: Arc::new(PortCounters::default()),
                         conn_fd: -1,
+                        queues: Vec::new(),
                     }),
                     peer,
                 }
@@ -170,6 +171,7 @@ impl Rig {
             link_up: old.link_up,
             counters: old.counters.clone(),
             conn_fd: old.conn_fd,
+            queues: Vec::new(),
         };
         f(&mut e);
         self.ports[i].entry = Arc::new(e);

@@ -256,6 +256,7 @@ fn setup() -> Setup {
             link_up: true,
             counters: vcount.clone(),
             conn_fd: -1,
+            queues: Vec::new(),
         })),
         Some(Arc::new(PortEntry {
             id: PortId(1),
@@ -266,6 +267,7 @@ fn setup() -> Setup {
             link_up: true,
             counters: dcount.clone(),
             conn_fd: -1,
+            queues: Vec::new(),
         })),
     ];
     let g = control.publish(table);
@@ -509,6 +511,7 @@ fn segments_reach_a_guest_whole_only_if_it_negotiated_them() {
             link_up: true,
             counters: counters[i].clone(),
             conn_fd: -1,
+            queues: Vec::new(),
         }))
     };
     let table = vec![

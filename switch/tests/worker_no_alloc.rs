@@ -101,6 +101,7 @@ fn the_worker_loop_forwards_without_allocating() {
             link_up: true,
             counters: c.clone(),
             conn_fd: -1,
+            queues: Vec::new(),
         })));
         peers.push(peer);
         counters.push(c);

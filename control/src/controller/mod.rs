@@ -166,6 +166,7 @@ impl Port {
             link_up: self.link_up,
             counters: self.counters.clone(),
             conn_fd,
+            queues: Vec::new(),
         }));
         Ok(())
     }

@@ -109,7 +109,7 @@ impl Worker {
             self.counters.cross_drops.inc();
             return;
         };
-        let counters = &st.entry.counters;
+        let counters = &st.counters;
         if !st.entry.link_up {
             pool.release_to(src.home, src.buf);
             counters.count_drop(DropReason::LinkDown);
@@ -133,9 +133,10 @@ impl Worker {
         };
         for i in 0..self.remote.len() {
             let id = PortId(i as u16);
+            // A port with a queue here is this worker's; others are sent to queue 0's worker.
             let want: Option<&Arc<PortEntry>> = snap
                 .port(id)
-                .filter(|e| e.worker != self.id && e.worker.index() < fabric.workers());
+                .filter(|e| !e.has_queue_on(self.id) && e.worker.index() < fabric.workers());
             let same = match (&self.remote[i], want) {
                 (Some(old), Some(w)) => Arc::ptr_eq(&old.port, &w.port) && old.worker == w.worker,
                 (None, None) => continue,

@@ -223,7 +223,7 @@ impl Worker {
             slot,
             id: st.entry.id,
             rx: &mut self.rx,
-            counters: &st.entry.counters,
+            counters: &st.counters,
             worker: &self.counters,
             env: &self.env,
             live: !st.failed && !st.draining,
@@ -232,7 +232,7 @@ impl Worker {
         let r = f(&mut st.port, &mut cx);
         if let Some(o) = cx.offloads {
             let _ = self.engine.set_offloads(st.entry.id, o);
-            st.entry.port.set_offloads(o);
+            st.cell.set_offloads(o);
         }
         Some(r)
     }
@@ -287,7 +287,7 @@ impl Worker {
             slot,
             id,
             rx: &mut self.rx,
-            counters: &st.entry.counters,
+            counters: &st.counters,
             worker: &self.counters,
             env: &self.env,
             live: !st.failed && !st.draining,

@@ -14,6 +14,9 @@ use std::sync::Arc;
 /// A port in one of the worker's slots.
 pub(super) struct PortState {
     pub(super) entry: Arc<PortEntry>,
+    /// The queue this slot serves: its cell (queue 0's is `entry.port`) and counters.
+    pub(super) cell: Arc<crate::config::PortCell>,
+    pub(super) counters: Arc<crate::counters::PortCounters>,
     pub(super) port: AnyPort,
     /// Its completions are worth gathering (`Caps::coalesce`).
     pub(super) coalesce: bool,
@@ -46,7 +49,7 @@ impl Worker {
             }
             let want = snap
                 .port(st.entry.id)
-                .filter(|w| w.worker == self.id && Arc::ptr_eq(&w.port, &st.entry.port))
+                .filter(|w| w.worker_of(&st.cell) == Some(self.id))
                 .cloned();
             let Some(w) = want else {
                 self.begin_drain(slot)?;
@@ -66,12 +69,12 @@ impl Worker {
         }
         // Ports of other workers this one forwards to.
         self.follow_remote_ports(&snap);
-        // New ports.
+        // New ports, and new queues of multiqueue ports.
         for (i, entry) in snap.ports.iter().enumerate() {
             let Some(e) = entry else {
                 continue;
             };
-            if e.worker != self.id {
+            if !e.has_queue_on(self.id) {
                 continue;
             }
             if i >= self.by_id.len() {
@@ -81,21 +84,39 @@ impl Worker {
                 );
                 continue;
             }
-            if self.by_id[i].is_some() {
-                continue;
-            }
-            match self.ports.iter().position(Option::is_none) {
-                Some(s) => self.add_port(Slot(s as u16), e.clone())?,
-                // Every slot is taken, some by ports still draining: again once one ends.
-                None => self.retry = true,
+            for (w, cell, counters) in e.all_queues() {
+                if w != self.id || self.serves(cell) {
+                    continue;
+                }
+                match self.ports.iter().position(Option::is_none) {
+                    Some(s) => {
+                        self.add_port(Slot(s as u16), e.clone(), cell.clone(), counters.clone())?
+                    }
+                    // Every slot is taken, some by ports still draining: again once one ends.
+                    None => self.retry = true,
+                }
             }
         }
         self.finish_drains();
         Ok(())
     }
 
-    fn add_port(&mut self, slot: Slot, entry: Arc<PortEntry>) -> Result<(), WorkerError> {
-        let Some(mut port) = entry.port.take() else {
+    /// Whether a slot of this worker (draining or not) holds the queue in `cell`.
+    fn serves(&self, cell: &Arc<crate::config::PortCell>) -> bool {
+        self.ports
+            .iter()
+            .flatten()
+            .any(|st| Arc::ptr_eq(&st.cell, cell))
+    }
+
+    fn add_port(
+        &mut self,
+        slot: Slot,
+        entry: Arc<PortEntry>,
+        cell: Arc<crate::config::PortCell>,
+        counters: Arc<crate::counters::PortCounters>,
+    ) -> Result<(), WorkerError> {
+        let Some(mut port) = cell.take() else {
             if self.fabric.is_some() {
                 // Moving here from another worker, which has not let it go yet: again at
                 // the next reconcile (the configuration is not applied until then).
@@ -113,7 +134,7 @@ impl Worker {
             slot,
             id: entry.id,
             rx: &mut self.rx,
-            counters: &entry.counters,
+            counters: &counters,
             worker: &self.counters,
             env: &self.env,
             live: true,
@@ -122,7 +143,7 @@ impl Worker {
         port.attach(&mut cx).map_err(WorkerError::Ring)?;
         let cx_offloads = cx.offloads;
         let caps = port.caps();
-        entry.port.set_caps(caps);
+        cell.set_caps(caps);
         let conf = PortConf {
             domain: entry.domain,
             link_up: entry.link_up,
@@ -132,13 +153,20 @@ impl Worker {
                 cx_offloads.unwrap_or(OffloadSet::NONE)
             },
         };
-        entry.port.set_offloads(conf.offloads);
-        self.engine
-            .add_port(entry.id, conf, entry.counters.clone())
-            .expect("id free and within max_ports");
-        self.by_id[entry.id.index()] = Some(slot);
+        cell.set_offloads(conf.offloads);
+        let id = entry.id;
+        if self.by_id[id.index()].is_none() {
+            // The first queue of the port here: the engine's counters for it are this
+            // queue's (other queues here count into them too: one thread, one writer).
+            self.engine
+                .add_port(id, conf, counters.clone())
+                .expect("id free and within max_ports");
+            self.by_id[id.index()] = Some(slot);
+        }
         self.ports[slot.index()] = Some(PortState {
             entry,
+            cell,
+            counters,
             port,
             coalesce: caps.coalesce,
             failed: false,
@@ -159,11 +187,19 @@ impl Worker {
         st.draining = true;
         let id = st.entry.id;
         if self.by_id.get(id.index()) == Some(&Some(slot)) {
-            self.by_id[id.index()] = None;
+            // Another queue of the port here takes over its transmissions, if there is one.
+            let next = self.ports.iter().enumerate().find_map(|(i, p)| {
+                p.as_ref()
+                    .filter(|p| p.entry.id == id && !p.draining && !p.failed)
+                    .map(|_| Slot(i as u16))
+            });
+            self.by_id[id.index()] = next;
+            if next.is_none() {
+                let _ = self.engine.remove_port(id);
+                let pool = self.ring.pool_mut();
+                self.tx.discard(id, |f| pool.release(f.buf));
+            }
         }
-        let _ = self.engine.remove_port(id);
-        let pool = self.ring.pool_mut();
-        self.tx.discard(id, |f| pool.release(f.buf));
         self.cleanup = true;
         match self.with_port(slot, |p, cx| p.cancel(cx)) {
             Some(Err(e)) => Err(WorkerError::Enter(e)),
@@ -195,11 +231,11 @@ impl Worker {
                 let st = self.ports[i].take().expect("checked above");
                 let snap = self.link.snapshot.load();
                 let moved = snap.port(st.entry.id).is_some_and(|e| {
-                    e.worker != self.id && Arc::ptr_eq(&e.port, &st.entry.port) && !st.failed
+                    e.worker_of(&st.cell).is_some_and(|w| w != self.id) && !st.failed
                 });
                 if moved {
                     // Moved to another worker: it takes the port from the cell.
-                    st.entry.port.put_back(st.port);
+                    st.cell.put_back(st.port);
                 }
                 // Otherwise dropping the port closes the worker's descriptors.
             }
