@@ -638,7 +638,7 @@ mod tests {
         fn well_formed_specs_round_trip(id in "[a-z][a-z0-9_.-]{0,20}", ifname in "[a-z][a-z0-9]{0,14}") {
             let spec = parse_netdev(&format!("tap,id={id},ifname={ifname}")).unwrap();
             prop_assert_eq!(spec.id.as_str(), id.as_str());
-            prop_assert_eq!(spec.kind, NetdevKind::Tap(TapOptions { ifname: Some(ifname.clone()), fd: None, script: Script::None, downscript: Script::None, vnet_hdr: false }));
+            prop_assert_eq!(spec.kind, NetdevKind::Tap(TapOptions { ifname: Some(ifname.clone()), fd: None, script: Script::None, downscript: Script::None, vnet_hdr: false, queues: 1 }));
             prop_assert_eq!(spec.options, vec![("ifname".to_string(), ifname)]);
         }
     }

@@ -176,6 +176,8 @@ pub struct OpenedPort {
     pub vhost: Option<crate::vhost_user::Service>,
     /// A user port's libslirp thread (stops, and frees libslirp, when the port goes).
     pub user: Option<crate::user::Service>,
+    /// A multiqueue tap's further queues (queue 0 is the connection's descriptor).
+    queue_fds: Vec<OwnedFd>,
 }
 
 fn run_script(path: &str, ifname: &str) -> Result<(), OpenError> {
@@ -219,6 +221,7 @@ fn fixed(fd: OwnedFd, tx_fd: Option<OwnedFd>, make: MakePort, peer: Option<Strin
         carrier: false,
         vhost: None,
         user: None,
+        queue_fds: Vec::new(),
     }
 }
 
@@ -240,6 +243,7 @@ fn open_socket(mode: &SocketMode) -> Result<OpenedPort, OpenError> {
                 carrier: false,
                 vhost: None,
                 user: None,
+                queue_fds: Vec::new(),
             })
         }
         SocketMode::Connect { addr, reconnect } => {
@@ -257,6 +261,7 @@ fn open_socket(mode: &SocketMode) -> Result<OpenedPort, OpenError> {
                 carrier: false,
                 vhost: None,
                 user: None,
+                queue_fds: Vec::new(),
             };
             // A first attempt at once; without a peer yet the port waits and retries (unless
             // reconnect=0, where the peer must be there, as in QEMU 7.2).
@@ -361,9 +366,14 @@ pub fn open(
     }
     match &spec.kind {
         NetdevKind::Tap(t) => {
+            let mut more = Vec::new();
             let tap = match t.fd {
                 Some(fd) => Tap::from_inherited(fd, t.vnet_hdr)?,
-                None => Tap::open_with(t.ifname.as_deref(), t.vnet_hdr)?,
+                None => {
+                    let mut taps = Tap::open_queues(t.ifname.as_deref(), t.vnet_hdr, t.queues)?;
+                    more = taps.split_off(1);
+                    taps.pop().expect("one queue at least")
+                }
             };
             let offloads = tap.offloads();
             let ifname = tap.name().to_string();
@@ -371,6 +381,7 @@ pub fn open(
                 run_script(p, &ifname)?;
             }
             let mut p = fixed(tap.into_fd(), None, tap_port(offloads != 0), None);
+            p.queue_fds = more.into_iter().map(Tap::into_fd).collect();
             p.ifname = Some(ifname);
             p.offloads = offloads;
             p.downscript = t.downscript.clone();
@@ -552,6 +563,20 @@ impl OpenedPort {
             None => None,
         };
         Ok(Some((self.make)(fd, tx, name)))
+    }
+
+    /// The data plane's ports over a multiqueue tap's further queues (none for other ports),
+    /// queue 1 first.
+    pub fn make_queue_ports(&self, name: &str) -> io::Result<Vec<AnyPort>> {
+        self.queue_fds
+            .iter()
+            .map(|fd| Ok((self.make)(fd.try_clone()?, None, name)))
+            .collect()
+    }
+
+    /// How many queues the port has (1 but for a multiqueue tap).
+    pub fn queues(&self) -> usize {
+        1 + self.queue_fds.len()
     }
 
     /// Whether this port (re)connects by itself (listening or client stream).

@@ -170,6 +170,33 @@ impl Tap {
 
     /// `open`, with a virtio-net header and offloads when `vnet_hdr`.
     pub fn open_with(name: Option<&str>, vnet_hdr: bool) -> Result<Tap, TapError> {
+        Tap::open_flags(name, vnet_hdr, 0)
+    }
+
+    /// A multiqueue tap (`IFF_MULTI_QUEUE`): `queues` descriptors of one interface, each a
+    /// queue the kernel steers flows to. One queue is a plain tap (`open_with`).
+    pub fn open_queues(
+        name: Option<&str>,
+        vnet_hdr: bool,
+        queues: u16,
+    ) -> Result<Vec<Tap>, TapError> {
+        if queues <= 1 {
+            return Ok(vec![Tap::open_with(name, vnet_hdr)?]);
+        }
+        let first = Tap::open_flags(name, vnet_hdr, IFF_MULTI_QUEUE)?;
+        let ifname = first.name.clone();
+        let mut taps = vec![first];
+        for _ in 1..queues {
+            taps.push(Tap::open_flags(Some(&ifname), vnet_hdr, IFF_MULTI_QUEUE)?);
+        }
+        Ok(taps)
+    }
+
+    fn open_flags(
+        name: Option<&str>,
+        vnet_hdr: bool,
+        extra: libc::c_short,
+    ) -> Result<Tap, TapError> {
         let name = name.unwrap_or("tap%d");
         validate_ifname(name)?;
         let file = OpenOptions::new()
@@ -179,7 +206,7 @@ impl Tap {
             .open("/dev/net/tun")
             .map_err(TapError::OpenTun)?;
         let fd = OwnedFd::from(file);
-        let flags = IFF_TAP | IFF_NO_PI | if vnet_hdr { IFF_VNET_HDR } else { 0 };
+        let flags = IFF_TAP | IFF_NO_PI | extra | if vnet_hdr { IFF_VNET_HDR } else { 0 };
         let mut req = IfReq::new(name, flags);
         // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `IfReq` has its layout and size
         // (40 bytes) and lives across the call.

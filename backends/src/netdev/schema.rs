@@ -41,12 +41,15 @@ const TAP_OPTIONS: &[(&str, Ty)] = &[
     ("script", Ty::Str),
     ("downscript", Ty::Str),
     ("vnet_hdr", Ty::Bool),
+    ("queues", Ty::Int),
 ];
 
 /// Options of QEMU's tap (net.json `NetdevTapOptions`) that ringswitch refuses, with why.
 const TAP_UNSUPPORTED: &[(&str, &str)] = &[
-    ("fds", "multiqueue taps are not supported yet; use one fd="),
-    ("queues", "multiqueue taps are not supported yet"),
+    (
+        "fds",
+        "inherited multiqueue taps are not supported; use queues=N (ringswitch opens the queues)",
+    ),
     (
         "vhost",
         "vhost-net accelerates a guest's virtio NIC, which a switch port does not have",

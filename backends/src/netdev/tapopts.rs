@@ -27,7 +27,13 @@ pub struct TapOptions {
     /// `vnet_hdr=on`: a virtio-net header in front of every frame, with checksum and
     /// segmentation offloads (64 KiB GSO segments pass through whole).
     pub vnet_hdr: bool,
+    /// `queues=N`: a multiqueue tap (`IFF_MULTI_QUEUE`), one descriptor per queue, the
+    /// queues spread over the workers; 1 (a plain tap) by default.
+    pub queues: u16,
 }
+
+/// Most queues of one multiqueue tap (QEMU allows 1024; each queue here is a port slot).
+pub const MAX_TAP_QUEUES: u16 = 16;
 
 fn parse_script(option: &str, v: Option<String>) -> Result<Script, NetdevError> {
     match v.as_deref() {
@@ -65,12 +71,31 @@ pub(crate) fn tap(o: &mut Opts, source: Source) -> Result<TapOptions, NetdevErro
     if ifname.is_some() && fd.is_some() {
         return Err(NetdevError::IfnameWithFd);
     }
+    let queues = match o.int("queues") {
+        None => 1,
+        Some(n) if (1..=i64::from(MAX_TAP_QUEUES)).contains(&n) => n as u16,
+        Some(n) => {
+            return Err(NetdevError::BadValue {
+                option: "queues".into(),
+                expected: "a number of queues from 1 to 16",
+                value: n.to_string(),
+            })
+        }
+    };
+    if queues > 1 && fd.is_some() {
+        return Err(NetdevError::BadValue {
+            option: "queues".into(),
+            expected: "1 with fd= (one inherited descriptor is one queue)",
+            value: queues.to_string(),
+        });
+    }
     Ok(TapOptions {
         ifname,
         fd,
         script,
         downscript,
         vnet_hdr,
+        queues,
     })
 }
 
@@ -107,5 +132,13 @@ mod tests {
             "off unless asked for, as in QEMU"
         );
         assert!(!parse_netdev("tap,id=n0").unwrap().wants_scripts());
+        assert_eq!(tap("tap,id=n0").queues, 1);
+        assert_eq!(tap("tap,id=n0,queues=4").queues, 4);
+        for bad in ["queues=0", "queues=17", "queues=-1", "fd=3,queues=2"] {
+            assert!(
+                matches!(parse_netdev(&format!("tap,id=n0,{bad}")), Err(NetdevError::BadValue { option, .. }) if option == "queues"),
+                "{bad}"
+            );
+        }
     }
 }
