@@ -131,8 +131,11 @@ impl Worker {
         // it is given back only below, after the copy; a lent buffer is not written by its
         // home (`PoolRegistry::remote_frame`).
         let bytes = unsafe { fabric.registry().remote_frame(src.home, src.buf, off, len) };
-        match bytes {
-            Some(bytes) => pool.buf_mut(b)[off..need].copy_from_slice(bytes),
+        let src_mac = match bytes {
+            Some(bytes) => {
+                pool.buf_mut(b)[off..need].copy_from_slice(bytes);
+                (len >= 12).then(|| crate::mac::MacAddr::from_slice(&bytes[6..12]))
+            }
             None => {
                 // A descriptor that names no buffer: a bug elsewhere, never trusted.
                 pool.release(b);
@@ -140,7 +143,11 @@ impl Worker {
                 counters.count_drop(DropReason::NoBuffer);
                 return;
             }
+        };
+        if let Some(mac) = src_mac {
+            self.engine.learn_crossing(src.ingress, mac, self.pass_secs);
         }
+        let pool = self.ring.pool_mut();
         if src.has_offload() {
             pool.set_offload(b, cf.offload);
         }
