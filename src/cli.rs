@@ -345,6 +345,15 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, CliExit> 
             given |=
                 [source("cores"), source("worker_cpu")].contains(&Some(ValueSource::CommandLine));
         }
+        // An empty RINGSWITCH_CORES is no setting: the file's holds.
+        if opt.id == "cores"
+            && source("cores") == Some(ValueSource::EnvVariable)
+            && matches
+                .get_one::<String>("cores")
+                .is_some_and(|v| v.trim().is_empty())
+        {
+            given = false;
+        }
         if !given {
             merged.extend(opt.tokens.iter().map(OsString::from));
             from_file.push(opt.long.clone());
@@ -549,7 +558,6 @@ fn validate(raw: Raw, origin: Origin) -> Result<Args, CliExit> {
             }
         }
     }
-    let netdevs: Vec<NetdevSpec> = netdevs.into_iter().map(|(_, n)| n).collect();
     if netdevs.is_empty() && qmp.is_empty() && vde_serve.is_empty() {
         let whence = match &origin.file {
             Some(f) => format!("{}: ", f.display()),
@@ -567,7 +575,13 @@ fn validate(raw: Raw, origin: Origin) -> Result<Args, CliExit> {
             raw.max_ports
         )));
     }
-    let cores = match (&raw.cores, raw.worker_cpu) {
+    // An empty RINGSWITCH_CORES is no setting (a script's way to turn it off).
+    let env_cores = origin.cores_from_env;
+    let listed = raw
+        .cores
+        .as_ref()
+        .filter(|l| !(env_cores && l.trim().is_empty()));
+    let cores = match (listed, raw.worker_cpu) {
         (Some(_), Some(_)) if !origin.cores_from_env => {
             return Err(CliExit::Invalid(format!(
                 "{}--cores and --worker-cpu cannot both be given; --worker-cpu N is --cores N",
@@ -595,8 +609,20 @@ fn validate(raw: Raw, origin: Origin) -> Result<Args, CliExit> {
         })?,
         (None, None) => Vec::new(),
     };
+    let workers = cores.len().max(1);
+    for (label, spec) in &netdevs {
+        if let Some(w) = spec.worker.filter(|w| usize::from(*w) >= workers) {
+            return Err(CliExit::Invalid(format!(
+                "{label}: Parameter 'worker': no worker {w}; {}",
+                match workers {
+                    1 => "the switch runs worker 0 only (give --cores to run more)".to_string(),
+                    n => format!("--cores starts workers 0 to {}", n - 1),
+                }
+            )));
+        }
+    }
     Ok(Args {
-        netdevs,
+        netdevs: netdevs.into_iter().map(|(_, n)| n).collect(),
         chardevs,
         vde_serve,
         cores,
@@ -757,6 +783,8 @@ mod tests {
         assert!(invalid(&["-netdev", "tap,id=a", "--cores", "4096"])
             .contains("--cores '4096': CPU 4096: this machine has CPUs 0.."));
         assert!(invalid(&["-netdev", "tap,id=a", "--cores", "1-0"]).contains("reversed"));
+        assert!(invalid(&["-netdev", "tap,id=a,worker=1", "--worker-cpu", "0"])
+            .contains("-netdev 'tap,id=a,worker=1': Parameter 'worker': no worker 1; the switch runs worker 0 only"));
         let f = config_file(r#"{"netdevs": [{"type": "tap", "id": "a"}], "cores": "0"}"#);
         assert_eq!(p(&["--config", &f]).unwrap().cores, [0]);
         // The command line's --worker-cpu replaces the file's --cores, as any option would.

@@ -458,7 +458,12 @@ fn a_config_file_sets_the_cores_and_each_netdevs_worker() {
     drop(q);
     assert!(switch.stop().status.success());
 
-    for (name, member, wanted) in [
+    // RINGSWITCH_CORES overrides a file's "cores" (as RINGSWITCH_POLL its "poll"), so the
+    // file's own faults show only without it.
+    let env = std::env::var_os("RINGSWITCH_CORES").filter(|v| !v.is_empty());
+    let cases = match env {
+        Some(_) => vec![],
+        None => vec![
         (
             "reversed",
             json!({"cores": "1-0"}),
@@ -474,7 +479,9 @@ fn a_config_file_sets_the_cores_and_each_netdevs_worker() {
             json!({"cores": "0,1", "worker": 2}),
             "netdevs[0] (id 'a'): Parameter 'worker': no worker 2; --cores starts workers 0 to 1",
         ),
-    ] {
+        ],
+    };
+    for (name, member, wanted) in cases {
         let mut cfg = json!({"netdevs": [a.object("a")]});
         for (k, v) in member.as_object().unwrap() {
             if k == "worker" {
