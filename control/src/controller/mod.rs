@@ -633,11 +633,22 @@ impl Controller {
             .map_err(|_| QmpError::generic("the switch did not answer"))
     }
 
-    /// The workers' live MAC tables, together.
+    /// The workers' live MAC tables, together: a station several workers learned (each
+    /// learns what it receives and what other workers hand it) is listed once, as the worker
+    /// that saw it last has it.
     pub fn mac_entries(&self) -> Result<Vec<MacEntry>, QmpError> {
-        let mut all = Vec::new();
+        let mut all: Vec<MacEntry> = Vec::new();
         for w in &self.workers {
-            all.extend(Self::ask(&w.link, Request::DumpMacs)?);
+            for e in Self::ask(&w.link, Request::DumpMacs)? {
+                match all
+                    .iter_mut()
+                    .find(|a| a.domain == e.domain && a.mac == e.mac)
+                {
+                    Some(a) if e.age < a.age => *a = e,
+                    Some(_) => {}
+                    None => all.push(e),
+                }
+            }
         }
         Ok(all)
     }
@@ -655,11 +666,21 @@ impl Controller {
             }
             None => None,
         };
+        // With several workers a station may be in several tables: count stations.
+        let stations = match self.workers.len() {
+            1 => None,
+            _ => Some(
+                self.mac_entries()?
+                    .iter()
+                    .filter(|e| index.is_none_or(|i| e.port == i))
+                    .count(),
+            ),
+        };
         let mut removed = 0;
         for w in &self.workers {
             removed += Self::ask(&w.link, |tx| Request::FlushMacs(index, tx))?;
         }
-        Ok(removed)
+        Ok(stations.map_or(removed, |s| s.min(removed)))
     }
 
     /// The port a MAC table entry points at, by id.
