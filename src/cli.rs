@@ -334,25 +334,22 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, CliExit> 
     let mut merged: Vec<OsString> = argv.iter().take(1).cloned().collect();
     let mut from_file = Vec::new();
     let source = |id: &str| matches.value_source(id);
+    // An empty RINGSWITCH_CORES is no setting: the file's holds.
+    let empty_env_cores = source("cores") == Some(ValueSource::EnvVariable)
+        && matches
+            .get_one::<String>("cores")
+            .is_some_and(|v| v.trim().is_empty());
     for opt in &file.options {
-        let mut given = matches!(
-            source(&opt.id),
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        );
+        let mut given = match source(&opt.id) {
+            Some(ValueSource::CommandLine) => true,
+            Some(ValueSource::EnvVariable) => !(opt.id == "cores" && empty_env_cores),
+            _ => false,
+        };
         // --cores and --worker-cpu set one thing: either on the command line replaces the
         // file's other.
         if matches!(opt.id.as_str(), "cores" | "worker_cpu") {
             given |=
                 [source("cores"), source("worker_cpu")].contains(&Some(ValueSource::CommandLine));
-        }
-        // An empty RINGSWITCH_CORES is no setting: the file's holds.
-        if opt.id == "cores"
-            && source("cores") == Some(ValueSource::EnvVariable)
-            && matches
-                .get_one::<String>("cores")
-                .is_some_and(|v| v.trim().is_empty())
-        {
-            given = false;
         }
         if !given {
             merged.extend(opt.tokens.iter().map(OsString::from));
