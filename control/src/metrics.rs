@@ -228,7 +228,7 @@ pub fn render(ctl: &Controller, format: Format) -> String {
         ),
         (
             "ringswitch_worker_cross_drops_total",
-            "Frames between workers dropped by this worker: handing out, the ring to the port's worker was full; taking in, the port had gone, moved or failed meanwhile.",
+            "Frames for ports of other workers dropped by this worker: the ring to the port's worker was full, or the port's link was down or its queue full; or, taking in, the port had gone, moved or failed meanwhile.",
             |s| s.cross_drops,
         ),
     ];
