@@ -28,7 +28,9 @@ struct Raw {
     /// option takes a list or one string). Options given on the command line override the
     /// file's: a single-valued option or flag replaces its value, -qmp and --vde-serve replace
     /// its list, and a -netdev or -chardev replaces the file's entry of the same id (others are
-    /// added). RINGSWITCH_POLL overrides the file's "poll" as well.
+    /// added). RINGSWITCH_POLL and RINGSWITCH_CORES override the file's "poll" and "cores" as
+    /// well; "cores" and "worker-cpu" are one setting, so either on the command line replaces
+    /// the file's.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 
@@ -53,7 +55,8 @@ struct Raw {
     ///
     /// bridge: br=BRIDGE. hubport: hubid=N,netdev=ID. vhost-user: chardev=ID (a -chardev
     /// socket), queues=1. vde: sock=DIR (a vde_switch's directory), port=N, group=NAME,
-    /// mode=OCTAL. Every type also takes macaddr=MAC.
+    /// mode=OCTAL. Every type also takes macaddr=MAC and worker=N (the worker to serve the
+    /// port, with --cores).
     #[arg(long = "netdev", value_name = "SPEC")]
     netdev: Vec<String>,
 
@@ -73,7 +76,16 @@ struct Raw {
     #[arg(long = "vde-serve", value_name = "SPEC")]
     vde_serve: Vec<String>,
 
-    /// Pin the worker thread to this CPU.
+    /// Run one worker per CPU of LIST, each pinned to its CPU: CPU numbers and ranges, e.g.
+    /// 2-5,8 (at most 64). Ports are spread over the workers (the one with the fewest ports
+    /// takes the next), unless a -netdev names one with worker=N; QMP's set-port-worker moves
+    /// a live port. Without it (and without --worker-cpu) one unpinned worker serves every port.
+    /// The environment variable RINGSWITCH_CORES sets it too (the test suites run every switch
+    /// with two workers this way); an explicit --worker-cpu wins over it.
+    #[arg(long, value_name = "LIST", env = "RINGSWITCH_CORES")]
+    cores: Option<String>,
+
+    /// Pin the one worker thread to this CPU (the same as --cores CPU).
     #[arg(long, value_name = "CPU")]
     worker_cpu: Option<usize>,
 
@@ -251,7 +263,8 @@ pub struct Args {
     pub netdevs: Vec<NetdevSpec>,
     pub chardevs: Vec<Chardev>,
     pub vde_serve: Vec<ServeOptions>,
-    pub worker_cpu: Option<usize>,
+    /// One pinned worker per CPU listed (`--cores`, `--worker-cpu`); empty: one unpinned worker.
+    pub cores: Vec<usize>,
     pub mac_ageing: u32,
     pub mac_table_size: usize,
     pub max_frame_size: usize,
@@ -306,25 +319,49 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, CliExit> 
         .map_err(CliExit::Clap)?;
     let raw = Raw::from_arg_matches(&matches).map_err(CliExit::Clap)?;
     let Some(path) = raw.config.clone() else {
-        return validate(raw, Origin::default());
+        let cores_from_env = cores_from_env(&matches);
+        return validate(
+            raw,
+            Origin {
+                cores_from_env,
+                ..Origin::default()
+            },
+        );
     };
     let file = config::load(&path, &cmd)?;
     // The file's options go first, as if typed before the command line's; an option the
     // command line (or the environment) gives is left out, so the command line overrides.
     let mut merged: Vec<OsString> = argv.iter().take(1).cloned().collect();
     let mut from_file = Vec::new();
+    let source = |id: &str| matches.value_source(id);
+    // An empty RINGSWITCH_CORES is no setting: the file's holds.
+    let empty_env_cores = source("cores") == Some(ValueSource::EnvVariable)
+        && matches
+            .get_one::<String>("cores")
+            .is_some_and(|v| v.trim().is_empty());
     for opt in &file.options {
-        let given = matches!(
-            matches.value_source(&opt.id),
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        );
+        let mut given = match source(&opt.id) {
+            Some(ValueSource::CommandLine) => true,
+            Some(ValueSource::EnvVariable) => !(opt.id == "cores" && empty_env_cores),
+            _ => false,
+        };
+        // --cores and --worker-cpu set one thing: either on the command line replaces the
+        // file's other.
+        if matches!(opt.id.as_str(), "cores" | "worker_cpu") {
+            given |=
+                [source("cores"), source("worker_cpu")].contains(&Some(ValueSource::CommandLine));
+        }
         if !given {
             merged.extend(opt.tokens.iter().map(OsString::from));
             from_file.push(opt.long.clone());
         }
     }
     merged.extend(argv.iter().skip(1).cloned());
-    let raw = Raw::try_parse_from(merged).map_err(CliExit::Clap)?;
+    let matches = cmd
+        .clone()
+        .try_get_matches_from(merged)
+        .map_err(CliExit::Clap)?;
+    let raw = Raw::from_arg_matches(&matches).map_err(CliExit::Clap)?;
     validate(
         raw,
         Origin {
@@ -332,8 +369,67 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, CliExit> 
             from_file,
             netdevs: file.netdevs,
             chardevs: file.chardevs,
+            cores_from_env: cores_from_env(&matches),
         },
     )
+}
+
+/// Whether `--cores` came from RINGSWITCH_CORES rather than the command line or a file.
+fn cores_from_env(matches: &clap::ArgMatches) -> bool {
+    matches.value_source("cores") == Some(ValueSource::EnvVariable)
+}
+
+/// Most workers `--cores` may start.
+pub const MAX_WORKERS: usize = 64;
+
+/// Parses a CPU list such as `2-5,8` into CPUs in the order given; `cpus` is how many the
+/// machine has. Refuses an empty list or element, a reversed range, a CPU listed twice, a CPU
+/// the machine does not have and more than `MAX_WORKERS` CPUs.
+pub fn parse_cores(list: &str, cpus: usize) -> Result<Vec<usize>, String> {
+    let fail = |what: String| Err(format!("--cores '{list}': {what}"));
+    if list.trim().is_empty() {
+        return fail("no CPUs; expected CPU numbers and ranges such as 2-5,8".into());
+    }
+    let num = |s: &str| -> Result<usize, String> {
+        s.trim().parse::<usize>().map_err(|_| {
+            format!("--cores '{list}': '{s}' is not a CPU number; expected CPU numbers and ranges such as 2-5,8")
+        })
+    };
+    let mut out: Vec<usize> = Vec::new();
+    for item in list.split(',') {
+        let (a, b) = match item.split_once('-') {
+            Some((a, b)) => (num(a)?, num(b)?),
+            None => {
+                let c = num(item)?;
+                (c, c)
+            }
+        };
+        if a > b {
+            return fail(format!("range {a}-{b} is reversed; write {b}-{a}"));
+        }
+        if (b - a).saturating_add(out.len()) >= MAX_WORKERS {
+            return fail(format!(
+                "more than {MAX_WORKERS} CPUs; ringswitch runs at most {MAX_WORKERS} workers"
+            ));
+        }
+        for c in a..=b {
+            if out.contains(&c) {
+                return fail(format!("CPU {c} is listed twice"));
+            }
+            out.push(c);
+        }
+    }
+    if let Some(c) = out.iter().find(|c| **c >= cpus) {
+        return fail(format!("CPU {c}: this machine has CPUs 0..{}", cpus - 1));
+    }
+    Ok(out)
+}
+
+/// The CPUs the system has (not `available_parallelism()`: that honours our own affinity
+/// mask, e.g. under `taskset`, while a worker may be pinned to any CPU the system has).
+fn system_cpus() -> usize {
+    // SAFETY: sysconf only reads a system parameter.
+    unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }.max(1) as usize
 }
 
 /// Where the values being validated came from: the command line alone, or a `--config` file
@@ -344,6 +440,8 @@ struct Origin {
     from_file: Vec<String>,
     netdevs: Vec<NetdevSpec>,
     chardevs: Vec<Chardev>,
+    /// `--cores` came from RINGSWITCH_CORES (an explicit `--worker-cpu` then wins).
+    cores_from_env: bool,
 }
 
 impl Origin {
@@ -457,7 +555,6 @@ fn validate(raw: Raw, origin: Origin) -> Result<Args, CliExit> {
             }
         }
     }
-    let netdevs: Vec<NetdevSpec> = netdevs.into_iter().map(|(_, n)| n).collect();
     if netdevs.is_empty() && qmp.is_empty() && vde_serve.is_empty() {
         let whence = match &origin.file {
             Some(f) => format!("{}: ", f.display()),
@@ -475,24 +572,57 @@ fn validate(raw: Raw, origin: Origin) -> Result<Args, CliExit> {
             raw.max_ports
         )));
     }
-    if let Some(cpu) = raw.worker_cpu {
-        // Not available_parallelism(): that honours our own affinity mask (e.g. under
-        // `taskset`), while the worker may be pinned to any CPU the system has.
-        // SAFETY: sysconf only reads a system parameter.
-        let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }.max(1) as usize;
-        if cpu >= n {
+    // An empty RINGSWITCH_CORES is no setting (a script's way to turn it off).
+    let env_cores = origin.cores_from_env;
+    let listed = raw
+        .cores
+        .as_ref()
+        .filter(|l| !(env_cores && l.trim().is_empty()));
+    let cores = match (listed, raw.worker_cpu) {
+        (Some(_), Some(_)) if !origin.cores_from_env => {
             return Err(CliExit::Invalid(format!(
-                "{}--worker-cpu {cpu}: this machine has CPUs 0..{}",
-                origin.at("worker-cpu"),
-                n - 1
+                "{}--cores and --worker-cpu cannot both be given; --worker-cpu N is --cores N",
+                origin.at("cores")
+            )))
+        }
+        (_, Some(cpu)) => {
+            let n = system_cpus();
+            if cpu >= n {
+                return Err(CliExit::Invalid(format!(
+                    "{}--worker-cpu {cpu}: this machine has CPUs 0..{}",
+                    origin.at("worker-cpu"),
+                    n - 1
+                )));
+            }
+            vec![cpu]
+        }
+        (Some(list), None) => parse_cores(list, system_cpus()).map_err(|e| {
+            let whence = if origin.cores_from_env {
+                "RINGSWITCH_CORES: ".to_string()
+            } else {
+                origin.at("cores")
+            };
+            CliExit::Invalid(format!("{whence}{e}"))
+        })?,
+        (None, None) => Vec::new(),
+    };
+    let workers = cores.len().max(1);
+    for (label, spec) in &netdevs {
+        if let Some(w) = spec.worker.filter(|w| usize::from(*w) >= workers) {
+            return Err(CliExit::Invalid(format!(
+                "{label}: Parameter 'worker': no worker {w}; {}",
+                match workers {
+                    1 => "the switch runs worker 0 only (give --cores to run more)".to_string(),
+                    n => format!("--cores starts workers 0 to {}", n - 1),
+                }
             )));
         }
     }
     Ok(Args {
-        netdevs,
+        netdevs: netdevs.into_iter().map(|(_, n)| n).collect(),
         chardevs,
         vde_serve,
-        worker_cpu: raw.worker_cpu,
+        cores,
         mac_ageing: raw.mac_ageing,
         mac_table_size: raw.mac_table_size as usize,
         max_frame_size: raw.max_frame_size as usize,
@@ -596,17 +726,83 @@ mod tests {
         .unwrap();
         assert_eq!(
             (
-                a.worker_cpu,
+                a.cores.clone(),
                 a.mac_ageing,
                 a.mac_table_size,
                 a.max_frame_size
             ),
-            (Some(0), 10, 1024, 9018)
+            (vec![0], 10, 1024, 9018)
         );
         assert_eq!(
             a.stats_json.as_deref(),
             Some(std::path::Path::new("/tmp/x.json"))
         );
+    }
+
+    #[test]
+    fn core_lists_take_numbers_and_ranges() {
+        assert_eq!(parse_cores("2-5,8", 16), Ok(vec![2, 3, 4, 5, 8]));
+        assert_eq!(parse_cores("1,0", 2), Ok(vec![1, 0]));
+        assert_eq!(parse_cores("3-3", 4), Ok(vec![3]));
+        assert_eq!(parse_cores("0-63", 128).map(|c| c.len()), Ok(64));
+        for (list, wanted) in [
+            ("", "no CPUs"),
+            (" ", "no CPUs"),
+            ("1,", "'' is not a CPU number"),
+            ("a", "'a' is not a CPU number"),
+            ("1-", "'' is not a CPU number"),
+            ("-1", "'' is not a CPU number"),
+            ("1-2-3", "'2-3' is not a CPU number"),
+            ("5-2", "range 5-2 is reversed; write 2-5"),
+            ("1,0-2", "CPU 1 is listed twice"),
+            ("0,0", "CPU 0 is listed twice"),
+            ("0-64", "more than 64 CPUs"),
+            ("0-18446744073709551615", "more than 64 CPUs"),
+            ("0,16", "CPU 16: this machine has CPUs 0..15"),
+        ] {
+            let e = parse_cores(list, 16).unwrap_err();
+            assert!(e.starts_with(&format!("--cores '{list}': ")), "{list}: {e}");
+            assert!(e.contains(wanted), "{list}: wanted {wanted:?} in {e}");
+        }
+    }
+
+    #[test]
+    fn cores_and_worker_cpu_are_one_setting() {
+        let a = p(&["-netdev", "tap,id=a", "--cores", "0"]).unwrap();
+        assert_eq!(a.cores, [0]);
+        // Whatever RINGSWITCH_CORES says, an explicit --worker-cpu wins over it.
+        let a = p(&["-netdev", "tap,id=a", "--worker-cpu", "0"]).unwrap();
+        assert_eq!(a.cores, [0]);
+        assert!(
+            invalid(&["-netdev", "tap,id=a", "--cores", "0", "--worker-cpu", "0"])
+                .contains("--cores and --worker-cpu cannot both be given")
+        );
+        assert!(invalid(&["-netdev", "tap,id=a", "--cores", "4096"])
+            .contains("--cores '4096': CPU 4096: this machine has CPUs 0.."));
+        assert!(invalid(&["-netdev", "tap,id=a", "--cores", "1-0"]).contains("reversed"));
+        assert!(invalid(&["-netdev", "tap,id=a,worker=1", "--worker-cpu", "0"])
+            .contains("-netdev 'tap,id=a,worker=1': Parameter 'worker': no worker 1; the switch runs worker 0 only"));
+        // RINGSWITCH_CORES overrides a file's "cores": what follows holds without it.
+        if std::env::var_os("RINGSWITCH_CORES").is_some_and(|v| !v.is_empty()) {
+            return;
+        }
+        let f = config_file(r#"{"netdevs": [{"type": "tap", "id": "a"}], "cores": "0"}"#);
+        assert_eq!(p(&["--config", &f]).unwrap().cores, [0]);
+        // The command line's --worker-cpu replaces the file's --cores, as any option would.
+        assert_eq!(
+            p(&["--config", &f, "--worker-cpu", "0"]).unwrap().cores,
+            [0]
+        );
+        let _ = std::fs::remove_file(&f);
+        let f = config_file(
+            r#"{"netdevs": [{"type": "tap", "id": "a"}], "cores": "0", "worker-cpu": 0}"#,
+        );
+        let e = invalid(&["--config", &f]);
+        assert!(
+            e.contains("member \"cores\": --cores and --worker-cpu cannot both be given"),
+            "{e}"
+        );
+        let _ = std::fs::remove_file(&f);
     }
 
     #[test]
@@ -711,8 +907,8 @@ mod tests {
         );
         let a = p(&["--config", &f]).unwrap();
         assert_eq!(
-            (a.mac_ageing, a.worker_cpu, a.max_frame_size),
-            (10, Some(0), 9018)
+            (a.mac_ageing, a.cores.clone(), a.max_frame_size),
+            (10, vec![0], 9018)
         );
         assert!(a.allow_scripts);
         assert_eq!(a.tap_rx, TapRx::Reads);

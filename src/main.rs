@@ -1,4 +1,5 @@
-//! The `ringswitch` binary: parses the command line, starts the worker, adds the ports through
+//! The `ringswitch` binary: parses the command line, starts the workers (one per `--cores`
+//! CPU, pinned, sharing a `Fabric`; one unpinned worker without it), adds the ports through
 //! the controller (the same path as QMP's `netdev_add`), serves QMP, and on SIGINT/SIGTERM or
 //! QMP `quit` stops cleanly and reports per-port counters. `ringswitch qmp …` is a small QMP
 //! client for scripts. Under systemd (`NOTIFY_SOCKET`) it reports readiness, the stop and
@@ -13,7 +14,10 @@ use anyhow::{anyhow, Context};
 use ringswitch_control::{
     Controller, ControllerConfig, Listener, MetricsServer, Server, WorkerRef,
 };
-use ringswitch_switch::{link, PollMode, Snapshot, TapRx, Worker, WorkerConfig};
+use ringswitch_switch::fabric::{Fabric, CROSS_RING};
+use ringswitch_switch::{
+    link, ControlLink, PollMode, Snapshot, TapRx, Worker, WorkerConfig, WorkerHandle, WorkerId,
+};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -62,44 +66,40 @@ fn run(args: cli::Args, mut notifier: service::Notifier) -> anyhow::Result<()> {
         .metrics
         .map(|a| MetricsServer::bind(a).with_context(|| format!("--metrics: binding {a}")))
         .transpose()?;
-    let cfg = WorkerConfig {
-        max_frame: args.max_frame_size,
-        mac_capacity: args.mac_table_size,
-        mac_ageing: args.mac_ageing,
-        rx_depth: args.rx_depth,
-        rx_multishot: args.rx_multishot,
-        tap_rx: args.tap_rx,
-        rx_coalesce: std::time::Duration::from_micros(args.rx_coalesce_us.into()),
-        max_ports: args.max_ports,
-        cpu: args.worker_cpu,
-        poll: args.poll,
-        poll_max: Duration::from_micros(args.poll_max_us.into()),
-        ..WorkerConfig::default()
-    };
-    let cfg_multishot = cfg.rx_multishot;
-    let cfg_tap_rx = cfg.tap_rx;
-    let (control, worker_link) = link(Snapshot::default()).context("creating the control link")?;
-    let handle = Worker::spawn(cfg, worker_link).context("starting the worker")?;
-    if let Some(cpu) = handle.cpu {
+    let (handles, links): (Vec<WorkerHandle>, Vec<ControlLink>) =
+        spawn_workers(&args)?.into_iter().unzip();
+    let cores: Vec<usize> = handles.iter().filter_map(|h| h.cpu).collect();
+    if !cores.is_empty() {
         // The control plane (QMP, snapshots, ageing ticks) and every thread it starts stay
-        // off a pinned worker's core: measured on 2 cores, the control thread otherwise took
+        // off the pinned workers' cores: measured on 2 cores, the control thread otherwise took
         // the busy-polling worker's core about 50 times a second, for up to 0.4 ms.
-        match ringswitch_switch::affinity::avoid_cpus(&[cpu]) {
-            Ok(_) => {}
-            Err(e) => eprintln!("ringswitch: keeping the control thread off CPU {cpu}: {e}"),
+        match ringswitch_switch::affinity::avoid_cpus(&cores) {
+            Ok(Some(_)) => {}
+            Ok(None) => eprintln!(
+                "ringswitch: every CPU this process may use runs a worker ({}); the control thread shares them",
+                cpu_list(&cores)
+            ),
+            Err(e) => eprintln!(
+                "ringswitch: keeping the control thread off CPUs {}: {e}",
+                cpu_list(&cores)
+            ),
         }
     }
-    let worker = WorkerRef {
-        id: handle.id,
-        cpu: handle.cpu,
-        poll: handle.poll,
-        features: handle.features,
-        huge_pages: handle.huge_pages,
-        counters: handle.counters.clone(),
-        link: control,
-    };
+    let workers: Vec<WorkerRef> = handles
+        .iter()
+        .zip(links)
+        .map(|(h, link)| WorkerRef {
+            id: h.id,
+            cpu: h.cpu,
+            poll: h.poll,
+            features: h.features,
+            huge_pages: h.huge_pages,
+            counters: h.counters.clone(),
+            link,
+        })
+        .collect();
     let mut ctl = Controller::new(
-        vec![worker],
+        workers,
         ControllerConfig {
             max_ports: args.max_ports,
             allow_scripts: args.allow_scripts,
@@ -131,8 +131,15 @@ fn run(args: cli::Args, mut notifier: service::Notifier) -> anyhow::Result<()> {
         }
     }
     if failure.is_none() {
+        // Every worker's io_uring is set up alike; the first one's answer stands for all.
+        let handle = &handles[0];
         eprintln!(
-            "ringswitch: {} port(s); poll={}; io_uring: defer_taskrun={} registered buffers={} files={} socket rx={} tap rx={} batch wait={}; huge pages={}",
+            "ringswitch: {}; {} port(s); poll={}; io_uring: defer_taskrun={} registered buffers={} files={} socket rx={} tap rx={} batch wait={}; huge pages={}",
+            match (handles.len(), cores.is_empty()) {
+                (1, true) => "1 worker (unpinned)".to_string(),
+                (1, false) => format!("1 worker on CPU {}", cpu_list(&cores)),
+                (n, _) => format!("{n} workers on CPUs {}", cpu_list(&cores)),
+            },
             ctl.ports().len(),
             match args.poll {
                 PollMode::Adaptive => format!("adaptive (up to {} µs)", args.poll_max_us),
@@ -144,12 +151,12 @@ fn run(args: cli::Args, mut notifier: service::Notifier) -> anyhow::Result<()> {
             handle.features.registered_files,
             if handle.features.recv_multishot {
                 "multishot recv + buffer ring"
-            } else if cfg_multishot {
+            } else if args.rx_multishot {
                 "reads (multishot recv over a buffer ring unsupported here)"
             } else {
                 "reads (--no-rx-multishot)"
             },
-            match cfg_tap_rx {
+            match args.tap_rx {
                 TapRx::Polled if handle.features.read_multishot => {
                     "rounds of non-blocking reads under load, a multishot read when idle"
                 }
@@ -159,7 +166,7 @@ fn run(args: cli::Args, mut notifier: service::Notifier) -> anyhow::Result<()> {
                 TapRx::Reads => "reads (--tap-rx reads)",
             },
             handle.features.batch_wait,
-            handle.huge_pages
+            handles.iter().all(|h| h.huge_pages)
         );
         for l in server.listeners() {
             eprintln!("ringswitch: QMP on {}", l.describe());
@@ -181,7 +188,7 @@ fn run(args: cli::Args, mut notifier: service::Notifier) -> anyhow::Result<()> {
             metrics.as_mut(),
             &mut ctl,
             &mut signals,
-            &handle,
+            &handles,
             &mut notifier,
         );
     }
@@ -191,16 +198,110 @@ fn run(args: cli::Args, mut notifier: service::Notifier) -> anyhow::Result<()> {
         None => "stopping: draining in-flight frames".to_string(),
         Some(e) => format!("stopping: {e:#}"),
     });
-    let stopped = handle.stop_and_join();
+    let stopped = stop_workers(handles);
     report::print_table(&ctl);
     if let Some(path) = &args.stats_json {
         report::write_json(path, &ctl).with_context(|| format!("writing {}", path.display()))?;
     }
     ctl.close_all();
-    stopped.context("worker failed")?;
+    stopped?;
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// `1,3-5` for CPUs 1, 3, 4, 5 (as `--cores` takes them).
+fn cpu_list(cpus: &[usize]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let mut j = i;
+        while j + 1 < cpus.len() && cpus[j + 1] == cpus[j] + 1 {
+            j += 1;
+        }
+        out.push(if j > i + 1 {
+            format!("{}-{}", cpus[i], cpus[j])
+        } else if j == i + 1 {
+            format!("{},{}", cpus[i], cpus[j])
+        } else {
+            cpus[i].to_string()
+        });
+        i = j + 1;
+    }
+    out.join(",")
+}
+
+/// Starts one worker per `--cores` CPU, pinned there (one unpinned worker without it), each
+/// with its link to the control plane; several share a `Fabric`. If one cannot start, those
+/// already started are stopped again.
+fn spawn_workers(args: &cli::Args) -> anyhow::Result<Vec<(WorkerHandle, ControlLink)>> {
+    let cpus: Vec<Option<usize>> = if args.cores.is_empty() {
+        vec![None]
+    } else {
+        args.cores.iter().copied().map(Some).collect()
+    };
+    // One worker forwards alone, exactly as before workers could share ports.
+    let fabric = (cpus.len() > 1).then(|| Fabric::new(cpus.len(), CROSS_RING));
+    let mut out: Vec<(WorkerHandle, ControlLink)> = Vec::with_capacity(cpus.len());
+    for (i, cpu) in cpus.into_iter().enumerate() {
+        let cfg = WorkerConfig {
+            id: WorkerId(i as u8),
+            max_frame: args.max_frame_size,
+            mac_capacity: args.mac_table_size,
+            mac_ageing: args.mac_ageing,
+            rx_depth: args.rx_depth,
+            rx_multishot: args.rx_multishot,
+            tap_rx: args.tap_rx,
+            rx_coalesce: Duration::from_micros(args.rx_coalesce_us.into()),
+            max_ports: args.max_ports,
+            fabric: fabric.clone(),
+            cpu,
+            poll: args.poll,
+            poll_max: Duration::from_micros(args.poll_max_us.into()),
+            ..WorkerConfig::default()
+        };
+        let started = link(Snapshot::default())
+            .context("creating the control link")
+            .and_then(|(control, worker_link)| {
+                Worker::spawn(cfg, worker_link)
+                    .map(|h| (h, control))
+                    .with_context(|| match cpu {
+                        Some(c) => format!("starting worker {i} on CPU {c}"),
+                        None => "starting the worker".to_string(),
+                    })
+            });
+        match started {
+            Ok(w) => out.push(w),
+            Err(e) => {
+                let _ = stop_workers(out.into_iter().map(|(h, _)| h).collect());
+                return Err(e);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Asks every worker to stop, then waits for each (so they drain at the same time); the
+/// first failure, naming its worker, with any others after it.
+fn stop_workers(handles: Vec<WorkerHandle>) -> anyhow::Result<()> {
+    for h in &handles {
+        h.stopper.stop();
+    }
+    let several = handles.len() > 1;
+    let mut failed: Vec<String> = Vec::new();
+    for h in handles {
+        let id = h.id.0;
+        if let Err(e) = h.join() {
+            failed.push(match several {
+                true => format!("worker {id} failed: {e}"),
+                false => format!("worker failed: {e}"),
+            });
+        }
+    }
+    match failed.len() {
+        0 => Ok(()),
+        _ => Err(anyhow!("{}", failed.join("; "))),
     }
 }
 
@@ -211,7 +312,7 @@ fn serve(
     mut metrics: Option<&mut MetricsServer>,
     ctl: &mut Controller,
     signals: &mut signal_hook::iterator::Signals,
-    handle: &ringswitch_switch::WorkerHandle,
+    handles: &[WorkerHandle],
     notifier: &mut service::Notifier,
 ) -> Option<anyhow::Error> {
     let mut quit_deadline: Option<Instant> = None;
@@ -220,8 +321,8 @@ fn serve(
             eprintln!("ringswitch: signal {sig}, stopping");
             return None;
         }
-        if handle.is_finished() {
-            return Some(anyhow!("worker stopped unexpectedly"));
+        if let Some(h) = handles.iter().find(|h| h.is_finished()) {
+            return Some(anyhow!("worker {} stopped unexpectedly", h.id.0));
         }
         if ctl.quit_requested() {
             // Let the answers to `quit` reach the clients (bounded).

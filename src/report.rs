@@ -44,8 +44,9 @@ pub fn print_table(ctl: &Controller) {
     for w in ctl.workers() {
         let s = w.counters.snapshot();
         println!(
-            "worker {} (poll {:?}): work={}ms poll={}ms sleep={}ms sleeps={} wakeups={} completions={} rx_frames={} tx_submitted={} frames/wakeup={:.1} max_batch={} rx_starved={} rx_ring_empty={} mac learned={} moved={} evicted={}",
+            "worker {}{} (poll {:?}): work={}ms poll={}ms sleep={}ms sleeps={} wakeups={} completions={} rx_frames={} tx_submitted={} frames/wakeup={:.1} max_batch={} rx_starved={} rx_ring_empty={} mac learned={} moved={} evicted={} cross tx={} rx={} drops={}",
             w.id.0,
+            w.cpu.map_or(String::new(), |c| format!(" on CPU {c}")),
             w.poll,
             s.work_ns / 1_000_000,
             s.poll_ns / 1_000_000,
@@ -61,13 +62,17 @@ pub fn print_table(ctl: &Controller) {
             s.rx_ring_empty,
             s.mac_learned,
             s.mac_moved,
-            s.mac_evicted
+            s.mac_evicted,
+            s.cross_tx,
+            s.cross_rx,
+            s.cross_drops
         );
     }
 }
 
-/// `--stats-json`: every port's counters, every worker's, and the workers' total under
-/// `worker`.
+/// `--stats-json`: every port's counters (with the worker serving it at the end), every
+/// worker's (with its id and CPU), and the workers' total under `worker`. A port's counters
+/// are its own whichever worker served it when; a worker's count what that worker did.
 pub fn write_json(path: &Path, ctl: &Controller) -> std::io::Result<()> {
     let ports: Vec<serde_json::Value> = ctl
         .ports()
@@ -93,6 +98,9 @@ pub fn write_json(path: &Path, ctl: &Controller) -> std::io::Result<()> {
             let mut v = serde_json::to_value(w.counters.snapshot()).unwrap_or_default();
             if let Some(m) = v.as_object_mut() {
                 m.insert("id".into(), w.id.0.into());
+                if let Some(c) = w.cpu {
+                    m.insert("cpu".into(), c.into());
+                }
             }
             v
         })

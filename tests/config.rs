@@ -401,3 +401,96 @@ fn command_line_options_override_the_files() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Whether this machine has CPUs 0 and 1 (for two pinned workers); says so when it has not.
+fn two_cpus(test: &str) -> bool {
+    // SAFETY: sysconf only reads a system parameter.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
+    if n < 2 {
+        eprintln!("skipping {test}: needs 2 CPUs, this machine has {n}");
+    }
+    n >= 2
+}
+
+#[test]
+fn a_config_file_sets_the_cores_and_each_netdevs_worker() {
+    if !two_cpus("a_config_file_sets_the_cores_and_each_netdevs_worker") {
+        return;
+    }
+    let dir = test_dir("rs-cfc");
+    let (a, b, c) = (
+        Peer::new(&dir, "a"),
+        Peer::new(&dir, "b"),
+        Peer::new(&dir, "c"),
+    );
+    let qmp = dir.join("qmp.sock");
+    let mut bo = b.object("b");
+    bo["worker"] = json!(0);
+    let cfg = json!({
+        "netdevs": [a.object("a"), bo, c.object("c")],
+        "cores": "0,1",
+        "qmp": format!("unix:{},server=on,wait=off", qmp.display()),
+    });
+    let file = write(&dir, "cores.json", &cfg.to_string());
+    let switch = Switch::start(&["--config", file.to_str().unwrap()]);
+    assert!(
+        switch.stderr().contains("2 workers on CPUs 0,1"),
+        "{}",
+        switch.stderr()
+    );
+    let mut q = Qmp::connect(&qmp);
+    // a: the least loaded (0); b: named 0; c: then the least loaded, 1.
+    let workers: Vec<Value> = ["a", "b", "c"]
+        .iter()
+        .map(|id| q.port(id)["worker"].clone())
+        .collect();
+    assert_eq!(workers, [json!(0), json!(0), json!(1)]);
+    let cpus: Vec<Value> = q
+        .execute("query-workers")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["cpu"].clone())
+        .collect();
+    assert_eq!(cpus, [json!(0), json!(1)]);
+    pass(&a, &c, 1, 3, 10);
+    pass(&c, &a, 3, 1, 10);
+    drop(q);
+    assert!(switch.stop().status.success());
+
+    // RINGSWITCH_CORES overrides a file's "cores" (as RINGSWITCH_POLL its "poll"), so the
+    // file's own faults show only without it.
+    let env = std::env::var_os("RINGSWITCH_CORES").filter(|v| !v.is_empty());
+    let cases = match env {
+        Some(_) => vec![],
+        None => vec![
+        (
+            "reversed",
+            json!({"cores": "1-0"}),
+            "member \"cores\": --cores '1-0': range 1-0 is reversed",
+        ),
+        (
+            "both",
+            json!({"cores": "0", "worker-cpu": 0}),
+            "member \"cores\": --cores and --worker-cpu cannot both be given",
+        ),
+        (
+            "worker",
+            json!({"cores": "0,1", "worker": 2}),
+            "netdevs[0] (id 'a'): Parameter 'worker': no worker 2; --cores starts workers 0 to 1",
+        ),
+        ],
+    };
+    for (name, member, wanted) in cases {
+        let mut cfg = json!({"netdevs": [a.object("a")]});
+        for (k, v) in member.as_object().unwrap() {
+            if k == "worker" {
+                cfg["netdevs"][0]["worker"] = v.clone();
+            } else {
+                cfg[k] = v.clone();
+            }
+        }
+        refused(&dir, &format!("{name}.json"), &cfg.to_string(), &[wanted]);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -115,6 +115,9 @@ pub struct NetdevSpec {
     pub kind: NetdevKind,
     /// The station behind the port, if the operator named one.
     pub macaddr: Option<MacAddr>,
+    /// The worker to serve the port (`worker=N`, a ringswitch extension), if the operator
+    /// named one; whether it exists is the controller's to check.
+    pub worker: Option<u8>,
     /// The options as given (without `type` and `id`), for listings.
     pub options: Vec<(String, String)>,
 }
@@ -222,9 +225,21 @@ fn build(
     let mut kind_opts = Vec::new();
     let mut shown = Vec::new();
     let mut macaddr = None;
+    let mut worker = None;
     for (k, raw) in opts {
         if let Some((_, t)) = COMMON_OPTIONS.iter().find(|(n, _)| *n == k) {
             let v = typed(&k, *t, raw)?.into_string();
+            if k == "worker" {
+                worker = Some(v.parse::<u8>().ok().filter(|w| *w < 64).ok_or_else(|| {
+                    NetdevError::BadValue {
+                        option: k.clone(),
+                        expected: "a worker number, 0 to 63 (query-workers lists them)",
+                        value: v.clone(),
+                    }
+                })?);
+                shown.push((k, v));
+                continue;
+            }
             macaddr = Some(
                 v.parse::<MacAddr>()
                     .ok()
@@ -294,6 +309,7 @@ fn build(
         id,
         kind,
         macaddr,
+        worker,
         options: shown,
     })
 }
@@ -617,6 +633,28 @@ mod tests {
         .map(fd_of)
         .collect();
         assert!(n.iter().all(|&f| f == Some(3)), "{n:?}");
+    }
+
+    #[test]
+    fn worker_is_a_common_option() {
+        use serde_json::json;
+        let s = parse_netdev("dgram,id=a,local.type=fd,local.str=3,worker=1").unwrap();
+        assert_eq!(s.worker, Some(1));
+        assert!(s.options.contains(&("worker".into(), "1".into())));
+        assert_eq!(parse_netdev("tap,id=a").unwrap().worker, None);
+        for bad in ["64", "-1", "x"] {
+            assert!(
+                matches!(parse_netdev(&format!("tap,id=a,worker={bad}")).unwrap_err(), NetdevError::BadValue { option, .. } if option == "worker"),
+                "{bad}"
+            );
+        }
+        let m = |v: serde_json::Value| v.as_object().unwrap().clone();
+        let spec = netdev_from_qmp(&m(json!({"type": "tap", "id": "a", "worker": 2}))).unwrap();
+        assert_eq!(spec.worker, Some(2));
+        assert!(matches!(
+            netdev_from_qmp(&m(json!({"type": "tap", "id": "a", "worker": "2"}))).unwrap_err(),
+            NetdevError::WrongType { .. }
+        ));
     }
 
     #[test]

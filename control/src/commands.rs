@@ -25,6 +25,7 @@ pub const COMMANDS: &[&str] = &[
     "query-mac-table",
     "clear-mac-table",
     "query-workers",
+    "set-port-worker",
     "query-vde-serve",
     "hostfwd-add",
     "hostfwd-remove",
@@ -88,6 +89,14 @@ pub fn dispatch(ctl: &mut Controller, req: &Request) -> Result<Value, QmpError> 
             let up = a.bool("up")?;
             a.finish()?;
             ctl.set_link(name, up)?;
+            Ok(json!({}))
+        }
+        "set-port-worker" => {
+            let mut a = Args::new(map);
+            let id = a.str("id")?;
+            let worker = a.int("worker")?;
+            a.finish()?;
+            ctl.set_port_worker(id, worker)?;
             Ok(json!({}))
         }
         "query-rx-filter" => {
@@ -231,6 +240,9 @@ pub fn dispatch(ctl: &mut Controller, req: &Request) -> Result<Value, QmpError> 
                     "mac-learned": s.mac_learned,
                     "mac-moved": s.mac_moved,
                     "mac-evicted": s.mac_evicted,
+                    "cross-tx": s.cross_tx,
+                    "cross-rx": s.cross_rx,
+                    "cross-drops": s.cross_drops,
                     "buffers-total": b.total,
                     "buffers-free": b.free,
                     "large-buffers-total": b.large_total,

@@ -165,7 +165,7 @@ pub fn render(ctl: &Controller, format: Format) -> String {
         })
         .collect();
     type WorkerField = fn(&ringswitch_switch::WorkerStats) -> u64;
-    let worker_counters: [(&str, &str, WorkerField); 10] = [
+    let worker_counters: [(&str, &str, WorkerField); 13] = [
         (
             "ringswitch_worker_wakeups_total",
             "Returns from io_uring_enter that waited for completions.",
@@ -215,6 +215,21 @@ pub fn render(ctl: &Controller, format: Format) -> String {
             "ringswitch_worker_mac_evicted_total",
             "MAC table entries evicted.",
             |s| s.mac_evicted,
+        ),
+        (
+            "ringswitch_worker_cross_tx_frames_total",
+            "Frames this worker received and handed to another worker for a port that one serves.",
+            |s| s.cross_tx,
+        ),
+        (
+            "ringswitch_worker_cross_rx_frames_total",
+            "Frames other workers handed to this worker for its ports.",
+            |s| s.cross_rx,
+        ),
+        (
+            "ringswitch_worker_cross_drops_total",
+            "Frames for ports of other workers dropped by this worker: the ring to the port's worker was full, or the port's link was down or its queue full; or, taking in, the port had gone, moved or failed meanwhile.",
+            |s| s.cross_drops,
         ),
     ];
     for (name, help, get) in worker_counters {

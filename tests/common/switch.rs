@@ -47,6 +47,9 @@ pub struct Stopped {
 pub struct Stats {
     pub ports: Vec<PortStats>,
     pub worker: serde_json::Value,
+    /// Each worker's statistics (`id`, `cpu` when pinned, and `WorkerStats`' fields).
+    #[serde(default)]
+    pub workers: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

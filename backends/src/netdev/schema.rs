@@ -29,10 +29,11 @@ const QEMU_ONLY_KINDS: &[&str] = &[
     "vmnet-bridged",
 ];
 
-/// Options every kind takes besides `type` and `id`: `macaddr` is a ringswitch extension
-/// naming the station behind the port (reported by query-rx-filter, announced by
-/// announce-self).
-pub(crate) const COMMON_OPTIONS: &[(&str, Ty)] = &[("macaddr", Ty::Str)];
+/// Options every kind takes besides `type` and `id`, both ringswitch extensions: `macaddr`
+/// names the station behind the port (reported by query-rx-filter, announced by
+/// announce-self); `worker` names the worker that serves the port (otherwise the one with the
+/// fewest ports).
+pub(crate) const COMMON_OPTIONS: &[(&str, Ty)] = &[("macaddr", Ty::Str), ("worker", Ty::Int)];
 
 /// Options of QEMU's tap that ringswitch accepts.
 const TAP_OPTIONS: &[(&str, Ty)] = &[

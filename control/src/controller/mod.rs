@@ -3,7 +3,8 @@
 //! It owns every port's configuration, publishes each change to the workers as a new
 //! snapshot and returns once every worker applied it (so `netdev_del` returns only when the
 //! port's descriptor is no longer used). Each port is served by one worker, chosen when it is
-//! added (the one serving the fewest ports). Both the command line and QMP add ports through it, so they
+//! added (its `worker=`, else the one serving the fewest ports) and changed by
+//! `set-port-worker`. Both the command line and QMP add ports through it, so they
 //! share one parser and one code path. Events it raises wait in `events` for the server to
 //! send. It runs on the control thread only and never touches frames.
 
@@ -291,6 +292,31 @@ impl Controller {
         Ok(())
     }
 
+    /// Worker `n` if the switch has it; otherwise a GenericError naming the valid range,
+    /// worded for `what` (the option or argument that named it).
+    fn worker_at(&self, n: u8, what: &str) -> Result<WorkerId, QmpError> {
+        let id = WorkerId(n);
+        if self.workers.iter().any(|w| w.id == id) {
+            return Ok(id);
+        }
+        let range = match self.workers.len() {
+            1 => "worker 0 only (one worker; start with --cores to run more)".to_string(),
+            n => format!("workers 0 to {} (--cores lists {n} CPUs)", n - 1),
+        };
+        Err(QmpError::generic(format!(
+            "{what}: no worker {} in this switch; it has {range}",
+            id.0
+        )))
+    }
+
+    /// The worker that serves a new port: the one its `worker=` names, else the least loaded.
+    fn chosen_worker(&self, spec: &NetdevSpec) -> Result<WorkerId, QmpError> {
+        match spec.worker {
+            Some(n) => self.worker_at(n, &format!("netdev '{}': Parameter 'worker'", spec.id)),
+            None => Ok(self.least_loaded()),
+        }
+    }
+
     /// The worker with the fewest ports (the lowest id among equals).
     fn least_loaded(&self) -> WorkerId {
         self.workers
@@ -317,8 +343,16 @@ impl Controller {
             return Err(QmpError::generic(format!("Duplicate ID '{}'", spec.id)));
         }
         if let NetdevKind::HubPort { hubid, netdev } = &spec.kind {
+            if spec.worker.is_some() {
+                return Err(port_error(
+                    &spec,
+                    "Parameter 'worker': a hubport places a netdev in a hub; give worker= on that netdev",
+                ));
+            }
             return self.hubport_add(spec.id.clone(), *hubid, netdev.clone());
         }
+        // Before anything is opened.
+        self.chosen_worker(&spec)?;
         let index = self.free_index().ok_or_else(|| {
             QmpError::generic(format!(
                 "netdev '{}': the switch has no free port (it serves at most {}; see --max-ports)",
@@ -369,7 +403,7 @@ impl Controller {
         index: PortId,
         opened: OpenedPort,
     ) -> Result<(), QmpError> {
-        let worker = self.least_loaded();
+        let worker = self.chosen_worker(&spec)?;
         let mut port = Port {
             spec,
             index,
@@ -518,6 +552,33 @@ impl Controller {
         Ok(())
     }
 
+    /// `set-port-worker`: moves a live port to another worker. The port's entry is published
+    /// again with the same `PortCell` and the new worker: the old worker drains the port and
+    /// hands it back through the cell, the new one takes it; returns once every worker applied
+    /// the change. Frames of other ports are not touched; those the moving port receives meanwhile
+    /// wait in its kernel socket or tap.
+    pub fn set_port_worker(&mut self, id: &str, worker: i64) -> Result<(), QmpError> {
+        let i = self
+            .find(id)
+            .ok_or_else(|| QmpError::device_not_found(id))?;
+        let n = u8::try_from(worker).map_err(|_| {
+            QmpError::generic(format!(
+                "Parameter 'worker': no worker {worker}; workers are numbered from 0 (query-workers lists them)"
+            ))
+        })?;
+        let to = self.worker_at(n, "Parameter 'worker'")?;
+        let p = &mut self.ports[i];
+        if p.worker == to {
+            return Ok(());
+        }
+        let from = std::mem::replace(&mut p.worker, to);
+        if let Err(e) = p.refresh_entry() {
+            p.worker = from;
+            return Err(e);
+        }
+        self.publish()
+    }
+
     /// `query-rx-filter`: every port accepts every frame until rx-filters become
     /// configurable, and says so. Querying a port re-arms its NIC_RX_FILTER_CHANGED event.
     pub fn query_rx_filter(&mut self, name: Option<&str>) -> Result<Value, QmpError> {
@@ -573,11 +634,22 @@ impl Controller {
             .map_err(|_| QmpError::generic("the switch did not answer"))
     }
 
-    /// The workers' live MAC tables, together.
+    /// The workers' live MAC tables, together: a station several workers learned (each
+    /// learns what it receives and what other workers hand it) is listed once, as the worker
+    /// that saw it last has it.
     pub fn mac_entries(&self) -> Result<Vec<MacEntry>, QmpError> {
-        let mut all = Vec::new();
+        let mut all: Vec<MacEntry> = Vec::new();
         for w in &self.workers {
-            all.extend(Self::ask(&w.link, Request::DumpMacs)?);
+            for e in Self::ask(&w.link, Request::DumpMacs)? {
+                match all
+                    .iter_mut()
+                    .find(|a| a.domain == e.domain && a.mac == e.mac)
+                {
+                    Some(a) if e.age < a.age => *a = e,
+                    Some(_) => {}
+                    None => all.push(e),
+                }
+            }
         }
         Ok(all)
     }
@@ -595,11 +667,21 @@ impl Controller {
             }
             None => None,
         };
+        // With several workers a station may be in several tables: count stations.
+        let stations = match self.workers.len() {
+            1 => None,
+            _ => Some(
+                self.mac_entries()?
+                    .iter()
+                    .filter(|e| index.is_none_or(|i| e.port == i))
+                    .count(),
+            ),
+        };
         let mut removed = 0;
         for w in &self.workers {
             removed += Self::ask(&w.link, |tx| Request::FlushMacs(index, tx))?;
         }
-        Ok(removed)
+        Ok(stations.map_or(removed, |s| s.min(removed)))
     }
 
     /// The port a MAC table entry points at, by id.

@@ -100,6 +100,7 @@ impl Controller {
                 port: c.port,
             },
             macaddr: None,
+            worker: None,
             options: vec![
                 ("sock".into(), dir.display().to_string()),
                 ("port".into(), c.port.to_string()),

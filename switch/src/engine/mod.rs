@@ -231,6 +231,29 @@ impl Engine {
         }
     }
 
+    /// Learns `src` behind `ingress`, a port of another worker, from a frame that worker
+    /// received there and handed to this one. Each worker's table learns only what it sees,
+    /// so without this a station behind another worker's port stays unknown here and every
+    /// frame to it is flooded.
+    pub fn learn_crossing(&mut self, ingress: PortId, src: MacAddr, now: Seconds) {
+        let Some(Some(port)) = self.ports.get(ingress.index()) else {
+            return;
+        };
+        if port.counters.is_some() || src.is_multicast() || src == MacAddr::ZERO {
+            // A port of this worker learns from its own receives.
+            return;
+        }
+        match self.table.learn(port.conf.domain, src, ingress, now) {
+            Learned::Refreshed => {}
+            Learned::New => self.stats.mac_learned.inc(),
+            Learned::Moved => self.stats.mac_moved.inc(),
+            Learned::Evicted => {
+                self.stats.mac_learned.inc();
+                self.stats.mac_evicted.inc()
+            }
+        }
+    }
+
     pub fn port_counters(&self, id: PortId) -> Option<&Arc<PortCounters>> {
         self.ports.get(id.index())?.as_ref()?.counters.as_ref()
     }

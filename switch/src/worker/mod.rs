@@ -414,8 +414,13 @@ impl Worker {
         let gather = self.last_batch >= COALESCE_FROM && !self.rx_coalesce.is_zero();
         // Frames from ports whose completions are worth gathering keep the coalescing wait
         // in every mode but busy: one wake-up and one send carry many of them.
-        // A dump under way goes on at the next pass, whatever the mode.
+        // A dump under way goes on at the next pass, whatever the mode. So does a port
+        // moving here whose old worker has not let go of it yet: putting it back in its cell
+        // wakes nobody, so a worker asleep would not apply the move until some unrelated
+        // completion came.
+        let moving_in = self.retry && self.fabric.is_some();
         let sleep = self.dumps.is_empty()
+            && !moving_in
             && match self.poller.mode() {
                 PollMode::Busy => false,
                 PollMode::Sleep => true,
