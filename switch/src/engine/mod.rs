@@ -1,11 +1,14 @@
 //! `Engine`: the forwarding decision for batches of received frames, with no I/O.
 //!
-//! The engine owns the MAC table and the port table of one worker. `forward` takes a batch of
-//! received frames and appends each to the transmit queues of the ports it must leave by:
-//! validate, learn the source, look up the destination, unicast or flood within the bridge
-//! domain, never back out of the ingress port. It never blocks, never allocates and takes no
-//! lock. It knows ports by their switch-wide `PortId` (what the MAC table learns, what frames
-//! and transmit queues name); which worker slot serves a port is the worker's business.
+//! The engine holds the MAC table (its own, or one shared with other workers' engines) and
+//! owns the port table of one worker. `forward` takes a batch of received frames and appends
+//! each to the transmit queues of the ports it must leave by: validate, learn the source, look
+//! up the destination, unicast or flood within the bridge domain, never back out of the
+//! ingress port. It never blocks and never allocates; the only lock it takes is a MAC table
+//! bucket's, for a few stores, when a station is new or moved (lookups and refreshes take
+//! none; see `mactable`). It knows ports by their switch-wide `PortId` (what the MAC table
+//! learns, what frames and transmit queues name); which worker slot serves a port is the
+//! worker's business.
 //!
 //! Counters: drops decided on receive (runt, oversize, bad source, filtered, no destination,
 //! link down on ingress) are charged to the ingress port, whose owner this worker is. Drops
@@ -50,7 +53,7 @@ pub struct Engine {
     ports: Vec<Option<PortSlot>>,
     /// Per domain, the ports whose link is up (flood targets).
     flood: Vec<(DomainId, Vec<PortId>)>,
-    table: MacTable,
+    table: Arc<MacTable>,
     max_frame: usize,
     stats: Arc<WorkerCounters>,
     /// Scratch space of the offload path (no allocation per frame).
@@ -79,10 +82,22 @@ impl Engine {
         max_frame: usize,
         stats: Arc<WorkerCounters>,
     ) -> Engine {
+        let table = Arc::new(MacTable::new(mac_capacity, ageing));
+        Engine::with_table(max_ports, max_frame, stats, table)
+    }
+
+    /// An engine for up to `max_ports` ports that learns into, and looks up in, `table`
+    /// (which other engines may share), accepting frames up to `max_frame` bytes.
+    pub fn with_table(
+        max_ports: usize,
+        max_frame: usize,
+        stats: Arc<WorkerCounters>,
+        table: Arc<MacTable>,
+    ) -> Engine {
         Engine {
             ports: (0..max_ports).map(|_| None).collect(),
             flood: Vec::new(),
-            table: MacTable::new(mac_capacity, ageing),
+            table,
             max_frame,
             stats,
             scratch: offload::Scratch::new(max_ports),
@@ -178,8 +193,9 @@ impl Engine {
         &self.table
     }
 
-    pub fn mac_table_mut(&mut self) -> &mut MacTable {
-        &mut self.table
+    /// The table itself, to share it with another engine.
+    pub fn mac_table_arc(&self) -> &Arc<MacTable> {
+        &self.table
     }
 
     fn rebuild_flood(&mut self) {
