@@ -50,6 +50,11 @@ struct Door {
 /// The rings and doors of `workers` workers.
 pub struct Fabric {
     workers: usize,
+    /// The MAC table every worker learns into and looks up in (made by the first worker
+    /// built, with its sizing), so a station is known, and follows its moves, everywhere.
+    table: OnceLock<Arc<crate::mactable::MacTable>>,
+    /// The workers' common clock origin (the table's stamps must agree across workers).
+    epoch: std::time::Instant,
     rings: Box<[Spsc<CrossFrame>]>,
     doors: Box<[Door]>,
     registry: Arc<PoolRegistry>,
@@ -61,6 +66,8 @@ impl Fabric {
         let workers = workers.max(1);
         Arc::new(Fabric {
             workers,
+            table: OnceLock::new(),
+            epoch: std::time::Instant::now(),
             rings: (0..workers * workers).map(|_| Spsc::new(ring)).collect(),
             doors: (0..workers)
                 .map(|_| Door {
@@ -79,6 +86,19 @@ impl Fabric {
 
     pub fn registry(&self) -> &Arc<PoolRegistry> {
         &self.registry
+    }
+
+    /// The shared MAC table, made with `capacity` entries and `ageing` seconds by the first
+    /// caller.
+    pub fn table(&self, capacity: usize, ageing: u32) -> Arc<crate::mactable::MacTable> {
+        self.table
+            .get_or_init(|| Arc::new(crate::mactable::MacTable::new(capacity, ageing)))
+            .clone()
+    }
+
+    /// When the workers' clock started.
+    pub fn epoch(&self) -> std::time::Instant {
+        self.epoch
     }
 
     /// The ring from `from` to `to`: `from` alone pushes, `to` alone pops.

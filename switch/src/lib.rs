@@ -25,8 +25,7 @@ pub use sys::{affinity, uring};
 
 pub use config::{
     link, BufferStats, ControlLink, LinkError, PortCell, PortEntry, QueueEntry, Request, Snapshot,
-    WorkerEvent,
-    WorkerLink,
+    WorkerEvent, WorkerLink,
 };
 pub use counters::{DropReason, DropStats, PortCounters, PortStats, WorkerCounters, WorkerStats};
 pub use engine::{Engine, PortConf};

@@ -11,27 +11,29 @@ use std::sync::Arc;
 /// overwrites, whatever the interleaving of the two sides.
 #[test]
 fn spsc_keeps_order_and_refuses_when_full() {
+    // The consumer runs in the spawned thread: loom explores interleavings around the
+    // accesses of spawned threads against the model thread's (see the mactable models).
     loom::model(|| {
         let r = Arc::new(Spsc::<u32>::new(2));
-        let p = {
+        let c = {
             let r = r.clone();
             thread::spawn(move || {
-                let mut sent = Vec::new();
-                for i in 0..3 {
-                    if r.push(i).is_ok() {
-                        sent.push(i);
+                let mut got = Vec::new();
+                for _ in 0..3 {
+                    if let Some(v) = r.pop() {
+                        got.push(v);
                     }
                 }
-                sent
+                got
             })
         };
-        let mut got = Vec::new();
-        for _ in 0..3 {
-            if let Some(v) = r.pop() {
-                got.push(v);
+        let mut sent = Vec::new();
+        for i in 0..3 {
+            if r.push(i).is_ok() {
+                sent.push(i);
             }
         }
-        let sent = p.join().unwrap();
+        let mut got = c.join().unwrap();
         while let Some(v) = r.pop() {
             got.push(v);
         }
@@ -126,4 +128,113 @@ fn a_sleeping_owner_is_always_woken_or_sees_the_frame() {
             fabric.woke(WorkerId(1));
         }
     });
+}
+
+mod mactable {
+    use loom::thread;
+    use ringswitch_switch::mactable::{Learned, MacTable};
+    use ringswitch_switch::{DomainId, MacAddr, PortId};
+    use std::sync::Arc;
+
+    const D: DomainId = DomainId(0);
+
+    fn mac(i: u64) -> MacAddr {
+        MacAddr::from_u64(0x0200_0000_0000 | i)
+    }
+
+    /// Eight slots: one bucket, so every key shares it whatever the seed.
+    fn one_bucket() -> Arc<MacTable> {
+        Arc::new(MacTable::with_seed(8, 300, 0))
+    }
+
+    // The readers run in the spawned thread and the writers in the model's own: loom's DPOR
+    // keeps one last access per atomic, so a writer that loads before it stores hides an
+    // earlier reader's loads, and a reader scheduled first would never be interleaved with
+    // the writer. With the writer first, each of the reader's loads finds the writer's stores
+    // and every interleaving is explored (removing either seqlock fence, or the validation of
+    // a read, makes `mactable_lookup_during_a_move_sees_old_new_or_nothing` fail).
+
+    /// A station learned on port 1 and then moved to port 2, looked up meanwhile: the lookup
+    /// answers nothing, 1 or 2 (never a torn or foreign port), and 2 once the learner is done.
+    #[test]
+    fn mactable_lookup_during_a_move_sees_old_new_or_nothing() {
+        loom::model(|| {
+            let t = one_bucket();
+            let reader = {
+                let t = t.clone();
+                thread::spawn(move || t.lookup(D, mac(1), 0))
+            };
+            assert_eq!(t.learn(D, mac(1), PortId(1), 0), Learned::New);
+            assert_eq!(t.learn(D, mac(1), PortId(2), 0), Learned::Moved);
+            let seen = reader.join().unwrap();
+            assert!(
+                matches!(seen, None | Some(PortId(1)) | Some(PortId(2))),
+                "{seen:?}"
+            );
+            assert_eq!(t.lookup(D, mac(1), 0), Some(PortId(2)));
+        });
+    }
+
+    /// Two threads learn different stations into the same bucket at once: neither write is
+    /// lost, and each station keeps its own port.
+    #[test]
+    fn mactable_concurrent_learns_into_one_bucket_both_stay() {
+        loom::model(|| {
+            let t = one_bucket();
+            let other = {
+                let t = t.clone();
+                thread::spawn(move || t.learn(D, mac(1), PortId(1), 0))
+            };
+            assert_eq!(t.learn(D, mac(2), PortId(2), 0), Learned::New);
+            assert_eq!(other.join().unwrap(), Learned::New);
+            assert_eq!(t.lookup(D, mac(1), 0), Some(PortId(1)));
+            assert_eq!(t.lookup(D, mac(2), 0), Some(PortId(2)));
+            assert_eq!(t.len(0), 2);
+        });
+    }
+
+    /// A port flushed while its station and another are looked up: the flushed station is
+    /// found on its port or not at all, the other one is never reported elsewhere, and after
+    /// the flush only the other one is left.
+    #[test]
+    fn mactable_flush_port_racing_a_lookup() {
+        loom::model(|| {
+            let t = one_bucket();
+            t.learn(D, mac(1), PortId(1), 0);
+            t.learn(D, mac(2), PortId(2), 0);
+            let reader = {
+                let t = t.clone();
+                thread::spawn(move || (t.lookup(D, mac(1), 0), t.lookup(D, mac(2), 0)))
+            };
+            assert_eq!(t.flush_port(PortId(1)), 1);
+            let (a, b) = reader.join().unwrap();
+            assert!(matches!(a, None | Some(PortId(1))), "{a:?}");
+            assert!(matches!(b, None | Some(PortId(2))), "{b:?}");
+            assert_eq!(t.lookup(D, mac(1), 0), None);
+            assert_eq!(t.lookup(D, mac(2), 0), Some(PortId(2)));
+        });
+    }
+
+    /// A refresh (the stamp store outside the seqlock) racing the flush of its port never
+    /// brings the flushed station back: if the learner found it (refreshed it), the flush
+    /// removed it; if it found it gone, it learned it anew.
+    #[test]
+    fn mactable_refresh_racing_a_flush_does_not_resurrect() {
+        loom::model(|| {
+            let t = one_bucket();
+            t.learn(D, mac(1), PortId(1), 0);
+            let refresher = {
+                let t = t.clone();
+                thread::spawn(move || t.learn(D, mac(1), PortId(1), 5))
+            };
+            assert_eq!(t.flush_port(PortId(1)), 1);
+            let outcome = refresher.join().unwrap();
+            let left = t.lookup(D, mac(1), 5);
+            match outcome {
+                Learned::Refreshed => assert_eq!(left, None),
+                Learned::New => assert_eq!(left, Some(PortId(1))),
+                other => panic!("{other:?}"),
+            }
+        });
+    }
 }

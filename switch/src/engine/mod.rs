@@ -1,11 +1,14 @@
 //! `Engine`: the forwarding decision for batches of received frames, with no I/O.
 //!
-//! The engine owns the MAC table and the port table of one worker. `forward` takes a batch of
-//! received frames and appends each to the transmit queues of the ports it must leave by:
-//! validate, learn the source, look up the destination, unicast or flood within the bridge
-//! domain, never back out of the ingress port. It never blocks, never allocates and takes no
-//! lock. It knows ports by their switch-wide `PortId` (what the MAC table learns, what frames
-//! and transmit queues name); which worker slot serves a port is the worker's business.
+//! The engine holds the MAC table (its own, or one shared with other workers' engines) and
+//! owns the port table of one worker. `forward` takes a batch of received frames and appends
+//! each to the transmit queues of the ports it must leave by: validate, learn the source, look
+//! up the destination, unicast or flood within the bridge domain, never back out of the
+//! ingress port. It never blocks and never allocates; the only lock it takes is a MAC table
+//! bucket's, for a few stores, when a station is new or moved (lookups and refreshes take
+//! none; see `mactable`). It knows ports by their switch-wide `PortId` (what the MAC table
+//! learns, what frames and transmit queues name); which worker slot serves a port is the
+//! worker's business.
 //!
 //! Counters: drops decided on receive (runt, oversize, bad source, filtered, no destination,
 //! link down on ingress) are charged to the ingress port, whose owner this worker is. Drops
@@ -64,7 +67,7 @@ pub struct Engine {
     ports: Vec<Option<PortSlot>>,
     /// Per domain, the ports whose link is up (flood targets).
     flood: Vec<(DomainId, Vec<PortId>)>,
-    table: MacTable,
+    table: Arc<MacTable>,
     max_frame: usize,
     stats: Arc<WorkerCounters>,
     /// Scratch space of the offload path (no allocation per frame).
@@ -93,10 +96,22 @@ impl Engine {
         max_frame: usize,
         stats: Arc<WorkerCounters>,
     ) -> Engine {
+        let table = Arc::new(MacTable::new(mac_capacity, ageing));
+        Engine::with_table(max_ports, max_frame, stats, table)
+    }
+
+    /// An engine for up to `max_ports` ports that learns into, and looks up in, `table`
+    /// (which other engines may share), accepting frames up to `max_frame` bytes.
+    pub fn with_table(
+        max_ports: usize,
+        max_frame: usize,
+        stats: Arc<WorkerCounters>,
+        table: Arc<MacTable>,
+    ) -> Engine {
         Engine {
             ports: (0..max_ports).map(|_| None).collect(),
             flood: Vec::new(),
-            table: MacTable::new(mac_capacity, ageing),
+            table,
             max_frame,
             stats,
             scratch: offload::Scratch::new(max_ports),
@@ -231,29 +246,6 @@ impl Engine {
         }
     }
 
-    /// Learns `src` behind `ingress`, a port of another worker, from a frame that worker
-    /// received there and handed to this one. Each worker's table learns only what it sees,
-    /// so without this a station behind another worker's port stays unknown here and every
-    /// frame to it is flooded.
-    pub fn learn_crossing(&mut self, ingress: PortId, src: MacAddr, now: Seconds) {
-        let Some(Some(port)) = self.ports.get(ingress.index()) else {
-            return;
-        };
-        if port.counters.is_some() || src.is_multicast() || src == MacAddr::ZERO {
-            // A port of this worker learns from its own receives.
-            return;
-        }
-        match self.table.learn(port.conf.domain, src, ingress, now) {
-            Learned::Refreshed => {}
-            Learned::New => self.stats.mac_learned.inc(),
-            Learned::Moved => self.stats.mac_moved.inc(),
-            Learned::Evicted => {
-                self.stats.mac_learned.inc();
-                self.stats.mac_evicted.inc()
-            }
-        }
-    }
-
     pub fn port_counters(&self, id: PortId) -> Option<&Arc<PortCounters>> {
         self.ports.get(id.index())?.as_ref()?.counters.as_ref()
     }
@@ -262,8 +254,9 @@ impl Engine {
         &self.table
     }
 
-    pub fn mac_table_mut(&mut self) -> &mut MacTable {
-        &mut self.table
+    /// The table itself, to share it with another engine.
+    pub fn mac_table_arc(&self) -> &Arc<MacTable> {
+        &self.table
     }
 
     fn rebuild_flood(&mut self) {

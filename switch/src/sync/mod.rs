@@ -8,11 +8,21 @@ pub mod spsc;
 
 #[cfg(ringswitch_loom)]
 #[allow(unused_imports)]
-pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
+pub(crate) use loom::sync::atomic::{
+    fence, AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicUsize,
+};
 pub(crate) use std::sync::atomic::Ordering;
 #[cfg(not(ringswitch_loom))]
 #[allow(unused_imports)]
-pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
+pub(crate) use std::sync::atomic::{
+    fence, AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicUsize,
+};
+
+/// A busy-wait hint; under loom a yield, so a spinning thread lets the one it waits for run.
+#[cfg(ringswitch_loom)]
+pub(crate) use loom::hint::spin_loop;
+#[cfg(not(ringswitch_loom))]
+pub(crate) use std::hint::spin_loop;
 
 /// A slot written by one thread and read by another, handed over by an atomic index's
 /// release/acquire pair (the ring's head and tail); `T: Copy`, so a read is a copy out.

@@ -134,13 +134,21 @@ impl Worker {
         Ok(Worker {
             id: cfg.id,
             ring,
-            engine: Engine::new(
-                cfg.max_ports,
-                cfg.mac_capacity,
-                cfg.mac_ageing,
-                cfg.max_frame,
-                counters.clone(),
-            ),
+            engine: match &cfg.fabric {
+                Some(f) => Engine::with_table(
+                    cfg.max_ports,
+                    cfg.max_frame,
+                    counters.clone(),
+                    f.table(cfg.mac_capacity, cfg.mac_ageing),
+                ),
+                None => Engine::new(
+                    cfg.max_ports,
+                    cfg.mac_capacity,
+                    cfg.mac_ageing,
+                    cfg.max_frame,
+                    counters.clone(),
+                ),
+            },
             ports: (0..cfg.max_ports).map(|_| None).collect(),
             by_id: vec![None; cfg.max_ports],
             tx: TxQueues::new(cfg.max_ports, cfg.tx_depth),
@@ -165,7 +173,7 @@ impl Worker {
             cleanup: false,
             poller: poll::Poller::new(cfg.poll, cfg.poll_max),
             dumps: std::collections::VecDeque::new(),
-            epoch: Instant::now(),
+            epoch: cfg.fabric.as_ref().map_or_else(Instant::now, |f| f.epoch()),
             pass_secs: 0,
             fabric: cfg.fabric.clone(),
             remote: vec![None; cfg.max_ports],

@@ -34,7 +34,7 @@ impl Worker {
                     next: 0,
                 }),
                 Request::FlushMacs(port, reply) => {
-                    let t = self.engine.mac_table_mut();
+                    let t = self.engine.mac_table();
                     let n = match port {
                         Some(p) => t.flush_port(p),
                         None => {
