@@ -21,7 +21,7 @@ pub fn print_table(ctl: &Controller) {
         "port", "kind", "ifname", "rx frames", "rx bytes", "tx frames", "tx bytes", "drops"
     );
     for p in ctl.ports() {
-        let s = p.counters().snapshot();
+        let s = p.stats();
         let reasons: Vec<String> = s
             .drops
             .iter()
@@ -84,7 +84,7 @@ pub fn write_json(path: &Path, ctl: &Controller) -> std::io::Result<()> {
                 "ifname": p.opened.ifname,
                 "worker": p.worker.0,
             });
-            let stats = serde_json::to_value(p.counters().snapshot())?;
+            let stats = serde_json::to_value(p.stats())?;
             if let (Some(m), serde_json::Value::Object(s)) = (v.as_object_mut(), stats) {
                 m.extend(s);
             }

@@ -281,7 +281,7 @@ fn query_ports(ctl: &Controller, name: Option<&str>) -> Result<Value, QmpError> 
         if name.is_some_and(|n| n != p.id()) {
             continue;
         }
-        let s = p.counters().snapshot();
+        let s = p.stats();
         // A repeated option (a user port's hostfwd=) lists its values in order.
         let mut options: Map<String, Value> = Map::new();
         for (k, v) in &p.spec.options {
@@ -304,6 +304,8 @@ fn query_ports(ctl: &Controller, name: Option<&str>) -> Result<Value, QmpError> 
             "peer": p.peer(),
             "hub": p.domain().0,
             "worker": p.worker.0,
+            "queue-workers": (p.queue_workers().len() > 1)
+                .then(|| p.queue_workers().iter().map(|w| w.0).collect::<Vec<_>>()),
             "index": p.index.0,
             "uptime-ms": p.added.elapsed().as_millis() as u64,
             "rx-frames": s.rx_frames,

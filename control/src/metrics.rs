@@ -91,7 +91,7 @@ pub fn render(ctl: &Controller, format: Format) -> String {
     let ports: Vec<_> = ctl
         .ports()
         .iter()
-        .map(|p| (p.id(), p.spec.kind.name(), p.counters().snapshot(), p))
+        .map(|p| (p.id(), p.spec.kind.name(), p.stats(), p))
         .collect();
 
     type PortField = fn(&ringswitch_switch::PortStats) -> u64;

@@ -194,6 +194,19 @@ pub struct PortStats {
     pub drops: DropStats,
 }
 
+impl PortStats {
+    /// Adds another queue's counters of the same port.
+    pub fn accumulate(&mut self, o: &PortStats) {
+        self.rx_frames += o.rx_frames;
+        self.rx_bytes += o.rx_bytes;
+        self.tx_frames += o.tx_frames;
+        self.tx_bytes += o.tx_bytes;
+        for (a, b) in self.drops.0.iter_mut().zip(o.drops.0) {
+            *a += b;
+        }
+    }
+}
+
 /// Plain copy of a port's drop counters, by reason. Serialises as an object with every
 /// reason's report name (`DropReason::name`); `qmp` gives QMP's spelling.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

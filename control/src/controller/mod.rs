@@ -57,6 +57,9 @@ pub struct Port {
     pub worker: WorkerId,
     pub opened: OpenedPort,
     counters: Arc<PortCounters>,
+    /// A multiqueue tap's further queues: the worker serving each and its counters (queue
+    /// 0's are `worker` and `counters`).
+    queues: Vec<(WorkerId, Arc<PortCounters>)>,
     domain: DomainId,
     link_up: bool,
     /// What the data plane serves now: None while a connection port has no peer.
@@ -77,8 +80,20 @@ impl Port {
         self.link_up
     }
 
-    pub fn counters(&self) -> &Arc<PortCounters> {
-        &self.counters
+    /// The port's counters: of all its queues, added up.
+    pub fn stats(&self) -> ringswitch_switch::PortStats {
+        let mut s = self.counters.snapshot();
+        for (_, c) in &self.queues {
+            s.accumulate(&c.snapshot());
+        }
+        s
+    }
+
+    /// The workers serving the port's queues, queue 0 first (one for most ports).
+    pub fn queue_workers(&self) -> Vec<WorkerId> {
+        std::iter::once(self.worker)
+            .chain(self.queues.iter().map(|(w, _)| *w))
+            .collect()
     }
 
     pub fn domain(&self) -> DomainId {
@@ -140,8 +155,11 @@ impl Port {
             return Ok(());
         };
         let conn_fd = conn.fd.as_raw_fd();
-        let port = match &self.entry {
-            Some(e) if e.conn_fd == conn_fd => e.port.clone(),
+        let (port, cells) = match &self.entry {
+            Some(e) if e.conn_fd == conn_fd => (
+                e.port.clone(),
+                e.queues.iter().map(|q| q.port.clone()).collect(),
+            ),
             _ => {
                 let made = self.opened.make_port(self.spec.id.as_str()).map_err(|e| {
                     QmpError::generic(format!(
@@ -149,8 +167,20 @@ impl Port {
                         self.spec.id
                     ))
                 })?;
+                let more = self
+                    .opened
+                    .make_queue_ports(self.spec.id.as_str())
+                    .map_err(|e| {
+                        QmpError::generic(format!(
+                            "netdev '{}': cannot duplicate a queue's descriptor: {e}",
+                            self.spec.id
+                        ))
+                    })?;
                 match made {
-                    Some(p) => PortCell::new(p),
+                    Some(p) => (
+                        PortCell::new(p),
+                        more.into_iter().map(PortCell::new).collect::<Vec<_>>(),
+                    ),
                     None => {
                         self.entry = None;
                         return Ok(());
@@ -158,6 +188,15 @@ impl Port {
                 }
             }
         };
+        let queues = cells
+            .into_iter()
+            .zip(&self.queues)
+            .map(|(port, (worker, counters))| ringswitch_switch::QueueEntry {
+                worker: *worker,
+                port,
+                counters: counters.clone(),
+            })
+            .collect();
         self.entry = Some(Arc::new(PortEntry {
             id: self.index,
             name: self.spec.id.as_str().into(),
@@ -167,7 +206,7 @@ impl Port {
             link_up: self.link_up,
             counters: self.counters.clone(),
             conn_fd,
-            queues: Vec::new(),
+            queues,
         }));
         Ok(())
     }
@@ -404,12 +443,28 @@ impl Controller {
         opened: OpenedPort,
     ) -> Result<(), QmpError> {
         let worker = self.chosen_worker(&spec)?;
+        // A multiqueue tap's queues go to the workers after queue 0's, round the ring.
+        let n = self.workers.len();
+        let first = self
+            .workers
+            .iter()
+            .position(|w| w.id == worker)
+            .unwrap_or(0);
+        let queues = (1..opened.queues())
+            .map(|k| {
+                (
+                    self.workers[(first + k) % n].id,
+                    Arc::new(PortCounters::default()),
+                )
+            })
+            .collect();
         let mut port = Port {
             spec,
             index,
             worker,
             opened,
             counters: Arc::new(PortCounters::default()),
+            queues,
             domain: DomainId(0),
             link_up: true,
             entry: None,
@@ -634,24 +689,9 @@ impl Controller {
             .map_err(|_| QmpError::generic("the switch did not answer"))
     }
 
-    /// The workers' live MAC tables, together: a station several workers learned (each
-    /// learns what it receives and what other workers hand it) is listed once, as the worker
-    /// that saw it last has it.
+    /// The live MAC table (one table, shared by every worker: any worker can list it).
     pub fn mac_entries(&self) -> Result<Vec<MacEntry>, QmpError> {
-        let mut all: Vec<MacEntry> = Vec::new();
-        for w in &self.workers {
-            for e in Self::ask(&w.link, Request::DumpMacs)? {
-                match all
-                    .iter_mut()
-                    .find(|a| a.domain == e.domain && a.mac == e.mac)
-                {
-                    Some(a) if e.age < a.age => *a = e,
-                    Some(_) => {}
-                    None => all.push(e),
-                }
-            }
-        }
-        Ok(all)
+        Self::ask(&self.workers[0].link, Request::DumpMacs)
     }
 
     /// A worker's buffer pool occupancy.
@@ -667,21 +707,8 @@ impl Controller {
             }
             None => None,
         };
-        // With several workers a station may be in several tables: count stations.
-        let stations = match self.workers.len() {
-            1 => None,
-            _ => Some(
-                self.mac_entries()?
-                    .iter()
-                    .filter(|e| index.is_none_or(|i| e.port == i))
-                    .count(),
-            ),
-        };
-        let mut removed = 0;
-        for w in &self.workers {
-            removed += Self::ask(&w.link, |tx| Request::FlushMacs(index, tx))?;
-        }
-        Ok(stations.map_or(removed, |s| s.min(removed)))
+        // One table shared by every worker: one worker flushes it.
+        Self::ask(&self.workers[0].link, |tx| Request::FlushMacs(index, tx))
     }
 
     /// The port a MAC table entry points at, by id.
