@@ -334,13 +334,23 @@ fn ready_comes_when_frames_cross_and_sigterm_drains_with_stopping() {
         pb.tx_frames - 5,
         "b's peer got what the switch wrote"
     );
-    // Every frame read was forwarded and handed to the kernel (none left in the switch's
-    // queues). Sends parked in the kernel at the stop (b's peer queue full) are cancelled
-    // by the worker's stop and counted nowhere: pb.tx_frames can be below what was
-    // submitted (a known gap, README "Running as a service").
+    // Every frame read was forwarded and handed to the kernel or dropped and counted: sends
+    // parked in the kernel at the stop (b's peer queue full) are cancelled by the worker's
+    // stop and counted as tx-error drops of b. With one worker a slow receiver slows the
+    // reads of the sender's port (its socket fills and the sender blocks); with several
+    // (RINGSWITCH_CORES) the reading worker keeps up and what the slow port cannot take is
+    // dropped and counted at that port.
     assert_eq!(pa.rx_frames + pb.rx_frames, worker("rx_frames"));
-    assert_eq!(worker("tx_submitted"), worker("rx_frames"));
-    assert!(pb.tx_frames + stats.total_drops() <= pa.rx_frames);
+    let cancelled = pa.drop_count("tx_error") + pb.drop_count("tx_error");
+    assert_eq!(
+        worker("tx_submitted") + stats.total_drops() - cancelled,
+        worker("rx_frames")
+    );
+    assert_eq!(
+        pa.tx_frames + pb.tx_frames + stats.total_drops(),
+        pa.rx_frames + pb.rx_frames,
+        "every frame read is written or counted as dropped"
+    );
     assert!(pa.rx_frames > 5 + 100, "the burst was under way at SIGTERM");
     eprintln!("clean stop after SIGTERM: {took:?}");
 }
@@ -456,7 +466,10 @@ fn without_notify_socket_nothing_changes_and_a_bad_one_is_reported() {
 #[test]
 fn a_port_whose_peer_stops_reading_ends_the_drain_at_its_bound() {
     let dir = TempDir::new("rs-stk");
-    let (a, _b, args) = two_ports(&dir.0);
+    let (a, _b, mut args) = two_ports(&dir.0);
+    let stats_path = dir.0.join("stats.json");
+    args.push("--stats-json".into());
+    args.push(stats_path.to_str().unwrap().into());
     let notify = dir.0.join("notify.sock");
     let manager = Manager::bind(&notify);
     let mut sw = Running::start(&args, &[("NOTIFY_SOCKET", notify.to_str().unwrap())]);
@@ -479,18 +492,34 @@ fn a_port_whose_peer_stops_reading_ends_the_drain_at_its_bound() {
     let bound = stop_bound();
     let (status, took) = sw.wait(bound + Duration::from_secs(2));
     eprintln!("stop with a stuck port: {status:?} after {took:?}");
-    assert_eq!(status.code(), Some(1), "stderr:\n{}", sw.stderr());
-    assert!(
-        sw.stderr().contains("worker failed: stopped with ")
-            && sw.stderr().contains(" write(s) in flight"),
-        "{}",
-        sw.stderr()
-    );
-    // The worker gives up after its 2 s drain, well before the process's own bound.
-    assert!(
-        took >= Duration::from_millis(1900) && took < bound,
-        "took {took:?}"
-    );
+    // Either the sends parked on the stuck peer cannot be cancelled, and the worker gives up
+    // after its 2 s drain (well before the process's own bound) with status 1, or the stop
+    // cancelled them and counted each as a tx-error drop of b (the kernel decides which: a
+    // send parked in a worker thread of its own is not cancellable).
+    if status.code() == Some(1) {
+        assert!(
+            sw.stderr().contains("failed: stopped with ")
+                && sw.stderr().contains(" write(s) in flight"),
+            "{}",
+            sw.stderr()
+        );
+        assert!(
+            took >= Duration::from_millis(1900) && took < bound,
+            "took {took:?}"
+        );
+    } else {
+        assert_eq!(status.code(), Some(0), "stderr:\n{}", sw.stderr());
+        let stats: common::Stats =
+            serde_json::from_str(&std::fs::read_to_string(&stats_path).unwrap()).unwrap();
+        let b = stats.port("b");
+        assert!(
+            b.drop_count("tx_error") > 0,
+            "no parked send counted: {:?}\n{}",
+            b.drops,
+            sw.stderr()
+        );
+        assert!(took < bound, "took {took:?}");
+    }
 }
 
 #[test]

@@ -58,6 +58,16 @@ impl PortCell {
         }
     }
 
+    /// A cell without a port: how a port of another worker is named where it is only
+    /// forwarded to (benchmarks of the cross-worker path build engines by hand with it).
+    pub fn empty() -> Arc<PortCell> {
+        Arc::new(PortCell {
+            port: Mutex::new(None),
+            caps: OnceLock::new(),
+            offloads: std::sync::atomic::AtomicU8::new(0),
+        })
+    }
+
     /// The port, the first time it is asked for.
     pub(crate) fn take(&self) -> Option<AnyPort> {
         self.port.lock().ok()?.take()

@@ -138,9 +138,19 @@ pub struct PortCounters {
     pub tx_frames: Counter,
     pub tx_bytes: Counter,
     drops: [Counter; DROP_REASONS],
+    /// Drops of frames for this port decided on other workers (its link down there, the
+    /// ring to this port's worker full): several writers, so atomic additions, off the
+    /// path of frames that are forwarded. Listed with the port's other drops.
+    remote_drops: [AtomicU64; DROP_REASONS],
 }
 
 impl PortCounters {
+    /// Counts `n` drops of frames for this port decided on a worker that does not own it.
+    #[cold]
+    pub fn count_remote_drops(&self, reason: DropReason, n: u64) {
+        self.remote_drops[reason.index()].fetch_add(n, Ordering::Relaxed);
+    }
+
     #[inline]
     pub fn count_drop(&self, reason: DropReason) {
         self.drops[reason.index()].inc();
@@ -168,7 +178,7 @@ impl PortCounters {
 
     /// The drop counter of `reason`.
     pub fn drop_count(&self, reason: DropReason) -> u64 {
-        self.drops[reason.index()].get()
+        self.drops[reason.index()].get() + self.remote_drops[reason.index()].load(Ordering::Relaxed)
     }
 
     /// A consistent-enough copy for reporting.
@@ -178,7 +188,9 @@ impl PortCounters {
             rx_bytes: self.rx_bytes.get(),
             tx_frames: self.tx_frames.get(),
             tx_bytes: self.tx_bytes.get(),
-            drops: DropStats(std::array::from_fn(|i| self.drops[i].get())),
+            drops: DropStats(std::array::from_fn(|i| {
+                self.drops[i].get() + self.remote_drops[i].load(Ordering::Relaxed)
+            })),
         }
     }
 }

@@ -44,6 +44,8 @@ pub struct CrossFrame {
 
 struct Door {
     sleeping: AtomicBool,
+    /// The worker stopped and handed over every frame it will ever hand over.
+    done: AtomicBool,
     wake: OnceLock<Arc<OwnedFd>>,
 }
 
@@ -72,6 +74,7 @@ impl Fabric {
             doors: (0..workers)
                 .map(|_| Door {
                     sleeping: AtomicBool::new(false),
+                    done: AtomicBool::new(false),
                     wake: OnceLock::new(),
                 })
                 .collect(),
@@ -134,6 +137,19 @@ impl Fabric {
             return false;
         }
         true
+    }
+
+    /// Worker `w` is stopping and has handed over its last frame.
+    pub fn done_pushing(&self, w: WorkerId) {
+        self.doors[w.index()].done.store(true, Ordering::Release);
+    }
+
+    /// Whether a worker other than `w` may still hand frames over (it has not stopped).
+    pub fn others_pushing(&self, w: WorkerId) -> bool {
+        self.doors
+            .iter()
+            .enumerate()
+            .any(|(i, d)| i != w.index() && !d.done.load(Ordering::Acquire))
     }
 
     /// Worker `w` woke (or did not sleep after all).

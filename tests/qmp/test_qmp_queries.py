@@ -201,7 +201,10 @@ def test_query_workers_shows_an_idle_pool_without_leaks(qmp, learned, structs):
     for w in workers:
         assert w["buffers-free"] + w["reads-in-flight"] == w["buffers-total"], w
         assert w["writes-in-flight"] == 0 and w["frames-queued"] == 0, w
-        assert w["rx-frames"] >= 3 and w["mac-learned"] >= 3, w
+    # The ports (and so the frames received and the stations learned) may be spread over
+    # several workers (--cores, RINGSWITCH_CORES).
+    assert sum(w["rx-frames"] for w in workers) >= 3, workers
+    assert sum(w["mac-learned"] for w in workers) >= 3, workers
 
 
 def test_optional_members_are_left_out_not_null(qmp, learned, structs):
@@ -247,8 +250,10 @@ def test_query_workers_says_how_socket_ports_receive(cleanup, structs, extra, as
     assert ("socket rx=multishot recv + buffer ring" in sw.stderr()) == expected, sw.stderr()
     q = cleanup.add(RawQmp(unix=sw.qmp_path))
     q.negotiate()
-    (w,) = q.ok("query-workers")
-    assert not conform(w, "WorkerInfo", structs)
-    assert w["io-uring"]["recv-multishot"] is expected, w
-    assert w["reads-in-flight"] == 2 * 64, w
-    assert w["buffers-free"] + w["reads-in-flight"] == w["buffers-total"], w
+    workers = q.ok("query-workers")
+    assert not conform(workers, ["WorkerInfo"], structs)
+    # Two ports, on one worker or spread over several (RINGSWITCH_CORES).
+    assert sum(w["reads-in-flight"] for w in workers) == 2 * 64, workers
+    for w in workers:
+        assert w["io-uring"]["recv-multishot"] is expected, w
+        assert w["buffers-free"] + w["reads-in-flight"] == w["buffers-total"], w

@@ -45,8 +45,10 @@ pub struct PortConf {
 struct PortSlot {
     conf: PortConf,
     /// The port's counters where this engine's worker owns the port (their one writer);
-    /// `None` for a port of another worker.
+    /// `None` for a port of another worker (whose drops decided here are counted with
+    /// `PortCounters::count_remote_drops`, on `remote_counters`).
     counters: Option<Arc<PortCounters>>,
+    remote_counters: Option<Arc<PortCounters>>,
     /// A port of another worker: what it takes of offloads, as its owner last said.
     remote: Option<Arc<crate::config::PortCell>>,
 }
@@ -140,6 +142,7 @@ impl Engine {
         *entry = Some(PortSlot {
             conf,
             counters: Some(counters),
+            remote_counters: None,
             remote: None,
         });
         self.rebuild_flood();
@@ -153,6 +156,7 @@ impl Engine {
         id: PortId,
         conf: PortConf,
         cell: Arc<crate::config::PortCell>,
+        counters: Arc<PortCounters>,
     ) -> Result<(), EngineError> {
         let n = self.ports.len();
         let entry = self
@@ -165,6 +169,7 @@ impl Engine {
         *entry = Some(PortSlot {
             conf,
             counters: None,
+            remote_counters: Some(counters),
             remote: Some(cell),
         });
         self.rebuild_flood();
@@ -296,9 +301,13 @@ impl Engine {
         let (ports, stats) = (&self.ports, &self.stats);
         tx.fold_drops(|id, reason, n| {
             if let Some(Some(p)) = ports.get(id.index()) {
-                match &p.counters {
-                    Some(c) => c.count_drops(reason, n),
-                    None => stats.cross_drops.add(n),
+                match (&p.counters, &p.remote_counters) {
+                    (Some(c), _) => c.count_drops(reason, n),
+                    (None, Some(c)) => {
+                        c.count_remote_drops(reason, n);
+                        stats.cross_drops.add(n);
+                    }
+                    (None, None) => stats.cross_drops.add(n),
                 }
             }
         });

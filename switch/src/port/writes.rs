@@ -62,7 +62,9 @@ impl Writes {
             // A tap whose kernel side is administratively down refuses frames with EIO (and
             // counts them in its own rx_dropped).
             cx.counters.count_drop(DropReason::LinkDown);
-        } else if result != -libc::ECANCELED {
+        } else {
+            // Failed, or cancelled (a stop or a removal cancels the sends parked in the
+            // kernel): the frame did not leave, and is counted.
             cx.counters.count_drop(DropReason::TxError);
         }
         cx.release(BufIndex(tag.aux));

@@ -52,6 +52,9 @@ impl Worker {
         }
         if dropped > 0 {
             self.counters.cross_drops.add(dropped);
+            entry
+                .counters
+                .count_remote_drops(DropReason::QueueFull, dropped);
         }
     }
 
@@ -81,7 +84,13 @@ impl Worker {
             }
             let ring = fabric.ring(WorkerId(from as u8), self.id);
             for _ in 0..TAKE_PER_RING {
-                let Some(cf) = ring.pop() else { break };
+                let Some(cf) = ring.peek() else { break };
+                if self.tx.room(cf.port) == 0 && self.serves_live(cf.port) {
+                    // The port's queue is full: the frames wait in the ring (which the
+                    // other worker sees full, and drops at, if this port stays slow).
+                    break;
+                }
+                ring.pop();
                 taken += 1;
                 self.take_one(&fabric, cf);
             }
@@ -91,6 +100,15 @@ impl Worker {
             self.engine.fold_egress(&mut self.tx);
         }
         taken
+    }
+
+    /// Whether this worker serves port `id` and the port is up and running.
+    #[inline]
+    fn serves_live(&self, id: PortId) -> bool {
+        let slot = self.by_id.get(id.index()).copied().flatten();
+        slot.is_some_and(|s| {
+            matches!(&self.ports[s.index()], Some(st) if !st.failed && !st.draining && st.entry.link_up)
+        })
     }
 
     #[inline]
@@ -169,7 +187,7 @@ impl Worker {
                 };
                 if self
                     .engine
-                    .add_remote_port(id, conf, w.port.clone())
+                    .add_remote_port(id, conf, w.port.clone(), w.counters.clone())
                     .is_ok()
                 {
                     self.remote[i] = Some(w.clone());

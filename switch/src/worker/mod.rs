@@ -472,17 +472,39 @@ impl Worker {
     /// `SHUTDOWN_DRAIN`) until every write has completed, so the counters account for every
     /// frame read; `WorkerError::Undrained` when writes were still in flight at the deadline.
     fn shutdown(&mut self) -> Result<(), WorkerError> {
-        if self.fabric.is_some() {
-            self.take_cross();
-        }
         for i in 0..self.ports.len() {
             if let Some(Err(e)) = self.with_port(Slot(i as u16), |p, cx| p.cancel(cx)) {
                 return Err(WorkerError::Enter(e));
             }
         }
         let deadline = Instant::now() + SHUTDOWN_DRAIN;
+        // With other workers: frames they received before they stopped still come over
+        // the rings; take them (and send them) until every other worker has handed over its
+        // last one, and say when this one has.
+        let mut handed = self.fabric.is_none();
         loop {
-            let busy = !self.tx.is_empty()
+            if self.fabric.is_some() {
+                self.take_cross();
+            }
+            self.flush_tx()?;
+            let reads_done = self
+                .ports
+                .iter()
+                .flatten()
+                .all(|p| p.port.in_flight().reads == 0);
+            if !handed && reads_done && self.rx.is_empty() {
+                if let Some(f) = &self.fabric {
+                    f.done_pushing(self.id);
+                }
+                handed = true;
+            }
+            let others = self
+                .fabric
+                .as_ref()
+                .is_some_and(|f| f.others_pushing(self.id) || f.has_incoming(self.id));
+            let busy = !handed
+                || others
+                || !self.tx.is_empty()
                 || self
                     .ports
                     .iter()
@@ -495,14 +517,22 @@ impl Worker {
             if now >= deadline {
                 break;
             }
-            self.flush_tx()?;
             // Bounded: a write that never completes (a peer that stopped reading) must not
-            // hold the stop past the deadline.
+            // hold the stop past the deadline; other workers' frames are looked for every
+            // millisecond.
+            let wait = if others {
+                (deadline - now).min(Duration::from_millis(1))
+            } else {
+                deadline - now
+            };
             self.ring
-                .submit_and_wait_for(deadline - now)
+                .submit_and_wait_for(wait)
                 .map_err(WorkerError::Enter)?;
             self.reap_and_complete(true)?;
             self.forward_batch();
+        }
+        if let Some(f) = &self.fabric {
+            f.done_pushing(self.id);
         }
         let writes: u32 = self
             .ports
@@ -520,5 +550,15 @@ impl Worker {
             queued,
             after: SHUTDOWN_DRAIN,
         })
+    }
+}
+
+impl Drop for Worker {
+    /// However the worker ends (a stop, or an error out of its loop), other workers stop
+    /// waiting for frames from it.
+    fn drop(&mut self) {
+        if let Some(f) = &self.fabric {
+            f.done_pushing(self.id);
+        }
     }
 }
