@@ -42,6 +42,9 @@ VARIANTS = {
     "ringswitch-busy": (["--poll", "busy"], "ringswitch --poll busy", []),
     "ringswitch-sleep": (["--poll", "sleep"], "ringswitch --poll sleep", []),
     "ringswitch-vnet": ([], "ringswitch vnet_hdr=on", ["vnet_hdr=on"]),
+    # Two workers, one tap each (the controller spreads them), so every frame crosses between
+    # workers; instead of --worker-cpu.
+    "ringswitch-2w": (["--cores", "0,1"], "ringswitch --cores 0,1 (a worker per tap)", []),
 }
 # What --switches accepts: `baseline` only runs with --baseline PATH and the variants only
 # when named, so they are not in ALL (the default set of a run without --baseline).
@@ -252,9 +255,11 @@ def _tap_switch(kind, topo, ns_a, ns_b, cpu, logs, tag):
     if kind in RINGSWITCHES:
         stats = os.path.join(logs, f"{tag}.stats.json")
         opts = "".join(f",{o}" for o in variant_netdev_opts(kind))
+        extra = variant_args(kind)
+        pin_args = [] if "--cores" in extra else ["--worker-cpu", str(cpu)]
         cmd = [exe, "-netdev", f"tap,id=a,ifname={tap_a}{opts}",
-               "-netdev", f"tap,id=b,ifname={tap_b}{opts}", "--worker-cpu", str(cpu),
-               "--stats-json", stats, *RINGSWITCH_ARGS, *variant_args(kind)]
+               "-netdev", f"tap,id=b,ifname={tap_b}{opts}", *pin_args,
+               "--stats-json", stats, *RINGSWITCH_ARGS, *extra]
         marker = "ringswitch: ready"
     else:
         cmd = [exe, tap_a, tap_b, "--cpu", str(cpu)]

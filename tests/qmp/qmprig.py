@@ -696,12 +696,14 @@ def port(q, name: str) -> dict:
     return ports[0]
 
 
-def worker_idle(q) -> dict | None:
-    """The worker's record if its buffer pool shows no leak and nothing in flight to send."""
-    (w,) = q.cmd("query-workers")
-    ok = (
+def worker_idle(q) -> list | None:
+    """The workers' records if no buffer pool shows a leak and nothing is in flight to send
+    (one worker, or several with --cores / RINGSWITCH_CORES)."""
+    workers = q.cmd("query-workers")
+    ok = all(
         w["buffers-free"] + w["reads-in-flight"] == w["buffers-total"]
         and w["writes-in-flight"] == 0
         and w["frames-queued"] == 0
+        for w in workers
     )
-    return w if ok else None
+    return workers if ok else None
