@@ -42,9 +42,11 @@ VARIANTS = {
     "ringswitch-busy": (["--poll", "busy"], "ringswitch --poll busy", []),
     "ringswitch-sleep": (["--poll", "sleep"], "ringswitch --poll sleep", []),
     "ringswitch-vnet": ([], "ringswitch vnet_hdr=on", ["vnet_hdr=on"]),
-    # Two workers, one tap each (the controller spreads them), so every frame crosses between
-    # workers; instead of --worker-cpu.
-    "ringswitch-2w": (["--cores", "0,1"], "ringswitch --cores 0,1 (a worker per tap)", []),
+    # Two workers, one tap each (the controller spreads them: a, the generator's side, on
+    # worker 0), so every frame crosses between workers; instead of --worker-cpu. Worker 0
+    # gets the switch CPU (1) and worker 1 the generator's (0): on two cores one worker has
+    # to share with the generator.
+    "ringswitch-2w": (["--cores", "1,0"], "ringswitch --cores 1,0 (a worker per tap)", []),
 }
 # What --switches accepts: `baseline` only runs with --baseline PATH and the variants only
 # when named, so they are not in ALL (the default set of a run without --baseline).
