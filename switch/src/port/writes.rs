@@ -12,6 +12,9 @@ use std::io;
 /// Op code of a single-frame write (the buffer is the tag's aux).
 pub(super) const OP_WRITE: u8 = 4;
 
+/// Writes in flight on one port, in transmit queue depths (`--tx-depth`, 256 by default).
+const MAX_IN_FLIGHT: usize = 4;
+
 /// Single-frame writes in flight on one port.
 #[derive(Default)]
 pub(super) struct Writes {
@@ -32,7 +35,11 @@ impl Writes {
         Ok(())
     }
 
-    /// Queues a write of every frame; returns how many (all of them).
+    /// Queues a write of each frame, up to `MAX_IN_FLIGHT` times `tx_depth` writes in
+    /// flight on the port; returns how many frames it took (the rest wait in the port's
+    /// queue). A peer that stops taking frames (a unix datagram socket nobody reads: the
+    /// kernel parks the sends) so holds a bounded share of the buffers, not the whole pool
+    /// every port receives into.
     #[inline]
     pub(super) fn send_each(
         &mut self,
@@ -40,10 +47,13 @@ impl Writes {
         file: FileRef,
         frames: &[Frame],
     ) -> io::Result<usize> {
-        for f in frames {
+        let cap = (MAX_IN_FLIGHT * cx.env.tx_depth) as u32;
+        let room = cap.saturating_sub(self.in_flight) as usize;
+        let n = frames.len().min(room);
+        for f in &frames[..n] {
             self.send_one(cx, file, f)?;
         }
-        Ok(frames.len())
+        Ok(n)
     }
 
     /// Whether a completion is one of these writes.

@@ -93,23 +93,6 @@ impl<T: Copy> Spsc<T> {
         Some(v)
     }
 
-    /// Consumer side: the oldest item, left in the ring (`pop` takes it).
-    #[inline]
-    pub fn peek(&self) -> Option<T> {
-        let head = self.head.0.load(Ordering::Relaxed);
-        let mut tail = self.tail_cache.0.load(Ordering::Relaxed);
-        if head == tail {
-            tail = self.tail.0.load(Ordering::Acquire);
-            self.tail_cache.0.store(tail, Ordering::Relaxed);
-            if head == tail {
-                return None;
-            }
-        }
-        // SAFETY: as in `pop`: the slot was published to this consumer and the producer does
-        // not write it until `head` moves past it.
-        Some(unsafe { self.slots[head & self.mask].read() })
-    }
-
     /// Whether the ring looks empty (from either side; a hint, exact only for the consumer).
     #[inline]
     pub fn is_empty(&self) -> bool {
@@ -137,7 +120,6 @@ mod tests {
                 r.push(round * 10 + i).unwrap();
             }
             assert_eq!(r.push(99), Err(99), "full");
-            assert_eq!(r.peek(), Some(round * 10), "peek leaves it");
             assert_eq!(r.len(), 4);
             for i in 0..4 {
                 assert_eq!(r.pop(), Some(round * 10 + i));

@@ -86,14 +86,11 @@ impl Worker {
                 continue;
             }
             let ring = fabric.ring(WorkerId(from as u8), self.id);
+            // Every frame is taken, whatever its port: a port whose queue is full drops it
+            // (counted at the port) rather than hold up the frames behind it for other
+            // ports in the same ring.
             for _ in 0..TAKE_PER_RING {
-                let Some(cf) = ring.peek() else { break };
-                if self.tx.room(cf.port) == 0 && self.serves_live(cf.port) {
-                    // The port's queue is full: the frames wait in the ring (which the
-                    // other worker sees full, and drops at, if this port stays slow).
-                    break;
-                }
-                ring.pop();
+                let Some(cf) = ring.pop() else { break };
                 taken += 1;
                 self.take_one(&fabric, cf);
             }
@@ -103,15 +100,6 @@ impl Worker {
             self.engine.fold_egress(&mut self.tx);
         }
         taken
-    }
-
-    /// Whether this worker serves port `id` and the port is up and running.
-    #[inline]
-    fn serves_live(&self, id: PortId) -> bool {
-        let slot = self.by_id.get(id.index()).copied().flatten();
-        slot.is_some_and(|s| {
-            matches!(&self.ports[s.index()], Some(st) if !st.failed && !st.draining && st.entry.link_up)
-        })
     }
 
     #[inline]
