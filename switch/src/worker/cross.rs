@@ -50,9 +50,6 @@ impl Worker {
             self.counters.cross_tx.add(sent);
             self.pushed |= 1 << (to.index() & 63);
         }
-        if 4 * ring.len() >= 3 * ring.capacity() {
-            self.hold_rx = true;
-        }
         if dropped > 0 {
             self.counters.cross_drops.add(dropped);
             entry

@@ -106,10 +106,6 @@ pub struct Worker {
     remote: Vec<Option<Arc<crate::config::PortEntry>>>,
     /// Workers this pass handed frames to (bit per worker), to wake once after the pass.
     pushed: u64,
-    /// A ring to another worker is filling up: receive nothing new for a pass, so the
-    /// owner catches up (and this worker's time goes to the frames handed to it) instead of
-    /// reading frames only to drop them at the full ring.
-    hold_rx: bool,
 }
 
 impl Worker {
@@ -182,7 +178,6 @@ impl Worker {
             fabric: cfg.fabric.clone(),
             remote: vec![None; cfg.max_ports],
             pushed: 0,
-            hold_rx: false,
         })
     }
 
@@ -252,9 +247,6 @@ impl Worker {
 
     /// Keeps every live port's receives armed.
     fn arm_ports(&mut self) -> Result<(), WorkerError> {
-        if std::mem::take(&mut self.hold_rx) {
-            return Ok(());
-        }
         for i in 0..self.ports.len() {
             let live = matches!(&self.ports[i], Some(st) if !st.failed && !st.draining);
             if live {
