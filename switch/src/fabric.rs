@@ -139,6 +139,19 @@ impl Fabric {
         true
     }
 
+    /// Whether a ring from `w` to a running worker is half full or more (that worker is
+    /// behind: `w` should read nothing new until it catches up). A stopped worker's ring never
+    /// holds `w` back.
+    #[inline]
+    pub fn backed_up(&self, w: WorkerId) -> bool {
+        (0..self.workers).any(|to| {
+            to != w.index()
+                && 2 * self.ring(w, WorkerId(to as u8)).len()
+                    >= CROSS_RING.min(self.rings[0].capacity())
+                && !self.doors[to].done.load(Ordering::Acquire)
+        })
+    }
+
     /// Worker `w` is stopping and has handed over its last frame.
     pub fn done_pushing(&self, w: WorkerId) {
         self.doors[w.index()].done.store(true, Ordering::Release);

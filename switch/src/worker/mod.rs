@@ -106,6 +106,11 @@ pub struct Worker {
     remote: Vec<Option<Arc<crate::config::PortEntry>>>,
     /// Workers this pass handed frames to (bit per worker), to wake once after the pass.
     pushed: u64,
+    /// This pass armed no receive (a ring to another worker was half full or more: the
+    /// owner catches up, and this worker's time goes to the frames handed to it, rather than
+    /// to reading frames only to drop them at a full ring). It must not sleep, since it may
+    /// have left nothing in flight to wake it.
+    held: bool,
 }
 
 impl Worker {
@@ -178,6 +183,7 @@ impl Worker {
             fabric: cfg.fabric.clone(),
             remote: vec![None; cfg.max_ports],
             pushed: 0,
+            held: false,
         })
     }
 
@@ -247,6 +253,10 @@ impl Worker {
 
     /// Keeps every live port's receives armed.
     fn arm_ports(&mut self) -> Result<(), WorkerError> {
+        self.held = self.fabric.as_ref().is_some_and(|f| f.backed_up(self.id));
+        if self.held {
+            return Ok(());
+        }
         for i in 0..self.ports.len() {
             let live = matches!(&self.ports[i], Some(st) if !st.failed && !st.draining);
             if live {
@@ -429,6 +439,7 @@ impl Worker {
         let moving_in = self.retry && self.fabric.is_some();
         let sleep = self.dumps.is_empty()
             && !moving_in
+            && !self.held
             && match self.poller.mode() {
                 PollMode::Busy => false,
                 PollMode::Sleep => true,
