@@ -11,26 +11,16 @@ use ringswitch_switch::{
     link, BufferStats, ControlLink, DomainId, PortCell, PortCounters, PortEntry, PortId, Request,
     Snapshot, Worker, WorkerConfig, WorkerHandle, WorkerId,
 };
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+/// A unix datagram socket pair with big receive buffers: (the switch's end, the test's
+/// non-blocking end).
 fn pair() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: socketpair writes two descriptors into the array it is given.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    assert_eq!(r, 0);
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: fcntl on a descriptor we own.
-    unsafe { libc::fcntl(b.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    let (a, b) = common::dgram_pair();
     let big: libc::c_int = 4 << 20;
     for fd in [&a, &b] {
         // SAFETY: setsockopt reads an int from a live local.

@@ -12,7 +12,7 @@ use ringswitch_switch::{
     link, DomainId, DropReason, PortCell, PortCounters, PortEntry, PortId, Snapshot, Worker,
     WorkerConfig, WorkerId,
 };
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,25 +21,8 @@ mod common;
 #[global_allocator]
 static GLOBAL: common::Counting = common::Counting;
 
-/// A unix datagram socket pair: (the switch's end, the test's end). The test's end is
-/// non-blocking.
 fn pair() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: socketpair writes two descriptors into the array it is given.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    assert_eq!(r, 0);
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: fcntl on a descriptor we own.
-    unsafe { libc::fcntl(b.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
-    (a, b)
+    common::dgram_pair()
 }
 
 fn send(fd: &OwnedFd, frame: &[u8]) {

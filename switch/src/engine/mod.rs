@@ -131,6 +131,18 @@ impl Engine {
         conf: PortConf,
         counters: Arc<PortCounters>,
     ) -> Result<(), EngineError> {
+        self.insert(
+            id,
+            PortSlot {
+                conf,
+                counters: Some(counters),
+                remote_counters: None,
+                remote: None,
+            },
+        )
+    }
+
+    fn insert(&mut self, id: PortId, slot: PortSlot) -> Result<(), EngineError> {
         let n = self.ports.len();
         let entry = self
             .ports
@@ -139,12 +151,7 @@ impl Engine {
         if entry.is_some() {
             return Err(EngineError::InUse(id));
         }
-        *entry = Some(PortSlot {
-            conf,
-            counters: Some(counters),
-            remote_counters: None,
-            remote: None,
-        });
+        *entry = Some(slot);
         self.rebuild_flood();
         Ok(())
     }
@@ -158,22 +165,15 @@ impl Engine {
         cell: Arc<crate::config::PortCell>,
         counters: Arc<PortCounters>,
     ) -> Result<(), EngineError> {
-        let n = self.ports.len();
-        let entry = self
-            .ports
-            .get_mut(id.index())
-            .ok_or(EngineError::TooMany(id.0, n))?;
-        if entry.is_some() {
-            return Err(EngineError::InUse(id));
-        }
-        *entry = Some(PortSlot {
-            conf,
-            counters: None,
-            remote_counters: Some(counters),
-            remote: Some(cell),
-        });
-        self.rebuild_flood();
-        Ok(())
+        self.insert(
+            id,
+            PortSlot {
+                conf,
+                counters: None,
+                remote_counters: Some(counters),
+                remote: Some(cell),
+            },
+        )
     }
 
     /// Whether port `id` is one of this engine's worker (not of another worker).
