@@ -74,7 +74,9 @@ impl Worker {
     /// this worker's pool, the lent buffer goes home, and the copy joins its port's queue.
     /// Returns how many frames came.
     pub(super) fn take_cross(&mut self) -> usize {
-        let Some(fabric) = self.fabric.clone() else {
+        // Taken out for the loop and put back (not cloned: the Arc's count is a cache line
+        // every worker would write at every pass).
+        let Some(fabric) = self.fabric.take() else {
             return 0;
         };
         let mut taken = 0;
@@ -92,6 +94,7 @@ impl Worker {
                 self.take_one(&fabric, cf);
             }
         }
+        self.fabric = Some(fabric);
         if taken > 0 {
             self.counters.cross_rx.add(taken as u64);
             self.engine.fold_egress(&mut self.tx);
