@@ -46,6 +46,10 @@ impl Worker {
                     let _ = reply.send(n);
                 }
                 Request::Buffers(reply) => {
+                    // Buffers other workers gave back since this worker's last pass are
+                    // home: fold them in first (returns wake nobody, so an idle worker
+                    // would otherwise show them missing).
+                    self.ring.pool_mut().reclaim();
                     let _ = reply.send(self.buffer_stats());
                 }
                 Request::Flood { ingress, frame } => {
