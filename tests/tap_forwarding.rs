@@ -76,11 +76,22 @@ fn unicast_goes_only_to_learned_port_and_broadcast_floods() {
         s.send(&hello).expect("send hello");
     }
     for (i, s) in socks.iter().enumerate() {
-        for (j, other) in hosts.iter().enumerate().filter(|(j, _)| *j != i) {
-            let hello = format!("hello-{}", other.id);
-            let got = s.wait_for(Duration::from_secs(2), |f| carries(f, hello.as_bytes()));
+        // The other two hellos may come in either order (with two workers, one of them may
+        // cross between workers and be overtaken by the other): wait for both at once.
+        let others: Vec<(usize, String)> = hosts
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(j, h)| (j, format!("hello-{}", h.id)))
+            .collect();
+        let seen = s.wait_for_all(Duration::from_secs(2), others.len(), |f| {
+            others
+                .iter()
+                .position(|(_, hello)| carries(f, hello.as_bytes()))
+        });
+        for ((j, hello), seen) in others.iter().zip(seen) {
             assert!(
-                got.is_some(),
+                seen,
                 "host {} never saw {hello} (from port {j})",
                 hosts[i].id
             );

@@ -284,6 +284,28 @@ impl PacketSocket {
         got
     }
 
+    /// Waits at most `timeout` until each of `n` wanted frames has arrived, in any order
+    /// (frames that cross between workers may overtake one another): `which(frame)` says
+    /// which of them a frame is, if any. Returns which were seen.
+    pub fn wait_for_all(
+        &self,
+        timeout: Duration,
+        n: usize,
+        which: impl Fn(&[u8]) -> Option<usize>,
+    ) -> Vec<bool> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = vec![false; n];
+        while seen.contains(&false) {
+            let Some(f) = self.recv(deadline.saturating_duration_since(Instant::now())) else {
+                break;
+            };
+            if let Some(s) = which(&f).and_then(|i| seen.get_mut(i)) {
+                *s = true;
+            }
+        }
+        seen
+    }
+
     /// Waits at most `timeout` for an arriving frame for which `want` holds.
     pub fn wait_for(&self, timeout: Duration, want: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
         let deadline = Instant::now() + timeout;
