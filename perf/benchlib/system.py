@@ -187,10 +187,54 @@ class Topology:
             except Exception as e:  # keep cleaning up
                 log(f"cleanup: stopping pid {p.pid}: {e}")
         for name in self.root_links:
-            run(["ip", "link", "del", name], check=False)
+            remove(["ip", "link", "del", name], f"link {name}")
         for ns in reversed(self.namespaces):
-            run(["ip", "netns", "del", ns], check=False)
+            remove(["ip", "netns", "del", ns], f"namespace {ns}")
         self.procs, self.root_links, self.namespaces = [], [], []
+
+
+def remove(cmd, what, tries=3):
+    """Runs a deletion (`ip netns del`, `ip link del`) that must not stop the clean-up of
+    what follows: a failure or a hung command is logged and tried again (a namespace can
+    stay busy for a moment after the processes in it were ended); never raises."""
+    for attempt in range(tries):
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=CMD_TIMEOUT,
+                               preexec_fn=child_setup(None))
+            if p.returncode == 0:
+                return True
+            why = p.stderr.strip() or f"status {p.returncode}"
+        except (subprocess.TimeoutExpired, OSError) as e:
+            why = str(e)
+        if "Cannot find device" in why or "No such file" in why:
+            return True  # already gone (a non-persistent tap goes with its process)
+        log(f"cleanup: {what}: {why}" + (" (trying again)" if attempt + 1 < tries else ""))
+        time.sleep(0.5 * (attempt + 1))
+    return False
+
+
+def sweep():
+    """Removes every namespace and root-namespace link of this run (named PREFIX...) that
+    is still there, logging each one: what a case's own clean-up could not remove."""
+    left = 0
+    try:
+        names = [ln.split()[0] for ln in run(["ip", "netns", "list"]).splitlines() if ln.split()]
+        links = [ln.split()[0].split("@")[0]
+                 for ln in run(["ip", "-br", "link", "show"]).splitlines() if ln.split()]
+    except BenchError as e:
+        log(f"cleanup: could not list what is left: {e}")
+        return 0
+    for ns in names:
+        if ns.startswith(PREFIX):
+            log(f"cleanup: namespace {ns} was left behind; removing it")
+            left += 1
+            remove(["ip", "netns", "del", ns], f"namespace {ns}")
+    for name in links:
+        if name.startswith(PREFIX):
+            log(f"cleanup: link {name} was left behind; removing it")
+            left += 1
+            remove(["ip", "link", "del", name], f"link {name}")
+    return left
 
 
 def wait_ready(proc, stderr_path, marker):
