@@ -7,8 +7,8 @@ use loom::thread;
 use ringswitch_switch::sync::spsc::Spsc;
 use std::sync::Arc;
 
-/// Items cross in order, none lost or duplicated, and a full ring refuses rather than
-/// overwrites, whatever the interleaving of the two sides.
+/// Items cross in order, none lost or duplicated, a full ring refuses rather than
+/// overwrites, and a peek shows what the next pop takes, whatever the interleaving.
 #[test]
 fn spsc_keeps_order_and_refuses_when_full() {
     // The consumer runs in the spawned thread: loom explores interleavings around the
@@ -18,9 +18,16 @@ fn spsc_keeps_order_and_refuses_when_full() {
         let c = {
             let r = r.clone();
             thread::spawn(move || {
+                // A peek sees the item the next pop takes (the owner looks at a frame's port
+                // before it takes the frame).
                 let mut got = Vec::new();
                 for _ in 0..3 {
+                    let seen = r.peek();
                     if let Some(v) = r.pop() {
+                        assert!(
+                            seen.is_none() || seen == Some(v),
+                            "peeked {seen:?}, took {v}"
+                        );
                         got.push(v);
                     }
                 }

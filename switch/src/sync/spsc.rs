@@ -93,6 +93,28 @@ impl<T: Copy> Spsc<T> {
         Some(v)
     }
 
+    /// Consumer side: a copy of the oldest item, left in the ring (the next `pop` takes it).
+    #[inline]
+    pub fn peek(&self) -> Option<T>
+    where
+        T: Copy,
+    {
+        let head = self.head.0.load(Ordering::Relaxed);
+        let mut tail = self.tail_cache.0.load(Ordering::Relaxed);
+        if head == tail {
+            tail = self.tail.0.load(Ordering::Acquire);
+            self.tail_cache.0.store(tail, Ordering::Relaxed);
+            if head == tail {
+                return None;
+            }
+        }
+        // SAFETY: as in `pop`: the slot at `head` was written before the release store of
+        // `tail` acquired above or earlier, and the producer cannot write it again before
+        // `head` moves past it, which only `pop` (this same consumer) does. `T: Copy`, so
+        // reading it leaves the slot's value valid for that `pop`.
+        Some(unsafe { self.slots[head & self.mask].read() })
+    }
+
     /// Whether the ring looks empty (from either side; a hint, exact only for the consumer).
     #[inline]
     pub fn is_empty(&self) -> bool {

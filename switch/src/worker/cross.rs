@@ -10,10 +10,13 @@ use crate::fabric::CrossFrame;
 use crate::frame::OffloadSet;
 use crate::ids::{PortId, WorkerId};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Frames taken from one incoming ring per pass (the rest wait for the next pass, so one busy
 /// neighbour cannot starve this worker's own ports).
 const TAKE_PER_RING: usize = 512;
+/// A port with a full queue that sent nothing for this long is stuck, not busy.
+const STALLED: Duration = Duration::from_millis(2);
 
 impl Worker {
     /// Hands the frames queued on `id`, a port of another worker, to that worker; a full
@@ -85,11 +88,17 @@ impl Worker {
                 continue;
             }
             let ring = fabric.ring(WorkerId(from as u8), self.id);
-            // Every frame is taken, whatever its port: a port whose queue is full drops it
-            // (counted at the port) rather than hold up the frames behind it for other
-            // ports in the same ring.
+            // A frame for a port whose queue is full waits in the ring while that port is
+            // sending (its queue drains within microseconds): the ring fills and holds the
+            // sender back, which paces the reading worker as one worker paces itself. A
+            // port that sent nothing for STALLED is stuck: its frames are taken and dropped
+            // (counted at the port), so they hold up no frame for another port.
             for _ in 0..TAKE_PER_RING {
-                let Some(cf) = ring.pop() else { break };
+                let Some(cf) = ring.peek() else { break };
+                if self.tx.room(cf.port) == 0 && self.port_sending(cf.port) {
+                    break;
+                }
+                let _ = ring.pop();
                 taken += 1;
                 self.take_one(&fabric, cf);
             }
@@ -100,6 +109,30 @@ impl Worker {
             self.engine.fold_egress(&mut self.tx);
         }
         taken
+    }
+
+    /// Whether local port `id` sent a frame in the last STALLED (see `take_cross`).
+    #[cold]
+    fn port_sending(&mut self, id: PortId) -> bool {
+        let Some(st) = self
+            .by_id
+            .get(id.index())
+            .copied()
+            .flatten()
+            .and_then(|s| self.ports[s.index()].as_mut())
+        else {
+            return false;
+        };
+        let now = Instant::now();
+        let sent = st.counters.tx_frames.get();
+        match st.tx_seen_at {
+            Some(at) if sent == st.tx_seen => now.saturating_duration_since(at) < STALLED,
+            _ => {
+                st.tx_seen = sent;
+                st.tx_seen_at = Some(now);
+                true
+            }
+        }
     }
 
     #[inline]

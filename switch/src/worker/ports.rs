@@ -26,6 +26,11 @@ pub(super) struct PortState {
     pub(super) draining: bool,
     /// It gave its buffer ring and files back (a failed port, once idle).
     pub(super) released: bool,
+    /// Its sent-frame count when last looked at, and when it last moved: whether the port
+    /// is draining its queue (frames handed over by other workers wait in their ring for
+    /// room) or stuck (they are taken and dropped, so they hold up no other port).
+    pub(super) tx_seen: u64,
+    pub(super) tx_seen_at: Option<std::time::Instant>,
 }
 
 impl Worker {
@@ -172,6 +177,8 @@ impl Worker {
             failed: false,
             draining: false,
             released: false,
+            tx_seen: 0,
+            tx_seen_at: None,
         });
         Ok(())
     }
