@@ -337,7 +337,9 @@ fn udp_frame(flow: u16, seq: u16) -> Vec<u8> {
 
 #[test]
 fn a_multiqueue_frontend_is_served_on_every_queue_pair_with_each_flow_on_one_ring() {
-    let s = setup_port("vhost-user,id=v0,chardev=c0,queues=2", &[]);
+    // One worker serves both pairs and spreads flows over both receive rings (with several
+    // workers each serves its own pairs: the next test).
+    let s = setup_port("vhost-user,id=v0,chardev=c0,queues=2", &["--cores", "0"]);
     // GET_QUEUE_NUM (17) answers the pairs offered, as QEMU reads it (after GET_FEATURES,
     // SET_FEATURES, GET_PROTOCOL_FEATURES and SET_PROTOCOL_FEATURES with MQ).
     {
@@ -412,6 +414,66 @@ fn a_multiqueue_frontend_is_served_on_every_queue_pair_with_each_flow_on_one_rin
         ring_of.values().any(|q| *q == RXQ) && ring_of.values().any(|q| *q == 2),
         "8 flows all on one ring: {ring_of:?}"
     );
+}
+
+#[test]
+fn a_multiqueue_frontend_is_spread_over_two_workers_each_sending_on_its_own_pairs() {
+    // Two workers: the port's two pairs get an instance each, one per worker. Both transmit
+    // rings are served; the datagram port's worker, which holds one of the instances, hands
+    // every frame to the guest on its own pair's receive ring (no crossing), in order.
+    let s = setup_port("vhost-user,id=v0,chardev=c0,queues=2", &["--cores", "0,1"]);
+    let mut g = Guest::connect_pairs(&s.vhu, VIRTIO_NET_F_MRG_RXBUF | VIRTIO_RING_F_EVENT_IDX, 2);
+    let mut buf = vec![0u8; 70000];
+    for round in 0..3u64 {
+        for (k, q) in [(0u64, TXQ), (1, 3)] {
+            let f = frame([0xff; 6], 1, 100 + (round * 2 + k) as usize);
+            g.transmit_on(q, round, &f);
+            let n = s
+                .peer
+                .recv(&mut buf)
+                .expect("the guest's frame at the peer");
+            assert_eq!(&buf[..n], &f[..], "from transmit ring {q}, round {round}");
+        }
+    }
+    wait_for("both transmit rings' used entries", || {
+        g.used_idx(TXQ) == 3 && g.used_idx(3) == 3
+    });
+    for q in [RXQ, 2] {
+        for k in 0..16u64 {
+            g.add_chain(q, &[(RX_BUFS + (q as u64 * 16 + k) * 0x1000, 2048, true)]);
+        }
+    }
+    let sw_end = s.dir.join("sw.sock");
+    for seq in 0..2 {
+        for flow in 0..8 {
+            s.peer.send_to(&udp_frame(flow, seq), &sw_end).unwrap();
+        }
+    }
+    wait_for("16 frames on the receive rings", || {
+        g.used_idx(RXQ) + g.used_idx(2) == 16
+    });
+    let used: Vec<usize> = [RXQ, 2]
+        .into_iter()
+        .filter(|&q| g.used_idx(q) > 0)
+        .collect();
+    assert_eq!(
+        used.len(),
+        1,
+        "frames from one worker on both rings: {used:?}"
+    );
+    let q = used[0];
+    let mut last = std::collections::HashMap::new();
+    for k in 0..16 {
+        let head = g.used_head(q, k);
+        let mut got = vec![0u8; 72];
+        let at = RX_BUFS + (q as u64 * 16 + u64::from(head)) * 0x1000;
+        g.mem.read_slice(&mut got, GuestAddress(at)).unwrap();
+        let flow = u16::from_be_bytes([got[12 + 34], got[12 + 35]]) - 1000;
+        let seq = u16::from_be_bytes([got[12 + 42], got[12 + 43]]);
+        let prev = last.insert(flow, seq);
+        assert_eq!(prev.map_or(0, |p| p + 1), seq, "flow {flow} out of order");
+    }
+    assert_eq!(last.len(), 8);
 }
 
 #[test]

@@ -565,18 +565,37 @@ impl OpenedPort {
         Ok(Some((self.make)(fd, tx, name)))
     }
 
-    /// The data plane's ports over a multiqueue tap's further queues (none for other ports),
-    /// queue 1 first.
+    /// The data plane's ports over a multiqueue port's further queues (none for other
+    /// ports), queue 1 first: a multiqueue tap's further queue descriptors, or a vhost-user
+    /// port's further instances (see `spread`).
     pub fn make_queue_ports(&self, name: &str) -> io::Result<Vec<AnyPort>> {
+        if let Some(v) = &self.vhost {
+            return Ok((1..v.shared.instances())
+                .map(|i| VhostUserPort::instance(name, v.shared.clone(), i).into())
+                .collect());
+        }
         self.queue_fds
             .iter()
             .map(|fd| Ok((self.make)(fd.try_clone()?, None, name)))
             .collect()
     }
 
-    /// How many queues the port has (1 but for a multiqueue tap).
+    /// How many queues the port has, each served by its own worker: a multiqueue tap's
+    /// queues, a vhost-user port's instances; 1 for other ports.
     pub fn queues(&self) -> usize {
-        1 + self.queue_fds.len()
+        match &self.vhost {
+            Some(v) => v.shared.instances(),
+            None => 1 + self.queue_fds.len(),
+        }
+    }
+
+    /// Spreads a vhost-user port's queue pairs over up to `workers` workers (one instance
+    /// each; `queues=N` pairs make at most N). Call before the port's queues are placed;
+    /// other ports keep the queues they opened with.
+    pub fn spread(&mut self, workers: usize) {
+        if let Some(v) = &self.vhost {
+            v.shared.spread(workers);
+        }
     }
 
     /// Whether this port (re)connects by itself (listening or client stream).

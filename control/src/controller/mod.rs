@@ -440,11 +440,13 @@ impl Controller {
         &mut self,
         spec: NetdevSpec,
         index: PortId,
-        opened: OpenedPort,
+        mut opened: OpenedPort,
     ) -> Result<(), QmpError> {
         let worker = self.chosen_worker(&spec)?;
-        // A multiqueue tap's queues go to the workers after queue 0's, round the ring.
+        // A multiqueue port's queues (a tap's queues, a vhost-user port's instances, one per
+        // worker at most) go to the workers after queue 0's, round the ring.
         let n = self.workers.len();
+        opened.spread(n);
         let first = self
             .workers
             .iter()

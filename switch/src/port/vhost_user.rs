@@ -21,9 +21,12 @@
 //! own split-ring code, checked against rust-vmm's `virtio-queue` in
 //! `switch/tests/vring_walk.rs`): guest memory resolved once per memory table, every index,
 //! chain and buffer bounded; a frontend that hands the switch anything outside that gets its
-//! port stopped and counted (`frontend_fault`), never a crash. With `queues=N` the port serves
-//! every ring of its N queue pairs (`2k` receive, `2k + 1` transmit), and spreads frames to
-//! the guest over its running receive rings by flow.
+//! port stopped and counted (`frontend_fault`), never a crash. With `queues=N` the port has N
+//! queue pairs (`2k` receive, `2k + 1` transmit). They may be spread over several workers:
+//! one instance of the port per worker (`VhostShared::spread`), instance `i` serving the pairs
+//! `k` with `k % instances == i`, each with its own notify eventfd and applied generation. An
+//! instance spreads the frames it sends to the guest over its own running receive rings by
+//! flow.
 
 use super::vring::{HostMem, RingError, SplitRing};
 use super::{Caps, Closed, Cx, InFlight, Port, RxMode, Tag};
@@ -146,20 +149,26 @@ pub struct VhostReport {
 #[derive(Debug)]
 pub struct VhostShared {
     gen: AtomicU64,
-    applied: AtomicU64,
+    /// The generation each instance (worker) serving the port last applied.
+    applied: [AtomicU64; MAX_PAIRS],
     conf: Mutex<VhostConf>,
     report: Mutex<VhostReport>,
-    /// Written by the control side after each change, read by the port through the ring.
-    notify: OwnedFd,
+    /// Written by the control side after each change, read by each instance through its
+    /// worker's ring (one per instance: each worker waits on its own).
+    notify: Box<[OwnedFd]>,
     /// Messages the control side refused (a bogus memory table, ring addresses outside it,
     /// bad sizes), each of which ended the frontend's connection; the port counts them as
     /// `frontend_fault` (its counters have one writer, the worker).
     protocol_faults: AtomicU64,
-    /// A worker serves the port (between its attach and detach): only then is there anyone
-    /// to wait for.
-    served: AtomicBool,
+    /// Which instances a worker serves (between their attach and detach): only those are
+    /// waited for.
+    served: [AtomicBool; MAX_PAIRS],
     /// Queue pairs offered (`GET_QUEUE_NUM`).
     pairs: usize,
+    /// How many instances serve the port, each on its own worker: instance `i` serves the
+    /// queue pairs `k` with `k % instances == i` (1 to `pairs`; set before the first
+    /// instance is made, see `spread`).
+    instances: std::sync::atomic::AtomicUsize,
 }
 
 impl VhostShared {
@@ -169,16 +178,34 @@ impl VhostShared {
 
     /// For a port of `pairs` queue pairs (1 to `MAX_PAIRS`).
     pub fn with_pairs(pairs: usize) -> io::Result<Arc<VhostShared>> {
+        let pairs = pairs.clamp(1, MAX_PAIRS);
         Ok(Arc::new(VhostShared {
-            pairs: pairs.clamp(1, MAX_PAIRS),
+            pairs,
             gen: AtomicU64::new(0),
-            applied: AtomicU64::new(0),
+            applied: std::array::from_fn(|_| AtomicU64::new(0)),
             conf: Mutex::new(VhostConf::default()),
             report: Mutex::new(VhostReport::default()),
-            notify: crate::sys::fd::eventfd()?,
+            notify: (0..pairs)
+                .map(|_| crate::sys::fd::eventfd())
+                .collect::<io::Result<Vec<_>>>()?
+                .into_boxed_slice(),
             protocol_faults: AtomicU64::new(0),
-            served: AtomicBool::new(false),
+            served: std::array::from_fn(|_| AtomicBool::new(false)),
+            instances: std::sync::atomic::AtomicUsize::new(1),
         }))
+    }
+
+    /// Spreads the queue pairs over up to `workers` instances (one per worker); returns how
+    /// many there are: `min(pairs, workers)`. Called before the port's instances are made.
+    pub fn spread(&self, workers: usize) -> usize {
+        let n = workers.clamp(1, self.pairs);
+        self.instances.store(n, Ordering::Release);
+        n
+    }
+
+    /// How many instances serve the port.
+    pub fn instances(&self) -> usize {
+        self.instances.load(Ordering::Acquire)
     }
 
     /// Changes the configuration and wakes the worker; returns the change's generation.
@@ -187,7 +214,9 @@ impl VhostShared {
         change(&mut c);
         let g = self.gen.fetch_add(1, Ordering::AcqRel) + 1;
         drop(c);
-        crate::sys::fd::kick(&self.notify);
+        for fd in self.notify.iter() {
+            crate::sys::fd::kick(fd);
+        }
         g
     }
 
@@ -207,16 +236,24 @@ impl VhostShared {
         self.pairs
     }
 
-    /// Waits until the worker has applied generation `g`, at most `timeout`. False if it has
-    /// not (no worker serves the port yet, or it is stuck).
+    /// Waits until every instance a worker serves has applied generation `g`, at most
+    /// `timeout`. False if one has not (no worker serves the port yet, or one is stuck).
     pub fn wait_applied(&self, g: u64, timeout: Duration) -> bool {
         let end = Instant::now() + timeout;
         loop {
-            if self.applied.load(Ordering::Acquire) >= g {
-                return true;
+            let mut served = false;
+            let mut behind = false;
+            for i in 0..self.instances() {
+                if self.served[i].load(Ordering::Acquire) {
+                    served = true;
+                    behind |= self.applied[i].load(Ordering::Acquire) < g;
+                }
             }
-            if !self.served.load(Ordering::Acquire) {
+            if !served {
                 return false;
+            }
+            if !behind {
+                return true;
             }
             if Instant::now() >= end {
                 return false;
@@ -284,6 +321,9 @@ struct RxScratch {
 pub struct VhostUserPort {
     name: String,
     shared: Arc<VhostShared>,
+    /// Which of the port's instances this is, and how many there are (see `VhostShared`).
+    instance: usize,
+    instances: usize,
     seen: u64,
     faults_seen: u64,
     mem: Option<HostMem>,
@@ -308,11 +348,21 @@ pub struct VhostUserPort {
 }
 
 impl VhostUserPort {
+    /// The port's first instance (the only one unless `VhostShared::spread` made more).
     pub fn new(name: &str, shared: Arc<VhostShared>) -> VhostUserPort {
+        VhostUserPort::instance(name, shared, 0)
+    }
+
+    /// Instance `instance` of the port: it serves the queue pairs `k` with
+    /// `k % instances == instance`, from the worker it is placed on.
+    pub fn instance(name: &str, shared: Arc<VhostShared>, instance: usize) -> VhostUserPort {
         let rings = 2 * shared.pairs;
+        let instances = shared.instances();
         VhostUserPort {
             name: name.to_string(),
             shared,
+            instance: instance.min(instances - 1),
+            instances,
             seen: 0,
             faults_seen: 0,
             mem: None,
@@ -335,17 +385,28 @@ impl VhostUserPort {
         }
     }
 
+    /// Whether ring `i` is this instance's to serve.
+    #[inline]
+    fn owns(&self, i: usize) -> bool {
+        (i / 2) % self.instances == self.instance
+    }
+
     /// Picks up the control side's latest configuration.
     fn apply(&mut self, cx: &mut Cx<'_>, gen: u64) {
         let shared = self.shared.clone();
         let faults = shared.protocol_faults.load(Ordering::Acquire);
-        if faults > self.faults_seen {
+        // Protocol faults are the port's, counted once: by its first instance.
+        if self.instance == 0 && faults > self.faults_seen {
             cx.counters
                 .count_drops(DropReason::FrontendFault, faults - self.faults_seen);
             self.faults_seen = faults;
         }
         let mut conf = shared.conf.lock().unwrap_or_else(|p| p.into_inner());
-        let rarp = conf.rarp.take();
+        let rarp = if self.instance == 0 {
+            conf.rarp.take()
+        } else {
+            None
+        };
         let mem_changed = match (&self.mem, &conf.mem) {
             (Some(a), Some(b)) => !Arc::ptr_eq(a.guest(), b),
             (None, None) => false,
@@ -392,7 +453,7 @@ impl VhostUserPort {
             if let Some(mem) = &self.mem {
                 for i in 0..QUEUES {
                     let want = &conf.vrings[i];
-                    if self.q[i].is_some() || !want.runs() {
+                    if self.q[i].is_some() || !want.runs() || !self.owns(i) {
                         continue;
                     }
                     let Some(kick) = want.kick.clone() else {
@@ -427,7 +488,7 @@ impl VhostUserPort {
             announce(cx, mac);
         }
         self.seen = gen;
-        shared.applied.store(gen, Ordering::Release);
+        shared.applied[self.instance].store(gen, Ordering::Release);
     }
 
     /// Notes which receive rings run, for spreading frames over them.
@@ -467,7 +528,7 @@ impl VhostUserPort {
             // reads are reaped (the worker drains `in_flight` before dropping it).
             unsafe {
                 cx.ring
-                    .push_read_u64(self.shared.notify.as_raw_fd(), target, tag)?
+                    .push_read_u64(self.shared.notify[self.instance].as_raw_fd(), target, tag)?
             };
             self.notify_pending = true;
         }
@@ -883,7 +944,7 @@ fn signal(q: &mut Vq) {
 
 impl Port for VhostUserPort {
     fn attach(&mut self, cx: &mut Cx<'_>) -> io::Result<()> {
-        self.shared.served.store(true, Ordering::Release);
+        self.shared.served[self.instance].store(true, Ordering::Release);
         let g = self.shared.gen.load(Ordering::Acquire);
         self.apply(cx, g);
         self.arm_reads(cx)
@@ -966,7 +1027,7 @@ impl Port for VhostUserPort {
     }
 
     fn detach(&mut self, _cx: &mut Cx<'_>) {
-        self.shared.served.store(false, Ordering::Release);
+        self.shared.served[self.instance].store(false, Ordering::Release);
         for i in 0..QUEUES {
             if let Some(q) = self.q[i].take() {
                 let next = q.ring.next_avail();
