@@ -125,6 +125,16 @@ fn a_multiqueue_tap_spread_over_two_workers_keeps_every_flow_in_order() {
     check("b→a", &stream(&nb, &na, "10.78.0.1", 9001));
     let pa = qmp.port("a");
     println!("port a: {pa}");
+
+    // Moving queue 0 to worker 1 trades places with queue 1 (one queue per worker), live.
+    qmp.execute_with(
+        "set-port-worker",
+        serde_json::json!({"id": "a", "worker": 1}),
+    );
+    let pa = qmp.port("a");
+    assert_eq!(pa["queue-workers"], serde_json::json!([1, 0]), "{pa}");
+    check("a→b after the move", &stream(&na, &nb, "10.78.0.2", 9002));
+    check("b→a after the move", &stream(&nb, &na, "10.78.0.1", 9003));
     let stopped = switch.stop();
     assert_eq!(stopped.status.code(), Some(0), "{}", stopped.stderr);
     let _ = std::fs::remove_dir_all(&dir);

@@ -629,8 +629,19 @@ impl Controller {
             return Ok(());
         }
         let from = std::mem::replace(&mut p.worker, to);
+        // A multiqueue port keeps one queue per worker: a queue already on `to` trades places
+        // with queue 0.
+        let swapped: Vec<usize> = (0..p.queues.len())
+            .filter(|&k| p.queues[k].0 == to)
+            .collect();
+        for &k in &swapped {
+            p.queues[k].0 = from;
+        }
         if let Err(e) = p.refresh_entry() {
             p.worker = from;
+            for &k in &swapped {
+                p.queues[k].0 = to;
+            }
             return Err(e);
         }
         self.publish()
