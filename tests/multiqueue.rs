@@ -127,10 +127,11 @@ fn a_multiqueue_tap_spread_over_two_workers_keeps_every_flow_in_order() {
     println!("port a: {pa}");
 
     // Moving queue 0 to worker 1 trades places with queue 1 (one queue per worker), live.
-    qmp.execute_with(
+    let r = qmp.execute_with(
         "set-port-worker",
         serde_json::json!({"id": "a", "worker": 1}),
     );
+    assert_eq!(r["return"], serde_json::json!({}), "{r}");
     let pa = qmp.port("a");
     assert_eq!(pa["queue-workers"], serde_json::json!([1, 0]), "{pa}");
     check("a→b after the move", &stream(&na, &nb, "10.78.0.2", 9002));
