@@ -159,8 +159,10 @@ pub struct Follower {
 }
 
 impl Follower {
-    /// Starts following. `on_update` runs on the follower's thread with each new filter; it
-    /// must not block for long (an `mpsc::Sender::send` is fine), or `stop` waits for it.
+    /// Starts following. `on_update` runs on the follower's thread with each new filter: an
+    /// answer equal to the last one handed over is not handed over again, even when it comes
+    /// from a restarted QEMU (read [`Follower::status`] to see the connection come and go).
+    /// It must not block for long (an `mpsc::Sender::send` is fine), or `stop` waits for it.
     pub fn start(
         config: FollowConfig,
         on_update: impl FnMut(FilterUpdate) + Send + 'static,
