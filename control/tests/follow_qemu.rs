@@ -399,6 +399,12 @@ fn follows_a_real_qemu_guests_nic_through_changes_and_a_restart() {
     wait_state(&follower, FollowState::Connecting);
     let restarted = Instant::now();
     let guest = Guest::start(&image, &qmp, MAC_B);
+    updates.wait(
+        (&follower, &guest),
+        CHANGE_TIMEOUT,
+        "the new QEMU's NIC",
+        |u| u.filter.main_mac.to_string() == MAC_B,
+    );
     let u = updates.wait(
         (&follower, &guest),
         BOOT_TIMEOUT,
