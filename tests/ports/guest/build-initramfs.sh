@@ -1,6 +1,6 @@
 #!/bin/bash
 # tests/ports/guest/build-initramfs.sh OUT_DIR: builds the guest the vhost-user guest tests
-# boot (tests/ports/test_vhost_user_guest.py): OUT_DIR/vmlinuz (the host's kernel) and
+# boot (tests/ports/test_vhost_user_guest.py, control/tests/follow_qemu.rs): OUT_DIR/vmlinuz (the host's kernel) and
 # OUT_DIR/initramfs.cpio.gz (busybox-static, the virtio-net modules with what they depend on,
 # and tests/ports/guest/init). Prints OUT_DIR/initramfs.cpio.gz. Kept up to date cheaply: a
 # second run with nothing changed only compares a stamp.
@@ -12,8 +12,9 @@ set -euo pipefail
 out=${1:?usage: build-initramfs.sh OUT_DIR}
 here=$(cd "$(dirname "$0")" && pwd)
 busybox=/bin/busybox
-# The drivers of a virtio-net-pci device; their dependencies come from modules.dep.
-want=(virtio_pci virtio_net)
+# The drivers of a virtio-net-pci device, and macvlan (the rx-filter follow test adds a MAC
+# to eth0 with one); their dependencies come from modules.dep.
+want=(virtio_pci virtio_net macvlan)
 
 die() {
     echo "build-initramfs: $*" >&2
