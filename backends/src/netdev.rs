@@ -20,7 +20,7 @@ pub(crate) use keyval::{Opts, Source};
 
 use crate::kinds::{self, L2tpv3Options, SocketMode};
 use keyval::{flatten, split_keyval_with, typed, Raw, Ty, Typed};
-use ringswitch_switch::MacAddr;
+use ringswitch_switch::{MacAddr, RxFilter};
 use schema::{Schema, COMMON_OPTIONS};
 use serde_json::{Map, Value};
 use std::fmt;
@@ -118,6 +118,10 @@ pub struct NetdevSpec {
     /// The worker to serve the port (`worker=N`, a ringswitch extension), if the operator
     /// named one; whether it exists is the controller's to check.
     pub worker: Option<u8>,
+    /// What the station behind the port accepts from the start (`rx-filter=`, a ringswitch
+    /// extension: an RxFilterInfo object, from a file or inline in JSON), as given; None:
+    /// promiscuous. QEMU's table capacity is applied when the port is added.
+    pub rx_filter: Option<RxFilter>,
     /// The options as given (without `type` and `id`), for listings.
     pub options: Vec<(String, String)>,
 }
@@ -220,15 +224,30 @@ fn build(
     id: NetdevId,
     opts: Vec<(String, Raw)>,
     source: Source,
+    mut rx_filter: Option<RxFilter>,
 ) -> Result<NetdevSpec, NetdevError> {
     let schema = Schema::of(ty)?;
     let mut kind_opts = Vec::new();
     let mut shown = Vec::new();
     let mut macaddr = None;
     let mut worker = None;
+    if rx_filter.is_some() {
+        shown.push(("rx-filter".into(), "inline".into()));
+    }
     for (k, raw) in opts {
         if let Some((_, t)) = COMMON_OPTIONS.iter().find(|(n, _)| *n == k) {
             let v = typed(&k, *t, raw)?.into_string();
+            if k == "rx-filter" {
+                let info = crate::rxfilter::rx_filter_from_file(std::path::Path::new(&v)).map_err(
+                    |e| NetdevError::Address {
+                        option: k.clone(),
+                        why: e.to_string(),
+                    },
+                )?;
+                rx_filter = Some(info.filter);
+                shown.push((k, v));
+                continue;
+            }
             if k == "worker" {
                 worker = Some(v.parse::<u8>().ok().filter(|w| *w < 64).ok_or_else(|| {
                     NetdevError::BadValue {
@@ -310,6 +329,7 @@ fn build(
         kind,
         macaddr,
         worker,
+        rx_filter,
         options: shown,
     })
 }
@@ -345,7 +365,7 @@ pub fn parse_netdev(s: &str) -> Result<NetdevSpec, NetdevError> {
         None => return Err(NetdevError::MissingId),
     };
     let raw = opts.into_iter().map(|(k, v)| (k, Raw::Text(v))).collect();
-    build(&ty, id, raw, Source::CommandLine)
+    build(&ty, id, raw, Source::CommandLine, None)
 }
 
 /// Parses `netdev_add`'s flat arguments (`{"type": "tap", "id": "n0", "ifname": "t0"}`), with
@@ -364,10 +384,21 @@ pub fn netdev_from_qmp(args: &Map<String, Value>) -> Result<NetdevSpec, NetdevEr
     let ty = str_arg("type")?.ok_or(NetdevError::MissingType)?;
     let id = NetdevId::new(&str_arg("id")?.ok_or(NetdevError::MissingId)?)?;
     let mut raw = Vec::new();
+    let mut rx_filter = None;
     for (k, v) in args.iter().filter(|(k, _)| *k != "type" && *k != "id") {
+        if let ("rx-filter", Value::Object(m)) = (k.as_str(), v) {
+            // Inline: the object itself, its `name` optional.
+            let info = crate::rxfilter::rx_filter_from_json(m, crate::rxfilter::Name::Optional)
+                .map_err(|e| NetdevError::Address {
+                    option: k.clone(),
+                    why: e.to_string(),
+                })?;
+            rx_filter = Some(info.filter);
+            continue;
+        }
         flatten(k, v, &mut raw, 0)?;
     }
-    build(&ty, id, raw, Source::Qmp)
+    build(&ty, id, raw, Source::Qmp, rx_filter)
 }
 
 #[cfg(test)]
