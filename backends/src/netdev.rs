@@ -689,6 +689,52 @@ mod tests {
     }
 
     #[test]
+    fn rx_filter_is_a_common_option_from_a_file_or_inline() {
+        use serde_json::json;
+        let info = json!({
+            "promiscuous": false, "multicast": "none", "unicast": "normal", "vlan": "all",
+            "broadcast-allowed": true, "multicast-overflow": false, "unicast-overflow": false,
+            "main-mac": "52:54:00:00:00:01", "vlan-table": [], "unicast-table": [],
+            "multicast-table": [],
+        });
+        let path = std::env::temp_dir().join(format!("rs-netdev-rxf-{}.json", std::process::id()));
+        std::fs::write(&path, info.to_string()).unwrap();
+        let from_cli = parse_netdev(&format!("tap,id=a,rx-filter={}", path.display()));
+        let m = |v: serde_json::Value| v.as_object().unwrap().clone();
+        let by_path = netdev_from_qmp(&m(
+            json!({"type": "tap", "id": "a", "rx-filter": path.display().to_string()}),
+        ));
+        let _ = std::fs::remove_file(&path);
+        let from_cli = from_cli.unwrap();
+        let f = from_cli.rx_filter.clone().unwrap();
+        assert!(!f.promiscuous && f.main_mac.to_string() == "52:54:00:00:00:01");
+        assert!(from_cli
+            .options
+            .contains(&("rx-filter".into(), path.display().to_string())));
+        assert_eq!(by_path.unwrap().rx_filter, Some(f.clone()));
+        let inline =
+            netdev_from_qmp(&m(json!({"type": "tap", "id": "a", "rx-filter": info}))).unwrap();
+        assert_eq!(inline.rx_filter, Some(f));
+        assert!(inline.options.contains(&("rx-filter".into(), "inline".into())));
+        assert_eq!(parse_netdev("tap,id=a").unwrap().rx_filter, None);
+        let mut bad = info.clone();
+        bad["unicast"] = json!("some");
+        let e = netdev_from_qmp(&m(json!({"type": "tap", "id": "a", "rx-filter": bad})))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "Parameter 'rx-filter': Parameter 'unicast' does not accept value 'some'; valid: normal, none, all"
+        );
+        let e = parse_netdev("tap,id=a,rx-filter=/nonexistent/f.json").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("Parameter 'rx-filter': /nonexistent/f.json: "),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn macaddr_is_a_common_option() {
         let s = parse_netdev("tap,id=a,macaddr=52:54:00:aa:bb:cc").unwrap();
         assert_eq!(s.macaddr.unwrap().to_string(), "52:54:00:aa:bb:cc");
