@@ -148,8 +148,15 @@ fn a_filter_set_over_qmp_keeps_unwanted_floods_from_its_port_only() {
         taken,
         "c gets only what its filter takes"
     );
+    // From b too: with two workers, b's worker is not c's, and checks c's filter itself.
+    send_all_kinds(b, hosts[1].mac, c_mac, "r1b");
+    assert_eq!(kinds_seen(a, "r1b", &flooded), flooded, "a is not filtered");
+    assert_eq!(kinds_seen(c, "r1b", &taken), taken, "c, from b");
     let refused = filtered(&mut q, "c");
-    assert!(refused >= 2, "c's filtered count is {refused}, want at least 2");
+    assert!(
+        refused >= 4,
+        "c's filtered count is {refused}, want at least 4"
+    );
     assert_eq!(filtered(&mut q, "b"), 0);
 
     // Not restarted: the same port, connected all along, its counters kept.
