@@ -921,4 +921,51 @@ mod tests {
         );
         assert_eq!(r.pool.available(), 256);
     }
+
+    #[test]
+    fn frames_with_offload_records_are_filtered_by_their_ethernet_header() {
+        let mut r = Rig::new(&[0, 0, 0]);
+        r.engine
+            .set_rx_filter(PortId(2), Some(station_only(mac(2))))
+            .unwrap();
+        let send_offloaded = |r: &mut Rig, dst: MacAddr| {
+            let mut f = r.frame(0, dst, mac(0), 60);
+            f.flags |= Frame::OFFLOAD;
+            let o = crate::frame::Offload {
+                flags: crate::frame::Offload::F_DATA_VALID,
+                ..crate::frame::Offload::NONE
+            };
+            r.pool.set_offload(f.buf, o);
+            r.engine.forward(&mut r.pool, &[f], &mut r.tx, 0);
+            r.engine.fold_egress(&mut r.tx);
+            r.complete()
+        };
+        assert_eq!(
+            send_offloaded(&mut r, mac(99)),
+            vec![1],
+            "flooded past the filter"
+        );
+        assert_eq!(
+            send_offloaded(&mut r, mac(2)),
+            vec![1, 2],
+            "its own address"
+        );
+        r.send(2, BCAST, mac(2), 60); // mac(2) learned behind port 2
+        r.send(1, BCAST, mac(7), 60);
+        r.engine
+            .set_rx_filter(PortId(1), Some(station_only(mac(1))))
+            .unwrap();
+        assert!(
+            send_offloaded(&mut r, mac(7)).is_empty(),
+            "learned, refused"
+        );
+        assert!(
+            send_offloaded(&mut r, GROUP).is_empty(),
+            "nobody takes the group"
+        );
+        assert_eq!(r.stats(2).drops.get(DropReason::Filtered), 2);
+        assert_eq!(r.stats(1).drops.get(DropReason::Filtered), 2);
+        assert_eq!(r.stats(0).drops.total(), 0);
+        assert_eq!(r.pool.available(), 256);
+    }
 }
