@@ -5,11 +5,12 @@ one-shot rule (sent once, then held back for that port until query-rx-filter; a 
 changes nothing raises nothing). Ports here are listening socket ports: no root needed."""
 
 import json
+import subprocess
 import time
 
 import pytest
 
-from qmprig import RawQmp, assert_error, free_tcp_port
+from qmprig import BINARY, RawQmp, Switch, assert_error, free_tcp_port, require_switch
 
 MEMBERS = [
     "name", "promiscuous", "multicast", "unicast", "vlan", "broadcast-allowed",
@@ -189,3 +190,30 @@ def test_netdev_add_takes_an_rx_filter_inline(qmp):
         r"^Parameter 'rx-filter': Parameter 'unicast' does not accept value 'some'",
     )
     assert [p["id"] for p in qmp.ok("query-ports")] == ["p", "q", "r"]
+
+
+def test_rx_filter_option_names_a_file_on_the_command_line(cleanup, tmp_path):
+    """`-netdev …,rx-filter=PATH`: the port starts with the file's filter (its `name` is not
+    looked at); a file with a bad member stops the switch at start, naming it."""
+    require_switch()
+    f = guest("some-qemu-nic")
+    path = tmp_path / "rx.json"
+    path.write_text(json.dumps(f))
+    spec = f"socket,id=s,listen=127.0.0.1:{free_tcp_port()},rx-filter={path}"
+    sw = cleanup.add(Switch([spec]))
+    q = cleanup.add(RawQmp(unix=sw.qmp_path))
+    q.negotiate()
+    assert rx_filter(q, "s") == {**f, "name": "s"}
+    assert q.ok("query-ports", {"name": "s"})[0]["options"]["rx-filter"] == str(path)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**f, "vlan-table": [5000]}))
+    out = subprocess.run(
+        [str(BINARY), "-netdev", f"socket,id=s,listen=127.0.0.1:{free_tcp_port()},rx-filter={bad}"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert out.returncode == 2, f"exit {out.returncode}: {out.stderr}"
+    assert f"Parameter 'rx-filter': {bad}: Parameter 'vlan-table[0]' expects a VLAN id" in out.stderr
+    assert "ringswitch: ready" not in out.stderr
