@@ -715,7 +715,9 @@ mod tests {
         let inline =
             netdev_from_qmp(&m(json!({"type": "tap", "id": "a", "rx-filter": info}))).unwrap();
         assert_eq!(inline.rx_filter, Some(f));
-        assert!(inline.options.contains(&("rx-filter".into(), "inline".into())));
+        assert!(inline
+            .options
+            .contains(&("rx-filter".into(), "inline".into())));
         assert_eq!(parse_netdev("tap,id=a").unwrap().rx_filter, None);
         let mut bad = info.clone();
         bad["unicast"] = json!("some");
