@@ -899,6 +899,29 @@ mod tests {
     }
 
     #[test]
+    fn a_config_files_netdev_takes_an_rx_filter_inline() {
+        let f = config_file(
+            r#"{"netdevs": [{"type": "tap", "id": "a", "rx-filter": {
+                "promiscuous": false, "multicast": "none", "unicast": "normal", "vlan": "all",
+                "broadcast-allowed": true, "multicast-overflow": false,
+                "unicast-overflow": false, "main-mac": "52:54:00:00:00:0a", "vlan-table": [],
+                "unicast-table": [], "multicast-table": []}}]}"#,
+        );
+        let a = p(&["--config", &f]).unwrap();
+        let rx = a.netdevs[0]
+            .rx_filter
+            .as_ref()
+            .expect("the netdev's rx-filter");
+        assert!(!rx.promiscuous && rx.main_mac.to_string() == "52:54:00:00:00:0a");
+        let bad = config_file(r#"{"netdevs": [{"type": "tap", "id": "a", "rx-filter": {}}]}"#);
+        let e = p(&["--config", &bad]).unwrap_err();
+        assert!(
+            matches!(&e, CliExit::Invalid(m) if m.contains("Parameter 'rx-filter': Parameter 'promiscuous' is missing")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn config_file_options_go_through_the_command_lines_table() {
         let f = config_file(
             r#"{"netdevs": [{"type": "tap", "id": "a", "ifname": "t0"}], "mac-ageing": 10,

@@ -8,6 +8,7 @@ pub mod chardev;
 pub mod kinds;
 pub mod netdev;
 pub mod open;
+pub mod rxfilter;
 pub mod socket;
 pub mod tap;
 pub mod user;
@@ -21,4 +22,5 @@ pub use netdev::{
     TapOptions,
 };
 pub use open::{open, served_vde, set_carrier, Conn, OpenError, OpenedPort};
+pub use rxfilter::{rx_filter_from_json, rx_filter_to_json, RxFilterError, RxFilterInfo};
 pub use tap::{Tap, TapError};

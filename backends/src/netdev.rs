@@ -20,7 +20,7 @@ pub(crate) use keyval::{Opts, Source};
 
 use crate::kinds::{self, L2tpv3Options, SocketMode};
 use keyval::{flatten, split_keyval_with, typed, Raw, Ty, Typed};
-use ringswitch_switch::MacAddr;
+use ringswitch_switch::{MacAddr, RxFilter};
 use schema::{Schema, COMMON_OPTIONS};
 use serde_json::{Map, Value};
 use std::fmt;
@@ -118,6 +118,10 @@ pub struct NetdevSpec {
     /// The worker to serve the port (`worker=N`, a ringswitch extension), if the operator
     /// named one; whether it exists is the controller's to check.
     pub worker: Option<u8>,
+    /// What the station behind the port accepts from the start (`rx-filter=`, a ringswitch
+    /// extension: an RxFilterInfo object, from a file or inline in JSON), as given; None:
+    /// promiscuous. QEMU's table capacity is applied when the port is added.
+    pub rx_filter: Option<RxFilter>,
     /// The options as given (without `type` and `id`), for listings.
     pub options: Vec<(String, String)>,
 }
@@ -220,15 +224,30 @@ fn build(
     id: NetdevId,
     opts: Vec<(String, Raw)>,
     source: Source,
+    mut rx_filter: Option<RxFilter>,
 ) -> Result<NetdevSpec, NetdevError> {
     let schema = Schema::of(ty)?;
     let mut kind_opts = Vec::new();
     let mut shown = Vec::new();
     let mut macaddr = None;
     let mut worker = None;
+    if rx_filter.is_some() {
+        shown.push(("rx-filter".into(), "inline".into()));
+    }
     for (k, raw) in opts {
         if let Some((_, t)) = COMMON_OPTIONS.iter().find(|(n, _)| *n == k) {
             let v = typed(&k, *t, raw)?.into_string();
+            if k == "rx-filter" {
+                let info = crate::rxfilter::rx_filter_from_file(std::path::Path::new(&v)).map_err(
+                    |e| NetdevError::Address {
+                        option: k.clone(),
+                        why: e.to_string(),
+                    },
+                )?;
+                rx_filter = Some(info.filter);
+                shown.push((k, v));
+                continue;
+            }
             if k == "worker" {
                 worker = Some(v.parse::<u8>().ok().filter(|w| *w < 64).ok_or_else(|| {
                     NetdevError::BadValue {
@@ -310,6 +329,7 @@ fn build(
         kind,
         macaddr,
         worker,
+        rx_filter,
         options: shown,
     })
 }
@@ -345,7 +365,7 @@ pub fn parse_netdev(s: &str) -> Result<NetdevSpec, NetdevError> {
         None => return Err(NetdevError::MissingId),
     };
     let raw = opts.into_iter().map(|(k, v)| (k, Raw::Text(v))).collect();
-    build(&ty, id, raw, Source::CommandLine)
+    build(&ty, id, raw, Source::CommandLine, None)
 }
 
 /// Parses `netdev_add`'s flat arguments (`{"type": "tap", "id": "n0", "ifname": "t0"}`), with
@@ -364,10 +384,21 @@ pub fn netdev_from_qmp(args: &Map<String, Value>) -> Result<NetdevSpec, NetdevEr
     let ty = str_arg("type")?.ok_or(NetdevError::MissingType)?;
     let id = NetdevId::new(&str_arg("id")?.ok_or(NetdevError::MissingId)?)?;
     let mut raw = Vec::new();
+    let mut rx_filter = None;
     for (k, v) in args.iter().filter(|(k, _)| *k != "type" && *k != "id") {
+        if let ("rx-filter", Value::Object(m)) = (k.as_str(), v) {
+            // Inline: the object itself, its `name` optional.
+            let info = crate::rxfilter::rx_filter_from_json(m, crate::rxfilter::Name::Optional)
+                .map_err(|e| NetdevError::Address {
+                    option: k.clone(),
+                    why: e.to_string(),
+                })?;
+            rx_filter = Some(info.filter);
+            continue;
+        }
         flatten(k, v, &mut raw, 0)?;
     }
-    build(&ty, id, raw, Source::Qmp)
+    build(&ty, id, raw, Source::Qmp, rx_filter)
 }
 
 #[cfg(test)]
@@ -655,6 +686,54 @@ mod tests {
             netdev_from_qmp(&m(json!({"type": "tap", "id": "a", "worker": "2"}))).unwrap_err(),
             NetdevError::WrongType { .. }
         ));
+    }
+
+    #[test]
+    fn rx_filter_is_a_common_option_from_a_file_or_inline() {
+        use serde_json::json;
+        let info = json!({
+            "promiscuous": false, "multicast": "none", "unicast": "normal", "vlan": "all",
+            "broadcast-allowed": true, "multicast-overflow": false, "unicast-overflow": false,
+            "main-mac": "52:54:00:00:00:01", "vlan-table": [], "unicast-table": [],
+            "multicast-table": [],
+        });
+        let path = std::env::temp_dir().join(format!("rs-netdev-rxf-{}.json", std::process::id()));
+        std::fs::write(&path, info.to_string()).unwrap();
+        let from_cli = parse_netdev(&format!("tap,id=a,rx-filter={}", path.display()));
+        let m = |v: serde_json::Value| v.as_object().unwrap().clone();
+        let by_path = netdev_from_qmp(&m(
+            json!({"type": "tap", "id": "a", "rx-filter": path.display().to_string()}),
+        ));
+        let _ = std::fs::remove_file(&path);
+        let from_cli = from_cli.unwrap();
+        let f = from_cli.rx_filter.clone().unwrap();
+        assert!(!f.promiscuous && f.main_mac.to_string() == "52:54:00:00:00:01");
+        assert!(from_cli
+            .options
+            .contains(&("rx-filter".into(), path.display().to_string())));
+        assert_eq!(by_path.unwrap().rx_filter, Some(f.clone()));
+        let inline =
+            netdev_from_qmp(&m(json!({"type": "tap", "id": "a", "rx-filter": info}))).unwrap();
+        assert_eq!(inline.rx_filter, Some(f));
+        assert!(inline
+            .options
+            .contains(&("rx-filter".into(), "inline".into())));
+        assert_eq!(parse_netdev("tap,id=a").unwrap().rx_filter, None);
+        let mut bad = info.clone();
+        bad["unicast"] = json!("some");
+        let e = netdev_from_qmp(&m(json!({"type": "tap", "id": "a", "rx-filter": bad})))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "Parameter 'rx-filter': Parameter 'unicast' does not accept value 'some'; valid: normal, none, all"
+        );
+        let e = parse_netdev("tap,id=a,rx-filter=/nonexistent/f.json").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("Parameter 'rx-filter': /nonexistent/f.json: "),
+            "{e}"
+        );
     }
 
     #[test]

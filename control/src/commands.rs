@@ -20,6 +20,7 @@ pub const COMMANDS: &[&str] = &[
     "chardev-remove",
     "set_link",
     "query-rx-filter",
+    "set-rx-filter",
     "announce-self",
     "query-ports",
     "query-mac-table",
@@ -104,6 +105,12 @@ pub fn dispatch(ctl: &mut Controller, req: &Request) -> Result<Value, QmpError> 
             let name = a.opt_str("name")?;
             a.finish()?;
             ctl.query_rx_filter(name)
+        }
+        "set-rx-filter" => {
+            // The arguments are one RxFilterInfo object, as query-rx-filter lists them.
+            let empty = Map::new();
+            ctl.set_rx_filter(map.unwrap_or(&empty))?;
+            Ok(json!({}))
         }
         "announce-self" => {
             let mut a = Args::new(map);
@@ -313,6 +320,8 @@ fn query_ports(ctl: &Controller, name: Option<&str>) -> Result<Value, QmpError> 
             "tx-frames": s.tx_frames,
             "tx-bytes": s.tx_bytes,
             "drops": s.drops.qmp(),
+            // Where the port's rx-filter is enforced: in the workers, on egress.
+            "rx-filter": "userspace",
             "offloads": p.offload_names(),
             "io": p.caps().map(|c| json!({
                 "rx": c.rx,

@@ -11,6 +11,7 @@ use crate::counters::PortCounters;
 use crate::ids::{DomainId, PortId, WorkerId};
 use crate::mactable::MacEntry;
 use crate::port::{AnyPort, Caps};
+use crate::rxfilter::RxFilter;
 use crate::sys::fd::{eventfd, kick};
 use arc_swap::ArcSwap;
 use std::io;
@@ -104,6 +105,10 @@ pub struct PortEntry {
     pub worker: WorkerId,
     pub domain: DomainId,
     pub link_up: bool,
+    /// What the station behind the port accepts (`set-rx-filter`); `None` accepts every
+    /// frame. Every worker forwarding to the port enforces it, its owner and the others; a
+    /// new filter is a new `Arc` (workers compare by pointer).
+    pub rx_filter: Option<Arc<RxFilter>>,
     pub counters: Arc<PortCounters>,
     /// The control plane's own descriptor of this connection, so it can tell which connection
     /// a `WorkerEvent::PortClosed` is about.

@@ -90,8 +90,10 @@ drop_reasons! {
         "Longer than the configured maximum frame size; charged to the ingress port.";
     BadSource, "bad_source", "bad-source",
         "Source address is multicast or all-zero; charged to the ingress port.";
+    SamePort, "same_port", "same-port",
+        "Unicast whose destination was learned behind its own ingress port (802.1D filtering); charged to the ingress port.";
     Filtered, "filtered", "filtered",
-        "Unicast whose destination was learned behind its own ingress port (802.1D filtering).";
+        "The egress port's rx-filter refuses the frame (set-rx-filter: the station behind the port does not take it); charged to the egress port, which was sent nothing.";
     NoDestination, "no_destination", "no-destination",
         "No other port of the domain can take the frame; charged to the ingress port.";
     LinkDown, "link_down", "link-down",

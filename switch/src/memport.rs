@@ -111,4 +111,13 @@ impl MemSwitch {
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
+
+    /// Sets port `port`'s rx-filter (`None`: promiscuous).
+    pub fn set_rx_filter(
+        &mut self,
+        port: PortId,
+        filter: Option<Arc<crate::rxfilter::RxFilter>>,
+    ) -> Result<(), crate::engine::EngineError> {
+        self.engine.set_rx_filter(port, filter)
+    }
 }

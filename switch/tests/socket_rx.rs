@@ -93,6 +93,7 @@ impl UdpPort {
             worker: WorkerId(0),
             domain: DomainId(0),
             link_up: true,
+            rx_filter: None,
             counters: self.counters.clone(),
             conn_fd: -1,
             queues: Vec::new(),

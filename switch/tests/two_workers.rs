@@ -120,6 +120,7 @@ impl Rig {
                         worker: WorkerId(w),
                         domain: DomainId(d),
                         link_up: true,
+                        rx_filter: None,
                         counters: Arc::new(PortCounters::default()),
                         conn_fd: -1,
                         queues: Vec::new(),
@@ -159,6 +160,7 @@ impl Rig {
             worker: old.worker,
             domain: old.domain,
             link_up: old.link_up,
+            rx_filter: old.rx_filter.clone(),
             counters: old.counters.clone(),
             conn_fd: old.conn_fd,
             queues: Vec::new(),
@@ -491,4 +493,60 @@ fn a_stuck_port_does_not_block_the_ring_for_its_neighbours() {
         stuck.drops.get(ringswitch_switch::DropReason::QueueFull) > 0,
         "{stuck:?}"
     );
+}
+
+#[test]
+fn a_ports_rx_filter_is_enforced_by_every_worker_and_changes_live() {
+    use ringswitch_switch::{DropReason, RxFilter, RxState};
+    // Ports 0, 2 on worker 0; 1, 3 on worker 1.
+    let mut r = Rig::new(&[0, 1, 0, 1], &[0, 0, 0, 0]);
+    for i in 0..4 {
+        r.hello(i);
+    }
+    // Port 3 (worker 1) takes its own station's frames and broadcast only.
+    let mut f = RxFilter::promiscuous(ringswitch_switch::MacAddr(station(3)));
+    f.promiscuous = false;
+    f.unicast = RxState::Normal;
+    f.multicast = RxState::None;
+    r.change(3, |e| e.rx_filter = Some(Arc::new(f)));
+    let unknown = [2, 0, 0, 0, 0, 0x99];
+    let group = [0x01, 0, 0x5e, 0, 0, 9];
+    // From worker 0's port 0 (refused before crossing) and worker 1's port 1 (its own).
+    for from in [0usize, 1] {
+        for dst in [unknown, group] {
+            send(&r.ports[from].peer, &frame(dst, station(from as u8), 1, 60));
+            for (j, p) in r.ports.iter().enumerate() {
+                let want = usize::from(j != from && j != 3);
+                let got = recv_all(&p.peer, 2, Duration::from_millis(300));
+                assert_eq!(got.len(), want, "{dst:02x?} from {from} at {j}");
+            }
+        }
+        let f = frame(station(3), station(from as u8), 2, 60);
+        send(&r.ports[from].peer, &f);
+        assert_eq!(
+            recv_all(&r.ports[3].peer, 1, Duration::from_secs(2)),
+            vec![f]
+        );
+    }
+    let drops = r.ports[3].entry.counters.drop_count(DropReason::Filtered);
+    assert_eq!(drops, 4, "two refused from each worker");
+    // Lifted: port 3 gets unknown unicast again, from both workers.
+    r.change(3, |e| e.rx_filter = None);
+    for from in [0usize, 1] {
+        send(
+            &r.ports[from].peer,
+            &frame(unknown, station(from as u8), 3, 60),
+        );
+        assert_eq!(
+            recv_all(&r.ports[3].peer, 1, Duration::from_secs(2)).len(),
+            1
+        );
+        for (j, p) in r.ports.iter().enumerate() {
+            if j != from && j != 3 {
+                assert_eq!(recv_all(&p.peer, 1, Duration::from_secs(2)).len(), 1);
+            }
+        }
+    }
+    let stats = r.stop();
+    assert!(stats.iter().all(|s| s.cross_drops == 0), "{stats:?}");
 }

@@ -82,6 +82,7 @@ fn the_worker_loop_forwards_without_allocating() {
             worker: WorkerId(0),
             domain: DomainId(0),
             link_up: true,
+            rx_filter: None,
             counters: c.clone(),
             conn_fd: -1,
             queues: Vec::new(),

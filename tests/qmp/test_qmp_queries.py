@@ -135,7 +135,7 @@ def test_query_rx_filter_for_every_port_and_one(structs, cleanup):
     assert [f["name"] for f in every] == ["a", "b"]
     for f in every:
         assert not conform(f, "RxFilterInfo", structs), conform(f, "RxFilterInfo", structs)
-        # Until rx-filters are configurable, every port takes every frame, and says so.
+        # A port whose filter was never set takes every frame, and says so.
         assert f["promiscuous"] is True and f["broadcast-allowed"] is True
         assert MAC_RE.match(f["main-mac"]), f
         assert all(MAC_RE.match(m) for m in f["unicast-table"] + f["multicast-table"]), f

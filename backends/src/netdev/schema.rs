@@ -29,11 +29,16 @@ const QEMU_ONLY_KINDS: &[&str] = &[
     "vmnet-bridged",
 ];
 
-/// Options every kind takes besides `type` and `id`, both ringswitch extensions: `macaddr`
+/// Options every kind takes besides `type` and `id`, all ringswitch extensions: `macaddr`
 /// names the station behind the port (reported by query-rx-filter, announced by
 /// announce-self); `worker` names the worker that serves the port (otherwise the one with the
-/// fewest ports).
-pub(crate) const COMMON_OPTIONS: &[(&str, Ty)] = &[("macaddr", Ty::Str), ("worker", Ty::Int)];
+/// fewest ports); `rx-filter` names a JSON file holding the RxFilterInfo object of what the
+/// station accepts (over QMP and in `--config`, the object may also be given inline).
+pub(crate) const COMMON_OPTIONS: &[(&str, Ty)] = &[
+    ("macaddr", Ty::Str),
+    ("worker", Ty::Int),
+    ("rx-filter", Ty::Str),
+];
 
 /// Options of QEMU's tap that ringswitch accepts.
 const TAP_OPTIONS: &[(&str, Ty)] = &[

@@ -10,18 +10,21 @@
 
 mod announcing;
 mod connections;
+mod rx_filter;
 mod vde_serve;
 
+pub use rx_filter::DomainFilters;
+
 use crate::announce::AnnounceTimer;
-use crate::qmp::{event, QmpError};
+use crate::qmp::QmpError;
 use ringswitch_backends::{open, Chardev, NetdevId, NetdevKind, NetdevSpec, OpenedPort};
 use ringswitch_switch::mactable::MacEntry;
 use ringswitch_switch::uring::RingFeatures;
 use ringswitch_switch::{
-    BufferStats, Caps, ControlLink, DomainId, MacAddr, PollMode, PortCell, PortCounters, PortEntry,
-    PortId, Request, WorkerCounters, WorkerId,
+    BufferStats, Caps, ControlLink, DomainId, PollMode, PortCell, PortCounters, PortEntry, PortId,
+    Request, RxFilter, WorkerCounters, WorkerId,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::os::fd::AsRawFd;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -66,6 +69,8 @@ pub struct Port {
     entry: Option<Arc<PortEntry>>,
     /// The data plane disabled the port (its kernel object failed for good).
     failed: bool,
+    /// What the station behind the port accepts, as set (tables fitted to QEMU's capacity).
+    rx_filter: Arc<RxFilter>,
     /// QEMU's one-shot rule for NIC_RX_FILTER_CHANGED.
     rx_filter_event: OneShot,
     pub added: Instant,
@@ -78,6 +83,11 @@ impl Port {
 
     pub fn link_up(&self) -> bool {
         self.link_up
+    }
+
+    /// What the station behind the port accepts now.
+    pub fn rx_filter(&self) -> &Arc<RxFilter> {
+        &self.rx_filter
     }
 
     /// The port's counters: of all its queues, added up.
@@ -204,6 +214,7 @@ impl Port {
             worker: self.worker,
             domain: self.domain,
             link_up: self.link_up,
+            rx_filter: (!self.rx_filter.accepts_all()).then(|| self.rx_filter.clone()),
             counters: self.counters.clone(),
             conn_fd,
             queues,
@@ -388,6 +399,12 @@ impl Controller {
                     "Parameter 'worker': a hubport places a netdev in a hub; give worker= on that netdev",
                 ));
             }
+            if spec.rx_filter.is_some() {
+                return Err(port_error(
+                    &spec,
+                    "Parameter 'rx-filter': a hubport places a netdev in a hub; give rx-filter= on that netdev",
+                ));
+            }
             return self.hubport_add(spec.id.clone(), *hubid, netdev.clone());
         }
         // Before anything is opened.
@@ -460,6 +477,7 @@ impl Controller {
                 )
             })
             .collect();
+        let rx_filter = Arc::new(rx_filter::initial(&spec));
         let mut port = Port {
             spec,
             index,
@@ -471,6 +489,7 @@ impl Controller {
             link_up: true,
             entry: None,
             failed: false,
+            rx_filter,
             rx_filter_event: OneShot::default(),
             added: Instant::now(),
         };
@@ -645,48 +664,6 @@ impl Controller {
             return Err(e);
         }
         self.publish()
-    }
-
-    /// `query-rx-filter`: every port accepts every frame until rx-filters become
-    /// configurable, and says so. Querying a port re-arms its NIC_RX_FILTER_CHANGED event.
-    pub fn query_rx_filter(&mut self, name: Option<&str>) -> Result<Value, QmpError> {
-        if let Some(n) = name {
-            if self.find(n).is_none() {
-                return Err(QmpError::generic(format!("invalid net client name: {n}")));
-            }
-        }
-        let mut out = Vec::new();
-        for p in self.ports.iter_mut() {
-            if name.is_some_and(|n| n != p.id()) {
-                continue;
-            }
-            p.rx_filter_event.rearm();
-            out.push(json!({
-                "name": p.id(),
-                "promiscuous": true,
-                "multicast": "all",
-                "unicast": "all",
-                "vlan": "all",
-                "broadcast-allowed": true,
-                "multicast-overflow": false,
-                "unicast-overflow": false,
-                "main-mac": p.spec.macaddr.unwrap_or(MacAddr::ZERO).to_string(),
-                "vlan-table": [],
-                "unicast-table": [],
-                "multicast-table": [],
-            }));
-        }
-        Ok(Value::Array(out))
-    }
-
-    /// Raises NIC_RX_FILTER_CHANGED for a port, unless one is already waiting for a query.
-    pub fn rx_filter_changed(&mut self, index: usize) {
-        let p = &mut self.ports[index];
-        if !p.rx_filter_event.fire() {
-            return;
-        }
-        let data = json!({"name": p.id(), "path": format!("/ringswitch/ports/{}", p.id())});
-        self.events.push(event("NIC_RX_FILTER_CHANGED", Some(data)));
     }
 
     /// Asks `link`'s worker something and waits (bounded) for the answer.

@@ -101,6 +101,7 @@ impl Controller {
             },
             macaddr: None,
             worker: None,
+            rx_filter: None,
             options: vec![
                 ("sock".into(), dir.display().to_string()),
                 ("port".into(), c.port.to_string()),

@@ -10,11 +10,21 @@
 //! learns, what frames and transmit queues name); which worker slot serves a port is the
 //! worker's business.
 //!
-//! Counters: drops decided on receive (runt, oversize, bad source, filtered, no destination,
+//! Rx-filters: a port may carry an `RxFilter`, what the station behind it accepts. Unicast to
+//! a learned port and every flood target are checked against it before the frame is queued
+//! (only the Ethernet header is looked at, so an offloaded segment is judged like any frame);
+//! a refused frame is not queued, costs the port no write and no wake-up, and is counted on
+//! that port as `filtered`. A port of another worker is checked here, by the sender, so a
+//! refused frame never crosses. A port without a filter (promiscuous, the default) costs the
+//! unicast path one branch, and a domain where no port has one floods as if filters did not
+//! exist.
+//!
+//! Counters: drops decided on receive (runt, oversize, bad source, same port, no destination,
 //! link down on ingress) are charged to the ingress port, whose owner this worker is. Drops
-//! charged to an egress port (its queue full, its link down) are tallied in the transmit
-//! queues and folded into that port's counters once per batch by its owner (`fold_egress`),
-//! so each counter keeps a single writer however ports are spread over workers.
+//! charged to an egress port (its queue full, its link down, its rx-filter refusing) are
+//! tallied in the transmit queues and folded into that port's counters once per batch by its
+//! owner (`fold_egress`), so each counter keeps a single writer however ports are spread over
+//! workers.
 //!
 //! Buffer ownership: a received buffer holds one reference. Unicast moves that reference to a
 //! transmit queue; a flood to k ports adds k-1 references; a drop releases it. Whoever completes
@@ -27,6 +37,7 @@ use crate::ids::{DomainId, PortId};
 use crate::mac::MacAddr;
 use crate::mactable::{Learned, MacTable, Seconds};
 use crate::pool::BufferPool;
+use crate::rxfilter::RxFilter;
 use crate::txqueue::TxQueues;
 use std::sync::Arc;
 
@@ -51,6 +62,9 @@ struct PortSlot {
     remote_counters: Option<Arc<PortCounters>>,
     /// A port of another worker: what it takes of offloads, as its owner last said.
     remote: Option<Arc<crate::config::PortCell>>,
+    /// What the station behind the port accepts; `None` accepts every frame (promiscuous),
+    /// so the common case costs one branch.
+    filter: Option<Arc<RxFilter>>,
 }
 
 impl PortSlot {
@@ -61,6 +75,23 @@ impl PortSlot {
             None => self.conf.offloads,
         }
     }
+
+    /// Whether the port's rx-filter refuses `frame`.
+    #[inline]
+    fn refuses(&self, frame: &[u8]) -> bool {
+        match &self.filter {
+            None => false,
+            Some(flt) => !flt.accepts(frame),
+        }
+    }
+}
+
+/// The flood targets of one bridge domain: its ports whose link is up, and whether any of
+/// them has an rx-filter (then each target is checked; otherwise none is).
+struct FloodSet {
+    domain: DomainId,
+    ports: Vec<PortId>,
+    filtered: bool,
 }
 
 /// Learning-switch forwarding over a port table.
@@ -68,7 +99,7 @@ pub struct Engine {
     /// By port id.
     ports: Vec<Option<PortSlot>>,
     /// Per domain, the ports whose link is up (flood targets).
-    flood: Vec<(DomainId, Vec<PortId>)>,
+    flood: Vec<FloodSet>,
     table: Arc<MacTable>,
     max_frame: usize,
     stats: Arc<WorkerCounters>,
@@ -138,6 +169,7 @@ impl Engine {
                 counters: Some(counters),
                 remote_counters: None,
                 remote: None,
+                filter: None,
             },
         )
     }
@@ -172,6 +204,7 @@ impl Engine {
                 counters: None,
                 remote_counters: Some(counters),
                 remote: Some(cell),
+                filter: None,
             },
         )
     }
@@ -220,6 +253,24 @@ impl Engine {
         self.port_mut(id)?.conf.link_up = up;
         self.rebuild_flood();
         Ok(())
+    }
+
+    /// Sets what the station behind port `id` accepts (its own port or one of another
+    /// worker); `None`, or a filter that accepts everything, makes it promiscuous. Applies
+    /// from the next frame on; nothing queued is touched.
+    pub fn set_rx_filter(
+        &mut self,
+        id: PortId,
+        filter: Option<Arc<RxFilter>>,
+    ) -> Result<(), EngineError> {
+        self.port_mut(id)?.filter = filter.filter(|f| !f.accepts_all());
+        self.rebuild_flood();
+        Ok(())
+    }
+
+    /// Port `id`'s rx-filter, `None` while it accepts every frame.
+    pub fn rx_filter(&self, id: PortId) -> Option<&Arc<RxFilter>> {
+        self.ports.get(id.index())?.as_ref()?.filter.as_ref()
     }
 
     /// What port `id` takes of offloaded frames now (a vhost-user guest negotiates it, and
@@ -271,10 +322,17 @@ impl Engine {
             if !s.conf.link_up {
                 continue;
             }
-            let d = s.conf.domain;
-            match self.flood.iter_mut().find(|(dom, _)| *dom == d) {
-                Some((_, v)) => v.push(PortId(i as u16)),
-                None => self.flood.push((d, vec![PortId(i as u16)])),
+            let (d, id, filtered) = (s.conf.domain, PortId(i as u16), s.filter.is_some());
+            match self.flood.iter_mut().find(|set| set.domain == d) {
+                Some(set) => {
+                    set.ports.push(id);
+                    set.filtered |= filtered;
+                }
+                None => self.flood.push(FloodSet {
+                    domain: d,
+                    ports: vec![id],
+                    filtered,
+                }),
             }
         }
     }
@@ -301,11 +359,15 @@ impl Engine {
         let (ports, stats) = (&self.ports, &self.stats);
         tx.fold_drops(|id, reason, n| {
             if let Some(Some(p)) = ports.get(id.index()) {
+                // A frame its rx-filter refused never tried to cross: not a cross drop.
+                let crossing = reason != DropReason::Filtered;
                 match (&p.counters, &p.remote_counters) {
                     (Some(c), _) => c.count_drops(reason, n),
                     (None, Some(c)) => {
                         c.count_remote_drops(reason, n);
-                        stats.cross_drops.add(n);
+                        if crossing {
+                            stats.cross_drops.add(n);
+                        }
                     }
                     (None, None) => stats.cross_drops.add(n),
                 }
@@ -381,12 +443,16 @@ impl Engine {
     #[inline]
     fn unicast(&self, pool: &mut BufferPool, out: PortId, f: &Frame, tx: &mut TxQueues) {
         let dropped = if out == f.ingress {
-            self.charge(f.ingress, DropReason::Filtered);
+            self.charge(f.ingress, DropReason::SamePort);
             true
         } else {
             match &self.ports[out.index()] {
                 Some(o) if !o.conf.link_up => {
                     tx.charge_link_down(out);
+                    true
+                }
+                Some(o) if o.filter.is_some() && o.refuses(frame_of(pool, f)) => {
+                    tx.charge(out, DropReason::Filtered);
                     true
                 }
                 Some(_) => !tx.push(out, *f),
@@ -404,8 +470,9 @@ impl Engine {
 
     #[inline]
     fn flood(&self, pool: &mut BufferPool, domain: DomainId, f: &Frame, tx: &mut TxQueues) {
-        let targets = match self.flood.iter().find(|(d, _)| *d == domain) {
-            Some((_, v)) => &v[..],
+        let targets = match self.flood.iter().find(|set| set.domain == domain) {
+            Some(set) if set.filtered => return self.flood_filtered(pool, &set.ports, f, tx),
+            Some(set) => &set.ports[..],
             None => &[][..],
         };
         let ingress = f.ingress;
@@ -431,6 +498,48 @@ impl Engine {
         }
     }
 
+    /// A flood in a domain where some port has an rx-filter: each target that refuses the
+    /// frame is skipped and counted (`filtered`); the frame's buffer gets one reference per
+    /// queue that took it. Out of line: domains without filters never come here.
+    #[inline(never)]
+    fn flood_filtered(
+        &self,
+        pool: &mut BufferPool,
+        targets: &[PortId],
+        f: &Frame,
+        tx: &mut TxQueues,
+    ) {
+        let ingress = f.ingress;
+        let frame = frame_of(pool, f);
+        let (mut candidates, mut queued) = (0u16, 0u16);
+        for &p in targets {
+            if p == ingress {
+                continue;
+            }
+            candidates += 1;
+            let refused = matches!(&self.ports[p.index()], Some(s) if s.refuses(frame));
+            if refused {
+                tx.charge(p, DropReason::Filtered);
+            } else if tx.push(p, *f) {
+                queued += 1;
+            }
+        }
+        if candidates == 0 {
+            self.charge(ingress, DropReason::NoDestination);
+        }
+        // The frame came with one reference; each queue that took it holds one.
+        match queued {
+            0 => pool.release(f.buf),
+            n => {
+                debug_assert!(
+                    n == 1 || f.home == pool.home(),
+                    "a flood shares a buffer of this pool"
+                );
+                pool.retain(f.buf, n - 1)
+            }
+        }
+    }
+
     #[cold]
     fn charge(&self, id: PortId, reason: DropReason) {
         if let Some(Some(p)) = self.ports.get(id.index()) {
@@ -440,6 +549,12 @@ impl Engine {
             }
         }
     }
+}
+
+/// The bytes of a received frame (for an offloaded segment too: its Ethernet header first).
+#[inline]
+fn frame_of<'p>(pool: &'p BufferPool, f: &Frame) -> &'p [u8] {
+    pool.frame_at(f.buf, f.off as usize, f.len as usize)
 }
 
 #[cfg(test)]
@@ -554,7 +669,7 @@ mod tests {
         let mut r = Rig::new(&[0, 0]);
         r.send(0, BCAST, mac(5), 60);
         assert_eq!(r.send(0, mac(5), mac(6), 60), Vec::<u16>::new());
-        assert_eq!(r.stats(0).drops.get(DropReason::Filtered), 1);
+        assert_eq!(r.stats(0).drops.get(DropReason::SamePort), 1);
     }
 
     #[test]
@@ -663,5 +778,194 @@ mod tests {
             "unknown again: flooded to the rest"
         );
         assert!(r.engine.remove_port(PortId(2)).is_err());
+    }
+
+    /// A filter that takes its own address and broadcast only (a guest with no groups).
+    fn station_only(me: MacAddr) -> Arc<RxFilter> {
+        let mut f = RxFilter::promiscuous(me);
+        f.promiscuous = false;
+        f.unicast = crate::rxfilter::RxState::Normal;
+        f.multicast = crate::rxfilter::RxState::Normal;
+        Arc::new(f)
+    }
+
+    const GROUP: MacAddr = MacAddr([0x01, 0, 0x5e, 0, 0, 7]);
+
+    #[test]
+    fn floods_go_only_to_the_ports_whose_filter_accepts_the_frame() {
+        let mut r = Rig::new(&[0, 0, 0, 0]);
+        r.engine
+            .set_rx_filter(PortId(3), Some(station_only(mac(3))))
+            .unwrap();
+        assert_eq!(
+            r.send(0, mac(99), mac(0), 60),
+            vec![1, 2],
+            "unknown unicast"
+        );
+        assert_eq!(
+            r.send(0, GROUP, mac(0), 60),
+            vec![1, 2],
+            "an unwanted group"
+        );
+        assert_eq!(
+            r.send(0, BCAST, mac(0), 60),
+            vec![1, 2, 3],
+            "broadcast allowed"
+        );
+        assert_eq!(
+            r.send(0, mac(3), mac(0), 60),
+            vec![1, 2, 3],
+            "its own address, not learned yet: flooded, and taken"
+        );
+        assert_eq!(r.stats(3).drops.get(DropReason::Filtered), 2);
+        assert_eq!(
+            r.stats(3).drops.total(),
+            2,
+            "charged to the refusing port only"
+        );
+        assert_eq!(r.stats(0).drops.total(), 0);
+        assert_eq!(r.pool.available(), 256, "every buffer came back");
+    }
+
+    #[test]
+    fn unicast_to_a_learned_port_is_refused_by_its_filter_and_counted() {
+        let mut r = Rig::new(&[0, 0, 0]);
+        r.send(1, BCAST, mac(7), 60); // mac(7) is learned behind port 1
+        r.engine
+            .set_rx_filter(PortId(1), Some(station_only(mac(1))))
+            .unwrap();
+        assert!(r.send(0, mac(7), mac(0), 60).is_empty());
+        assert_eq!(r.stats(1).drops.get(DropReason::Filtered), 1);
+        assert_eq!(
+            r.send(0, mac(1), mac(0), 60),
+            vec![1, 2],
+            "its main address"
+        );
+        // A port whose every target refuses: nothing sent, nothing left held.
+        let mut two = Rig::new(&[0, 0]);
+        two.engine
+            .set_rx_filter(PortId(1), Some(station_only(mac(1))))
+            .unwrap();
+        assert!(two.send(0, GROUP, mac(0), 60).is_empty());
+        assert_eq!(two.stats(1).drops.get(DropReason::Filtered), 1);
+        assert_eq!(two.stats(0).drops.get(DropReason::NoDestination), 0);
+        assert_eq!(two.pool.available(), 256);
+        assert_eq!(r.pool.available(), 256);
+    }
+
+    #[test]
+    fn promiscuous_filters_change_nothing_and_a_filter_can_be_lifted() {
+        let mut r = Rig::new(&[0, 0, 0]);
+        r.engine
+            .set_rx_filter(PortId(2), Some(Arc::new(RxFilter::promiscuous(mac(2)))))
+            .unwrap();
+        assert!(
+            r.engine.rx_filter(PortId(2)).is_none(),
+            "stored as accept-all"
+        );
+        assert_eq!(r.send(0, mac(99), mac(0), 60), vec![1, 2]);
+        r.engine
+            .set_rx_filter(PortId(2), Some(station_only(mac(2))))
+            .unwrap();
+        assert_eq!(r.send(0, mac(99), mac(0), 60), vec![1]);
+        r.engine.set_rx_filter(PortId(2), None).unwrap();
+        assert_eq!(r.send(0, mac(99), mac(0), 60), vec![1, 2]);
+        assert_eq!(r.stats(2).drops.get(DropReason::Filtered), 1);
+        assert!(r.engine.set_rx_filter(PortId(9), None).is_err());
+    }
+
+    #[test]
+    fn a_remote_ports_filter_is_checked_by_the_sender_and_counted_as_remote() {
+        let stats = Arc::new(WorkerCounters::default());
+        let mut engine = Engine::new(3, 1024, 300, 1518, stats.clone());
+        let conf = || PortConf {
+            domain: DomainId(0),
+            link_up: true,
+            offloads: crate::frame::OffloadSet::NONE,
+        };
+        let local: Vec<Arc<PortCounters>> = (0..2).map(|_| Arc::default()).collect();
+        for (i, c) in local.iter().enumerate() {
+            engine
+                .add_port(PortId(i as u16), conf(), c.clone())
+                .unwrap();
+        }
+        let remote = Arc::new(PortCounters::default());
+        engine
+            .add_remote_port(
+                PortId(2),
+                conf(),
+                crate::config::PortCell::empty(),
+                remote.clone(),
+            )
+            .unwrap();
+        engine
+            .set_rx_filter(PortId(2), Some(station_only(mac(2))))
+            .unwrap();
+        let mut r = Rig {
+            engine,
+            pool: BufferPool::new(256, 2048).unwrap(),
+            tx: TxQueues::new(3, 4),
+            counters: local,
+        };
+        assert_eq!(r.send(0, mac(99), mac(0), 60), vec![1], "no crossing");
+        assert_eq!(
+            r.send(0, mac(2), mac(0), 60),
+            vec![1, 2],
+            "its own address crosses"
+        );
+        assert_eq!(remote.snapshot().drops.get(DropReason::Filtered), 1);
+        assert_eq!(
+            stats.cross_drops.get(),
+            0,
+            "a refused frame is not a cross drop"
+        );
+        assert_eq!(r.pool.available(), 256);
+    }
+
+    #[test]
+    fn frames_with_offload_records_are_filtered_by_their_ethernet_header() {
+        let mut r = Rig::new(&[0, 0, 0]);
+        r.engine
+            .set_rx_filter(PortId(2), Some(station_only(mac(2))))
+            .unwrap();
+        let send_offloaded = |r: &mut Rig, dst: MacAddr| {
+            let mut f = r.frame(0, dst, mac(0), 60);
+            f.flags |= Frame::OFFLOAD;
+            let o = crate::frame::Offload {
+                flags: crate::frame::Offload::F_DATA_VALID,
+                ..crate::frame::Offload::NONE
+            };
+            r.pool.set_offload(f.buf, o);
+            r.engine.forward(&mut r.pool, &[f], &mut r.tx, 0);
+            r.engine.fold_egress(&mut r.tx);
+            r.complete()
+        };
+        assert_eq!(
+            send_offloaded(&mut r, mac(99)),
+            vec![1],
+            "flooded past the filter"
+        );
+        assert_eq!(
+            send_offloaded(&mut r, mac(2)),
+            vec![1, 2],
+            "its own address"
+        );
+        r.send(2, BCAST, mac(2), 60); // mac(2) learned behind port 2
+        r.send(1, BCAST, mac(7), 60);
+        r.engine
+            .set_rx_filter(PortId(1), Some(station_only(mac(1))))
+            .unwrap();
+        assert!(
+            send_offloaded(&mut r, mac(7)).is_empty(),
+            "learned, refused"
+        );
+        assert!(
+            send_offloaded(&mut r, GROUP).is_empty(),
+            "nobody takes the group"
+        );
+        assert_eq!(r.stats(2).drops.get(DropReason::Filtered), 2);
+        assert_eq!(r.stats(1).drops.get(DropReason::Filtered), 2);
+        assert_eq!(r.stats(0).drops.total(), 0);
+        assert_eq!(r.pool.available(), 256);
     }
 }

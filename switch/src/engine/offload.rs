@@ -80,7 +80,7 @@ impl Engine {
         self.scratch.targets.clear();
         match out {
             Some(o) if o == ingress => {
-                self.charge(ingress, DropReason::Filtered);
+                self.charge(ingress, DropReason::SamePort);
                 pool.release(f.buf);
                 return;
             }
@@ -90,13 +90,32 @@ impl Engine {
                     pool.release(f.buf);
                     return;
                 }
+                Some(p) if p.refuses(super::frame_of(pool, f)) => {
+                    tx.charge(o, DropReason::Filtered);
+                    pool.release(f.buf);
+                    return;
+                }
                 Some(_) => self.scratch.targets.push(o),
                 None => {}
             },
             None => {
-                if let Some((_, v)) = self.flood.iter().find(|(d, _)| *d == domain) {
-                    let t = &mut self.scratch.targets;
-                    t.extend(v.iter().copied().filter(|&p| p != ingress));
+                if let Some(set) = self.flood.iter().find(|set| set.domain == domain) {
+                    // Rx-filters look at the Ethernet header only, which a segment starts
+                    // with like any frame: the ports that refuse it are left out here.
+                    let (ports, frame) = (&self.ports, super::frame_of(pool, f));
+                    let mut candidates = 0;
+                    for &p in set.ports.iter().filter(|&&p| p != ingress) {
+                        candidates += 1;
+                        if matches!(&ports[p.index()], Some(s) if s.refuses(frame)) {
+                            tx.charge(p, DropReason::Filtered);
+                        } else {
+                            self.scratch.targets.push(p);
+                        }
+                    }
+                    if candidates > 0 && self.scratch.targets.is_empty() {
+                        pool.release(f.buf);
+                        return;
+                    }
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! Frames between workers (see `fabric.rs`): handing the frames queued for a port of another
 //! worker to its owner, taking in what other workers handed to this one, and following the
-//! configuration's ports of other workers in the engine.
+//! configuration's ports of other workers in the engine (their link, domain and rx-filter:
+//! a frame a remote port's filter refuses is dropped here and never crosses).
 
 use super::Worker;
 use crate::config::{PortEntry, Snapshot};
@@ -195,6 +196,9 @@ impl Worker {
                 if old.link_up != w.link_up {
                     let _ = self.engine.set_link(id, w.link_up);
                 }
+                if !super::ports::same_filter(&old, w) {
+                    let _ = self.engine.set_rx_filter(id, w.rx_filter.clone());
+                }
                 self.remote[i] = Some(w.clone());
                 continue;
             }
@@ -214,6 +218,7 @@ impl Worker {
                     .add_remote_port(id, conf, w.port.clone(), w.counters.clone())
                     .is_ok()
                 {
+                    let _ = self.engine.set_rx_filter(id, w.rx_filter.clone());
                     self.remote[i] = Some(w.clone());
                 } else {
                     // Still draining here (it moved away): again at the next reconcile.

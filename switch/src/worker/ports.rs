@@ -62,11 +62,16 @@ impl Worker {
             };
             let (id, domain, link_up, failed) =
                 (st.entry.id, st.entry.domain, st.entry.link_up, st.failed);
+            let filter_changed = !same_filter(&st.entry, &w);
             if domain != w.domain {
                 let _ = self.engine.set_domain(id, w.domain);
             }
             if link_up != w.link_up && !failed {
                 let _ = self.engine.set_link(id, w.link_up);
+            }
+            if filter_changed {
+                // Live: the port is not restarted and nothing queued is touched.
+                let _ = self.engine.set_rx_filter(id, w.rx_filter.clone());
             }
             if let Some(st) = &mut self.ports[i] {
                 st.entry = w;
@@ -166,6 +171,7 @@ impl Worker {
             self.engine
                 .add_port(id, conf, counters.clone())
                 .expect("id free and within max_ports");
+            let _ = self.engine.set_rx_filter(id, entry.rx_filter.clone());
             self.by_id[id.index()] = Some(slot);
         }
         self.ports[slot.index()] = Some(PortState {
@@ -279,5 +285,14 @@ impl Worker {
         // A cancellation that cannot be queued shows up again at the next submission.
         let _ = self.with_port(slot, |p, cx| p.cancel(cx));
         let _ = self.link.events.send(event);
+    }
+}
+
+/// Whether two entries of a port carry the same rx-filter (the same `Arc`, or none).
+pub(super) fn same_filter(a: &PortEntry, b: &PortEntry) -> bool {
+    match (&a.rx_filter, &b.rx_filter) {
+        (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+        (None, None) => true,
+        _ => false,
     }
 }
