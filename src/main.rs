@@ -353,6 +353,7 @@ fn serve(
             return Some(anyhow!("QMP server: {e}"));
         }
         ctl.run_timers(Instant::now());
+        ctl.apply_followed();
         server.deliver_events(ctl);
     }
 }

@@ -108,6 +108,15 @@ impl NetdevKind {
     }
 }
 
+/// Where a port's rx-filter comes from when it follows a QEMU NIC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowSpec {
+    /// QEMU's QMP socket (a unix socket path, `-qmp unix:PATH,server=on`).
+    pub qmp: std::path::PathBuf,
+    /// The NIC's id in that QEMU (`-device virtio-net-pci,id=ID`).
+    pub nic: String,
+}
+
 /// A parsed `-netdev` (or `netdev_add`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetdevSpec {
@@ -122,6 +131,9 @@ pub struct NetdevSpec {
     /// extension: an RxFilterInfo object, from a file or inline in JSON), as given; None:
     /// promiscuous. QEMU's table capacity is applied when the port is added.
     pub rx_filter: Option<RxFilter>,
+    /// A QEMU NIC whose rx-filter the port follows (`rx-filter-qmp=PATH,rx-filter-nic=ID`,
+    /// a ringswitch extension): that QEMU's QMP socket and the NIC's id there.
+    pub follow: Option<FollowSpec>,
     /// The options as given (without `type` and `id`), for listings.
     pub options: Vec<(String, String)>,
 }
@@ -231,6 +243,7 @@ fn build(
     let mut shown = Vec::new();
     let mut macaddr = None;
     let mut worker = None;
+    let (mut follow_qmp, mut follow_nic) = (None, None);
     if rx_filter.is_some() {
         shown.push(("rx-filter".into(), "inline".into()));
     }
@@ -245,6 +258,26 @@ fn build(
                     },
                 )?;
                 rx_filter = Some(info.filter);
+                shown.push((k, v));
+                continue;
+            }
+            if k == "rx-filter-qmp" || k == "rx-filter-nic" {
+                if v.is_empty() {
+                    return Err(NetdevError::BadValue {
+                        option: k.clone(),
+                        expected: if k == "rx-filter-qmp" {
+                            "the path of a QEMU's QMP unix socket"
+                        } else {
+                            "the id of a NIC in that QEMU"
+                        },
+                        value: v,
+                    });
+                }
+                if k == "rx-filter-qmp" {
+                    follow_qmp = Some(v.clone());
+                } else {
+                    follow_nic = Some(v.clone());
+                }
                 shown.push((k, v));
                 continue;
             }
@@ -324,12 +357,22 @@ fn build(
         "user" => NetdevKind::User(Box::new(crate::user::UserOptions::build(&mut o)?)),
         other => unreachable!("kind {other} has a schema but no builder"),
     };
+    let follow = match (follow_qmp, follow_nic) {
+        (Some(qmp), Some(nic)) => Some(FollowSpec {
+            qmp: qmp.into(),
+            nic,
+        }),
+        (None, None) => None,
+        (Some(_), None) => return Err(NetdevError::Missing("rx-filter-nic".into())),
+        (None, Some(_)) => return Err(NetdevError::Missing("rx-filter-qmp".into())),
+    };
     Ok(NetdevSpec {
         id,
         kind,
         macaddr,
         worker,
         rx_filter,
+        follow,
         options: shown,
     })
 }

@@ -83,7 +83,10 @@ pub fn rx_filter_from_json(
     let multicast = state_member(m, "multicast")?;
     let unicast = state_member(m, "unicast")?;
     let vlan = state_member(m, "vlan")?;
-    let broadcast_allowed = bool_member(m, "broadcast-allowed")?;
+    // QEMU's quirk, kept so that a NIC's filter copied verbatim means what it means there:
+    // `virtio_net_query_rxfilter` reports `broadcast-allowed` as the NIC's `nobcast` (true
+    // when broadcast is refused) — a Linux guest that takes broadcast reports false.
+    let broadcast_allowed = !bool_member(m, "broadcast-allowed")?;
     let multicast_overflow = bool_member(m, "multicast-overflow")?;
     let unicast_overflow = bool_member(m, "unicast-overflow")?;
     let main_mac = mac(
@@ -161,7 +164,8 @@ pub fn rx_filter_to_json(name: &str, f: &RxFilter) -> Value {
         "multicast": f.multicast.as_str(),
         "unicast": f.unicast.as_str(),
         "vlan": f.vlan.as_str(),
-        "broadcast-allowed": f.broadcast_allowed,
+        // QEMU's meaning: the inverse (see `rx_filter_from_json`).
+        "broadcast-allowed": !f.broadcast_allowed,
         "multicast-overflow": f.multicast_overflow,
         "unicast-overflow": f.unicast_overflow,
         "main-mac": f.main_mac.to_string(),
@@ -250,7 +254,7 @@ mod tests {
             "multicast": "normal",
             "unicast": "normal",
             "vlan": "normal",
-            "broadcast-allowed": true,
+            "broadcast-allowed": false,
             "multicast-overflow": false,
             "unicast-overflow": false,
             "main-mac": "52:54:00:12:34:56",

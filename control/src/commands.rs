@@ -322,6 +322,7 @@ fn query_ports(ctl: &Controller, name: Option<&str>) -> Result<Value, QmpError> 
             "drops": s.drops.qmp(),
             // Where the port's rx-filter is enforced: in the workers, on egress.
             "rx-filter": "userspace",
+            "rx-filter-follow": p.follow_status(),
             "offloads": p.offload_names(),
             "io": p.caps().map(|c| json!({
                 "rx": c.rx,

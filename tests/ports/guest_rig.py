@@ -61,11 +61,13 @@ class Guest:
     leaves the device its MSI-X vectors (QEMU 7.2 under TCG crashes then: see above).
     `vde=DIR`: the NIC is QEMU's `-netdev vde,sock=DIR` instead (libvdeplug; `sock` unused).
     `netdev=SPEC`: the NIC is QEMU's `-netdev SPEC` instead (e.g. `stream,…`; its id must be
-    n0; `sock` unused). `addr=""` leaves eth0 without an address (up only)."""
+    n0; `sock` unused). `addr=""` leaves eth0 without an address (up only). `qmp=PATH`: QEMU
+    serves QMP on that unix socket, and the NIC gets the id `nic0` (for query-rx-filter)."""
 
     def __init__(self, name: str, sock: Path | None, addr: str, mac: str, *, server: bool = False,
                  reconnect: int | None = None, offloads: bool = True, msix: bool = False,
-                 vde: Path | None = None, queues: int = 1, netdev: str | None = None):  # fmt: skip
+                 vde: Path | None = None, queues: int = 1, netdev: str | None = None,
+                 qmp: Path | None = None):  # fmt: skip
         self.name = name
         kernel, initrd = guest_image()
         chardev = f"socket,id=c0,path={sock}"
@@ -78,6 +80,8 @@ class Guest:
             device += ",mq=on"
         if not offloads:
             device += "," + NO_OFFLOADS
+        if qmp is not None:
+            device += ",id=nic0"
         self.argv = [
             QEMU, "-accel", "tcg", "-m", str(MEM_MB), "-smp", str(queues),
             "-object", f"memory-backend-memfd,id=mem,size={MEM_MB}M,share=on", "-numa", "node,memdev=mem",
@@ -86,6 +90,8 @@ class Guest:
             "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none", "-serial", "stdio",
             "-device", device,
         ]  # fmt: skip
+        if qmp is not None:
+            self.argv += ["-qmp", f"unix:{qmp},server=on,wait=off"]
         if netdev is not None:
             self.argv += ["-netdev", netdev]
         elif vde is None:

@@ -38,6 +38,8 @@ pub(crate) const COMMON_OPTIONS: &[(&str, Ty)] = &[
     ("macaddr", Ty::Str),
     ("worker", Ty::Int),
     ("rx-filter", Ty::Str),
+    ("rx-filter-qmp", Ty::Str),
+    ("rx-filter-nic", Ty::Str),
 ];
 
 /// Options of QEMU's tap that ringswitch accepts.

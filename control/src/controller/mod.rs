@@ -73,6 +73,9 @@ pub struct Port {
     rx_filter: Arc<RxFilter>,
     /// QEMU's one-shot rule for NIC_RX_FILTER_CHANGED.
     rx_filter_event: OneShot,
+    /// The QEMU NIC whose rx-filter the port follows (`rx-filter-qmp=`, `rx-filter-nic=`),
+    /// with the serial its updates carry (a port added again gets a new one).
+    follower: Option<(u64, crate::follow::Follower)>,
     pub added: Instant,
 }
 
@@ -267,6 +270,10 @@ pub struct Controller {
     chardevs: std::collections::BTreeMap<String, Chardev>,
     /// Directories where ringswitch serves vde2's control protocol (`--vde-serve`).
     vde_servers: Vec<ringswitch_backends::vde_serve::VdeServer>,
+    /// Filters of followed QEMU NICs, from their follower threads (see `rx_filter.rs`).
+    follow_tx: std::sync::mpsc::Sender<(u64, crate::follow::FilterUpdate)>,
+    follow_rx: std::sync::mpsc::Receiver<(u64, crate::follow::FilterUpdate)>,
+    follow_serial: u64,
 }
 
 fn port_error(spec: &NetdevSpec, e: impl std::fmt::Display) -> QmpError {
@@ -277,6 +284,7 @@ impl Controller {
     /// A controller of `workers` (at least one).
     pub fn new(workers: Vec<WorkerRef>, config: ControllerConfig) -> Self {
         assert!(!workers.is_empty(), "a switch needs a worker");
+        let (follow_tx, follow_rx) = std::sync::mpsc::channel();
         Controller {
             hubports: Vec::new(),
             workers,
@@ -288,6 +296,9 @@ impl Controller {
             quit: false,
             chardevs: std::collections::BTreeMap::new(),
             vde_servers: Vec::new(),
+            follow_tx,
+            follow_rx,
+            follow_serial: 0,
         }
     }
 
@@ -399,10 +410,10 @@ impl Controller {
                     "Parameter 'worker': a hubport places a netdev in a hub; give worker= on that netdev",
                 ));
             }
-            if spec.rx_filter.is_some() {
+            if spec.rx_filter.is_some() || spec.follow.is_some() {
                 return Err(port_error(
                     &spec,
-                    "Parameter 'rx-filter': a hubport places a netdev in a hub; give rx-filter= on that netdev",
+                    "Parameter 'rx-filter': a hubport places a netdev in a hub; give rx-filter= (or rx-filter-qmp=, rx-filter-nic=) on that netdev",
                 ));
             }
             return self.hubport_add(spec.id.clone(), *hubid, netdev.clone());
@@ -478,6 +489,7 @@ impl Controller {
             })
             .collect();
         let rx_filter = Arc::new(rx_filter::initial(&spec));
+        let follower = self.follow(&spec)?;
         let mut port = Port {
             spec,
             index,
@@ -491,6 +503,7 @@ impl Controller {
             failed: false,
             rx_filter,
             rx_filter_event: OneShot::default(),
+            follower,
             added: Instant::now(),
         };
         port.refresh_entry()?;

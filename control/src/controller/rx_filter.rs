@@ -4,6 +4,7 @@
 //! like a link change: the workers apply it live, the port is not restarted.
 
 use super::{Controller, Port};
+use crate::follow::{FollowConfig, FollowState, Follower};
 use crate::qmp::{event, QmpError};
 use ringswitch_backends::rxfilter::{rx_filter_from_json, rx_filter_to_json, Name};
 use ringswitch_backends::NetdevSpec;
@@ -33,11 +34,87 @@ pub(super) fn initial(spec: &NetdevSpec) -> RxFilter {
     }
 }
 
+impl Port {
+    /// For a port that follows a QEMU NIC: where, and how it goes (`query-ports`'
+    /// `rx-filter-follow`); None for others.
+    pub fn follow_status(&self) -> Option<Value> {
+        let (_, f) = self.follower.as_ref()?;
+        let spec = self.spec.follow.as_ref()?;
+        let s = f.status();
+        let (state, error) = match &s.state {
+            FollowState::Connecting => ("connecting", None),
+            FollowState::Following => ("following", None),
+            FollowState::Error(e) => ("error", Some(e.clone())),
+        };
+        let mut v = json!({
+            "qmp": spec.qmp.display().to_string(),
+            "nic": spec.nic,
+            "state": state,
+            "connections": s.connections,
+            "reconnections": s.reconnections,
+            "updates": s.updates,
+        });
+        if let Some(e) = error.or(s.last_error) {
+            v["last-error"] = Value::String(e);
+        }
+        Some(v)
+    }
+}
+
 fn unknown(name: &str) -> QmpError {
     QmpError::generic(format!("invalid net client name: {name}"))
 }
 
 impl Controller {
+    /// Starts following the QEMU NIC `spec` names (`rx-filter-qmp=`, `rx-filter-nic=`), if
+    /// it names one: a thread of its own (`crate::follow`) that hands each new filter of the
+    /// NIC to `apply_followed`, tagged with a serial of this port.
+    pub(super) fn follow(
+        &mut self,
+        spec: &NetdevSpec,
+    ) -> Result<Option<(u64, Follower)>, QmpError> {
+        let Some(f) = &spec.follow else {
+            return Ok(None);
+        };
+        self.follow_serial += 1;
+        let serial = self.follow_serial;
+        let tx = self.follow_tx.clone();
+        let follower = Follower::start(FollowConfig::new(&f.qmp, f.nic.as_str()), move |u| {
+            let _ = tx.send((serial, u));
+        })
+        .map_err(|e| {
+            QmpError::generic(format!(
+                "netdev '{}': cannot start following NIC '{}' at {}: {e}",
+                spec.id,
+                f.nic,
+                f.qmp.display()
+            ))
+        })?;
+        Ok(Some((serial, follower)))
+    }
+
+    /// Gives the ports that follow a QEMU NIC the filters their followers brought since the
+    /// last call (at once, like `set-rx-filter`: live, with NIC_RX_FILTER_CHANGED). Updates
+    /// of a port removed since are dropped. Called from the control loop (every few ms).
+    pub fn apply_followed(&mut self) {
+        while let Ok((serial, update)) = self.follow_rx.try_recv() {
+            let Some(i) = self
+                .ports
+                .iter()
+                .position(|p| p.follower.as_ref().is_some_and(|(s, _)| *s == serial))
+            else {
+                continue;
+            };
+            if let Err(e) = self.replace_rx_filter(i, update.filter) {
+                eprintln!(
+                    "ringswitch: netdev '{}': the followed NIC's rx-filter could not be applied: {}",
+                    self.ports[i].id(),
+                    e.desc
+                );
+            }
+        }
+    }
+
     /// `set-rx-filter`: `args` is one RxFilterInfo object whose `name` is the port's id.
     /// Every member is checked before the port is looked up.
     pub fn set_rx_filter(&mut self, args: &Map<String, Value>) -> Result<(), QmpError> {

@@ -102,6 +102,7 @@ impl Controller {
             macaddr: None,
             worker: None,
             rx_filter: None,
+            follow: None,
             options: vec![
                 ("sock".into(), dir.display().to_string()),
                 ("port".into(), c.port.to_string()),

@@ -1,53 +1,38 @@
 //! QEMU's `RxFilterInfo` (qapi/net.json, the answer of `query-rx-filter`) read into the
-//! switch's [`RxFilter`]. Strict about the fields the model needs (each must be there, with
-//! its type); fields it does not know are ignored, so a newer QEMU still parses.
+//! switch's [`RxFilter`], through the one parser `set-rx-filter` and the `rx-filter=` option
+//! use (`ringswitch_backends::rxfilter`). Strict about the members the model needs (each must
+//! be there, with its type); members it does not know are ignored, so a newer QEMU still
+//! parses.
 
 use serde_json::{Map, Value};
 
-use ringswitch_switch::rxfilter::{RxFilter, RxState, VlanSet, MAX_VLAN};
-use ringswitch_switch::MacAddr;
+use ringswitch_backends::rxfilter::{rx_filter_from_json, Name, MEMBERS};
+use ringswitch_switch::rxfilter::RxFilter;
 
-/// Reads an `RxFilterInfo` as its schema names its fields, every field taken literally.
-/// The error says which field was missing or malformed and what was expected.
-pub fn rx_filter_from_info(info: &Value) -> Result<RxFilter, String> {
+/// What a QEMU virtio-net NIC accepts, from its `RxFilterInfo`, read as QEMU means it — and
+/// as `set-rx-filter` reads it: `broadcast-allowed` is QEMU's inverted `nobcast`
+/// (`virtio_net_query_rxfilter` reports `broadcast_allowed = n->nobcast` while its
+/// `receive_filter` takes broadcast when `!n->nobcast`, so a Linux guest, which never sets
+/// NOBCAST, is reported as `"broadcast-allowed": false` while it receives broadcast; seen
+/// from QEMU 7.2.22, and the line is the same in QEMU's later releases).
+pub fn rx_filter_from_qemu(info: &Value) -> Result<RxFilter, String> {
     let obj = info
         .as_object()
         .ok_or_else(|| format!("RxFilterInfo must be an object, not {}", kind(info)))?;
-    let mut vlan_table = VlanSet::empty();
-    for v in list(obj, "vlan-table")? {
-        match v.as_u64() {
-            Some(id) if id < MAX_VLAN as u64 => vlan_table.insert(id as u16),
-            _ => {
-                return Err(format!(
-                    "RxFilterInfo 'vlan-table' holds {v}; expected VLAN ids 0..4095"
-                ))
-            }
-        }
-    }
-    Ok(RxFilter {
-        promiscuous: flag(obj, "promiscuous")?,
-        unicast: state(obj, "unicast")?,
-        multicast: state(obj, "multicast")?,
-        vlan: state(obj, "vlan")?,
-        broadcast_allowed: flag(obj, "broadcast-allowed")?,
-        unicast_overflow: flag(obj, "unicast-overflow")?,
-        multicast_overflow: flag(obj, "multicast-overflow")?,
-        main_mac: mac(field(obj, "main-mac")?, "main-mac")?,
-        unicast_table: macs(obj, "unicast-table")?,
-        multicast_table: macs(obj, "multicast-table")?,
-        vlan_table,
-    })
+    let known: Map<String, Value> = obj
+        .iter()
+        .filter(|(k, _)| MEMBERS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    rx_filter_from_json(&known, Name::Optional)
+        .map(|i| i.filter)
+        .map_err(|e| format!("RxFilterInfo: {e}"))
 }
 
-/// What a QEMU virtio-net NIC accepts, from its `RxFilterInfo`: as [`rx_filter_from_info`],
-/// with `broadcast-allowed` turned the right way round. QEMU's `virtio_net_query_rxfilter`
-/// reports `broadcast_allowed = n->nobcast` while its `receive_filter` takes broadcast when
-/// `!n->nobcast`, so a Linux guest (which never sets NOBCAST) is reported as
-/// `"broadcast-allowed": false` while it receives broadcast (seen from QEMU 7.2.22; the
-/// line is the same in QEMU's later releases). virtio-net is the only QEMU NIC that answers
-/// `query-rx-filter`, so every real answer carries this inversion.
-pub fn rx_filter_from_qemu(info: &Value) -> Result<RxFilter, String> {
-    let mut f = rx_filter_from_info(info)?;
+/// As [`rx_filter_from_qemu`], but `broadcast-allowed` taken literally (for a QEMU that
+/// reported it the right way round).
+pub fn rx_filter_from_info(info: &Value) -> Result<RxFilter, String> {
+    let mut f = rx_filter_from_qemu(info)?;
     f.broadcast_allowed = !f.broadcast_allowed;
     Ok(f)
 }
@@ -63,49 +48,10 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-fn field<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<&'a Value, String> {
-    obj.get(key)
-        .ok_or_else(|| format!("RxFilterInfo lacks '{key}'"))
-}
-
-fn flag(obj: &Map<String, Value>, key: &str) -> Result<bool, String> {
-    let v = field(obj, key)?;
-    v.as_bool()
-        .ok_or_else(|| format!("RxFilterInfo '{key}' must be a boolean, not {}", kind(v)))
-}
-
-fn state(obj: &Map<String, Value>, key: &str) -> Result<RxState, String> {
-    let v = field(obj, key)?;
-    let s = v
-        .as_str()
-        .ok_or_else(|| format!("RxFilterInfo '{key}' must be a string, not {}", kind(v)))?;
-    s.parse().map_err(|e| format!("RxFilterInfo '{key}': {e}"))
-}
-
-fn list<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<&'a [Value], String> {
-    let v = field(obj, key)?;
-    v.as_array()
-        .map(Vec::as_slice)
-        .ok_or_else(|| format!("RxFilterInfo '{key}' must be an array, not {}", kind(v)))
-}
-
-fn mac(v: &Value, key: &str) -> Result<MacAddr, String> {
-    let s = v.as_str().ok_or_else(|| {
-        format!(
-            "RxFilterInfo '{key}' holds {}; expected a MAC string",
-            kind(v)
-        )
-    })?;
-    s.parse().map_err(|e| format!("RxFilterInfo '{key}': {e}"))
-}
-
-fn macs(obj: &Map<String, Value>, key: &str) -> Result<Vec<MacAddr>, String> {
-    list(obj, key)?.iter().map(|v| mac(v, key)).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ringswitch_switch::rxfilter::RxState;
     use serde_json::json;
 
     /// QEMU 7.2.22's answer for a Linux guest's virtio-net NIC once a macvlan is up on it.
@@ -142,7 +88,7 @@ mod tests {
             f.vlan_table.contains(7) && f.vlan_table.contains(4095) && !f.vlan_table.contains(8)
         );
         v["vlan-table"] = json!([4096]);
-        assert!(rx_filter_from_info(&v).unwrap_err().contains("0..4095"));
+        assert!(rx_filter_from_info(&v).unwrap_err().contains("0 to 4095"));
     }
 
     #[test]
@@ -151,7 +97,7 @@ mod tests {
         v.as_object_mut().unwrap().remove("promiscuous");
         assert_eq!(
             rx_filter_from_info(&v).unwrap_err(),
-            "RxFilterInfo lacks 'promiscuous'"
+            "RxFilterInfo: Parameter 'promiscuous' is missing"
         );
         let mut v = qemu_answer();
         v["unicast"] = json!("some");
@@ -162,12 +108,12 @@ mod tests {
         v["multicast-table"] = json!(["01:00:5e"]);
         assert!(rx_filter_from_info(&v)
             .unwrap_err()
-            .contains("'multicast-table'"));
+            .contains("'multicast-table[0]'"));
         v = qemu_answer();
         v["broadcast-allowed"] = json!("yes");
         assert!(rx_filter_from_info(&v)
             .unwrap_err()
-            .contains("must be a boolean"));
+            .contains("expected: boolean"));
         assert!(rx_filter_from_info(&json!([]))
             .unwrap_err()
             .contains("an array"));
