@@ -27,7 +27,8 @@ fn station_filter(name: &str, main: MacAddr) -> Value {
         "multicast": "normal",
         "unicast": "normal",
         "vlan": "all",
-        "broadcast-allowed": true,
+        // QEMU's inverted meaning (its nobcast): false, broadcast is taken.
+        "broadcast-allowed": false,
         "multicast-overflow": false,
         "unicast-overflow": false,
         "main-mac": main.to_string(),

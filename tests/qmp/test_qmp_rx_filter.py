@@ -27,7 +27,8 @@ def guest(name: str) -> dict:
         "multicast": "normal",
         "unicast": "normal",
         "vlan": "normal",
-        "broadcast-allowed": True,
+        # QEMU's inverted meaning (it reports nobcast under this name): broadcast is taken.
+        "broadcast-allowed": False,
         "multicast-overflow": False,
         "unicast-overflow": False,
         "main-mac": "52:54:00:12:34:56",
@@ -155,7 +156,7 @@ def test_nic_rx_filter_changed_once_until_queried(qmp, switch, cleanup):
     assert changed_events(qmp) == ["p"], "the first change is announced"
     assert changed_events(other) == ["p"], "to every client"
     # More changes before anyone queried: held back.
-    f["broadcast-allowed"] = False
+    f["broadcast-allowed"] = True
     qmp.ok("set-rx-filter", f)
     f["multicast"] = "all"
     qmp.ok("set-rx-filter", f)
