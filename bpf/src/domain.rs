@@ -1,0 +1,375 @@
+//! `BpfDomain`: the maps of one switching domain and the program instances attached to its
+//! ports. The controller owns it: `update` on every configuration snapshot, `learn`/`forget`
+//! on MAC-table changes; ports attach their tap or socket fds as they open. All methods take
+//! `&self` (the state behind them is locked), so the domain may be shared with the threads
+//! that open ports. Every change reaches running programs at once, with no reload.
+
+use std::collections::HashMap;
+use std::os::fd::BorrowedFd;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use libbpf_rs::{ErrorKind, MapCore, MapFlags, MapHandle};
+use ringswitch_switch::{MacAddr, RxFilter};
+
+use crate::maps::{mac_key, DomainMasks, Encoded};
+use crate::program::{PortProgram, SharedMaps};
+use crate::{sys, BpfError, PortBit};
+
+/// The packets a port's program passed and dropped, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilterCounts {
+    pub passed: u64,
+    pub dropped: u64,
+}
+
+/// One switching domain's filter: up to 64 ports, each a bit of a `u64`.
+pub struct BpfDomain {
+    masks: MapHandle,
+    listed: MapHandle,
+    vlans: MapHandle,
+    learned: MapHandle,
+    counters: MapHandle,
+    learned_capacity: u32,
+    state: Mutex<State>,
+    /// One instance per (port bit, Ethernet offset), loaded on first use and kept: the
+    /// kernel holds its own reference while attached, this one serves later attachments and
+    /// test runs.
+    programs: Mutex<HashMap<(PortBit, u32), Arc<PortProgram>>>,
+}
+
+/// What the maps hold now, so that changes are written as differences.
+struct State {
+    current: Encoded,
+    learned: HashMap<[u8; 6], PortBit>,
+    /// The learned map ran out of room: the domain passes everything until it fits again.
+    learned_full: bool,
+}
+
+/// A program attached to a tap or a socket. Dropping it leaves the program attached; the
+/// kernel lets it go with the socket, or with the tap device (which may outlive its fds:
+/// then [`Attachment::detach`] or [`detach_tap`]).
+#[must_use = "the program stays attached; keep this to detach it"]
+#[derive(Debug)]
+pub struct Attachment {
+    target: Target,
+    bit: PortBit,
+    eth_off: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    Tap,
+    Socket,
+}
+
+impl Attachment {
+    pub fn bit(&self) -> PortBit {
+        self.bit
+    }
+
+    /// Where the program reads the Ethernet frame in what it is given.
+    pub fn eth_offset(&self) -> u32 {
+        self.eth_off
+    }
+
+    /// Removes the program from `fd`, which must be the tap or socket it was attached to
+    /// (or, for a tap, another fd of the same device).
+    pub fn detach(self, fd: BorrowedFd<'_>) -> Result<(), BpfError> {
+        match self.target {
+            Target::Tap => detach_tap(fd),
+            Target::Socket => sys::socket_set_filter(fd, None).map_err(|source| BpfError::Attach {
+                what: "socket (SO_DETACH_BPF)",
+                source,
+            }),
+        }
+    }
+}
+
+/// Clears whatever filter program the tap behind `tap` runs (one a previous run left on a
+/// persistent tap, say).
+pub fn detach_tap(tap: BorrowedFd<'_>) -> Result<(), BpfError> {
+    sys::tun_set_filter(tap, None).map_err(|source| BpfError::Attach {
+        what: "tap (TUNSETFILTEREBPF -1)",
+        source,
+    })
+}
+
+fn map_err(map: &'static str) -> impl Fn(libbpf_rs::Error) -> BpfError {
+    move |source| BpfError::Map { map, source }
+}
+
+impl BpfDomain {
+    /// Creates the maps of an empty domain (no ports: every frame but broadcast would be
+    /// dropped) with room for `learned_capacity` learned addresses — the MAC table's
+    /// capacity, so the map cannot fill before the table does.
+    pub fn new(learned_capacity: u32) -> Result<BpfDomain, BpfError> {
+        let first = PortProgram::load(PortBit::MIN, 0, None, learned_capacity)?;
+        let mut handles = first.map_handles()?.into_iter();
+        let mut next = || handles.next().expect("one handle per map name");
+        let domain = BpfDomain {
+            masks: next(),
+            listed: next(),
+            vlans: next(),
+            learned: next(),
+            counters: next(),
+            learned_capacity: learned_capacity.max(1),
+            state: Mutex::new(State {
+                current: Encoded::empty(),
+                learned: HashMap::new(),
+                learned_full: false,
+            }),
+            programs: Mutex::new(HashMap::from([((PortBit::MIN, 0), Arc::new(first))])),
+        };
+        Ok(domain)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves maps and shadow at worst out of step in the
+        // permissive direction (see `update`); carry on with what is there.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Rewrites the masks and tables from a configuration snapshot: the domain's ports and
+    /// their filters. Ports left out are no longer in the domain. A frame that both the old
+    /// and the new configuration pass is never dropped while this runs: the maps go through
+    /// the union of the two first.
+    pub fn update(&self, ports: &[(PortBit, &RxFilter)]) -> Result<(), BpfError> {
+        let new = Encoded::new(ports)?;
+        let mut st = self.state();
+        let pass_all = DomainMasks {
+            pass_all: u64::from(st.learned_full),
+            ..DomainMasks::default()
+        };
+        // 1. Tables: old | new.
+        for (mac, &bits) in &new.listed {
+            let old = st.current.listed.get(mac).copied().unwrap_or(0);
+            if bits & !old != 0 {
+                self.write_listed(mac, old | bits)?;
+            }
+        }
+        for (vid, (&old, &bits)) in st.current.vlans.iter().zip(new.vlans.iter()).enumerate() {
+            if bits & !old != 0 {
+                self.write_vlan(vid, old | bits)?;
+            }
+        }
+        // 2. Masks: old | new, then new.
+        let union = st.current.masks.union(&new.masks).union(&pass_all);
+        self.write_masks(union)?;
+        self.write_masks(new.masks.union(&pass_all))?;
+        // 3. Tables: exactly new.
+        for (mac, &old) in &st.current.listed {
+            match new.listed.get(mac) {
+                None => self.listed.delete(&mac_key(*mac)).map_err(map_err("listed"))?,
+                Some(&bits) if old & !bits != 0 => self.write_listed(mac, bits)?,
+                Some(_) => {}
+            }
+        }
+        for (vid, (&old, &bits)) in st.current.vlans.iter().zip(new.vlans.iter()).enumerate() {
+            if old & !bits != 0 {
+                self.write_vlan(vid, bits)?;
+            }
+        }
+        st.current = new;
+        Ok(())
+    }
+
+    fn write_masks(&self, m: DomainMasks) -> Result<(), BpfError> {
+        self.masks
+            .update(&0u32.to_ne_bytes(), &m.to_bytes(), MapFlags::ANY)
+            .map_err(map_err("masks"))
+    }
+
+    fn write_listed(&self, mac: &[u8; 6], bits: u64) -> Result<(), BpfError> {
+        self.listed
+            .update(&mac_key(*mac), &bits.to_ne_bytes(), MapFlags::ANY)
+            .map_err(map_err("listed"))
+    }
+
+    fn write_vlan(&self, vid: usize, bits: u64) -> Result<(), BpfError> {
+        self.vlans
+            .update(&(vid as u32).to_ne_bytes(), &bits.to_ne_bytes(), MapFlags::ANY)
+            .map_err(map_err("vlans"))
+    }
+
+    /// Records that `mac` was learned on `bit` (moving it from wherever it was).
+    pub fn learn(&self, mac: MacAddr, bit: PortBit) -> Result<(), BpfError> {
+        let mut st = self.state();
+        self.learn_locked(&mut st, mac, bit)
+    }
+
+    fn learn_locked(&self, st: &mut State, mac: MacAddr, bit: PortBit) -> Result<(), BpfError> {
+        if st.learned.get(&mac.0) == Some(&bit) {
+            return Ok(());
+        }
+        match self
+            .learned
+            .update(&mac_key(mac.0), &bit.mask().to_ne_bytes(), MapFlags::ANY)
+        {
+            Ok(()) => {
+                st.learned.insert(mac.0, bit);
+                Ok(())
+            }
+            Err(e) if e.kind() == ErrorKind::TooBig => {
+                // A learned address missing from the map could get its frames dropped;
+                // passing everything is the safe side.
+                self.learn_overflowed(st)?;
+                Err(BpfError::LearnedFull {
+                    capacity: self.learned_capacity,
+                })
+            }
+            Err(e) => Err(map_err("learned")(e)),
+        }
+    }
+
+    /// Removes `mac` from the learned addresses (aged out, or its port went away).
+    pub fn forget(&self, mac: MacAddr) -> Result<(), BpfError> {
+        let mut st = self.state();
+        if st.learned.remove(&mac.0).is_some() {
+            self.learned
+                .delete(&mac_key(mac.0))
+                .map_err(map_err("learned"))?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the learned addresses with `entries` (the MAC table as it is now). New and
+    /// moved entries are written before stale ones are removed.
+    pub fn set_learned(&self, entries: &[(MacAddr, PortBit)]) -> Result<(), BpfError> {
+        let mut st = self.state();
+        let want: HashMap<[u8; 6], PortBit> = entries.iter().map(|&(m, b)| (m.0, b)).collect();
+        let stale: Vec<[u8; 6]> = st
+            .learned
+            .keys()
+            .filter(|m| !want.contains_key(*m))
+            .copied()
+            .collect();
+        if want.len() > self.learned_capacity as usize {
+            // Cannot fit: keep what is there, pass everything.
+            self.learn_overflowed(&mut st)?;
+            return Err(BpfError::LearnedFull {
+                capacity: self.learned_capacity,
+            });
+        }
+        // Make room first when the union would not fit.
+        if st.learned.len() + want.len() > self.learned_capacity as usize {
+            for mac in &stale {
+                self.learned.delete(&mac_key(*mac)).map_err(map_err("learned"))?;
+                st.learned.remove(mac);
+            }
+        }
+        for (&mac, &bit) in &want {
+            self.learn_locked(&mut st, MacAddr(mac), bit)?;
+        }
+        for mac in &stale {
+            if st.learned.remove(mac).is_some() {
+                self.learned.delete(&mac_key(*mac)).map_err(map_err("learned"))?;
+            }
+        }
+        if st.learned_full {
+            st.learned_full = false;
+            self.write_masks(st.current.masks)?;
+        }
+        Ok(())
+    }
+
+    fn learn_overflowed(&self, st: &mut State) -> Result<(), BpfError> {
+        st.learned_full = true;
+        self.write_masks(st.current.masks.union(&DomainMasks {
+            pass_all: 1,
+            ..DomainMasks::default()
+        }))
+    }
+
+    /// Whether the learned map overflowed and the domain passes every frame for now.
+    pub fn passes_everything(&self) -> bool {
+        self.state().learned_full
+    }
+
+    fn program(&self, bit: PortBit, eth_off: u32) -> Result<Arc<PortProgram>, BpfError> {
+        let mut progs = self.programs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = progs.get(&(bit, eth_off)) {
+            return Ok(Arc::clone(p));
+        }
+        let shared: SharedMaps<'_> = [
+            &self.masks,
+            &self.listed,
+            &self.vlans,
+            &self.learned,
+            &self.counters,
+        ];
+        let p = Arc::new(PortProgram::load(bit, eth_off, Some(&shared), 0)?);
+        progs.insert((bit, eth_off), Arc::clone(&p));
+        Ok(p)
+    }
+
+    /// Attaches the program of port `bit` to a tap: it runs on every frame the kernel hands
+    /// to the tap's reader (the frame at offset 0).
+    pub fn attach_tap(&self, tap: BorrowedFd<'_>, bit: PortBit) -> Result<Attachment, BpfError> {
+        let prog = self.program(bit, 0)?;
+        sys::tun_set_filter(tap, Some(prog.fd())).map_err(|source| BpfError::Attach {
+            what: "tap (TUNSETFILTEREBPF)",
+            source,
+        })?;
+        Ok(Attachment {
+            target: Target::Tap,
+            bit,
+            eth_off: 0,
+        })
+    }
+
+    /// Attaches the program of port `bit` to a datagram socket whose datagrams carry the
+    /// Ethernet frame at `eth_off`: 8 for UDP (the program sees the UDP header first), 0 for
+    /// a unix datagram socket. Stream sockets are refused: dropping a piece of a stream
+    /// would corrupt it.
+    pub fn attach_socket(
+        &self,
+        sock: BorrowedFd<'_>,
+        bit: PortBit,
+        eth_off: u32,
+    ) -> Result<Attachment, BpfError> {
+        let ty = sys::socket_type(sock).map_err(|source| BpfError::Attach {
+            what: "socket (SO_TYPE)",
+            source,
+        })?;
+        if ty == libc::SOCK_STREAM {
+            return Err(BpfError::StreamSocket);
+        }
+        let prog = self.program(bit, eth_off)?;
+        sys::socket_set_filter(sock, Some(prog.fd())).map_err(|source| BpfError::Attach {
+            what: "socket (SO_ATTACH_BPF)",
+            source,
+        })?;
+        Ok(Attachment {
+            target: Target::Socket,
+            bit,
+            eth_off,
+        })
+    }
+
+    /// What port `bit`'s programs passed and dropped so far (all its attachments, test runs
+    /// included).
+    pub fn counters(&self, bit: PortBit) -> Result<FilterCounts, BpfError> {
+        let per_cpu = self
+            .counters
+            .lookup_percpu(&u32::from(bit.index()).to_ne_bytes(), MapFlags::ANY)
+            .map_err(map_err("counters"))?
+            .unwrap_or_default();
+        let mut sum = FilterCounts::default();
+        for v in per_cpu {
+            let word = |i: usize| {
+                v.get(i * 8..i * 8 + 8)
+                    .map_or(0, |b| u64::from_ne_bytes(b.try_into().expect("8 bytes")))
+            };
+            sum.passed += word(0);
+            sum.dropped += word(1);
+        }
+        Ok(sum)
+    }
+
+    /// The decision of port `bit`'s program on `frame` (an Ethernet frame, from its
+    /// destination on), through `BPF_PROG_TEST_RUN`: for tests. At most
+    /// [`crate::TEST_RUN_MAX_FRAME`] bytes.
+    pub fn verdict(&self, frame: &[u8], bit: PortBit) -> Result<bool, BpfError> {
+        self.program(bit, 0)?.test_run(frame)
+    }
+}

@@ -1,0 +1,129 @@
+//! ringswitch's eBPF ingress filter (issue 14): a socket-filter program, attached to each
+//! tap (`TUNSETFILTEREBPF`) and datagram socket (`SO_ATTACH_BPF`) of a switching domain,
+//! that drops in the kernel a frame no other port of the domain would accept — exactly
+//! `ringswitch_switch::rxfilter::ingress_pass` — so unwanted traffic never reaches
+//! userspace.
+//!
+//! [`BpfDomain`] owns one domain's maps; [`probe`] says why BPF cannot be used here. This
+//! crate never forwards frames and never decides on its own: where it cannot load, the
+//! switch's userspace path alone serves, and nothing here is on that path.
+
+mod domain;
+mod maps;
+mod program;
+mod sys;
+
+use std::fmt;
+
+pub use domain::{detach_tap, Attachment, BpfDomain, FilterCounts};
+pub use program::TEST_RUN_MAX_FRAME;
+
+/// A port's place in its domain's masks: bit 0..=63 of a `u64`. A domain with more ports
+/// cannot be filtered in the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortBit(u8);
+
+impl PortBit {
+    /// How many ports a domain's masks hold.
+    pub const COUNT: usize = 64;
+    pub const MIN: PortBit = PortBit(0);
+
+    pub fn new(index: usize) -> Result<PortBit, BpfError> {
+        if index < Self::COUNT {
+            Ok(PortBit(index as u8))
+        } else {
+            Err(BpfError::TooManyPorts(index))
+        }
+    }
+
+    pub fn index(self) -> u8 {
+        self.0
+    }
+
+    pub(crate) fn mask(self) -> u64 {
+        1 << self.0
+    }
+}
+
+impl fmt::Display for PortBit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "port bit {}", self.0)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error(
+        "port index {0} does not fit: a domain filtered in the kernel holds at most 64 ports \
+         (bits 0..=63); serve this domain in userspace"
+    )]
+    TooManyPorts(usize),
+    #[error("port bit {0} is given twice in one domain update; each port needs its own bit")]
+    DuplicateBit(u8),
+    #[error("loading the eBPF ingress filter failed: {0}")]
+    Load(#[source] libbpf_rs::Error),
+    #[error("the eBPF object has no {0} (built from a different rxfilter.bpf.c?)")]
+    Missing(&'static str),
+    #[error("writing the eBPF map `{map}` failed: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: libbpf_rs::Error,
+    },
+    #[error(
+        "the learned-address map is full ({capacity} entries): the domain passes every frame \
+         to userspace until set_learned fits"
+    )]
+    LearnedFull { capacity: u32 },
+    #[error("attaching the eBPF filter failed on the {what}: {source}")]
+    Attach {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "a stream socket cannot take a frame filter (dropping part of a stream corrupts it); \
+         only datagram sockets can"
+    )]
+    StreamSocket,
+    #[error("BPF_PROG_TEST_RUN failed: {0}")]
+    TestRun(#[source] libbpf_rs::Error),
+    #[error("a test frame of {len} bytes is longer than BPF_PROG_TEST_RUN takes ({max})")]
+    FrameTooLong { len: usize, max: usize },
+}
+
+/// Whether the ingress filter can be used here: loads the program and creates a domain's
+/// maps once, then lets them go. The error says why not, for the switch to print once.
+pub fn probe() -> Result<(), String> {
+    match BpfDomain::new(1) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let privilege = missing_capability()
+                .map(|c| format!(" ({c})"))
+                .unwrap_or_default();
+            Err(format!(
+                "the eBPF ingress filter is off{privilege}: {e}; frames are filtered in userspace"
+            ))
+        }
+    }
+}
+
+/// A likely reason the kernel refused: not root and without CAP_BPF (or CAP_SYS_ADMIN).
+fn missing_capability() -> Option<&'static str> {
+    if sys::is_root() {
+        return None;
+    }
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_BPF: u32 = 39;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    if eff & (1 << CAP_BPF | 1 << CAP_SYS_ADMIN) == 0 {
+        Some("not root, and without CAP_BPF")
+    } else {
+        None
+    }
+}
