@@ -13,6 +13,10 @@ mod maps;
 mod program;
 mod sys;
 
+#[cfg(test)]
+#[path = "../tests/common/gen.rs"]
+mod gen;
+
 use std::fmt;
 
 pub use domain::{detach_tap, Attachment, BpfDomain, FilterCounts};

@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet};
 
 use ringswitch_switch::rxfilter::{RxFilter, RxState, MAX_VLAN};
+#[cfg(test)]
 use ringswitch_switch::MacAddr;
 
 use crate::{BpfError, PortBit};
@@ -189,5 +190,103 @@ impl Encoded {
             m.uni_all | (m.uni_normal & hit)
         };
         others & (m.promisc | (vlan_ok & kind_ok)) != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gen::{case, Case};
+    use proptest::prelude::*;
+
+    fn encode(case: &Case) -> Encoded {
+        let bits: Vec<(PortBit, &RxFilter)> = case
+            .ports
+            .iter()
+            .map(|(b, f)| (PortBit::new(usize::from(*b)).unwrap(), f))
+            .collect();
+        Encoded::new(&bits).unwrap()
+    }
+
+    fn learned_masks(case: &Case) -> HashMap<[u8; 6], u64> {
+        case.learned_map()
+            .into_iter()
+            .map(|(m, b)| (m.0, 1u64 << b))
+            .collect()
+    }
+
+    fn union(a: &Encoded, b: &Encoded) -> Encoded {
+        let mut u = a.clone();
+        u.masks = a.masks.union(&b.masks);
+        for (mac, bits) in &b.listed {
+            *u.listed.entry(*mac).or_default() |= bits;
+        }
+        for (v, bits) in u.vlans.iter_mut().zip(b.vlans.iter()) {
+            *v |= bits;
+        }
+        u
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// The encoding, decided as the program decides, is `ingress_pass`.
+        #[test]
+        fn the_encoding_decides_as_ingress_pass(case in case(1600)) {
+            let enc = encode(&case);
+            let learned = learned_masks(&case);
+            let reference_learned = case.learned_map();
+            for frame in &case.frames {
+                for (bit, _) in &case.ports {
+                    let model = enc.passes(frame, PortBit(*bit), &learned);
+                    let want = case.reference(frame, *bit, &reference_learned);
+                    prop_assert_eq!(model, want, "frame {:02x?} on bit {}", frame, bit);
+                }
+            }
+        }
+
+        /// What `update` goes through between two configurations passes whatever either
+        /// passes, so no frame both want is dropped during the change.
+        #![proptest_config(ProptestConfig::with_cases(500))]
+        #[test]
+        fn the_union_of_two_configurations_passes_what_either_passes(
+            old in case(200),
+            new in case(200),
+        ) {
+            let (a, b) = (encode(&old), encode(&new));
+            let u = union(&a, &b);
+            let learned = learned_masks(&new);
+            for frame in old.frames.iter().chain(&new.frames) {
+                for bit in old.ports.iter().chain(&new.ports).map(|(b, _)| PortBit(*b)) {
+                    if a.passes(frame, bit, &learned) || b.passes(frame, bit, &learned) {
+                        prop_assert!(u.passes(frame, bit, &learned));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_bit_given_twice_is_refused() {
+        let f = RxFilter::promiscuous(MacAddr::ZERO);
+        let b = PortBit::new(3).unwrap();
+        assert!(matches!(
+            Encoded::new(&[(b, &f), (b, &f)]),
+            Err(BpfError::DuplicateBit(3))
+        ));
+        assert!(matches!(PortBit::new(64), Err(BpfError::TooManyPorts(64))));
+    }
+
+    #[test]
+    fn tables_list_only_addresses_of_the_kind_they_serve() {
+        let mut f = RxFilter::promiscuous(MacAddr([0x02, 0, 0, 0, 0, 1]));
+        f.promiscuous = false;
+        f.unicast = RxState::Normal;
+        f.multicast = RxState::Normal;
+        f.unicast_table = vec![MacAddr([0x01, 0, 0x5e, 0, 0, 1])];
+        f.multicast_table = vec![MacAddr([0x02, 0, 0, 0, 0, 9]), MacAddr::BROADCAST];
+        let e = Encoded::new(&[(PortBit::new(5).unwrap(), &f)]).unwrap();
+        assert_eq!(e.listed.len(), 1);
+        assert_eq!(e.listed[&[0x02, 0, 0, 0, 0, 1]], 1 << 5);
     }
 }
