@@ -159,7 +159,10 @@ impl BpfDomain {
         // 3. Tables: exactly new.
         for (mac, &old) in &st.current.listed {
             match new.listed.get(mac) {
-                None => self.listed.delete(&mac_key(*mac)).map_err(map_err("listed"))?,
+                None => self
+                    .listed
+                    .delete(&mac_key(*mac))
+                    .map_err(map_err("listed"))?,
                 Some(&bits) if old & !bits != 0 => self.write_listed(mac, bits)?,
                 Some(_) => {}
             }
@@ -187,7 +190,11 @@ impl BpfDomain {
 
     fn write_vlan(&self, vid: usize, bits: u64) -> Result<(), BpfError> {
         self.vlans
-            .update(&(vid as u32).to_ne_bytes(), &bits.to_ne_bytes(), MapFlags::ANY)
+            .update(
+                &(vid as u32).to_ne_bytes(),
+                &bits.to_ne_bytes(),
+                MapFlags::ANY,
+            )
             .map_err(map_err("vlans"))
     }
 
@@ -253,7 +260,9 @@ impl BpfDomain {
         // Make room first when the union would not fit.
         if st.learned.len() + want.len() > self.learned_capacity as usize {
             for mac in &stale {
-                self.learned.delete(&mac_key(*mac)).map_err(map_err("learned"))?;
+                self.learned
+                    .delete(&mac_key(*mac))
+                    .map_err(map_err("learned"))?;
                 st.learned.remove(mac);
             }
         }
@@ -262,7 +271,9 @@ impl BpfDomain {
         }
         for mac in &stale {
             if st.learned.remove(mac).is_some() {
-                self.learned.delete(&mac_key(*mac)).map_err(map_err("learned"))?;
+                self.learned
+                    .delete(&mac_key(*mac))
+                    .map_err(map_err("learned"))?;
             }
         }
         if st.learned_full {

@@ -245,9 +245,13 @@ mod tests {
             }
         }
 
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
         /// What `update` goes through between two configurations passes whatever either
         /// passes, so no frame both want is dropped during the change.
-        #![proptest_config(ProptestConfig::with_cases(500))]
         #[test]
         fn the_union_of_two_configurations_passes_what_either_passes(
             old in case(200),

@@ -6,7 +6,7 @@
 use std::os::fd::{AsFd, BorrowedFd};
 
 use libbpf_rs::{
-    MapCore, MapHandle, Object, ObjectBuilder, OpenObject, ProgramHandle, ProgramMut, ProgramInput,
+    MapCore, MapHandle, Object, ObjectBuilder, OpenObject, ProgramHandle, ProgramInput, ProgramMut,
 };
 
 use crate::maps::port_conf;
@@ -26,9 +26,7 @@ pub(crate) type SharedMaps<'a> = [&'a MapHandle; MAP_NAMES.len()];
 /// What `BPF_PROG_TEST_RUN` takes in front of a socket filter's input: a dummy Ethernet
 /// header, which the kernel consumes (`eth_type_trans`) before the program runs. Its
 /// EtherType is a local experimental one, so the kernel looks no further into the input.
-const TEST_RUN_HEADER: [u8; 14] = [
-    0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x88, 0xb5,
-];
+const TEST_RUN_HEADER: [u8; 14] = [0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x88, 0xb5];
 
 /// The longest frame a test run accepts: the kernel takes at most a page of input, less the
 /// skb's head and tail room (`bpf_test_init`), and the dummy header comes out of that.
@@ -74,7 +72,7 @@ impl PortProgram {
                     .obj
                     .maps()
                     .find(|m| m.name() == name)
-                    .ok_or_else(|| BpfError::Missing(name))?;
+                    .ok_or(BpfError::Missing(name))?;
                 MapHandle::try_from(&map).map_err(BpfError::Load)
             })
             .collect()
@@ -107,10 +105,7 @@ impl PortProgram {
             data_in: Some(&data),
             ..Default::default()
         };
-        let out = self
-            .program()
-            .test_run(input)
-            .map_err(BpfError::TestRun)?;
+        let out = self.program().test_run(input).map_err(BpfError::TestRun)?;
         Ok(out.return_value != 0)
     }
 }
@@ -130,7 +125,9 @@ fn configure(
             let value = map
                 .initial_value_mut()
                 .filter(|v| v.len() == conf.len())
-                .ok_or(BpfError::Missing("read-only data of the size of struct port_conf"))?;
+                .ok_or(BpfError::Missing(
+                    "read-only data of the size of struct port_conf",
+                ))?;
             value.copy_from_slice(&conf);
             conf_set = true;
         } else if let Some(i) = MAP_NAMES.iter().position(|&n| n == name) {

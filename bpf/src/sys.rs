@@ -44,17 +44,21 @@ pub(crate) fn socket_set_filter(
                 )
             }
         }
-        // SAFETY: SO_DETACH_BPF takes no value (a null pointer of length 0 is accepted);
-        // `sock` is a valid open fd for the call's duration.
-        None => unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_DETACH_BPF,
-                std::ptr::null(),
-                0,
-            )
-        },
+        None => {
+            // The kernel ignores the value but, as for every SOL_SOCKET option, wants an int.
+            let unused: libc::c_int = 0;
+            // SAFETY: the option value is the int `unused`, alive for the call, with its
+            // exact size passed; `sock` is a valid open fd for the call's duration.
+            unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_DETACH_BPF,
+                    (&unused as *const libc::c_int).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            }
+        }
     };
     if rc < 0 {
         return Err(io::Error::last_os_error());

@@ -80,5 +80,8 @@ fn the_kernel_program_decides_as_ingress_pass() {
         start.elapsed()
     );
     // The generator must keep both outcomes common, or the comparison proves little.
-    assert!(tally[0] * 10 > verdicts && tally[1] * 10 > verdicts, "{tally:?}");
+    assert!(
+        tally[0] * 10 > verdicts && tally[1] * 10 > verdicts,
+        "{tally:?}"
+    );
 }

@@ -129,7 +129,12 @@ pub fn frame(max_len: usize) -> impl Strategy<Value = Vec<u8>> {
 /// A domain of 1..=10 ports with learned addresses and 1..8 frames up to `max_len` bytes.
 pub fn case(max_len: usize) -> impl Strategy<Value = Case> {
     (1usize..=10)
-        .prop_flat_map(|n| (subsequence((0u8..64).collect::<Vec<_>>(), n), vec(filter(), n)))
+        .prop_flat_map(|n| {
+            (
+                subsequence((0u8..64).collect::<Vec<_>>(), n),
+                vec(filter(), n),
+            )
+        })
         .prop_flat_map(move |(bits, filters)| {
             let learned_bit = prop_oneof![4 => select(bits.clone()), 1 => 0u8..64];
             let ports: Vec<(u8, RxFilter)> = bits.into_iter().zip(filters).collect();

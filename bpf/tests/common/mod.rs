@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod gen;
+pub mod net;
 
 /// Whether this process may load BPF programs and, with `net`, create network namespaces
 /// and taps. Under `CI=true` a test that may not fails (a CI run that silently skips proves
