@@ -18,6 +18,9 @@ mod sys;
 mod gen;
 
 use std::fmt;
+use std::sync::Mutex;
+
+use libbpf_rs::PrintLevel;
 
 pub use domain::{detach_tap, Attachment, BpfDomain, FilterCounts};
 pub use program::TEST_RUN_MAX_FRAME;
@@ -64,6 +67,11 @@ pub enum BpfError {
     TooManyPorts(usize),
     #[error("port bit {0} is given twice in one domain update; each port needs its own bit")]
     DuplicateBit(u8),
+    #[error(
+        "the domain's filters list {entries} distinct addresses, more than the kernel table \
+         holds ({capacity}); fit each filter's tables to QEMU's 64 places (fit_tables)"
+    )]
+    TablesTooLarge { entries: usize, capacity: usize },
     #[error("loading the eBPF ingress filter failed: {0}")]
     Load(#[source] libbpf_rs::Error),
     #[error("the eBPF object has no {0} (built from a different rxfilter.bpf.c?)")]
@@ -97,16 +105,37 @@ pub enum BpfError {
 }
 
 /// Whether the ingress filter can be used here: loads the program and creates a domain's
-/// maps once, then lets them go. The error says why not, for the switch to print once.
+/// maps once, then lets them go. The error says why not, in one line for the switch to print
+/// once; libbpf's own messages during the probe are folded into it instead of going to
+/// stderr.
 pub fn probe() -> Result<(), String> {
-    match BpfDomain::new(1) {
+    static LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    fn collect(_: PrintLevel, msg: String) {
+        LOG.lock().unwrap_or_else(|p| p.into_inner()).push(msg);
+    }
+    fn stderr(_: PrintLevel, msg: String) {
+        eprint!("{msg}");
+    }
+    let previous = libbpf_rs::set_print(Some((PrintLevel::Warn, collect)));
+    let result = BpfDomain::new(1);
+    // libbpf's default is to print warnings and information to stderr.
+    libbpf_rs::set_print(previous.or(Some((PrintLevel::Info, stderr))));
+    let said: Vec<String> = std::mem::take(&mut *LOG.lock().unwrap_or_else(|p| p.into_inner()));
+    match result {
         Ok(_) => Ok(()),
         Err(e) => {
             let privilege = missing_capability()
                 .map(|c| format!(" ({c})"))
                 .unwrap_or_default();
+            // The last word is libbpf's conclusion; the first is often about RLIMIT_MEMLOCK,
+            // which kernels since 5.11 no longer use for BPF.
+            let libbpf = said
+                .last()
+                .map(|m| format!(" [libbpf: {}]", m.trim().trim_start_matches("libbpf: ")))
+                .unwrap_or_default();
             Err(format!(
-                "the eBPF ingress filter is off{privilege}: {e}; frames are filtered in userspace"
+                "the eBPF ingress filter is off{privilege}: {e}{libbpf}; frames are filtered in \
+                 userspace"
             ))
         }
     }

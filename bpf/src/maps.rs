@@ -12,6 +12,10 @@ use ringswitch_switch::MacAddr;
 
 use crate::{BpfError, PortBit};
 
+/// Entries of the `listed` map (`rxfilter.bpf.c`): 64 ports, each its main address and a
+/// MAC table of 64 places (`RxFilter::fit_tables`).
+pub(crate) const LISTED_CAPACITY: usize = 64 * 65;
+
 /// `struct domain_masks`: one bit per port in each mask.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct DomainMasks {
@@ -158,6 +162,12 @@ impl Encoded {
                     }
                 }
             }
+        }
+        if e.listed.len() > LISTED_CAPACITY {
+            return Err(BpfError::TablesTooLarge {
+                entries: e.listed.len(),
+                capacity: LISTED_CAPACITY,
+            });
         }
         Ok(e)
     }

@@ -333,3 +333,49 @@ fn ports_are_counted_apart_and_bits_stop_at_64() {
     let seen: HashSet<_> = (0..64).map(|i| bit(i).index()).collect();
     assert_eq!(seen.len(), 64);
 }
+
+#[test]
+fn a_full_learned_map_makes_the_domain_pass_everything_until_it_fits() {
+    if !common::require_bpf("a_full_learned_map_makes_the_domain_pass_everything", false) {
+        return;
+    }
+    let domain = BpfDomain::new(2).unwrap();
+    let (g, d) = (guest(), deaf());
+    domain.update(&[(bit(0), &g), (bit(1), &d)]).unwrap();
+    let [a, b, c] = [1, 2, 3].map(|i| MacAddr([0x02, 0, 0, 0, 1, i]));
+    domain.learn(a, bit(1)).unwrap();
+    domain.learn(b, bit(1)).unwrap();
+    let stranger = frame(STRANGER, None, 2);
+    assert!(!domain.verdict(&stranger, bit(1)).unwrap());
+    assert!(matches!(
+        domain.learn(c, bit(1)),
+        Err(BpfError::LearnedFull { capacity: 2 })
+    ));
+    assert!(domain.passes_everything());
+    assert!(domain.verdict(&stranger, bit(1)).unwrap());
+    // A configuration change keeps it so.
+    domain.update(&[(bit(0), &g), (bit(1), &d)]).unwrap();
+    assert!(domain.verdict(&stranger, bit(1)).unwrap());
+    // The MAC table as it is now fits: filtering resumes.
+    domain.set_learned(&[(c, bit(1))]).unwrap();
+    assert!(!domain.passes_everything());
+    assert!(!domain.verdict(&stranger, bit(1)).unwrap());
+    assert!(domain.verdict(&frame(c, None, 9), bit(0)).unwrap());
+    assert!(!domain.verdict(&frame(a, None, 9), bit(0)).unwrap());
+}
+
+#[test]
+fn a_domain_without_ports_passes_only_broadcast() {
+    if !common::require_bpf("a_domain_without_ports_passes_only_broadcast", false) {
+        return;
+    }
+    let domain = BpfDomain::new(4).unwrap();
+    let g = guest();
+    domain.update(&[(bit(0), &g), (bit(7), &g)]).unwrap();
+    assert!(domain.verdict(&frame(GUEST, None, 1), bit(0)).unwrap());
+    domain.update(&[]).unwrap();
+    assert!(!domain.verdict(&frame(GUEST, None, 1), bit(0)).unwrap());
+    assert!(domain
+        .verdict(&frame(MacAddr::BROADCAST, None, 1), bit(0))
+        .unwrap());
+}
