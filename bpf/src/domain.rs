@@ -22,7 +22,9 @@ pub struct FilterCounts {
     pub dropped: u64,
 }
 
-/// One switching domain's filter: up to 64 ports, each a bit of a `u64`.
+/// One switching domain's filter: up to 64 ports, each a bit of a `u64`. Dropping it does
+/// not detach anything: attached programs keep the maps alive as last written, so detach
+/// the ports (or close them) first.
 pub struct BpfDomain {
     masks: MapHandle,
     listed: MapHandle,
@@ -43,6 +45,8 @@ struct State {
     learned: HashMap<[u8; 6], PortBit>,
     /// The learned map ran out of room: the domain passes everything until it fits again.
     learned_full: bool,
+    /// An update failed part-way: the maps may hold anything between two configurations.
+    out_of_step: bool,
 }
 
 /// A program attached to a tap or a socket. Dropping it leaves the program attached; the
@@ -117,6 +121,7 @@ impl BpfDomain {
                 current: Encoded::empty(),
                 learned: HashMap::new(),
                 learned_full: false,
+                out_of_step: false,
             }),
             programs: Mutex::new(HashMap::from([((PortBit::MIN, 0), Arc::new(first))])),
         };
@@ -132,7 +137,8 @@ impl BpfDomain {
     /// Rewrites the masks and tables from a configuration snapshot: the domain's ports and
     /// their filters. Ports left out are no longer in the domain. A frame that both the old
     /// and the new configuration pass is never dropped while this runs: the maps go through
-    /// the union of the two first.
+    /// the union of the two first. After a failed update (the error is returned) the next
+    /// one rewrites every entry.
     pub fn update(&self, ports: &[(PortBit, &RxFilter)]) -> Result<(), BpfError> {
         let new = Encoded::new(ports)?;
         let mut st = self.state();
@@ -140,40 +146,83 @@ impl BpfDomain {
             pass_all: u64::from(st.learned_full),
             ..DomainMasks::default()
         };
-        // 1. Tables: old | new.
+        let written = if st.out_of_step {
+            self.rewrite(&new, pass_all)
+        } else {
+            self.write_changes(&st.current, &new, pass_all)
+        };
+        st.out_of_step = written.is_err();
+        if written.is_ok() {
+            st.current = new;
+        }
+        written
+    }
+
+    /// Moves the maps from `old` to `new` through their union, writing only what differs.
+    fn write_changes(
+        &self,
+        old: &Encoded,
+        new: &Encoded,
+        pass_all: DomainMasks,
+    ) -> Result<(), BpfError> {
+        // 1. Tables: old | new (the `listed` map has room for both).
         for (mac, &bits) in &new.listed {
-            let old = st.current.listed.get(mac).copied().unwrap_or(0);
-            if bits & !old != 0 {
-                self.write_listed(mac, old | bits)?;
+            let was = old.listed.get(mac).copied().unwrap_or(0);
+            if bits & !was != 0 {
+                self.write_listed(mac, was | bits)?;
             }
         }
-        for (vid, (&old, &bits)) in st.current.vlans.iter().zip(new.vlans.iter()).enumerate() {
-            if bits & !old != 0 {
-                self.write_vlan(vid, old | bits)?;
+        for (vid, (&was, &bits)) in old.vlans.iter().zip(new.vlans.iter()).enumerate() {
+            if bits & !was != 0 {
+                self.write_vlan(vid, was | bits)?;
             }
         }
         // 2. Masks: old | new, then new.
-        let union = st.current.masks.union(&new.masks).union(&pass_all);
-        self.write_masks(union)?;
+        self.write_masks(old.masks.union(&new.masks).union(&pass_all))?;
         self.write_masks(new.masks.union(&pass_all))?;
         // 3. Tables: exactly new.
-        for (mac, &old) in &st.current.listed {
+        for (mac, &was) in &old.listed {
             match new.listed.get(mac) {
-                None => self
-                    .listed
-                    .delete(&mac_key(*mac))
-                    .map_err(map_err("listed"))?,
-                Some(&bits) if old & !bits != 0 => self.write_listed(mac, bits)?,
+                None => self.delete_listed(mac)?,
+                Some(&bits) if was & !bits != 0 => self.write_listed(mac, bits)?,
                 Some(_) => {}
             }
         }
-        for (vid, (&old, &bits)) in st.current.vlans.iter().zip(new.vlans.iter()).enumerate() {
-            if old & !bits != 0 {
+        for (vid, (&was, &bits)) in old.vlans.iter().zip(new.vlans.iter()).enumerate() {
+            if was & !bits != 0 {
                 self.write_vlan(vid, bits)?;
             }
         }
-        st.current = new;
         Ok(())
+    }
+
+    /// Writes `new` whatever the maps hold (after a failed update): new entries first, then
+    /// the masks, then whatever else the `listed` map still has goes.
+    fn rewrite(&self, new: &Encoded, pass_all: DomainMasks) -> Result<(), BpfError> {
+        for (mac, &bits) in &new.listed {
+            self.write_listed(mac, bits)?;
+        }
+        for (vid, &bits) in new.vlans.iter().enumerate() {
+            self.write_vlan(vid, bits)?;
+        }
+        self.write_masks(new.masks.union(&pass_all))?;
+        let stale: Vec<[u8; 6]> = self
+            .listed
+            .keys()
+            .filter_map(|k| k.get(..6).and_then(|m| <[u8; 6]>::try_from(m).ok()))
+            .filter(|m| !new.listed.contains_key(m))
+            .collect();
+        for mac in &stale {
+            self.delete_listed(mac)?;
+        }
+        Ok(())
+    }
+
+    fn delete_listed(&self, mac: &[u8; 6]) -> Result<(), BpfError> {
+        match self.listed.delete(&mac_key(*mac)) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(map_err("listed")(e)),
+            _ => Ok(()),
+        }
     }
 
     fn write_masks(&self, m: DomainMasks) -> Result<(), BpfError> {
@@ -231,10 +280,11 @@ impl BpfDomain {
     /// Removes `mac` from the learned addresses (aged out, or its port went away).
     pub fn forget(&self, mac: MacAddr) -> Result<(), BpfError> {
         let mut st = self.state();
-        if st.learned.remove(&mac.0).is_some() {
+        if st.learned.contains_key(&mac.0) {
             self.learned
                 .delete(&mac_key(mac.0))
                 .map_err(map_err("learned"))?;
+            st.learned.remove(&mac.0);
         }
         Ok(())
     }
@@ -382,5 +432,65 @@ impl BpfDomain {
     /// [`crate::TEST_RUN_MAX_FRAME`] bytes.
     pub fn verdict(&self, frame: &[u8], bit: PortBit) -> Result<bool, BpfError> {
         self.program(bit, 0)?.test_run(frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringswitch_switch::RxState;
+
+    fn bpf_here(test: &str) -> bool {
+        match crate::probe() {
+            Ok(()) => true,
+            Err(why) if std::env::var("CI").as_deref() == Ok("true") => {
+                panic!("{test}: needs BPF, but {why} (CI=true)")
+            }
+            Err(why) => {
+                eprintln!("skipping {test}: {why}");
+                false
+            }
+        }
+    }
+
+    fn station(mac: [u8; 6]) -> RxFilter {
+        RxFilter {
+            promiscuous: false,
+            unicast: RxState::Normal,
+            ..RxFilter::promiscuous(MacAddr(mac))
+        }
+    }
+
+    fn to(mac: [u8; 6]) -> Vec<u8> {
+        let mut f = mac.to_vec();
+        f.resize(60, 0);
+        f
+    }
+
+    #[test]
+    fn an_update_after_a_failed_one_rewrites_every_entry() {
+        if !bpf_here("an_update_after_a_failed_one_rewrites_every_entry") {
+            return;
+        }
+        let (a, b, c) = (
+            [2, 0, 0, 0, 0, 0xa],
+            [2, 0, 0, 0, 0, 0xb],
+            [2, 0, 0, 0, 0, 0xc],
+        );
+        let p = |i| PortBit::new(i).unwrap();
+        let d = BpfDomain::new(4).unwrap();
+        d.update(&[(p(0), &station(a)), (p(1), &station(b))])
+            .unwrap();
+        // As if the last update had stopped anywhere: the shadow no longer says what the
+        // maps hold.
+        d.state().current = Encoded::empty();
+        d.state().out_of_step = true;
+        d.update(&[(p(0), &station(a)), (p(1), &station(c))])
+            .unwrap();
+        assert!(!d.state().out_of_step);
+        assert_eq!(d.listed.keys().count(), 2, "b went, a and c are left");
+        assert!(d.verdict(&to(c), p(0)).unwrap());
+        assert!(!d.verdict(&to(b), p(0)).unwrap());
+        assert!(d.verdict(&to(a), p(1)).unwrap());
     }
 }

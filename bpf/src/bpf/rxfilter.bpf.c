@@ -54,13 +54,14 @@ struct {
 	__type(value, struct domain_masks);
 } masks SEC(".maps");
 
-// MAC -> ports whose filter lists it (LISTED_CAPACITY in maps.rs): for
-// `uni_normal` ports their main MAC and unicast table (unicast addresses only),
-// for `multi_normal` ports their multicast table (multicast addresses only).
-// The kind of the key says which.
+// MAC -> ports whose filter lists it: for `uni_normal` ports their main MAC and
+// unicast table (unicast addresses only), for `multi_normal` ports their
+// multicast table (multicast addresses only). The kind of the key says which.
+// Room for two configurations of LISTED_CAPACITY (maps.rs) each: an update
+// goes through the union of the old and the new.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 64 * 65);
+	__uint(max_entries, 2 * 64 * 65);
 	__type(key, struct mac_key);
 	__type(value, __u64);
 } listed SEC(".maps");
