@@ -189,6 +189,25 @@ fn a_tap_reader_gets_only_what_some_other_port_wants() {
     ];
     assert_eq!(send_round(&frames, &mut tap), expected(&frames));
 
+    // Jumbo frames, longer than a test run takes, are decided alike.
+    common::net::ip(&[
+        "-n",
+        ns.name(),
+        "link",
+        "set",
+        "dev",
+        &ifname,
+        "mtu",
+        "9000",
+    ]);
+    let jumbo = |dst, marker| {
+        let mut f = frame(dst, None, marker);
+        f.resize(9014, 0);
+        f
+    };
+    let frames = vec![(jumbo(GUEST, 1), true), (jumbo(STRANGER, 2), false)];
+    assert_eq!(send_round(&frames, &mut tap), expected(&frames));
+
     // Detached, the tap takes everything again.
     attachment.detach(tap.as_fd()).unwrap();
     let all: Vec<(Vec<u8>, bool)> = round().into_iter().map(|(f, _)| (f, true)).collect();
