@@ -5,7 +5,6 @@
 //! that open ports. Every change reaches running programs at once, with no reload.
 
 use std::collections::HashMap;
-use std::os::fd::BorrowedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use libbpf_rs::{ErrorKind, MapCore, MapFlags, MapHandle};
@@ -13,7 +12,7 @@ use ringswitch_switch::{MacAddr, RxFilter};
 
 use crate::maps::{mac_key, DomainMasks, Encoded};
 use crate::program::{PortProgram, SharedMaps};
-use crate::{sys, BpfError, PortBit};
+use crate::{BpfError, PortBit};
 
 /// The packets a port's program passed and dropped, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -47,55 +46,6 @@ struct State {
     learned_full: bool,
     /// An update failed part-way: the maps may hold anything between two configurations.
     out_of_step: bool,
-}
-
-/// A program attached to a tap or a socket. Dropping it leaves the program attached; the
-/// kernel lets it go with the socket, or with the tap device (which may outlive its fds:
-/// then [`Attachment::detach`] or [`detach_tap`]).
-#[must_use = "the program stays attached; keep this to detach it"]
-#[derive(Debug)]
-pub struct Attachment {
-    target: Target,
-    bit: PortBit,
-    eth_off: u32,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Target {
-    Tap,
-    Socket,
-}
-
-impl Attachment {
-    pub fn bit(&self) -> PortBit {
-        self.bit
-    }
-
-    /// Where the program reads the Ethernet frame in what it is given.
-    pub fn eth_offset(&self) -> u32 {
-        self.eth_off
-    }
-
-    /// Removes the program from `fd`, which must be the tap or socket it was attached to
-    /// (or, for a tap, another fd of the same device).
-    pub fn detach(self, fd: BorrowedFd<'_>) -> Result<(), BpfError> {
-        match self.target {
-            Target::Tap => detach_tap(fd),
-            Target::Socket => sys::socket_set_filter(fd, None).map_err(|source| BpfError::Attach {
-                what: "socket (SO_DETACH_BPF)",
-                source,
-            }),
-        }
-    }
-}
-
-/// Clears whatever filter program the tap behind `tap` runs (one a previous run left on a
-/// persistent tap, say).
-pub fn detach_tap(tap: BorrowedFd<'_>) -> Result<(), BpfError> {
-    sys::tun_set_filter(tap, None).map_err(|source| BpfError::Attach {
-        what: "tap (TUNSETFILTEREBPF -1)",
-        source,
-    })
 }
 
 fn map_err(map: &'static str) -> impl Fn(libbpf_rs::Error) -> BpfError {
@@ -346,7 +296,7 @@ impl BpfDomain {
         self.state().learned_full
     }
 
-    fn program(&self, bit: PortBit, eth_off: u32) -> Result<Arc<PortProgram>, BpfError> {
+    pub(crate) fn program(&self, bit: PortBit, eth_off: u32) -> Result<Arc<PortProgram>, BpfError> {
         let mut progs = self.programs.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = progs.get(&(bit, eth_off)) {
             return Ok(Arc::clone(p));
@@ -361,50 +311,6 @@ impl BpfDomain {
         let p = Arc::new(PortProgram::load(bit, eth_off, Some(&shared), 0)?);
         progs.insert((bit, eth_off), Arc::clone(&p));
         Ok(p)
-    }
-
-    /// Attaches the program of port `bit` to a tap: it runs on every frame the kernel hands
-    /// to the tap's reader (the frame at offset 0).
-    pub fn attach_tap(&self, tap: BorrowedFd<'_>, bit: PortBit) -> Result<Attachment, BpfError> {
-        let prog = self.program(bit, 0)?;
-        sys::tun_set_filter(tap, Some(prog.fd())).map_err(|source| BpfError::Attach {
-            what: "tap (TUNSETFILTEREBPF)",
-            source,
-        })?;
-        Ok(Attachment {
-            target: Target::Tap,
-            bit,
-            eth_off: 0,
-        })
-    }
-
-    /// Attaches the program of port `bit` to a datagram socket whose datagrams carry the
-    /// Ethernet frame at `eth_off`: 8 for UDP (the program sees the UDP header first), 0 for
-    /// a unix datagram socket. Stream sockets are refused: dropping a piece of a stream
-    /// would corrupt it.
-    pub fn attach_socket(
-        &self,
-        sock: BorrowedFd<'_>,
-        bit: PortBit,
-        eth_off: u32,
-    ) -> Result<Attachment, BpfError> {
-        let ty = sys::socket_type(sock).map_err(|source| BpfError::Attach {
-            what: "socket (SO_TYPE)",
-            source,
-        })?;
-        if ty == libc::SOCK_STREAM {
-            return Err(BpfError::StreamSocket);
-        }
-        let prog = self.program(bit, eth_off)?;
-        sys::socket_set_filter(sock, Some(prog.fd())).map_err(|source| BpfError::Attach {
-            what: "socket (SO_ATTACH_BPF)",
-            source,
-        })?;
-        Ok(Attachment {
-            target: Target::Socket,
-            bit,
-            eth_off,
-        })
     }
 
     /// What port `bit`'s programs passed and dropped so far (all its attachments, test runs

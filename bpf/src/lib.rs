@@ -8,6 +8,7 @@
 //! crate never forwards frames and never decides on its own: where it cannot load, the
 //! switch's userspace path alone serves, and nothing here is on that path.
 
+mod attach;
 mod domain;
 mod maps;
 mod program;
@@ -22,7 +23,8 @@ use std::sync::Mutex;
 
 use libbpf_rs::PrintLevel;
 
-pub use domain::{detach_tap, Attachment, BpfDomain, FilterCounts};
+pub use attach::{detach_tap, Attachment};
+pub use domain::{BpfDomain, FilterCounts};
 pub use program::TEST_RUN_MAX_FRAME;
 
 /// A port's place in its domain's masks: bit 0..=63 of a `u64`. A domain with more ports
