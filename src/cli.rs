@@ -120,6 +120,12 @@ struct Raw {
     #[arg(long, value_name = "HOW", default_value = "polled", value_parser = ["polled", "multishot", "reads"])]
     tap_rx: String,
 
+    /// Where rx-filters drop unwanted frames: `auto` (also in the kernel, with an eBPF
+    /// program on each tap and datagram socket port, where BPF can be loaded; said once when
+    /// it cannot) or `off` (in the workers only, on egress).
+    #[arg(long, value_name = "HOW", default_value = "auto", value_parser = ["auto", "off"])]
+    rx_filter_bpf: String,
+
     /// Under load, wait up to this many microseconds for a batch of completions before
     /// handling them (kernel 6.12+); 0 handles each wake-up's completions at once.
     #[arg(long, value_name = "USECS", default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=10_000))]
@@ -271,6 +277,8 @@ pub struct Args {
     pub rx_depth: u32,
     pub rx_multishot: bool,
     pub tap_rx: TapRx,
+    /// Whether to filter in the kernel too (`--rx-filter-bpf auto`).
+    pub rx_filter_bpf: bool,
     pub rx_coalesce_us: u32,
     pub poll: PollMode,
     pub poll_max_us: u32,
@@ -633,6 +641,7 @@ fn validate(raw: Raw, origin: Origin) -> Result<Args, CliExit> {
             "polled" => TapRx::Polled,
             _ => TapRx::Reads,
         },
+        rx_filter_bpf: raw.rx_filter_bpf == "auto",
         rx_coalesce_us: raw.rx_coalesce_us,
         poll: match raw.poll.as_str() {
             "busy" => PollMode::Busy,

@@ -103,6 +103,8 @@ fn run(args: cli::Args, mut notifier: service::Notifier) -> anyhow::Result<()> {
         ControllerConfig {
             max_ports: args.max_ports,
             allow_scripts: args.allow_scripts,
+            rx_filter_bpf: args.rx_filter_bpf,
+            mac_table_size: args.mac_table_size,
         },
     );
     let mut failure = None;
@@ -354,6 +356,7 @@ fn serve(
         }
         ctl.run_timers(Instant::now());
         ctl.apply_followed();
+        ctl.sync_learned(Instant::now());
         server.deliver_events(ctl);
     }
 }

@@ -321,7 +321,8 @@ fn query_ports(ctl: &Controller, name: Option<&str>) -> Result<Value, QmpError> 
             "tx-bytes": s.tx_bytes,
             "drops": s.drops.qmp(),
             // Where the port's rx-filter is enforced: in the workers, on egress.
-            "rx-filter": "userspace",
+            "rx-filter": p.rx_filter_path(),
+            "rx-filter-bpf": ctl.bpf_counts(p),
             "rx-filter-follow": p.follow_status(),
             "offloads": p.offload_names(),
             "io": p.caps().map(|c| json!({

@@ -9,6 +9,7 @@
 //! send. It runs on the control thread only and never touches frames.
 
 mod announcing;
+mod bpf;
 mod connections;
 mod rx_filter;
 mod vde_serve;
@@ -76,6 +77,8 @@ pub struct Port {
     /// The QEMU NIC whose rx-filter the port follows (`rx-filter-qmp=`, `rx-filter-nic=`),
     /// with the serial its updates carry (a port added again gets a new one).
     follower: Option<(u64, crate::follow::Follower)>,
+    /// Its eBPF ingress filter, where one is attached (see `bpf.rs`).
+    bpf: Option<bpf::PortBpf>,
     pub added: Instant,
 }
 
@@ -245,6 +248,10 @@ pub struct WorkerRef {
 pub struct ControllerConfig {
     pub max_ports: usize,
     pub allow_scripts: bool,
+    /// Filter in the kernel too, with the eBPF ingress filter, where it loads.
+    pub rx_filter_bpf: bool,
+    /// The MAC table's capacity (the kernel's learned-address maps are as large).
+    pub mac_table_size: usize,
 }
 
 /// A `hubport` that placed a netdev in a hub.
@@ -274,6 +281,8 @@ pub struct Controller {
     follow_tx: std::sync::mpsc::Sender<(u64, crate::follow::FilterUpdate)>,
     follow_rx: std::sync::mpsc::Receiver<(u64, crate::follow::FilterUpdate)>,
     follow_serial: u64,
+    /// The eBPF ingress filter: off, or one set of maps per domain (see `bpf.rs`).
+    bpf: bpf::BpfState,
 }
 
 fn port_error(spec: &NetdevSpec, e: impl std::fmt::Display) -> QmpError {
@@ -285,6 +294,7 @@ impl Controller {
     pub fn new(workers: Vec<WorkerRef>, config: ControllerConfig) -> Self {
         assert!(!workers.is_empty(), "a switch needs a worker");
         let (follow_tx, follow_rx) = std::sync::mpsc::channel();
+        let bpf = bpf::BpfState::new(config.rx_filter_bpf, config.mac_table_size);
         Controller {
             hubports: Vec::new(),
             workers,
@@ -299,6 +309,7 @@ impl Controller {
             follow_tx,
             follow_rx,
             follow_serial: 0,
+            bpf,
         }
     }
 
@@ -350,6 +361,9 @@ impl Controller {
                 QmpError::generic(format!("switch did not apply the change: {} {e}", w.id))
             })?;
         }
+        // The kernel-side filter follows (after the workers: a port the kernel newly
+        // passes frames for is served by then).
+        self.sync_bpf();
         Ok(())
     }
 
@@ -504,6 +518,7 @@ impl Controller {
             rx_filter,
             rx_filter_event: OneShot::default(),
             follower,
+            bpf: None,
             added: Instant::now(),
         };
         port.refresh_entry()?;
