@@ -631,8 +631,8 @@ fn unit_file_says_what_the_switch_does_and_grants_only_cap_net_admin() {
         c.sort();
         c
     };
-    assert_eq!(caps("AmbientCapabilities"), ["CAP_NET_ADMIN"]);
-    assert_eq!(caps("CapabilityBoundingSet"), ["CAP_NET_ADMIN"]);
+    assert_eq!(caps("AmbientCapabilities"), ["CAP_BPF", "CAP_NET_ADMIN"]);
+    assert_eq!(caps("CapabilityBoundingSet"), ["CAP_BPF", "CAP_NET_ADMIN"]);
     for (k, v) in [
         ("NoNewPrivileges", "yes"),
         ("ProtectSystem", "strict"),
@@ -643,7 +643,7 @@ fn unit_file_says_what_the_switch_does_and_grants_only_cap_net_admin() {
         ("Restart", "on-failure"),
         ("KillMode", "mixed"),
         ("KillSignal", "SIGTERM"),
-        ("SystemCallFilter", "@system-service"),
+        ("SystemCallFilter", "@system-service bpf"),
         ("DevicePolicy", "closed"),
         ("DeviceAllow", "/dev/net/tun rw"),
     ] {

@@ -5,7 +5,7 @@
 //! from the control loop when the MAC table changed). Each tap and datagram socket port
 //! gets the program of its bit attached (`TUNSETFILTEREBPF`, `SO_ATTACH_BPF`), which drops
 //! a frame in the kernel when no other port of its domain would accept it. Other ports
-//! (streams, vhost-user, user, l2tpv3) keep their bit, since they accept frames, but are
+//! (streams, vhost-user, user, l2tpv3, multicast sockets) keep their bit, since they accept frames, but are
 //! served in userspace alone. A domain of more than 64 ports is served in userspace alone;
 //! where BPF cannot be loaded the switch says so once and the workers' egress check is all.
 
