@@ -79,9 +79,10 @@ fn the_kernel_program_decides_as_ingress_pass() {
         tally[0],
         start.elapsed()
     );
-    // The generator must keep both outcomes common, or the comparison proves little.
+    // The generator must keep both outcomes common (one in 20 at least: thousands of each
+    // per run), or the comparison proves little.
     assert!(
-        tally[0] * 10 > verdicts && tally[1] * 10 > verdicts,
+        tally[0] * 20 > verdicts && tally[1] * 20 > verdicts,
         "{tally:?}"
     );
 }

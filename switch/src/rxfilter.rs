@@ -211,14 +211,16 @@ impl RxFilter {
 /// The kernel-side decision, in userspace: whether a frame that arrived on one port is
 /// wanted by anyone else in its domain. `others` are the filters of the domain's other ports;
 /// `learned_elsewhere` says whether the destination was learned on one of those ports.
-/// Broadcast always passes (the switch floods it and counts what each port refuses).
+/// Broadcast always passes (the switch floods it and counts what each port refuses), and so
+/// does a frame shorter than an Ethernet header: the switch counts it as a `runt`, so bad
+/// input is seen where it is counted, not lost in the kernel.
 pub fn ingress_pass<'a>(
     frame: &[u8],
     learned_elsewhere: bool,
     others: impl IntoIterator<Item = &'a RxFilter>,
 ) -> bool {
-    if frame.len() < 6 {
-        return false;
+    if frame.len() < crate::ethernet::HEADER_LEN {
+        return true;
     }
     if frame[..6] == MacAddr::BROADCAST.0 || learned_elsewhere {
         return true;
@@ -330,7 +332,9 @@ mod tests {
         assert!(!ingress_pass(&other, false, [&guest]));
         assert!(ingress_pass(&other, true, [&guest]));
         assert!(!ingress_pass(&other, false, []));
-        assert!(!ingress_pass(&[0xff; 5], true, [&guest]));
+        // Runts reach the switch, which counts them.
+        assert!(ingress_pass(&[0x02; 5], false, []));
+        assert!(ingress_pass(&[0x02; 13], false, [&guest]));
     }
 
     #[test]

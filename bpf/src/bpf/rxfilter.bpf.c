@@ -109,11 +109,10 @@ static __always_inline int wanted(struct __sk_buff *skb, __u32 off, __u64 self)
 	__u64 others, vlan_ok = ~0ULL, kind_ok, *hit;
 	struct domain_masks *m;
 
-	if (skb->len < off)
-		return 0;
+	// Shorter than an Ethernet header: the switch reads it and counts it (a runt).
+	if (skb->len < off + 14)
+		return 1;
 	len = skb->len - off;
-	if (len < 6)
-		return 0;
 	if (bpf_skb_load_bytes(skb, off, dst.addr, 6) < 0)
 		return 0;
 	if (is_broadcast(&dst))
@@ -156,7 +155,6 @@ SEC("socket")
 int rxfilter(struct __sk_buff *skb)
 {
 	__u32 index = conf.index & 63;
-	__u32 len = skb->len;
 	int pass = wanted(skb, conf.eth_off, 1ULL << index);
 	struct counts *c = bpf_map_lookup_elem(&counters, &index);
 
@@ -166,8 +164,9 @@ int rxfilter(struct __sk_buff *skb)
 		else
 			c->dropped++;
 	}
-	// Passing keeps the whole skb; 0 drops it.
-	return pass ? len : 0;
+	// 0 drops; anything else keeps that many bytes, so the largest value keeps the whole
+	// skb (its length would not do for an empty one, which reaches the switch as a runt).
+	return pass ? 0xffffffff : 0;
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
