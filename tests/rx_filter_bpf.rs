@@ -118,9 +118,14 @@ fn run(bpf: bool) {
     let a = PacketSocket::open(&ha.ns, &ha.ifname, false).expect("socket on a");
     let b = PacketSocket::open(&hb.ns, &hb.ifname, true).expect("capture on b");
     let mut q = Qmp::connect(&sock);
-    let path = if bpf { "bpf" } else { "userspace" };
+    // Every port promiscuous (the default): nothing to drop, no program attached.
     for id in ["a", "b", "u"] {
-        assert_eq!(q.port(id)["rx-filter"], path, "port {id}: {}", q.port(id));
+        assert_eq!(
+            q.port(id)["rx-filter"],
+            "userspace",
+            "port {id}: {}",
+            q.port(id)
+        );
     }
     // u's peer is promiscuous by default: make a and u take nothing but broadcast, so b's
     // filter alone decides what the kernel may pass.
@@ -132,6 +137,10 @@ fn run(bpf: bool) {
     }
     let r = q.execute_with("set-rx-filter", station("b", hb.mac));
     assert_eq!(r["return"], json!({}), "{r}");
+    let path = if bpf { "bpf" } else { "userspace" };
+    for id in ["a", "b", "u"] {
+        assert_eq!(q.port(id)["rx-filter"], path, "port {id}: {}", q.port(id));
+    }
 
     // From the tap a.
     let (a0, b0) = (counts(&mut q, "a"), counts(&mut q, "b"));
@@ -214,8 +223,11 @@ fn run(bpf: bool) {
         (3 * ROUNDS, 2 * ROUNDS),
         "b promiscuous"
     );
-    assert_eq!(a1.bpf_dropped, a0.bpf_dropped);
     assert_eq!(a1.rx - a0.rx, 5 * ROUNDS);
+    // a's neighbour b takes everything now: a's program is taken off (u's too, b being its
+    // neighbour as well); b's stays (its neighbours a and u still filter).
+    assert_eq!(q.port("a")["rx-filter"], "userspace");
+    assert_eq!(q.port("b")["rx-filter"], path);
     let after = q.port("a");
     assert_eq!(after["index"], before["index"], "port a was not restarted");
     drop(q);

@@ -4,7 +4,8 @@
 //! change: `sync_bpf`, from `publish`) and the addresses learned on them (`sync_learned`,
 //! from the control loop when the MAC table changed). Each tap and datagram socket port
 //! gets the program of its bit attached (`TUNSETFILTEREBPF`, `SO_ATTACH_BPF`), which drops
-//! a frame in the kernel when no other port of its domain would accept it. Other ports
+//! a frame in the kernel when no other port of its domain would accept it — attached only
+//! where that can happen: a port with a promiscuous neighbour keeps none. Other ports
 //! (streams, vhost-user, user, l2tpv3, multicast sockets) keep their bit, since they accept frames, but are
 //! served in userspace alone. A domain of more than 64 ports is served in userspace alone;
 //! where BPF cannot be loaded the switch says so once and the workers' egress check is all.
@@ -195,10 +196,17 @@ impl Controller {
             if let Err(e) = dom.maps.update(&list) {
                 eprintln!("ringswitch: hub {}: the eBPF filter's maps: {e}", d.0);
             }
+            // A port with a promiscuous neighbour can have nothing dropped: no program runs on
+            // it (a hub of promiscuous ports, the default, costs the kernel nothing).
+            let promiscuous = idx
+                .iter()
+                .filter(|&&i| ports[i].rx_filter.accepts_all())
+                .count();
             for &i in idx {
                 let bit = dom.bits[&ports[i].index];
                 let p = &mut ports[i];
-                let (Some(t), Some(conn)) = (target(p), p.opened.conn()) else {
+                let useful = promiscuous - usize::from(p.rx_filter.accepts_all()) == 0;
+                let (Some(t), Some(conn), true) = (target(p), p.opened.conn(), useful) else {
                     p.bpf = None;
                     continue;
                 };
