@@ -251,7 +251,9 @@ impl Controller {
     /// counts as accepted by its port), when the workers learned something since the last
     /// look (at most every 100 ms) and every 2 s anyway (stations age out silently).
     pub fn sync_learned(&mut self, now: Instant) {
-        if !self.bpf.enabled || self.bpf.domains.is_empty() {
+        // Only ports with a program need the learned stations (and asking a worker for its
+        // table every 2 s would wake an idle one for nothing).
+        if !self.bpf.enabled || !self.ports.iter().any(|p| p.bpf.is_some()) {
             return;
         }
         let learned: u64 = self
