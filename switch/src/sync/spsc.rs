@@ -73,9 +73,10 @@ impl<T: Copy> Spsc<T> {
         Ok(())
     }
 
-    /// Consumer side: takes the oldest item, if any.
+    /// Consumer side: the index of the oldest item, if there is one. The slot at it was
+    /// written before the producer's release store of `tail`, acquired here or earlier.
     #[inline]
-    pub fn pop(&self) -> Option<T> {
+    fn oldest(&self) -> Option<usize> {
         let head = self.head.0.load(Ordering::Relaxed);
         let mut tail = self.tail_cache.0.load(Ordering::Relaxed);
         if head == tail {
@@ -85,9 +86,16 @@ impl<T: Copy> Spsc<T> {
                 return None;
             }
         }
-        // SAFETY: `head` is inside `head..tail`: the producer wrote the slot before its
-        // release store of `tail`, acquired above or earlier, and will not write it again
-        // before the release store of `head` below gives it back.
+        Some(head)
+    }
+
+    /// Consumer side: takes the oldest item, if any.
+    #[inline]
+    pub fn pop(&self) -> Option<T> {
+        let head = self.oldest()?;
+        // SAFETY: `head` is inside `head..tail` (`oldest`): the producer wrote the slot
+        // before its release store of `tail`, and will not write it again before the
+        // release store of `head` below gives it back.
         let v = unsafe { self.slots[head & self.mask].read() };
         self.head.0.store(head.wrapping_add(1), Ordering::Release);
         Some(v)
@@ -99,19 +107,11 @@ impl<T: Copy> Spsc<T> {
     where
         T: Copy,
     {
-        let head = self.head.0.load(Ordering::Relaxed);
-        let mut tail = self.tail_cache.0.load(Ordering::Relaxed);
-        if head == tail {
-            tail = self.tail.0.load(Ordering::Acquire);
-            self.tail_cache.0.store(tail, Ordering::Relaxed);
-            if head == tail {
-                return None;
-            }
-        }
+        let head = self.oldest()?;
         // SAFETY: as in `pop`: the slot at `head` was written before the release store of
-        // `tail` acquired above or earlier, and the producer cannot write it again before
-        // `head` moves past it, which only `pop` (this same consumer) does. `T: Copy`, so
-        // reading it leaves the slot's value valid for that `pop`.
+        // `tail` (`oldest`), and the producer cannot write it again before `head` moves past
+        // it, which only `pop` (this same consumer) does. `T: Copy`, so reading it leaves the
+        // slot's value valid for that `pop`.
         Some(unsafe { self.slots[head & self.mask].read() })
     }
 
