@@ -335,6 +335,40 @@ fn udp_frame(flow: u16, seq: u16) -> Vec<u8> {
     f
 }
 
+/// Gives both receive rings room for every frame, sends 8 flows of 2 UDP frames each from the
+/// peer and waits until all 16 are on the rings.
+fn flows_to_both_receive_rings(s: &Setup, g: &mut Guest) {
+    for q in [RXQ, 2] {
+        for k in 0..16u64 {
+            g.add_chain(q, &[(RX_BUFS + (q as u64 * 16 + k) * 0x1000, 2048, true)]);
+        }
+    }
+    let sw_end = s.dir.join("sw.sock");
+    for seq in 0..2 {
+        for flow in 0..8 {
+            s.peer.send_to(&udp_frame(flow, seq), &sw_end).unwrap();
+        }
+    }
+    wait_for("16 frames on the receive rings", || {
+        g.used_idx(RXQ) + g.used_idx(2) == 16
+    });
+}
+
+/// The (flow, sequence number) of each frame on receive ring `q`, in ring order.
+fn received_flows(g: &Guest, q: usize) -> Vec<(u16, u16)> {
+    (0..g.used_idx(q))
+        .map(|k| {
+            let (head, len) = (g.used_head(q, k), g.used_len(q, k));
+            assert_eq!(len, 12 + 60);
+            let mut got = vec![0u8; 72];
+            let at = RX_BUFS + (q as u64 * 16 + u64::from(head)) * 0x1000;
+            g.mem.read_slice(&mut got, GuestAddress(at)).unwrap();
+            let flow = u16::from_be_bytes([got[12 + 34], got[12 + 35]]) - 1000;
+            (flow, u16::from_be_bytes([got[12 + 42], got[12 + 43]]))
+        })
+        .collect()
+}
+
 #[test]
 fn a_multiqueue_frontend_is_served_on_every_queue_pair_with_each_flow_on_one_ring() {
     // One worker serves both pairs and spreads flows over both receive rings (with several
@@ -371,31 +405,11 @@ fn a_multiqueue_frontend_is_served_on_every_queue_pair_with_each_flow_on_one_rin
     });
     // Room on both receive rings (for every frame, wherever they go), then 8 flows of 2
     // frames each from the peer.
-    for q in [RXQ, 2] {
-        for k in 0..16u64 {
-            g.add_chain(q, &[(RX_BUFS + (q as u64 * 16 + k) * 0x1000, 2048, true)]);
-        }
-    }
-    let sw_end = s.dir.join("sw.sock");
-    for seq in 0..2 {
-        for flow in 0..8 {
-            s.peer.send_to(&udp_frame(flow, seq), &sw_end).unwrap();
-        }
-    }
-    wait_for("16 frames on the receive rings", || {
-        g.used_idx(RXQ) + g.used_idx(2) == 16
-    });
+    flows_to_both_receive_rings(&s, &mut g);
     let mut ring_of = std::collections::HashMap::new();
     for q in [RXQ, 2] {
         let mut last = std::collections::HashMap::new();
-        for k in 0..g.used_idx(q) {
-            let (head, len) = (g.used_head(q, k), g.used_len(q, k));
-            assert_eq!(len, 12 + 60);
-            let mut got = vec![0u8; 72];
-            let at = RX_BUFS + (q as u64 * 16 + u64::from(head)) * 0x1000;
-            g.mem.read_slice(&mut got, GuestAddress(at)).unwrap();
-            let flow = u16::from_be_bytes([got[12 + 34], got[12 + 35]]) - 1000;
-            let seq = u16::from_be_bytes([got[12 + 42], got[12 + 43]]);
+        for (flow, seq) in received_flows(&g, q) {
             assert_eq!(
                 *ring_of.entry(flow).or_insert(q),
                 q,
@@ -438,20 +452,7 @@ fn a_multiqueue_frontend_is_spread_over_two_workers_each_sending_on_its_own_pair
     wait_for("both transmit rings' used entries", || {
         g.used_idx(TXQ) == 3 && g.used_idx(3) == 3
     });
-    for q in [RXQ, 2] {
-        for k in 0..16u64 {
-            g.add_chain(q, &[(RX_BUFS + (q as u64 * 16 + k) * 0x1000, 2048, true)]);
-        }
-    }
-    let sw_end = s.dir.join("sw.sock");
-    for seq in 0..2 {
-        for flow in 0..8 {
-            s.peer.send_to(&udp_frame(flow, seq), &sw_end).unwrap();
-        }
-    }
-    wait_for("16 frames on the receive rings", || {
-        g.used_idx(RXQ) + g.used_idx(2) == 16
-    });
+    flows_to_both_receive_rings(&s, &mut g);
     let used: Vec<usize> = [RXQ, 2]
         .into_iter()
         .filter(|&q| g.used_idx(q) > 0)
@@ -461,15 +462,8 @@ fn a_multiqueue_frontend_is_spread_over_two_workers_each_sending_on_its_own_pair
         1,
         "frames from one worker on both rings: {used:?}"
     );
-    let q = used[0];
     let mut last = std::collections::HashMap::new();
-    for k in 0..16 {
-        let head = g.used_head(q, k);
-        let mut got = vec![0u8; 72];
-        let at = RX_BUFS + (q as u64 * 16 + u64::from(head)) * 0x1000;
-        g.mem.read_slice(&mut got, GuestAddress(at)).unwrap();
-        let flow = u16::from_be_bytes([got[12 + 34], got[12 + 35]]) - 1000;
-        let seq = u16::from_be_bytes([got[12 + 42], got[12 + 43]]);
+    for (flow, seq) in received_flows(&g, used[0]) {
         let prev = last.insert(flow, seq);
         assert_eq!(prev.map_or(0, |p| p + 1), seq, "flow {flow} out of order");
     }
