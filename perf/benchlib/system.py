@@ -85,6 +85,22 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_seconds_precise(pid):
+    """CPU seconds of the live threads of `pid`, from each thread's schedstat: the scheduler's
+    own nanosecond runtime. `cpu_seconds` reads utime/stime, which the tick samples (HZ times
+    a second) and so misjudges a process that wakes briefly many times between ticks; use this
+    one to compare per-frame costs of such a process. Threads that already exited are not
+    counted."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1e9
+
+
 def cpu_seconds_all(pids):
     """CPU seconds of every process in `pids` together (a switch may be several)."""
     return sum(cpu_seconds(p) for p in pids)
