@@ -442,15 +442,11 @@ pub fn served_vde(c: crate::vde_serve::ServedClient) -> Result<OpenedPort, OpenE
 }
 
 /// A user port: libslirp on its thread, and the worker's end of the socket pair served as a
-/// unix `dgram` port's socket.
+/// `vnet_hdr` tap's descriptor: frames cross with virtio-net headers, so a station's TSO
+/// segment crosses whole and libslirp's TCP segments cross joined.
 fn open_user(name: &str, o: &crate::user::UserOptions) -> Result<OpenedPort, OpenError> {
     let (service, fd) = crate::user::Service::start(name, o).map_err(OpenError::User)?;
-    let mut p = fixed(
-        fd,
-        None,
-        datagram_port(false),
-        Some(format!("slirp {}", o.host)),
-    );
+    let mut p = fixed(fd, None, tap_port(true), Some(format!("slirp {}", o.host)));
     p.user = Some(service);
     Ok(p)
 }

@@ -207,6 +207,7 @@ pub fn dispatch(ctl: &mut Controller, req: &Request) -> Result<Value, QmpError> 
                     "connections": u.info(),
                     "to-slirp": load(&c.to_slirp),
                     "to-slirp-joined": load(&c.to_slirp_joined),
+                    "from-slirp-joined": load(&c.from_slirp_joined),
                     "from-slirp": load(&c.from_slirp),
                     "from-slirp-dropped": load(&c.from_slirp_dropped),
                     "guest-errors": load(&c.guest_errors),

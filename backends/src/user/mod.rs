@@ -9,6 +9,7 @@ mod ffi;
 mod gro;
 pub mod hostfwd;
 mod options;
+mod outbox;
 mod service;
 mod slirp;
 

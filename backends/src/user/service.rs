@@ -1,9 +1,10 @@
 //! `Service`: a user port's libslirp on a thread of its own. libslirp is not thread-safe and
 //! wants its own poll loop and timers, so one thread per port owns the `Stack` and runs that
 //! loop: it polls libslirp's sockets, its end of the port's data socket pair and a wake-up
-//! eventfd for commands. The worker serves the other end of the pair as an ordinary unix
-//! datagram port, so frames cross between the two as datagrams and neither ever waits for
-//! the other (a full socket drops a frame, counted; TCP inside libslirp sends it again).
+//! eventfd for commands. The worker serves the other end of the pair as it serves a
+//! `vnet_hdr` tap: frames cross between the two as datagrams, each behind a virtio-net
+//! header (so libslirp's TCP segments can cross joined, as one GSO frame: `outbox`), and
+//! neither ever waits for the other (a full socket drops a frame, counted; TCP inside libslirp sends it again).
 //! Commands (`hostfwd-add`/`-remove`, stop) come over a channel and are answered there.
 //! Dropping the Service stops the thread, which frees libslirp, its sockets and the pair.
 
@@ -11,6 +12,8 @@ use super::gro::Gro;
 use super::hostfwd::{HostFwd, HostFwdKey};
 use super::options::UserOptions;
 use super::slirp::{Stack, StackCounters};
+use ringswitch_switch::gso::{complete_checksum, Segmenter};
+use ringswitch_switch::Offload;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -27,6 +30,8 @@ const PAIR_BUFFER: libc::c_int = 4 << 20;
 const MAX_WAIT_MS: u32 = 1000;
 /// The largest frame that crosses the pair (the switch's frame limit).
 const MAX_FRAME: usize = 65536;
+/// A datagram on the pair: a virtio-net header, then the frame.
+const SLOT: usize = Offload::WIRE_LEN + MAX_FRAME;
 
 enum Cmd {
     AddHostFwd(String, HostFwd, Sender<Result<(), String>>),
@@ -215,7 +220,8 @@ fn run(
         return;
     }
     let _ = ready.send(Ok(()));
-    let mut rx_buf = vec![0u8; RX_BATCH * MAX_FRAME];
+    let mut rx_buf = vec![0u8; RX_BATCH * SLOT];
+    let mut piece = vec![0u8; MAX_FRAME];
     let mut gro = Gro::default();
     let mut fds: Vec<libc::pollfd> = Vec::with_capacity(64);
     loop {
@@ -270,7 +276,7 @@ fn run(
             }
         }
         if fds[1].revents != 0 {
-            take_frames(&data, &mut rx_buf, &mut gro, &mut stack);
+            take_frames(&data, &mut rx_buf, &mut piece, &mut gro, &mut stack);
         }
         stack.poll(&fds, 2, error);
         stack.flush();
@@ -279,15 +285,15 @@ fn run(
 
 /// Takes what the switch sent (at most RX_BUDGET frames, RX_BATCH per `recvmmsg`), joins runs
 /// of TCP segments (`gro`), hands it all to libslirp and sends what libslirp answered.
-fn take_frames(data: &OwnedFd, buf: &mut [u8], gro: &mut Gro, stack: &mut Stack) {
+fn take_frames(data: &OwnedFd, buf: &mut [u8], piece: &mut [u8], gro: &mut Gro, stack: &mut Stack) {
     let mut taken = 0;
     let mut input = |f: &[u8]| stack.input(f);
     while taken < RX_BUDGET {
         let base = buf.as_mut_ptr();
         let mut iov: [libc::iovec; RX_BATCH] = std::array::from_fn(|i| libc::iovec {
-            // SAFETY: `buf` holds RX_BATCH slots of MAX_FRAME bytes; slot i starts in it.
-            iov_base: unsafe { base.add(i * MAX_FRAME) }.cast(),
-            iov_len: MAX_FRAME,
+            // SAFETY: `buf` holds RX_BATCH slots of SLOT bytes; slot i starts in it.
+            iov_base: unsafe { base.add(i * SLOT) }.cast(),
+            iov_len: SLOT,
         });
         let mut hdrs: [libc::mmsghdr; RX_BATCH] = std::array::from_fn(|i| {
             // SAFETY: an all-zero mmsghdr is valid (null pointers, zero lengths).
@@ -312,8 +318,14 @@ fn take_frames(data: &OwnedFd, buf: &mut [u8], gro: &mut Gro, stack: &mut Stack)
         }
         let n = r as usize;
         for (i, h) in hdrs.iter().enumerate().take(n) {
-            let len = (h.msg_len as usize).min(MAX_FRAME);
-            gro.push(&buf[i * MAX_FRAME..i * MAX_FRAME + len], &mut input);
+            let len = (h.msg_len as usize).min(SLOT);
+            let d = &mut buf[i * SLOT..i * SLOT + len];
+            if len < Offload::WIRE_LEN {
+                continue;
+            }
+            let (hdr, frame) = d.split_at_mut(Offload::WIRE_LEN);
+            let o = Offload::parse(&(*hdr).try_into().expect("a header's length"));
+            take_one(frame, &o, piece, gro, &mut input);
         }
         taken += n;
         if n < RX_BATCH {
@@ -324,6 +336,41 @@ fn take_frames(data: &OwnedFd, buf: &mut [u8], gro: &mut Gro, stack: &mut Stack)
     let joined = std::mem::take(&mut gro.joined);
     stack.count_joined(joined);
     stack.flush();
+}
+
+/// One frame from the switch, behind its header `o`, to `gro`. The port takes offloads, so a
+/// station's TSO segment comes whole: a TCP/IPv4 one (its IP length the whole datagram's, as
+/// Linux and virtio senders write it) has its checksum completed and goes to libslirp as one
+/// datagram, as a run `gro` joined would; other GSO frames are cut here (`Segmenter`), and a
+/// frame with a partial checksum has it completed. A frame whose header does not fit it is
+/// dropped.
+pub(super) fn take_one(
+    frame: &mut [u8],
+    o: &Offload,
+    piece: &mut [u8],
+    gro: &mut Gro,
+    input: &mut impl FnMut(&[u8]),
+) {
+    let gso = o.gso_type & !Offload::GSO_ECN;
+    if o.is_plain() {
+        gro.push(frame, input);
+    } else if gso == Offload::GSO_NONE || (gso == Offload::GSO_TCPV4 && whole_ipv4(frame)) {
+        if complete_checksum(frame, o).is_ok() {
+            gro.push(frame, input);
+        }
+    } else if let Ok(s) = Segmenter::new(frame, o, MAX_FRAME) {
+        for i in 0..s.count() {
+            let n = s.write(frame, i, piece);
+            gro.push(&piece[..n], input);
+        }
+    }
+}
+
+/// Whether `f` is an IPv4 datagram (no VLAN tag) whose total length is the frame's rest.
+fn whole_ipv4(f: &[u8]) -> bool {
+    f.len() > 34
+        && f[12..14] == [0x08, 0x00]
+        && usize::from(u16::from_be_bytes([f[16], f[17]])) + 14 == f.len()
 }
 
 #[cfg(test)]
@@ -386,17 +433,19 @@ mod tests {
     #[test]
     fn the_stack_answers_arp_for_its_gateway_through_the_pair() {
         let (svc, fd) = Service::start("t", &opts("user,id=t")).unwrap();
-        // An ARP request for 10.0.2.2 from 52:54:00:12:34:56 / 10.0.2.15.
-        let mut f = vec![0xffu8; 6];
+        // An ARP request for 10.0.2.2 from 52:54:00:12:34:56 / 10.0.2.15, behind an
+        // all-zero virtio-net header.
+        let mut f = vec![0u8; Offload::WIRE_LEN];
+        f.extend([0xffu8; 6]);
         f.extend([
             0x52, 0x54, 0, 0x12, 0x34, 0x56, 0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1,
         ]);
         f.extend([0x52, 0x54, 0, 0x12, 0x34, 0x56, 10, 0, 2, 15]);
         f.extend([0, 0, 0, 0, 0, 0, 10, 0, 2, 2]);
-        f.resize(60, 0);
+        f.resize(Offload::WIRE_LEN + 60, 0);
         // SAFETY: `f` is f.len() readable bytes; `fd` is the open worker end of the pair.
         let sent = unsafe { libc::send(fd.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
-        assert_eq!(sent, 60);
+        assert_eq!(sent, 72);
         let mut pfd = libc::pollfd {
             fd: fd.as_raw_fd(),
             events: libc::POLLIN,
@@ -407,7 +456,9 @@ mod tests {
         let mut buf = [0u8; 1600];
         // SAFETY: `buf` has buf.len() writable bytes.
         let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        assert!(n >= 42, "{n}");
+        assert!(n >= 12 + 42, "{n}");
+        assert_eq!(&buf[..12], &[0; 12], "a plain frame's header");
+        let buf = &buf[12..];
         assert_eq!(&buf[12..14], &[0x08, 0x06]);
         assert_eq!(&buf[20..22], &[0, 2], "an ARP reply");
         assert_eq!(&buf[28..32], &[10, 0, 2, 2]);

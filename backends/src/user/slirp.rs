@@ -1,7 +1,8 @@
 //! `Stack`: one libslirp instance, safely. It owns the `Slirp*`, the callback state libslirp
 //! points back into, and the timers libslirp asked for; it sends the frames libslirp emits
 //! into the data socket it was given, gathered and sent together (one `sendmmsg` per
-//! `flush`, or per `OUT_FRAMES` frames) and never blocking: a frame the socket cannot take
+//! `flush`, or per `OUT_FRAMES` frames; runs of TCP segments joined into GSO frames, each
+//! frame behind a virtio-net header: `outbox`) and never blocking: a frame the socket cannot take
 //! now is dropped and counted, and TCP inside libslirp sends it again. libslirp is not
 //! thread-safe: a `Stack` is neither `Send` nor `Sync` (it holds raw pointers), so it lives
 //! and dies on the thread that made it.
@@ -9,6 +10,7 @@
 use super::ffi;
 use super::hostfwd::{GuestFwd, HostFwd, HostFwdKey};
 use super::options::UserOptions;
+use super::outbox::Outbox;
 use libc::{c_char, c_int, c_void};
 use std::ffi::{CStr, CString};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
@@ -18,9 +20,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// The smallest Ethernet frame without its FCS: libslirp emits shorter ARP replies, which
-/// are padded as QEMU pads them for its NICs.
-const ETH_ZLEN: usize = 60;
 /// Most frames gathered before they are sent (one `sendmmsg`).
 const OUT_FRAMES: usize = 64;
 
@@ -32,8 +31,12 @@ pub struct StackCounters {
     pub to_slirp: AtomicU64,
     /// TCP segments from the switch that joined the one before them on the way in (`gro`).
     pub to_slirp_joined: AtomicU64,
-    /// Frames libslirp emitted and the data socket took.
+    /// Frames libslirp emitted and the data socket took (a run of TCP segments joined as one
+    /// counts once).
     pub from_slirp: AtomicU64,
+    /// TCP segments libslirp emitted that joined the one before them on the way out
+    /// (`outbox`), and the data socket took.
+    pub from_slirp_joined: AtomicU64,
     /// Frames libslirp emitted that the data socket could not take then (dropped).
     pub from_slirp_dropped: AtomicU64,
     /// Misbehaviour libslirp reported of the stations (`guest_error`).
@@ -45,66 +48,6 @@ struct Timer {
     id: c_int,
     cb_opaque: *mut c_void,
     expire_ms: Option<i64>,
-}
-
-/// Frames libslirp emitted and not yet sent: their bytes one after another, and where each
-/// ends.
-#[derive(Default)]
-struct Outbox {
-    bytes: Vec<u8>,
-    ends: Vec<usize>,
-}
-
-impl Outbox {
-    /// Sends every frame gathered to `fd` without blocking, as few `sendmmsg` calls as the
-    /// socket allows; what it does not take now is dropped. Returns (sent, dropped).
-    fn send(&mut self, fd: RawFd) -> (u64, u64) {
-        let n = self.ends.len();
-        if n == 0 {
-            return (0, 0);
-        }
-        let base = self.bytes.as_mut_ptr();
-        let mut iov: Vec<libc::iovec> = Vec::with_capacity(n);
-        let mut start = 0;
-        for &end in &self.ends {
-            iov.push(libc::iovec {
-                // SAFETY: `start` is within `bytes` (the frames lie end to end in it).
-                iov_base: unsafe { base.add(start) }.cast(),
-                iov_len: end - start,
-            });
-            start = end;
-        }
-        let mut hdrs: Vec<libc::mmsghdr> = iov
-            .iter_mut()
-            .map(|v| {
-                // SAFETY: an all-zero mmsghdr is valid (null pointers, zero lengths).
-                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                h.msg_hdr.msg_iov = v;
-                h.msg_hdr.msg_iovlen = 1;
-                h
-            })
-            .collect();
-        let mut done = 0;
-        while done < n {
-            // SAFETY: `hdrs[done..]` are n - done valid headers whose iovecs point into
-            // `bytes`, all live for the call; `fd` is the open data socket.
-            let r = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    hdrs[done..].as_mut_ptr(),
-                    (n - done) as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if r <= 0 {
-                break;
-            }
-            done += r as usize;
-        }
-        self.bytes.clear();
-        self.ends.clear();
-        (done as u64, (n - done) as u64)
-    }
 }
 
 /// What libslirp's callbacks reach through their `opaque` pointer.
@@ -123,9 +66,14 @@ impl State {
     }
 
     fn flush(&mut self) {
-        let (sent, dropped) = self.out.send(self.data);
+        let (sent, dropped, joined) = self.out.send(self.data);
         if sent > 0 {
             self.counters.from_slirp.fetch_add(sent, Ordering::Relaxed);
+        }
+        if joined > 0 {
+            self.counters
+                .from_slirp_joined
+                .fetch_add(joined, Ordering::Relaxed);
         }
         if dropped > 0 {
             self.counters
@@ -180,13 +128,8 @@ unsafe extern "C" fn send_packet(buf: *const c_void, len: usize, opaque: *mut c_
     let st = unsafe { state(opaque) };
     // SAFETY: libslirp's frame is `len` readable bytes for the call.
     let frame = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) };
-    st.out.bytes.extend_from_slice(frame);
-    if len < ETH_ZLEN {
-        let padded = st.out.bytes.len() + ETH_ZLEN - len;
-        st.out.bytes.resize(padded, 0);
-    }
-    st.out.ends.push(st.out.bytes.len());
-    if st.out.ends.len() >= OUT_FRAMES {
+    st.out.push(frame);
+    if st.out.len() >= OUT_FRAMES {
         st.flush();
     }
     // Gathered, then sent or dropped, the frame is done with: TCP inside libslirp recovers a

@@ -20,8 +20,9 @@ use crate::sys::uring::{Completion, FileRef, Ring, RxBuf};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-/// A tap port. Also serves any descriptor that carries one frame per read and per write and
-/// is not a socket.
+/// A tap port. Also serves any descriptor that carries one frame per read and per write, with
+/// or without a virtio-net header: a user port's end of its socket pair is served as a
+/// `vnet_hdr` tap.
 pub struct TapPort {
     fd: OwnedFd,
     name: String,
