@@ -1,5 +1,6 @@
 //! `TxQueues`: one worker's fixed-capacity transmit queues, one per port, the list of ports
-//! that have something queued, and the tally of drops charged to egress ports while queueing.
+//! that have something queued, the tally of drops charged to egress ports while queueing,
+//! and the ports whose full queue refused a frame (backed up: see the worker's `pace.rs`).
 //!
 //! A queued `Frame` holds one reference to its buffer; it passes to the port when the port
 //! takes the frame (`Port::send`), or back to the pool when the queue is discarded. Never
@@ -16,6 +17,11 @@ pub struct TxQueues {
     depth: usize,
     pending: Vec<PortId>,
     tally: EgressTally,
+    /// Ports whose full queue refused a frame, until the worker lets them go (`unback`).
+    backed: Vec<PortId>,
+    is_backed: Vec<bool>,
+    /// A queue refused a frame since the last `take_overflow`.
+    overflow: bool,
 }
 
 impl TxQueues {
@@ -26,6 +32,9 @@ impl TxQueues {
             depth,
             pending: Vec::with_capacity(ports),
             tally: EgressTally::new(ports),
+            backed: Vec::with_capacity(ports),
+            is_backed: vec![false; ports],
+            overflow: false,
         }
     }
 
@@ -63,6 +72,36 @@ impl TxQueues {
     #[cold]
     fn full(&mut self, port: PortId) {
         self.tally.charge(port.index(), DropReason::QueueFull);
+        self.overflow = true;
+        if !self.is_backed[port.index()] {
+            self.is_backed[port.index()] = true;
+            self.backed.push(port);
+        }
+    }
+
+    /// Whether a queue refused a frame since the last call.
+    #[inline]
+    pub fn take_overflow(&mut self) -> bool {
+        std::mem::take(&mut self.overflow)
+    }
+
+    /// Ports whose full queue refused a frame and that were not let go since.
+    #[inline]
+    pub fn backed(&self) -> &[PortId] {
+        &self.backed
+    }
+
+    /// Lets go of backed-up port `port` (its queue drained, or it is stuck).
+    pub fn unback(&mut self, port: PortId) {
+        if std::mem::take(&mut self.is_backed[port.index()]) {
+            self.backed.retain(|&p| p != port);
+        }
+    }
+
+    /// The most frames a queue holds.
+    #[inline]
+    pub fn depth(&self) -> usize {
+        self.depth
     }
 
     /// Counts a frame for `port` that was not queued because its link is down.
