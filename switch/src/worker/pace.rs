@@ -1,6 +1,7 @@
 //! Pacing one worker's receives to its slowest busy port: a batch that overflowed a local
-//! port's transmit queue holds the ports it came from (no receive is armed on them) until
-//! that queue has drained to half, so their frames wait in their own kernel queues (a tap's,
+//! port's transmit queue, or filled a lagging port's (one that could not take its whole
+//! queue last time) to three quarters, holds the ports it came from (no receive is armed on
+//! them) until that queue has drained to half, so their frames wait in their own kernel queues (a tap's,
 //! a socket's, a guest's ring) instead of being read only to be dropped here. The kernel then
 //! drops what their senders overrun, at the senders' cost, and the worker's time goes to the
 //! frames that do leave — on a core shared with a slow peer (a vde_switch, a relay), the
@@ -12,7 +13,7 @@ use super::Worker;
 use std::time::Duration;
 
 impl Worker {
-    /// The batch in `self.rx` overflowed a queue: holds the ports its frames came in by.
+    /// The batch in `self.rx` backed a queue up: holds the ports its frames came in by.
     #[cold]
     pub(super) fn hold_senders(&mut self) {
         for f in &self.rx {
