@@ -264,8 +264,8 @@ impl Worker {
         }
         let holding = (self.holding || !self.tx.backed().is_empty()) && self.still_holding();
         for i in 0..self.ports.len() {
-            let live = matches!(&self.ports[i], Some(st) if !st.failed && !st.draining
-                && !(holding && st.held));
+            let live = matches!(&self.ports[i],
+                Some(st) if !(st.failed || st.draining || holding && st.held));
             if live {
                 if let Some(Err(e)) = self.with_port(Slot(i as u16), |p, cx| p.arm(cx)) {
                     return Err(WorkerError::Enter(e));
