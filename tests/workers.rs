@@ -153,8 +153,7 @@ fn learn_all(rig: &Rig) {
 
 /// Frames a stream may be ahead of its receiver: below the kernel's default queue of a unix
 /// datagram socket (net.unix.max_dgram_qlen, 10), so the switch's sends never meet a full
-/// peer. (When they do, they wait in the kernel and can complete out of order: a separate
-/// matter from workers, seen with one worker as well.)
+/// peer (a full one is `tests/dgram_pacing.rs`'s matter).
 const WINDOW: u64 = 8;
 
 /// Streams `total` frames from station `src` behind port `from` to station `dst` behind port

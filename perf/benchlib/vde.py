@@ -10,6 +10,8 @@ other methods):
     vde-plug2tap  tap A -> vde_plug2tap -> vde_switch -> vde_plug2tap -> tap B (reference)
     vde-tap       tap A -> vde_switch -t A -t B -> tap B (only when named: vde_switch's own
                   tuntap ports, perf/peers.py's `vde`; what the vde_plug2tap relays cost)
+    vde-client-baseline  vde-client with the --baseline binary (only when named, with
+                  --baseline: a before/after comparison in one run)
 
 Between the processes frames travel one per unix datagram (vde2's data sockets). vde_plug2tap
 (vde2) runs inside its namespace (`ip netns exec`), where it creates its tap; its tap is
@@ -41,19 +43,21 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import peers  # noqa: E402  (perf/peers.py: vde2's install and vde_switch's clean stop)
 
 KINDS = ["vde-client", "vde-serve", "vde-plug2tap"]
-ALL = [*KINDS, "vde-tap"]
+ALL = [*KINDS, "vde-tap", "vde-client-baseline"]
 REFERENCE = "vde-plug2tap"
 LABELS = {
     "vde-client": "ringswitch -netdev vde → vde_switch → vde_plug2tap",
     "vde-serve": "ringswitch --vde-serve ← vde_plug2tap",
     "vde-plug2tap": "vde_plug2tap → vde_switch → vde_plug2tap (reference)",
     "vde-tap": "vde_switch -t (its own taps, no vde_plug2tap)",
+    "vde-client-baseline": "the --baseline build -netdev vde → vde_switch → vde_plug2tap",
 }
 PATHS = {
     "vde-client": "tap A → ringswitch → vde_switch → vde_plug2tap → tap B",
     "vde-serve": "tap A → ringswitch → vde_plug2tap → tap B",
     "vde-plug2tap": "tap A → vde_plug2tap → vde_switch → vde_plug2tap → tap B",
     "vde-tap": "tap A → vde_switch → tap B",
+    "vde-client-baseline": "tap A → baseline ringswitch → vde_switch → vde_plug2tap → tap B",
 }
 SIZES = [64, 1518]
 PATH_TIMEOUT = 10  # seconds for a broadcast from B to reach A through a new chain
@@ -92,10 +96,11 @@ def _plug2tap(topo, ns, sock, tap, cpu, logs, tag):
     return p, name
 
 
-def _ringswitch(topo, ports, cpu, logs, tag, extra=()):
-    """ringswitch with a tap port (moved into A by the caller) and `extra` options."""
+def _ringswitch(topo, ports, cpu, logs, tag, extra=(), build="ringswitch"):
+    """ringswitch (`build`: or baseline) with a tap port (moved into A by the caller) and
+    `extra` options."""
     stats = os.path.join(logs, f"{tag}.stats.json")
-    cmd = [switches.binary("ringswitch"), "-netdev", f"tap,id=a,ifname={ports}",
+    cmd = [switches.binary(build), "-netdev", f"tap,id=a,ifname={ports}",
            *extra, "--worker-cpu", str(cpu), "--stats-json", stats, *switches.RINGSWITCH_ARGS]
     err = os.path.join(logs, f"{tag}.ringswitch.stderr")
     p = topo.spawn(cmd, None, os.path.join(logs, f"{tag}.ringswitch.stdout"), err)
@@ -128,15 +133,17 @@ def start(kind, topo, cpu, logs, tag):
     sock = os.path.join(d, "sw")  # made (and removed) by the switch that serves it
     tap_a, tap_b = f"{PREFIX}va", f"{PREFIX}vb"
     names, stats = {}, None
-    if kind in ("vde-client", "vde-plug2tap"):
+    if kind in ("vde-client", "vde-client-baseline", "vde-plug2tap"):
         names[_vde_switch(topo, sock, cpu, logs, tag).pid] = "vde_switch"
     if kind == "vde-plug2tap":
         p, name = _plug2tap(topo, ns_a, sock, tap_a, cpu, logs, tag)
         names[p.pid] = name
     else:
-        extra = (["-netdev", f"vde,id=v,sock={sock}"] if kind == "vde-client"
+        client = kind in ("vde-client", "vde-client-baseline")
+        extra = (["-netdev", f"vde,id=v,sock={sock}"] if client
                  else ["--vde-serve", f"{sock},id=v"])
-        p, stats = _ringswitch(topo, tap_a, cpu, logs, tag, extra)
+        build = "baseline" if kind == "vde-client-baseline" else "ringswitch"
+        p, stats = _ringswitch(topo, tap_a, cpu, logs, tag, extra, build)
         names[p.pid] = "ringswitch"
         run(["ip", "link", "set", tap_a, "netns", ns_a])
         run(["ip", "-n", ns_a, "link", "set", tap_a, "up"])
@@ -203,6 +210,8 @@ def availability(kind):
     if kind in ("vde-client", "vde-serve") and not os.access(switches.binary("ringswitch"),
                                                             os.X_OK):
         return f"{switches.binary('ringswitch')} is missing (build failed?)"
+    if kind == "vde-client-baseline" and not switches.BASELINE[0]:
+        return "no --baseline PATH given"
     return None
 
 
@@ -288,6 +297,7 @@ def markdown(rows, runs, skipped):
              "| chain | frames cross | processes on the switch CPU |", "|---|---|---|"]
     for kind in dict.fromkeys([r["switch"] for r in runs] + list(skipped)):
         procs = {"vde-client": "ringswitch worker, vde_switch, vde_plug2tap",
+                 "vde-client-baseline": "baseline ringswitch worker, vde_switch, vde_plug2tap",
                  "vde-serve": "ringswitch worker, vde_plug2tap",
                  "vde-plug2tap": "vde_plug2tap ×2, vde_switch",
                  "vde-tap": "vde_switch"}[kind]

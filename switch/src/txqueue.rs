@@ -1,5 +1,6 @@
 //! `TxQueues`: one worker's fixed-capacity transmit queues, one per port, the list of ports
-//! that have something queued, and the tally of drops charged to egress ports while queueing.
+//! that have something queued, the tally of drops charged to egress ports while queueing,
+//! and the ports whose full queue refused a frame (backed up: see the worker's `pace.rs`).
 //!
 //! A queued `Frame` holds one reference to its buffer; it passes to the port when the port
 //! takes the frame (`Port::send`), or back to the pool when the queue is discarded. Never
@@ -14,8 +15,18 @@ use crate::ids::PortId;
 pub struct TxQueues {
     queues: Vec<Vec<Frame>>,
     depth: usize,
+    /// Queue length from which a lagging port is backed up (three quarters of `depth`).
+    high: usize,
+    /// The port left frames in its queue the last time it was offered them (it takes fewer
+    /// than arrive).
+    lagging: Vec<bool>,
     pending: Vec<PortId>,
     tally: EgressTally,
+    /// Ports whose full queue refused a frame, until the worker lets them go (`unback`).
+    backed: Vec<PortId>,
+    is_backed: Vec<bool>,
+    /// A queue refused a frame since the last `take_overflow`.
+    overflow: bool,
 }
 
 impl TxQueues {
@@ -24,8 +35,13 @@ impl TxQueues {
         TxQueues {
             queues: (0..ports).map(|_| Vec::with_capacity(depth)).collect(),
             depth,
+            high: depth - depth / 4,
+            lagging: vec![false; ports],
             pending: Vec::with_capacity(ports),
             tally: EgressTally::new(ports),
+            backed: Vec::with_capacity(ports),
+            is_backed: vec![false; ports],
+            overflow: false,
         }
     }
 
@@ -33,11 +49,11 @@ impl TxQueues {
     /// drop for that port (the caller keeps the frame's reference).
     #[inline(always)]
     pub fn push(&mut self, port: PortId, f: Frame) -> bool {
-        let q = &mut self.queues[port.index()];
-        if q.len() == self.depth {
-            self.full(port);
+        let len = self.queues[port.index()].len();
+        if len >= self.high && self.pressed(port, len) {
             return false;
         }
+        let q = &mut self.queues[port.index()];
         if q.is_empty() {
             self.pending.push(port);
         }
@@ -60,9 +76,59 @@ impl TxQueues {
         refused
     }
 
+    /// `port`'s queue holds `len` frames, three quarters of its depth or more: a full one
+    /// refuses the frame (true); a lagging port's is backed up from here, before it overflows,
+    /// so that what its senders bring meanwhile still fits.
+    #[cold]
+    fn pressed(&mut self, port: PortId, len: usize) -> bool {
+        if len == self.depth {
+            self.full(port);
+            return true;
+        }
+        if self.lagging[port.index()] {
+            self.back(port);
+        }
+        false
+    }
+
     #[cold]
     fn full(&mut self, port: PortId) {
         self.tally.charge(port.index(), DropReason::QueueFull);
+        self.back(port);
+    }
+
+    fn back(&mut self, port: PortId) {
+        self.overflow = true;
+        if !self.is_backed[port.index()] {
+            self.is_backed[port.index()] = true;
+            self.backed.push(port);
+        }
+    }
+
+    /// Whether a queue refused a frame, or a lagging port's became backed up, since the last
+    /// call.
+    #[inline]
+    pub fn take_overflow(&mut self) -> bool {
+        std::mem::take(&mut self.overflow)
+    }
+
+    /// Ports whose full queue refused a frame and that were not let go since.
+    #[inline]
+    pub fn backed(&self) -> &[PortId] {
+        &self.backed
+    }
+
+    /// Lets go of backed-up port `port` (its queue drained, or it is stuck).
+    pub fn unback(&mut self, port: PortId) {
+        if std::mem::take(&mut self.is_backed[port.index()]) {
+            self.backed.retain(|&p| p != port);
+        }
+    }
+
+    /// The most frames a queue holds.
+    #[inline]
+    pub fn depth(&self) -> usize {
+        self.depth
     }
 
     /// Counts a frame for `port` that was not queued because its link is down.
@@ -107,6 +173,7 @@ impl TxQueues {
             let q = &mut self.queues[p.index()];
             f(p, q);
             q.clear();
+            self.lagging[p.index()] = false;
         }
         self.pending.clear();
     }
@@ -116,6 +183,7 @@ impl TxQueues {
     pub fn consume(&mut self, port: PortId, n: usize) {
         let q = &mut self.queues[port.index()];
         q.drain(..n.min(q.len()));
+        self.lagging[port.index()] = !q.is_empty();
         if q.is_empty() {
             self.pending.retain(|&p| p != port);
         }
@@ -127,6 +195,7 @@ impl TxQueues {
         for d in q.drain(..) {
             f(d);
         }
+        self.lagging[port.index()] = false;
         self.pending.retain(|&p| p != port);
     }
 

@@ -4,7 +4,9 @@
 //! Receives with one multishot recv over the port's buffer ring, or reads (see `rx.rs`).
 //! Sends one write per frame, or — on a UDP socket whose kernel takes UDP_SEGMENT — runs of
 //! equal-size frames as one GSO `sendmsg` each (the receiver still gets one datagram per
-//! frame). A multicast port sends from a socket of its own so that its own frames, looped
+//! frame). On a unix datagram socket (`dgram` over unix paths, vde data sockets), whose peer
+//! queues only a few datagrams, the writes go as one linked chain at a time (`Writes::
+//! send_chain`): in order, and only one of them waiting for the peer. A multicast port sends from a socket of its own so that its own frames, looped
 //! back, never reach its receiving socket.
 
 use super::rx::{Got, Receiver, FIRST_PORT_OP};
@@ -43,6 +45,8 @@ pub struct DatagramPort {
     tx_fd: Option<OwnedFd>,
     name: String,
     gso: bool,
+    /// Unix datagram socket: one chain of writes at a time.
+    chain: bool,
     file: FileRef,
     tx_file: FileRef,
     rx: Option<Receiver>,
@@ -69,11 +73,13 @@ impl DatagramPort {
     pub fn new(fd: OwnedFd, tx_fd: Option<OwnedFd>, gso: bool, name: &str) -> DatagramPort {
         let file = FileRef::Fd(fd.as_raw_fd());
         let tx_file = FileRef::Fd(tx_fd.as_ref().unwrap_or(&fd).as_raw_fd());
+        let chain = !gso && crate::sys::fd::is_unix_socket(tx_fd.as_ref().unwrap_or(&fd));
         DatagramPort {
             fd,
             tx_fd,
             name: name.to_string(),
             gso,
+            chain,
             file,
             tx_file,
             rx: None,
@@ -197,6 +203,8 @@ impl Port for DatagramPort {
     fn send(&mut self, cx: &mut Cx<'_>, frames: &[Frame]) -> io::Result<usize> {
         if self.gso {
             self.send_gso(cx, frames)
+        } else if self.chain {
+            self.tx.send_chain(cx, self.tx_file, frames)
         } else {
             self.tx.send_each(cx, self.tx_file, frames)
         }

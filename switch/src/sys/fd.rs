@@ -24,6 +24,24 @@ pub fn kick(fd: &impl AsRawFd) {
     }
 }
 
+/// Whether `fd` is a unix (AF_UNIX) socket.
+pub fn is_unix_socket(fd: &impl AsRawFd) -> bool {
+    let mut domain: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into the live `domain` and the new length
+    // into `len`, for a descriptor the caller holds open.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&mut domain as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    r == 0 && domain == libc::AF_UNIX
+}
+
 /// Whether `fd` is a socket.
 pub fn is_socket(fd: &impl AsRawFd) -> bool {
     // SAFETY: `st` is plain data that fstat fills for a descriptor the caller holds open.

@@ -320,6 +320,20 @@ impl Ring {
         }
     }
 
+    /// Room in the submission queue for `want` entries, handing what is queued to the kernel
+    /// first if there is less; returns the room (at most the queue's size), so that a chain
+    /// of linked entries can be pushed whole and reach the kernel in one submission.
+    pub fn sq_room(&mut self, want: usize) -> io::Result<usize> {
+        let free = |r: &mut IoUring<squeue::Entry, cqueue::Entry>| {
+            let sq = r.submission();
+            sq.capacity() - sq.len()
+        };
+        if free(&mut self.ring) < want {
+            self.ring.submit()?;
+        }
+        Ok(free(&mut self.ring))
+    }
+
     fn fixed_or_plain(&self) -> bool {
         self.features.registered_buffers
     }
@@ -399,6 +413,25 @@ impl Ring {
         len: u32,
         user_data: u64,
     ) -> io::Result<()> {
+        // SAFETY: the caller's contract is this function's.
+        unsafe { self.push_write_linked(file, buf, off, len, false, user_data) }
+    }
+
+    /// `push_write`, linked to the next submission when `link` (IOSQE_IO_LINK): the kernel
+    /// starts that one only once this one has completed, and cancels it (-ECANCELED) when this
+    /// one fails. Only the head of a chain is ever waiting in the kernel.
+    ///
+    /// # Safety
+    /// As `push_write`.
+    pub unsafe fn push_write_linked(
+        &mut self,
+        file: FileRef,
+        buf: BufIndex,
+        off: u16,
+        len: u32,
+        link: bool,
+        user_data: u64,
+    ) -> io::Result<()> {
         debug_assert!(off as usize + len as usize <= self.pool.size_of(buf));
         // SAFETY: the frame lies within the buffer (checked above in debug builds; the
         // caller stored it there), so the offset stays inside the pool's mapping.
@@ -414,7 +447,12 @@ impl Ring {
             (FileRef::Slot(s), false) => opcode::Write::new(types::Fixed(s), ptr, len).build(),
             (FileRef::Fd(fd), false) => opcode::Write::new(types::Fd(fd), ptr, len).build(),
         };
-        self.push(&e.user_data(user_data))
+        let flags = if link {
+            squeue::Flags::IO_LINK
+        } else {
+            squeue::Flags::empty()
+        };
+        self.push(&e.flags(flags).user_data(user_data))
     }
 
     /// Queues a multishot receive on `file` filling buffers of `group`'s ring: one completion

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 /// neighbour cannot starve this worker's own ports).
 const TAKE_PER_RING: usize = 512;
 /// A port with a full queue that sent nothing for this long is stuck, not busy.
-const STALLED: Duration = Duration::from_millis(2);
+pub(super) const STALLED: Duration = Duration::from_millis(2);
 
 impl Worker {
     /// Hands the frames queued on `id`, a port of another worker, to that worker; a full
@@ -114,7 +114,7 @@ impl Worker {
 
     /// Whether local port `id` sent a frame in the last STALLED (see `take_cross`).
     #[cold]
-    fn port_sending(&mut self, id: PortId) -> bool {
+    pub(super) fn port_sending(&mut self, id: PortId) -> bool {
         let Some(st) = self
             .by_id
             .get(id.index())

@@ -33,6 +33,7 @@
 
 mod cross;
 mod handle;
+mod pace;
 mod poll;
 mod ports;
 mod requests;
@@ -111,6 +112,9 @@ pub struct Worker {
     /// to reading frames only to drop them at a full ring). It must not sleep, since it may
     /// have left nothing in flight to wake it.
     held: bool,
+    /// Some port is held: its frames overflowed a local port that is still sending
+    /// (`pace.rs`).
+    holding: bool,
 }
 
 impl Worker {
@@ -184,6 +188,7 @@ impl Worker {
             remote: vec![None; cfg.max_ports],
             pushed: 0,
             held: false,
+            holding: false,
         })
     }
 
@@ -257,8 +262,10 @@ impl Worker {
         if self.held {
             return Ok(());
         }
+        let holding = (self.holding || !self.tx.backed().is_empty()) && self.still_holding();
         for i in 0..self.ports.len() {
-            let live = matches!(&self.ports[i], Some(st) if !st.failed && !st.draining);
+            let live = matches!(&self.ports[i],
+                Some(st) if !(st.failed || st.draining || holding && st.held));
             if live {
                 if let Some(Err(e)) = self.with_port(Slot(i as u16), |p, cx| p.arm(cx)) {
                     return Err(WorkerError::Enter(e));
@@ -372,6 +379,9 @@ impl Worker {
         self.counters.max_batch.max(n);
         self.engine
             .forward(self.ring.pool_mut(), &self.rx, &mut self.tx, self.pass_secs);
+        if self.tx.take_overflow() {
+            self.hold_senders();
+        }
         self.engine.fold_egress(&mut self.tx);
         self.rx.clear();
     }
@@ -465,7 +475,10 @@ impl Worker {
                 return Ok(false);
             }
         }
-        let r = self.ring.submit_and_wait_batch(COALESCE_BATCH, coalesce);
+        let r = match self.hold_wait() {
+            Some(bound) => self.ring.submit_and_wait_for(bound),
+            None => self.ring.submit_and_wait_batch(COALESCE_BATCH, coalesce),
+        };
         if let Some(f) = &self.fabric {
             f.woke(self.id);
         }

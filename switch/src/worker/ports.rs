@@ -31,6 +31,9 @@ pub(super) struct PortState {
     /// room) or stuck (they are taken and dropped, so they hold up no other port).
     pub(super) tx_seen: u64,
     pub(super) tx_seen_at: Option<std::time::Instant>,
+    /// Its frames overflowed a port that is still sending: no receive is armed on it until
+    /// that port's queue drains (`pace.rs`).
+    pub(super) held: bool,
 }
 
 impl Worker {
@@ -185,6 +188,7 @@ impl Worker {
             released: false,
             tx_seen: 0,
             tx_seen_at: None,
+            held: false,
         });
         Ok(())
     }
