@@ -57,9 +57,9 @@ def station(cleanup, sw: Netns, spec: str, tmp_path, tap_opts: str = ""):
     return s, cl, lease
 
 
-def serve_once(ns: Netns, host: str, port: int, reply_digest: bool = True, accept_timeout: float = 15):
-    """A TCP server in `ns` that takes one connection, reads until EOF and answers with the
-    SHA-256 of what it read. Returns (thread, result dict with 'peer' and 'digest')."""
+def serve(ns: Netns, host: str, port: int, handle, accept_timeout: float = 15):
+    """A TCP server in `ns` that takes one connection and runs `handle(conn, result)` on it
+    in a thread. Returns (thread, result dict with 'peer', what `handle` adds, or 'error')."""
     srv = ns.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind((host, port))
@@ -69,15 +69,9 @@ def serve_once(ns: Netns, host: str, port: int, reply_digest: bool = True, accep
 
     def body():
         try:
-            c, peer = srv.accept()
-            result["peer"] = peer
+            c, result["peer"] = srv.accept()
             c.settimeout(15)
-            h = hashlib.sha256()
-            while chunk := c.recv(65536):
-                h.update(chunk)
-            result["digest"] = h.hexdigest()
-            if reply_digest:
-                c.sendall(h.hexdigest().encode())
+            handle(c, result)
             c.close()
         except OSError as e:
             result["error"] = e
@@ -87,6 +81,21 @@ def serve_once(ns: Netns, host: str, port: int, reply_digest: bool = True, accep
     t = threading.Thread(target=body, daemon=True)
     t.start()
     return t, result
+
+
+def serve_once(ns: Netns, host: str, port: int, reply_digest: bool = True, accept_timeout: float = 15):
+    """A TCP server in `ns` that takes one connection, reads until EOF and answers with the
+    SHA-256 of what it read. Returns (thread, result dict with 'peer' and 'digest')."""
+
+    def handle(c, result):
+        h = hashlib.sha256()
+        while chunk := c.recv(65536):
+            h.update(chunk)
+        result["digest"] = h.hexdigest()
+        if reply_digest:
+            c.sendall(h.hexdigest().encode())
+
+    return serve(ns, host, port, handle, accept_timeout)
 
 
 def send_and_check(ns: Netns, host: str, port: int, size: int = 1 << 20) -> str:
@@ -113,27 +122,7 @@ def send_and_check(ns: Netns, host: str, port: int, size: int = 1 << 20) -> str:
 def serve_data(ns: Netns, host: str, port: int, data: bytes, accept_timeout: float = 15):
     """A TCP server in `ns` that takes one connection and sends `data`, then closes.
     Returns (thread, result dict with 'peer' or 'error')."""
-    srv = ns.socket(socket.AF_INET, socket.SOCK_STREAM)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind((host, port))
-    srv.listen(1)
-    srv.settimeout(accept_timeout)
-    result = {}
-
-    def body():
-        try:
-            c, result["peer"] = srv.accept()
-            c.settimeout(15)
-            c.sendall(data)
-            c.close()
-        except OSError as e:
-            result["error"] = e
-        finally:
-            srv.close()
-
-    t = threading.Thread(target=body, daemon=True)
-    t.start()
-    return t, result
+    return serve(ns, host, port, lambda c, _: c.sendall(data), accept_timeout)
 
 
 def receive_all(ns: Netns, host: str, port: int) -> bytes:
