@@ -6,27 +6,9 @@
 
 mod common;
 
-use common::{unique_name, DgramPeer as Peer, Switch};
+use common::{seq_frame as frame, seq_of, unique_name, DgramPeer as Peer, Switch};
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// A frame from station `src` to station `dst` (0xff: broadcast) carrying `seq`.
-fn frame(src: u8, dst: u8, seq: u64) -> Vec<u8> {
-    let mut f = vec![0u8; 80];
-    f[..6].copy_from_slice(&if dst == 0xff {
-        [0xff; 6]
-    } else {
-        [2, 0, 0, 0, 0, dst]
-    });
-    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, src]);
-    f[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
-    f[14..22].copy_from_slice(&seq.to_be_bytes());
-    f
-}
-
-fn seq_of(f: &[u8]) -> u64 {
-    u64::from_be_bytes(f[14..22].try_into().unwrap())
-}
 
 /// Removes the test's socket directory however the test ends.
 struct Dir(PathBuf);

@@ -146,3 +146,27 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     // A test that panicked while holding the lock poisons it; the next one may still run.
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// The EtherType of the sequence-numbered test frames (`seq_frame`): IEEE's local
+/// experimental one.
+pub const SEQ_ETHERTYPE: u16 = 0x88b5;
+
+/// An 80-byte frame from station `src` to station `dst` (0xff: broadcast), stations being
+/// `02:00:00:00:00:NN`, carrying `seq` (read back with `seq_of`).
+pub fn seq_frame(src: u8, dst: u8, seq: u64) -> Vec<u8> {
+    let mut f = vec![0u8; 80];
+    f[..6].copy_from_slice(&if dst == 0xff {
+        [0xff; 6]
+    } else {
+        [2, 0, 0, 0, 0, dst]
+    });
+    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, src]);
+    f[12..14].copy_from_slice(&SEQ_ETHERTYPE.to_be_bytes());
+    f[14..22].copy_from_slice(&seq.to_be_bytes());
+    f
+}
+
+/// The sequence number a `seq_frame` carries.
+pub fn seq_of(f: &[u8]) -> u64 {
+    u64::from_be_bytes(f[14..22].try_into().unwrap())
+}
