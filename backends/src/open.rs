@@ -153,6 +153,10 @@ fn tap_port(vnet_hdr: bool) -> MakePort {
     Box::new(move |fd, _, name| TapPort::new(fd, name, vnet_hdr).into())
 }
 
+fn user_pair_port() -> MakePort {
+    Box::new(|fd, _, name| TapPort::packed(fd, name).into())
+}
+
 fn stream_port() -> MakePort {
     Box::new(|fd, _, _| StreamPort::new(fd).into())
 }
@@ -442,11 +446,17 @@ pub fn served_vde(c: crate::vde_serve::ServedClient) -> Result<OpenedPort, OpenE
 }
 
 /// A user port: libslirp on its thread, and the worker's end of the socket pair served as a
-/// `vnet_hdr` tap's descriptor: frames cross with virtio-net headers, so a station's TSO
-/// segment crosses whole and libslirp's TCP segments cross joined.
+/// `vnet_hdr` tap's descriptor that sends packed (`TapPort::packed`): frames cross with
+/// virtio-net headers, so a station's TSO segment crosses whole and libslirp's TCP segments
+/// cross joined, and the worker's frames cross many to a datagram.
 fn open_user(name: &str, o: &crate::user::UserOptions) -> Result<OpenedPort, OpenError> {
     let (service, fd) = crate::user::Service::start(name, o).map_err(OpenError::User)?;
-    let mut p = fixed(fd, None, tap_port(true), Some(format!("slirp {}", o.host)));
+    let mut p = fixed(
+        fd,
+        None,
+        user_pair_port(),
+        Some(format!("slirp {}", o.host)),
+    );
     p.user = Some(service);
     Ok(p)
 }

@@ -13,6 +13,7 @@ use super::hostfwd::{HostFwd, HostFwdKey};
 use super::options::UserOptions;
 use super::slirp::{Stack, StackCounters};
 use ringswitch_switch::gso::{complete_checksum, Segmenter};
+use ringswitch_switch::port::packed::{PACKED_MAX, PACK_PREFIX};
 use ringswitch_switch::Offload;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -30,8 +31,9 @@ const PAIR_BUFFER: libc::c_int = 4 << 20;
 const MAX_WAIT_MS: u32 = 1000;
 /// The largest frame that crosses the pair (the switch's frame limit).
 const MAX_FRAME: usize = 65536;
-/// A datagram on the pair: a virtio-net header, then the frame.
-const SLOT: usize = Offload::WIRE_LEN + MAX_FRAME;
+/// A datagram from the switch: one or more records (a 4-byte big-endian length, then a
+/// virtio-net header and a frame of that length together; `TapPort::packed`).
+const SLOT: usize = PACKED_MAX;
 
 enum Cmd {
     AddHostFwd(String, HostFwd, Sender<Result<(), String>>),
@@ -319,13 +321,13 @@ fn take_frames(data: &OwnedFd, buf: &mut [u8], piece: &mut [u8], gro: &mut Gro, 
         let n = r as usize;
         for (i, h) in hdrs.iter().enumerate().take(n) {
             let len = (h.msg_len as usize).min(SLOT);
-            let d = &mut buf[i * SLOT..i * SLOT + len];
-            if len < Offload::WIRE_LEN {
-                continue;
+            let mut d = &mut buf[i * SLOT..i * SLOT + len];
+            while let Some((record, rest)) = next_record(d) {
+                let (hdr, frame) = record.split_at_mut(Offload::WIRE_LEN);
+                let o = Offload::parse(&(*hdr).try_into().expect("a header's length"));
+                take_one(frame, &o, piece, gro, &mut input);
+                d = rest;
             }
-            let (hdr, frame) = d.split_at_mut(Offload::WIRE_LEN);
-            let o = Offload::parse(&(*hdr).try_into().expect("a header's length"));
-            take_one(frame, &o, piece, gro, &mut input);
         }
         taken += n;
         if n < RX_BATCH {
@@ -336,6 +338,18 @@ fn take_frames(data: &OwnedFd, buf: &mut [u8], piece: &mut [u8], gro: &mut Gro, 
     let joined = std::mem::take(&mut gro.joined);
     stack.count_joined(joined);
     stack.flush();
+}
+
+/// The first record of a packed datagram `d` (a virtio-net header and its frame) and the
+/// rest; None at the end, or where the rest is not a whole record (the switch never sends
+/// one; a cut datagram loses only its tail).
+fn next_record(d: &mut [u8]) -> Option<(&mut [u8], &mut [u8])> {
+    let (prefix, rest) = d.split_first_chunk_mut::<PACK_PREFIX>()?;
+    let len = u32::from_be_bytes(*prefix) as usize;
+    if len < Offload::WIRE_LEN || len > rest.len() {
+        return None;
+    }
+    Some(rest.split_at_mut(len))
 }
 
 /// One frame from the switch, behind its header `o`, to `gro`. The port takes offloads, so a
@@ -430,43 +444,87 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_stack_answers_arp_for_its_gateway_through_the_pair() {
-        let (svc, fd) = Service::start("t", &opts("user,id=t")).unwrap();
-        // An ARP request for 10.0.2.2 from 52:54:00:12:34:56 / 10.0.2.15, behind an
-        // all-zero virtio-net header.
+    /// An ARP request from 52:54:00:12:34:56 / 10.0.2.15 for `ip`, as a packed record:
+    /// its length, an all-zero virtio-net header, the frame.
+    fn arp_record(ip: [u8; 4]) -> Vec<u8> {
         let mut f = vec![0u8; Offload::WIRE_LEN];
         f.extend([0xffu8; 6]);
         f.extend([
             0x52, 0x54, 0, 0x12, 0x34, 0x56, 0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1,
         ]);
         f.extend([0x52, 0x54, 0, 0x12, 0x34, 0x56, 10, 0, 2, 15]);
-        f.extend([0, 0, 0, 0, 0, 0, 10, 0, 2, 2]);
+        f.extend([0, 0, 0, 0, 0, 0]);
+        f.extend(ip);
         f.resize(Offload::WIRE_LEN + 60, 0);
-        // SAFETY: `f` is f.len() readable bytes; `fd` is the open worker end of the pair.
-        let sent = unsafe { libc::send(fd.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
-        assert_eq!(sent, 72);
-        let mut pfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        assert_eq!(unsafe { libc::poll(&mut pfd, 1, 5000) }, 1, "no answer");
-        let mut buf = [0u8; 1600];
-        // SAFETY: `buf` has buf.len() writable bytes.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        assert!(n >= 12 + 42, "{n}");
-        assert_eq!(&buf[..12], &[0; 12], "a plain frame's header");
-        let buf = &buf[12..];
-        assert_eq!(&buf[12..14], &[0x08, 0x06]);
-        assert_eq!(&buf[20..22], &[0, 2], "an ARP reply");
-        assert_eq!(&buf[28..32], &[10, 0, 2, 2]);
+        let mut r = (f.len() as u32).to_be_bytes().to_vec();
+        r.extend(f);
+        r
+    }
+
+    #[test]
+    fn the_stack_answers_each_record_of_a_packed_datagram_through_the_pair() {
+        let (svc, fd) = Service::start("t", &opts("user,id=t")).unwrap();
+        // One datagram, two records (the gateway's and the DNS server's addresses asked
+        // for), and a cut third record that is ignored.
+        let mut d = arp_record([10, 0, 2, 2]);
+        d.extend(arp_record([10, 0, 2, 3]));
+        d.extend(&arp_record([10, 0, 2, 2])[..30]);
+        // SAFETY: `d` is d.len() readable bytes; `fd` is the open worker end of the pair.
+        let sent = unsafe { libc::send(fd.as_raw_fd(), d.as_ptr().cast(), d.len(), 0) };
+        assert_eq!(sent as usize, d.len());
+        let mut answered = Vec::new();
+        for _ in 0..2 {
+            let mut pfd = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            assert_eq!(unsafe { libc::poll(&mut pfd, 1, 5000) }, 1, "no answer");
+            let mut buf = [0u8; 1600];
+            // SAFETY: `buf` has buf.len() writable bytes.
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            assert!(n >= 12 + 42, "{n}");
+            assert_eq!(&buf[..12], &[0; 12], "a plain frame's header");
+            let buf = &buf[12..];
+            assert_eq!(&buf[12..14], &[0x08, 0x06]);
+            assert_eq!(&buf[20..22], &[0, 2], "an ARP reply");
+            answered.push(buf[31]);
+        }
+        answered.sort();
+        assert_eq!(answered, [2, 3]);
         assert_eq!(
             svc.counters
                 .to_slirp
                 .load(std::sync::atomic::Ordering::Relaxed),
-            1
+            2
         );
+    }
+
+    #[test]
+    fn records_are_taken_in_order_and_a_cut_or_impossible_one_ends_the_datagram() {
+        let mut d = arp_record([10, 0, 2, 2]);
+        d.extend(arp_record([10, 0, 2, 3]));
+        let whole = d.len();
+        let mut seen = 0;
+        let mut left = whole;
+        let mut rest = &mut d[..];
+        while let Some((r, tail)) = next_record(rest) {
+            assert_eq!(r.len(), Offload::WIRE_LEN + 60);
+            seen += 1;
+            left = tail.len();
+            rest = tail;
+        }
+        assert_eq!((seen, left), (2, 0));
+        // Cut anywhere inside the second record: only the first is taken.
+        for cut in whole / 2 + 1..whole {
+            let mut d2 = d[..cut].to_vec();
+            let (_, tail) = next_record(&mut d2).unwrap();
+            assert!(next_record(tail).is_none(), "cut at {cut}");
+        }
+        // A length too short for a header, or a prefix alone.
+        assert!(next_record(&mut [0, 0, 0, 4, 1, 2, 3, 4]).is_none());
+        assert!(next_record(&mut [0, 0, 0]).is_none());
+        assert!(next_record(&mut []).is_none());
     }
 }

@@ -15,6 +15,7 @@
 
 pub mod datagram;
 pub mod l2tpv3;
+pub mod packed;
 mod rx;
 pub mod stream;
 pub mod tap;

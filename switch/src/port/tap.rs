@@ -9,6 +9,7 @@
 //! send, the frame's record (or zeros, for a plain frame) is written into the headroom in
 //! front of it, and one write carries header and frame, straight from the buffer.
 
+use super::packed::Packed;
 use super::rx::{Got, Receiver};
 use super::writes::Writes;
 use super::{Caps, Closed, Cx, InFlight, Port, Tag};
@@ -31,6 +32,33 @@ pub struct TapPort {
     file: FileRef,
     rx: Option<Receiver>,
     tx: Writes,
+    /// Sends batches as one datagram each (`packed.rs`): a user port's end of its pair.
+    packed: Option<Packed>,
+}
+
+/// Writes `f`'s virtio-net header (from its offload record, or zeros for a plain frame) into
+/// the headroom in front of it; returns the frame with its header.
+fn with_header(cx: &mut Cx<'_>, f: &Frame) -> Frame {
+    let off = f.off as usize;
+    debug_assert!(off >= Offload::WIRE_LEN, "no headroom in front of {f:?}");
+    let o = if f.has_offload() {
+        *cx.ring.pool().offload(f.buf)
+    } else {
+        Offload::NONE
+    };
+    let pool = cx.ring.pool_mut();
+    let at = off - Offload::WIRE_LEN;
+    let h: &mut [u8; Offload::WIRE_LEN] = (&mut pool.buf_mut(f.buf)[at..off])
+        .try_into()
+        .expect("a header's room");
+    // Every port that sends this frame with a header writes the same bytes here (they
+    // follow from the frame's record, set before any send), so a flood that shares the
+    // buffer is never torn.
+    o.emit(h);
+    let mut with = *f;
+    with.off = at as u16;
+    with.len += Offload::WIRE_LEN as u32;
+    with
 }
 
 impl TapPort {
@@ -45,7 +73,17 @@ impl TapPort {
             file,
             rx: None,
             tx: Writes::default(),
+            packed: None,
         }
+    }
+
+    /// A port on the worker's end of a user port's socket pair: frames come one per datagram
+    /// behind a virtio-net header, as from a `vnet_hdr` tap, and leave packed, many to a
+    /// datagram (`packed.rs`).
+    pub fn packed(fd: OwnedFd, name: &str) -> TapPort {
+        let mut p = TapPort::new(fd, name, true);
+        p.packed = Some(Packed::new());
+        p
     }
 
     /// A frame read from a vnet_hdr tap: its header (in front of it, in the headroom)
@@ -80,26 +118,8 @@ impl TapPort {
     /// front of its frame.
     fn send_vnet(&mut self, cx: &mut Cx<'_>, frames: &[Frame]) -> std::io::Result<usize> {
         for f in frames {
-            let off = f.off as usize;
-            debug_assert!(off >= Offload::WIRE_LEN, "no headroom in front of {f:?}");
-            let o = if f.has_offload() {
-                *cx.ring.pool().offload(f.buf)
-            } else {
-                Offload::NONE
-            };
-            let pool = cx.ring.pool_mut();
-            let at = off - Offload::WIRE_LEN;
-            let h: &mut [u8; Offload::WIRE_LEN] = (&mut pool.buf_mut(f.buf)[at..off])
-                .try_into()
-                .expect("a header's room");
-            // Every port that sends this frame with a header writes the same bytes here
-            // (they follow from the frame's record, set before any send), so a flood that
-            // shares the buffer is never torn.
-            o.emit(h);
-            let mut with_header = *f;
-            with_header.off = at as u16;
-            with_header.len += Offload::WIRE_LEN as u32;
-            self.tx.send_one(cx, self.file, &with_header)?;
+            let with = with_header(cx, f);
+            self.tx.send_one(cx, self.file, &with)?;
         }
         Ok(frames.len())
     }
@@ -130,6 +150,12 @@ impl Port for TapPort {
 
     #[inline]
     fn complete(&mut self, cx: &mut Cx<'_>, tag: Tag, c: Completion) -> Result<(), Closed> {
+        if Packed::owns(tag) {
+            if let Some(p) = &mut self.packed {
+                p.completed(cx, c.result);
+            }
+            return Ok(());
+        }
         if Writes::owns(tag) {
             // A vnet_hdr tap's write carried the header too; the frame is the rest.
             let result = if self.vnet && c.result >= Offload::WIRE_LEN as i32 {
@@ -157,7 +183,9 @@ impl Port for TapPort {
 
     #[inline]
     fn send(&mut self, cx: &mut Cx<'_>, frames: &[Frame]) -> io::Result<usize> {
-        if self.vnet {
+        if let Some(p) = &mut self.packed {
+            p.send(cx, self.file, frames, with_header)
+        } else if self.vnet {
             self.send_vnet(cx, frames)
         } else {
             self.tx.send_each(cx, self.file, frames)
@@ -175,7 +203,7 @@ impl Port for TapPort {
     fn in_flight(&self) -> InFlight {
         InFlight {
             reads: self.rx.as_ref().map_or(0, Receiver::reads),
-            writes: self.tx.in_flight,
+            writes: self.tx.in_flight + u32::from(self.packed.as_ref().is_some_and(Packed::busy)),
         }
     }
 
