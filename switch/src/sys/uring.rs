@@ -591,14 +591,23 @@ impl Ring {
     /// has passed since the wait began and at least one is (or, with none, until the first
     /// one: an idle ring sleeps, and wakes at once for the first completion). Without the
     /// kernel feature it waits for one completion.
-    pub fn submit_and_wait_batch(&mut self, want: usize, min_wait: Duration) -> io::Result<usize> {
+    pub fn submit_and_wait_batch(
+        &mut self,
+        want: usize,
+        min_wait: Duration,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
         if !self.features.batch_wait || want <= 1 || min_wait.is_zero() {
-            return self.submit_and_wait(1);
+            return match timeout {
+                Some(t) => self.submit_and_wait_for(t),
+                None => self.submit_and_wait(1),
+            };
         }
         // The overall timeout only makes the kernel keep waiting for a first completion once
         // `min_wait` is over (without one, `min_wait` would end the wait); it ends a wait
-        // that saw nothing at all after a second, which costs one extra loop.
-        let ts = types::Timespec::new().sec(1);
+        // that saw nothing at all after `timeout` (a second without one), which costs one
+        // extra loop.
+        let ts = types::Timespec::from(timeout.unwrap_or(Duration::from_secs(1)).max(min_wait));
         let args = types::SubmitArgs::new()
             .min_wait_usec(min_wait.as_micros().min(u32::MAX as u128) as u32)
             .timespec(&ts);

@@ -463,7 +463,12 @@ impl Worker {
             }
             return Ok(false);
         }
-        let coalesce = if gather {
+        // A worker that holds ports for a backed-up one gathers too: each of that port's
+        // sends that waited for room completes on its own, and waking for every one would
+        // hand the core back and forth with the slow peer one frame at a time (on a shared
+        // core, the peer then drains its queue in as many turns).
+        let hold = self.hold_wait();
+        let coalesce = if gather || hold.is_some() {
             self.rx_coalesce
         } else {
             Duration::ZERO
@@ -475,10 +480,9 @@ impl Worker {
                 return Ok(false);
             }
         }
-        let r = match self.hold_wait() {
-            Some(bound) => self.ring.submit_and_wait_for(bound),
-            None => self.ring.submit_and_wait_batch(COALESCE_BATCH, coalesce),
-        };
+        let r = self
+            .ring
+            .submit_and_wait_batch(COALESCE_BATCH, coalesce, hold);
         if let Some(f) = &self.fabric {
             f.woke(self.id);
         }
