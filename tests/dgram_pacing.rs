@@ -71,7 +71,7 @@ fn a_flood_to_a_slow_unix_peer_arrives_in_order_and_paced() {
         got.len()
     );
     // Every frame is received or counted. A reader descheduled for longer than the switch
-    // waits for a port that sends nothing (2 ms, on a loaded machine) lets the flood through
+    // waits for a port that sends nothing (10 ms, on a loaded machine) lets the flood through
     // to be dropped for a moment; without pacing, most of it would be.
     let stopped = switch.stop();
     let stats = stopped.stats();

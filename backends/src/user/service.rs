@@ -501,6 +501,41 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Records packed as the worker packs them come back whole and in order, and any
+        /// bytes at all end the walk without a panic, each record inside the datagram.
+        #[test]
+        fn packed_records_come_back_in_order_and_garbage_never_panics(
+            frames in proptest::collection::vec(
+                proptest::collection::vec(proptest::num::u8::ANY, 0..300), 0..20),
+            garbage in proptest::collection::vec(proptest::num::u8::ANY, 0..400),
+        ) {
+            let mut d = Vec::new();
+            for f in &frames {
+                d.extend(((Offload::WIRE_LEN + f.len()) as u32).to_be_bytes());
+                d.extend([7u8; Offload::WIRE_LEN]);
+                d.extend(f);
+            }
+            let mut rest = &mut d[..];
+            let mut got = Vec::new();
+            while let Some((r, tail)) = next_record(rest) {
+                got.push(r[Offload::WIRE_LEN..].to_vec());
+                rest = tail;
+            }
+            proptest::prop_assert_eq!(&got, &frames);
+            let mut g = garbage.clone();
+            let total = g.len();
+            let mut rest = &mut g[..];
+            let mut taken = 0;
+            while let Some((r, tail)) = next_record(rest) {
+                proptest::prop_assert!(r.len() >= Offload::WIRE_LEN);
+                taken += PACK_PREFIX + r.len();
+                rest = tail;
+            }
+            proptest::prop_assert!(taken <= total);
+        }
+    }
+
     #[test]
     fn records_are_taken_in_order_and_a_cut_or_impossible_one_ends_the_datagram() {
         let mut d = arp_record([10, 0, 2, 2]);

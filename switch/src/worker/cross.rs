@@ -16,8 +16,11 @@ use std::time::{Duration, Instant};
 /// Frames taken from one incoming ring per pass (the rest wait for the next pass, so one busy
 /// neighbour cannot starve this worker's own ports).
 const TAKE_PER_RING: usize = 512;
-/// A port with a full queue that sent nothing for this long is stuck, not busy.
-pub(super) const STALLED: Duration = Duration::from_millis(2);
+/// A port with a full queue that sent nothing for this long is stuck, not busy. Not less: a
+/// peer sharing its core with busy processes (a vde_switch between the worker and a
+/// `vde_plug2tap`, all on one core) waits milliseconds for its turn, and at 2 ms a quarter of
+/// the frames read for it were dropped.
+pub(super) const STALLED: Duration = Duration::from_millis(10);
 
 impl Worker {
     /// Hands the frames queued on `id`, a port of another worker, to that worker; a full
