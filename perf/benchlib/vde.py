@@ -12,6 +12,9 @@ other methods):
                   tuntap ports, perf/peers.py's `vde`; what the vde_plug2tap relays cost)
     vde-client-baseline  vde-client with the --baseline binary (only when named, with
                   --baseline: a before/after comparison in one run)
+    vde-qemu      tap A -> QEMU 7.2 (-netdev tap and -netdev vde joined by a guest-less
+                  hub: libvdeplug) -> vde_switch -> vde_plug2tap -> tap B (only when named:
+                  QEMU's own figure in ringswitch's place in vde-client)
 
 Between the processes frames travel one per unix datagram (vde2's data sockets). vde_plug2tap
 (vde2) runs inside its namespace (`ip netns exec`), where it creates its tap; its tap is
@@ -43,7 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import peers  # noqa: E402  (perf/peers.py: vde2's install and vde_switch's clean stop)
 
 KINDS = ["vde-client", "vde-serve", "vde-plug2tap"]
-ALL = [*KINDS, "vde-tap", "vde-client-baseline"]
+ALL = [*KINDS, "vde-tap", "vde-client-baseline", "vde-qemu"]
 REFERENCE = "vde-plug2tap"
 LABELS = {
     "vde-client": "ringswitch -netdev vde → vde_switch → vde_plug2tap",
@@ -51,6 +54,7 @@ LABELS = {
     "vde-plug2tap": "vde_plug2tap → vde_switch → vde_plug2tap (reference)",
     "vde-tap": "vde_switch -t (its own taps, no vde_plug2tap)",
     "vde-client-baseline": "the --baseline build -netdev vde → vde_switch → vde_plug2tap",
+    "vde-qemu": "QEMU 7.2 -netdev vde (hub) → vde_switch → vde_plug2tap",
 }
 PATHS = {
     "vde-client": "tap A → ringswitch → vde_switch → vde_plug2tap → tap B",
@@ -58,6 +62,7 @@ PATHS = {
     "vde-plug2tap": "tap A → vde_plug2tap → vde_switch → vde_plug2tap → tap B",
     "vde-tap": "tap A → vde_switch → tap B",
     "vde-client-baseline": "tap A → baseline ringswitch → vde_switch → vde_plug2tap → tap B",
+    "vde-qemu": "tap A → QEMU (tap, hub, libvdeplug) → vde_switch → vde_plug2tap → tap B",
 }
 SIZES = [64, 1518]
 PATH_TIMEOUT = 10  # seconds for a broadcast from B to reach A through a new chain
@@ -108,6 +113,24 @@ def _ringswitch(topo, ports, cpu, logs, tag, extra=(), build="ringswitch"):
     return p, stats
 
 
+def _qemu(topo, tap, sock, cpu, logs, tag):
+    """QEMU 7.2 with no machine and no guest: its tap backend `tap` and its vde backend
+    (libvdeplug, plugged into `sock`) joined by hub 0, every thread pinned to `cpu`."""
+    err = os.path.join(logs, f"{tag}.qemu.stderr")
+    cmd = ["qemu-system-x86_64", "-M", "none", "-nodefaults", "-display", "none",
+           "-netdev", f"tap,id=t,ifname={tap},script=no,downscript=no",
+           "-netdev", f"vde,id=v,sock={sock}",
+           "-netdev", "hubport,id=h0,hubid=0,netdev=t",
+           "-netdev", "hubport,id=h1,hubid=0,netdev=v"]
+    p = topo.spawn(cmd, cpu, os.path.join(logs, f"{tag}.qemu.stdout"), err)
+
+    def exists():
+        return subprocess.run(["ip", "link", "show", "dev", tap],
+                              capture_output=True).returncode == 0
+    _wait(exists, [(p, err, "qemu-system-x86_64")], f"QEMU's tap {tap}")
+    return p
+
+
 def _wait(cond, watch, what):
     deadline = time.monotonic() + PATH_TIMEOUT
     while not cond():
@@ -133,11 +156,15 @@ def start(kind, topo, cpu, logs, tag):
     sock = os.path.join(d, "sw")  # made (and removed) by the switch that serves it
     tap_a, tap_b = f"{PREFIX}va", f"{PREFIX}vb"
     names, stats = {}, None
-    if kind in ("vde-client", "vde-client-baseline", "vde-plug2tap"):
+    if kind in ("vde-client", "vde-client-baseline", "vde-plug2tap", "vde-qemu"):
         names[_vde_switch(topo, sock, cpu, logs, tag).pid] = "vde_switch"
     if kind == "vde-plug2tap":
         p, name = _plug2tap(topo, ns_a, sock, tap_a, cpu, logs, tag)
         names[p.pid] = name
+    elif kind == "vde-qemu":
+        names[_qemu(topo, tap_a, sock, cpu, logs, tag).pid] = "qemu"
+        run(["ip", "link", "set", tap_a, "netns", ns_a])
+        run(["ip", "-n", ns_a, "link", "set", tap_a, "up"])
     else:
         client = kind in ("vde-client", "vde-client-baseline")
         extra = (["-netdev", f"vde,id=v,sock={sock}"] if client
@@ -212,6 +239,8 @@ def availability(kind):
         return f"{switches.binary('ringswitch')} is missing (build failed?)"
     if kind == "vde-client-baseline" and not switches.BASELINE[0]:
         return "no --baseline PATH given"
+    if kind == "vde-qemu" and not shutil.which("qemu-system-x86_64"):
+        return "qemu-system-x86_64 is missing"
     return None
 
 
@@ -300,7 +329,8 @@ def markdown(rows, runs, skipped):
                  "vde-client-baseline": "baseline ringswitch worker, vde_switch, vde_plug2tap",
                  "vde-serve": "ringswitch worker, vde_plug2tap",
                  "vde-plug2tap": "vde_plug2tap ×2, vde_switch",
-                 "vde-tap": "vde_switch"}[kind]
+                 "vde-tap": "vde_switch",
+                 "vde-qemu": "QEMU (all its threads), vde_switch, vde_plug2tap"}[kind]
         lines.append(f"| {LABELS[kind]} | {PATHS[kind]} | {procs} |")
     head = ["chain", "frame B", "runs", "delivered Mpps (median)", "min–max", "offered Mpps",
             "loss %", "Gbit/s", "switch CPU % (sum)", "CPU split %", "CPU ns / frame",
