@@ -330,6 +330,7 @@ fn query_ports(ctl: &Controller, name: Option<&str>) -> Result<Value, QmpError> 
                 "rx": c.rx,
                 "coalesce": c.coalesce,
                 "offloads": c.offloads,
+                "sends-now": c.sends_now,
             })),
         })));
     }

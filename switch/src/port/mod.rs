@@ -93,6 +93,10 @@ pub struct Caps {
     /// at run time (a vhost-user guest) says false here and tells the worker through
     /// `Cx::offloads`.
     pub offloads: bool,
+    /// It sends at once, from the worker's pass, what its peer has room for, and waits for
+    /// room with one poll (a unix datagram socket): a worker held back by it wakes for that
+    /// poll at once rather than gathering completions.
+    pub sends_now: bool,
 }
 
 /// A port's receive or transmit failed for good: the worker stops serving it, takes its link

@@ -222,6 +222,7 @@ impl Port for TapPort {
                 .map_or(super::RxMode::Reads, Receiver::mode),
             coalesce: false,
             offloads: self.vnet,
+            sends_now: false,
         }
     }
 

@@ -1045,6 +1045,7 @@ impl Port for VhostUserPort {
             // and changes with each frontend (`Cx::offloads`, from `apply`). Segments *from*
             // the guest travel as offload records either way.
             offloads: false,
+            sends_now: false,
         }
     }
 

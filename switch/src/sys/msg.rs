@@ -6,6 +6,12 @@
 //! the message (with `Ring::push_sendmsg`/`push_writev`, both `unsafe`) promises that the
 //! builder and every buffer it names stay put and unchanged until the completion is reaped:
 //! builders are boxed by their owners, and frames' buffers are held by references.
+//!
+//! `Datagrams` is the one synchronous send: its `send_now` borrows what it sends for the
+//! call, so it is safe.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// UDP_SEGMENT (linux/udp.h): the GSO segment size of a UDP send.
 const UDP_SEGMENT: libc::c_int = 103;
@@ -164,6 +170,83 @@ impl IoPair {
     }
 }
 
+/// Room for the datagrams of one synchronous `sendmmsg` (`send_now`).
+pub struct Datagrams {
+    hdrs: Box<[libc::mmsghdr]>,
+    iovs: Box<[libc::iovec]>,
+}
+
+// SAFETY: the raw pointers in the arrays are only written and read inside `send_now`, while
+// the slices they were taken from are borrowed; between calls they are stale and never
+// followed.
+unsafe impl Send for Datagrams {}
+
+impl Datagrams {
+    /// Room for `max` datagrams per call.
+    pub fn new(max: usize) -> Datagrams {
+        Datagrams {
+            // SAFETY: mmsghdr is plain data for which all-zero is a valid (empty) header.
+            hdrs: (0..max).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            iovs: vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                };
+                max
+            ]
+            .into_boxed_slice(),
+        }
+    }
+
+    /// The most datagrams one call sends.
+    pub fn capacity(&self) -> usize {
+        self.hdrs.len()
+    }
+
+    /// Sends each of `datagrams` (the first `capacity` of them) as one datagram on `fd`, in
+    /// order, with one `sendmmsg` that never waits (MSG_DONTWAIT; MSG_NOSIGNAL): returns how
+    /// many the kernel took, which stops short at the first it had no room for (or failed).
+    /// `WouldBlock` when it had no room for the first, another error when the first failed.
+    pub fn send_now<'a>(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        datagrams: impl IntoIterator<Item = &'a [u8]>,
+    ) -> io::Result<usize> {
+        let mut n = 0;
+        for (d, (h, iov)) in datagrams
+            .into_iter()
+            .zip(self.hdrs.iter_mut().zip(self.iovs.iter_mut()))
+        {
+            *iov = libc::iovec {
+                iov_base: d.as_ptr() as *mut libc::c_void,
+                iov_len: d.len(),
+            };
+            h.msg_hdr.msg_iov = iov;
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_len = 0;
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        // SAFETY: the first `n` headers each name one iovec of `self.iovs`, and each iovec a
+        // slice borrowed for `'a`, which outlives this call; the kernel reads them during the
+        // call only (it copies the bytes into its own buffers) and writes only `msg_len`.
+        let r = unsafe {
+            libc::sendmmsg(
+                fd.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(r as usize)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,5 +278,64 @@ mod tests {
         assert_eq!((m.pieces(), m.bytes()), (2, 30));
         m.clear();
         assert_eq!((m.pieces(), m.bytes()), (0, 0));
+    }
+
+    fn seq_socketpair() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+        let (a, b) = std::os::unix::net::UnixDatagram::pair().expect("socketpair");
+        (a.into(), b.into())
+    }
+
+    #[test]
+    fn datagrams_go_in_order_and_stop_where_the_peer_is_full() {
+        use std::os::fd::AsFd;
+        let (a, b) = seq_socketpair();
+        let mut d = Datagrams::new(8);
+        assert_eq!(d.capacity(), 8);
+        let frames: Vec<Vec<u8>> = (0..20000u32)
+            .map(|i| {
+                let mut f = vec![0u8; 1500];
+                f[..4].copy_from_slice(&i.to_be_bytes());
+                f
+            })
+            .collect();
+        assert_eq!(d.send_now(a.as_fd(), std::iter::empty()).unwrap(), 0);
+        let mut sent = 0;
+        let mut blocked = false;
+        // Bounded: the socket's send buffer holds far fewer than 20,000 such datagrams.
+        while sent < frames.len() {
+            match d.send_now(a.as_fd(), frames[sent..].iter().map(|f| &f[..])) {
+                Ok(n) => {
+                    assert!((1..=8).contains(&n));
+                    sent += n;
+                }
+                Err(e) => {
+                    assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+                    blocked = true;
+                    break;
+                }
+            }
+        }
+        assert!(blocked, "the peer never filled up");
+        assert!(sent > 8, "sent {sent}");
+        let b = std::os::unix::net::UnixDatagram::from(b);
+        b.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 2000];
+        for i in 0..sent as u32 {
+            let n = b.recv(&mut buf).expect("a datagram per frame");
+            assert_eq!(n, 1500);
+            assert_eq!(buf[..4], i.to_be_bytes());
+        }
+        assert!(b.recv(&mut buf).is_err(), "nothing more");
+    }
+
+    #[test]
+    fn a_failed_first_datagram_is_its_error() {
+        use std::os::fd::AsFd;
+        let (a, b) = seq_socketpair();
+        drop(b);
+        let mut d = Datagrams::new(4);
+        let f = [0u8; 60];
+        let e = d.send_now(a.as_fd(), [&f[..], &f[..]]).unwrap_err();
+        assert_ne!(e.kind(), io::ErrorKind::WouldBlock);
     }
 }

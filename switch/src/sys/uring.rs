@@ -413,25 +413,6 @@ impl Ring {
         len: u32,
         user_data: u64,
     ) -> io::Result<()> {
-        // SAFETY: the caller's contract is this function's.
-        unsafe { self.push_write_linked(file, buf, off, len, false, user_data) }
-    }
-
-    /// `push_write`, linked to the next submission when `link` (IOSQE_IO_LINK): the kernel
-    /// starts that one only once this one has completed, and cancels it (-ECANCELED) when this
-    /// one fails. Only the head of a chain is ever waiting in the kernel.
-    ///
-    /// # Safety
-    /// As `push_write`.
-    pub unsafe fn push_write_linked(
-        &mut self,
-        file: FileRef,
-        buf: BufIndex,
-        off: u16,
-        len: u32,
-        link: bool,
-        user_data: u64,
-    ) -> io::Result<()> {
         debug_assert!(off as usize + len as usize <= self.pool.size_of(buf));
         // SAFETY: the frame lies within the buffer (checked above in debug builds; the
         // caller stored it there), so the offset stays inside the pool's mapping.
@@ -447,12 +428,7 @@ impl Ring {
             (FileRef::Slot(s), false) => opcode::Write::new(types::Fixed(s), ptr, len).build(),
             (FileRef::Fd(fd), false) => opcode::Write::new(types::Fd(fd), ptr, len).build(),
         };
-        let flags = if link {
-            squeue::Flags::IO_LINK
-        } else {
-            squeue::Flags::empty()
-        };
-        self.push(&e.flags(flags).user_data(user_data))
+        self.push(&e.user_data(user_data))
     }
 
     /// Queues a multishot receive on `file` filling buffers of `group`'s ring: one completion
@@ -488,7 +464,15 @@ impl Ring {
 
     /// Queues a one-shot poll for `file` becoming readable.
     pub fn push_poll_in(&mut self, file: FileRef, user_data: u64) -> io::Result<()> {
-        let mask = libc::POLLIN as u32;
+        self.push_poll(file, libc::POLLIN as u32, user_data)
+    }
+
+    /// Queues a one-shot poll for `file` having room to write (or an error to report).
+    pub fn push_poll_out(&mut self, file: FileRef, user_data: u64) -> io::Result<()> {
+        self.push_poll(file, libc::POLLOUT as u32, user_data)
+    }
+
+    fn push_poll(&mut self, file: FileRef, mask: u32, user_data: u64) -> io::Result<()> {
         let e = match file {
             FileRef::Slot(s) => opcode::PollAdd::new(types::Fixed(s), mask).build(),
             FileRef::Fd(fd) => opcode::PollAdd::new(types::Fd(fd), mask).build(),

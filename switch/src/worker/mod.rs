@@ -463,12 +463,12 @@ impl Worker {
             }
             return Ok(false);
         }
-        // A worker that holds ports for a backed-up one gathers too: each of that port's
-        // sends that waited for room completes on its own, and waking for every one would
-        // hand the core back and forth with the slow peer one frame at a time (on a shared
-        // core, the peer then drains its queue in as many turns).
+        // A worker that holds ports for a backed-up one gathers too (`hold_gathers`): each
+        // of that port's sends that waited for room completes on its own, and waking for
+        // every one would hand the core back and forth with the slow peer one frame at a
+        // time (on a shared core, the peer then drains its queue in as many turns).
         let hold = self.hold_wait();
-        let coalesce = if gather || hold.is_some() {
+        let coalesce = if gather || hold.is_some() && self.hold_gathers() {
             self.rx_coalesce
         } else {
             Duration::ZERO

@@ -52,4 +52,21 @@ impl Worker {
     pub(super) fn hold_wait(&self) -> Option<Duration> {
         self.holding.then_some(STALLED)
     }
+
+    /// Whether a worker that holds ports gathers completions while it sleeps: each write
+    /// of a backed-up port that waited for room completes on its own, and waking for every
+    /// one would trade the core with the slow peer a frame at a time. Not when every
+    /// backed-up port sends at once (`Caps::sends_now`): its one poll for room is all there
+    /// is to wait for, and the port fills its peer's room as soon as it fires.
+    pub(super) fn hold_gathers(&self) -> bool {
+        self.tx.backed().iter().any(|id| {
+            let st = self
+                .by_id
+                .get(id.index())
+                .copied()
+                .flatten()
+                .and_then(|s| self.ports[s.index()].as_ref());
+            !st.is_some_and(|st| st.sends_now)
+        })
+    }
 }

@@ -20,6 +20,8 @@ pub(super) struct PortState {
     pub(super) port: AnyPort,
     /// Its completions are worth gathering (`Caps::coalesce`).
     pub(super) coalesce: bool,
+    /// It sends at once and waits for room with one poll (`Caps::sends_now`).
+    pub(super) sends_now: bool,
     /// Receiving or sending failed for good: no more receives are armed.
     pub(super) failed: bool,
     /// Removed from the configuration; waiting for its operations to finish.
@@ -183,6 +185,7 @@ impl Worker {
             counters,
             port,
             coalesce: caps.coalesce,
+            sends_now: caps.sends_now,
             failed: false,
             draining: false,
             released: false,

@@ -201,6 +201,7 @@ impl Port for L2tpv3Port {
                 .map_or(super::RxMode::Reads, Receiver::mode),
             coalesce: true,
             offloads: false,
+            sends_now: false,
         }
     }
 

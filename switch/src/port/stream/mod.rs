@@ -246,6 +246,7 @@ impl Port for StreamPort {
             // One read and one send in flight: a wait gains nothing by gathering.
             coalesce: false,
             offloads: false,
+            sends_now: false,
         }
     }
 
