@@ -1,8 +1,8 @@
-//! A flood through unix `dgram` ports to a peer that reads slowly: the sending port sends one
-//! chain of linked writes at a time, so frames leave in order, and the receiving port is held
-//! while the sending port's queue is backed up, so the flood waits in the sender's socket
-//! rather than being read and dropped in the switch (all but a few frames arrive). No
-//! privileges needed.
+//! A flood through unix `dgram` ports to a peer that reads slowly: the sending port sends
+//! what the peer has room for and then waits for room, so frames leave in order, and the
+//! receiving port is held while the sending port's queue is backed up, so the flood waits in
+//! the sender's socket rather than being read and dropped in the switch (all but a few
+//! frames arrive). No privileges needed.
 
 mod common;
 

@@ -12,6 +12,7 @@ other methods):
                   tuntap ports, perf/peers.py's `vde`; what the vde_plug2tap relays cost)
     vde-client-baseline  vde-client with the --baseline binary (only when named, with
                   --baseline: a before/after comparison in one run)
+    vde-serve-baseline   vde-serve with the --baseline binary (the same)
     vde-qemu      tap A -> QEMU 7.2 (-netdev tap and -netdev vde joined by a guest-less
                   hub: libvdeplug) -> vde_switch -> vde_plug2tap -> tap B (only when named:
                   QEMU's own figure in ringswitch's place in vde-client)
@@ -46,7 +47,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import peers  # noqa: E402  (perf/peers.py: vde2's install and vde_switch's clean stop)
 
 KINDS = ["vde-client", "vde-serve", "vde-plug2tap"]
-ALL = [*KINDS, "vde-tap", "vde-client-baseline", "vde-qemu"]
+BASELINES = ["vde-client-baseline", "vde-serve-baseline"]
+ALL = [*KINDS, "vde-tap", *BASELINES, "vde-qemu"]
 REFERENCE = "vde-plug2tap"
 LABELS = {
     "vde-client": "ringswitch -netdev vde → vde_switch → vde_plug2tap",
@@ -54,6 +56,7 @@ LABELS = {
     "vde-plug2tap": "vde_plug2tap → vde_switch → vde_plug2tap (reference)",
     "vde-tap": "vde_switch -t (its own taps, no vde_plug2tap)",
     "vde-client-baseline": "the --baseline build -netdev vde → vde_switch → vde_plug2tap",
+    "vde-serve-baseline": "the --baseline build --vde-serve ← vde_plug2tap",
     "vde-qemu": "QEMU 7.2 -netdev vde (hub) → vde_switch → vde_plug2tap",
 }
 PATHS = {
@@ -62,6 +65,7 @@ PATHS = {
     "vde-plug2tap": "tap A → vde_plug2tap → vde_switch → vde_plug2tap → tap B",
     "vde-tap": "tap A → vde_switch → tap B",
     "vde-client-baseline": "tap A → baseline ringswitch → vde_switch → vde_plug2tap → tap B",
+    "vde-serve-baseline": "tap A → baseline ringswitch → vde_plug2tap → tap B",
     "vde-qemu": "tap A → QEMU (tap, hub, libvdeplug) → vde_switch → vde_plug2tap → tap B",
 }
 SIZES = [64, 1518]
@@ -169,7 +173,7 @@ def start(kind, topo, cpu, logs, tag):
         client = kind in ("vde-client", "vde-client-baseline")
         extra = (["-netdev", f"vde,id=v,sock={sock}"] if client
                  else ["--vde-serve", f"{sock},id=v"])
-        build = "baseline" if kind == "vde-client-baseline" else "ringswitch"
+        build = "baseline" if kind in BASELINES else "ringswitch"
         p, stats = _ringswitch(topo, tap_a, cpu, logs, tag, extra, build)
         names[p.pid] = "ringswitch"
         run(["ip", "link", "set", tap_a, "netns", ns_a])
@@ -237,7 +241,7 @@ def availability(kind):
     if kind in ("vde-client", "vde-serve") and not os.access(switches.binary("ringswitch"),
                                                             os.X_OK):
         return f"{switches.binary('ringswitch')} is missing (build failed?)"
-    if kind == "vde-client-baseline" and not switches.BASELINE[0]:
+    if kind in BASELINES and not switches.BASELINE[0]:
         return "no --baseline PATH given"
     if kind == "vde-qemu" and not shutil.which("qemu-system-x86_64"):
         return "qemu-system-x86_64 is missing"
@@ -328,6 +332,7 @@ def markdown(rows, runs, skipped):
         procs = {"vde-client": "ringswitch worker, vde_switch, vde_plug2tap",
                  "vde-client-baseline": "baseline ringswitch worker, vde_switch, vde_plug2tap",
                  "vde-serve": "ringswitch worker, vde_plug2tap",
+                 "vde-serve-baseline": "baseline ringswitch worker, vde_plug2tap",
                  "vde-plug2tap": "vde_plug2tap ×2, vde_switch",
                  "vde-tap": "vde_switch",
                  "vde-qemu": "QEMU (all its threads), vde_switch, vde_plug2tap"}[kind]

@@ -445,15 +445,24 @@ impl Worker {
         // A dump under way goes on at the next pass, whatever the mode. So does a port
         // moving here whose old worker has not let go of it yet: putting it back in its cell
         // wakes nobody, so a worker asleep would not apply the move until some unrelated
-        // completion came.
+        // completion came. A worker that holds ports for a slow one (`pace.rs`) sleeps at
+        // once too: it waits for that port's peer, and polling would take the time from the
+        // peer where they share a core (in a vde client chain the worker spun for a fifth
+        // of its CPU time while holding).
+        // Holding still after this pass's sends, the slow port has a send or its poll for
+        // room in flight, which wakes the worker. One whose queue drained to half in them
+        // lets its senders go here, and the worker must not sleep before the next pass has
+        // armed their receives: nothing else may be in flight.
         let moving_in = self.retry && self.fabric.is_some();
+        let released = self.holding && !self.still_holding();
         let sleep = self.dumps.is_empty()
             && !moving_in
+            && !released
             && !self.held
             && match self.poller.mode() {
                 PollMode::Busy => false,
                 PollMode::Sleep => true,
-                PollMode::Adaptive => gather || self.poller.should_sleep(now),
+                PollMode::Adaptive => gather || self.holding || self.poller.should_sleep(now),
             };
         if !sleep {
             if self.ring.has_work() {
