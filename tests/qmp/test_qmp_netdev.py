@@ -189,3 +189,7 @@ def test_netdev_add_of_a_unix_dgram_port_whose_peer_is_not_there_yet(qmp, lan, c
     g = frame(mac(0x3ff))
     peer.sendto(g, local)
     assert rx_b.wait_for(has_tag(g[14:26]), 2), "the peer's frame did not reach tap b"
+    # A unix datagram socket sends at once, what its peer has room for; a tap does not.
+    ports = {p["id"]: p for p in qmp.cmd("query-ports")}
+    assert ports["d"]["io"]["sends-now"] is True, ports["d"]
+    assert ports["a"]["io"]["sends-now"] is False, ports["a"]
